@@ -1,0 +1,260 @@
+#include "broker/config.h"
+
+#include <charconv>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <toml++/toml.h>
+
+namespace fmq {
+namespace {
+
+using Setter = std::function<absl::Status(Config&, const std::string&)>;
+
+struct OptionDef {
+  const char* key;
+  const char* default_text;
+  const char* help;
+  Setter set;
+};
+
+absl::Status Bad(const std::string& key, const std::string& why) {
+  return absl::InvalidArgumentError("config key '" + key + "': " + why);
+}
+
+Setter UintSetter(const char* key, uint64_t min, uint64_t max,
+                  std::function<void(Config&, uint64_t)> assign) {
+  return [=](Config& c, const std::string& v) -> absl::Status {
+    uint64_t n = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || p != v.data() + v.size()) return Bad(key, "'" + v + "' is not a non-negative integer");
+    if (n < min || n > max) {
+      return Bad(key, std::to_string(n) + " is outside " + std::to_string(min) + ".." + std::to_string(max));
+    }
+    assign(c, n);
+    return absl::OkStatus();
+  };
+}
+
+template <class T>
+Setter Uint(T BrokerOptions::*field, const char* key, uint64_t min, uint64_t max) {
+  return UintSetter(key, min, max, [field](Config& c, uint64_t n) { c.broker.*field = static_cast<T>(n); });
+}
+
+Setter Bool(bool BrokerOptions::*field, const char* key) {
+  return [=](Config& c, const std::string& v) -> absl::Status {
+    if (v == "true") c.broker.*field = true;
+    else if (v == "false") c.broker.*field = false;
+    else return Bad(key, "'" + v + "' is not true or false");
+    return absl::OkStatus();
+  };
+}
+
+absl::Status ParseListen(Config& c, const std::string& v) {
+  c.server.listeners.clear();
+  size_t start = 0;
+  while (start <= v.size()) {
+    size_t comma = v.find(',', start);
+    std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    size_t colon = item.rfind(':');
+    if (colon == std::string::npos || colon == 0) return Bad("listen", "'" + item + "' is not host:port");
+    ListenAddress a;
+    a.host = item.substr(0, colon);
+    if (a.host.size() > 2 && a.host.front() == '[' && a.host.back() == ']') a.host = a.host.substr(1, a.host.size() - 2);
+    std::string port = item.substr(colon + 1);
+    unsigned p = 0;
+    auto [e, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    if (ec != std::errc() || e != port.data() + port.size() || p > 65535) {
+      return Bad("listen", "'" + port + "' is not a port");
+    }
+    a.port = static_cast<uint16_t>(p);
+    c.server.listeners.push_back(a);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return absl::OkStatus();
+}
+
+const std::vector<OptionDef>& Options() {
+  using B = BrokerOptions;
+  static const std::vector<OptionDef> kOptions = {
+      {"listen", "127.0.0.1:1883", "Plain MQTT listeners, comma-separated host:port (port 0 = any free port).", ParseListen},
+      {"data_dir", "./data", "Directory for persistent state (created if missing; locked against a second broker).",
+       [](Config& c, const std::string& v) -> absl::Status {
+         if (v.empty()) return Bad("data_dir", "must not be empty");
+         c.data_dir = v;
+         return absl::OkStatus();
+       }},
+      {"log_level", "info", "debug, info, warning, error or none.",
+       [](Config& c, const std::string& v) -> absl::Status {
+         if (!ParseLogLevel(v.c_str(), &c.log_level)) return Bad("log_level", "'" + v + "' is not debug/info/warning/error/none");
+         return absl::OkStatus();
+       }},
+      {"tcp_nodelay", "true", "Disable Nagle's algorithm on client sockets.",
+       [](Config& c, const std::string& v) -> absl::Status {
+         if (v != "true" && v != "false") return Bad("tcp_nodelay", "'" + v + "' is not true or false");
+         c.server.tcp_nodelay = v == "true";
+         return absl::OkStatus();
+       }},
+      {"limits.max_packet_size", "1048576", "Largest packet accepted, bytes (announced as Maximum Packet Size); larger is DISCONNECT 0x95.",
+       Uint(&B::max_packet_size, "limits.max_packet_size", 64, 268435460)},
+      {"limits.receive_maximum", "100", "QoS 1/2 PUBLISHes a client may leave unacknowledged to us; more is DISCONNECT 0x93.",
+       Uint(&B::receive_maximum, "limits.receive_maximum", 1, 65535)},
+      {"limits.max_inflight", "100", "QoS 1/2 messages in flight to one client (capped further by its Receive Maximum).",
+       Uint(&B::max_inflight, "limits.max_inflight", 1, 65535)},
+      {"limits.max_queued_messages", "1000", "Messages queued per session (offline or window full); beyond it new messages are dropped and counted.",
+       Uint(&B::max_queued_messages, "limits.max_queued_messages", 0, 100000000)},
+      {"limits.max_queued_bytes", "16777216", "Bytes queued per session; same policy as max_queued_messages.",
+       Uint(&B::max_queued_bytes, "limits.max_queued_bytes", 0, std::numeric_limits<uint64_t>::max())},
+      {"limits.queue_qos0", "false", "Queue QoS 0 messages for offline persistent sessions.", Bool(&B::queue_qos0, "limits.queue_qos0")},
+      {"limits.topic_alias_maximum", "64", "Topic aliases a v5 client may use towards the broker.",
+       Uint(&B::topic_alias_maximum, "limits.topic_alias_maximum", 0, 65535)},
+      {"limits.max_keepalive", "65535", "Server keep alive, seconds: v5 clients asking for more (or 0) are told this value; 3.1.1 clients are refused. 65535 = no limit.",
+       Uint(&B::max_keepalive, "limits.max_keepalive", 1, 65535)},
+      {"limits.connect_timeout_ms", "10000", "Time from TCP accept to a complete CONNECT.",
+       Uint(&B::connect_timeout_ms, "limits.connect_timeout_ms", 100, 600000)},
+      {"limits.max_session_expiry", "4294967295", "Longest session expiry granted, seconds (4294967295 = never); 3.1.1 persistent sessions get this value.",
+       Uint(&B::max_session_expiry, "limits.max_session_expiry", 0, 0xFFFFFFFFu)},
+      {"limits.max_client_id_length", "256", "Longest client identifier accepted, bytes.",
+       Uint(&B::max_client_id_length, "limits.max_client_id_length", 23, 65535)},
+      {"limits.max_topic_length", "65535", "Longest topic name or filter, bytes.",
+       UintSetter("limits.max_topic_length", 1, 65535,
+                  [](Config& c, uint64_t n) { c.broker.topic_limits.max_length = static_cast<uint32_t>(n); })},
+      {"limits.max_topic_levels", "128", "Most '/'-separated levels in a topic name or filter.",
+       UintSetter("limits.max_topic_levels", 1, 65535,
+                  [](Config& c, uint64_t n) { c.broker.topic_limits.max_levels = static_cast<uint32_t>(n); })},
+      {"limits.max_subscriptions_per_session", "1000", "Subscriptions one session may hold; more get SUBACK 0x97.",
+       Uint(&B::max_subscriptions_per_session, "limits.max_subscriptions_per_session", 1, 10000000)},
+      {"limits.max_output_buffer", "8388608", "Unsent bytes per connection before QoS 0 messages to it are dropped (slow reader).",
+       Uint(&B::max_output_buffer, "limits.max_output_buffer", 4096, std::numeric_limits<uint64_t>::max())},
+      {"sys_interval", "10", "Seconds between $SYS/broker statistics updates (0 = off).",
+       Uint(&B::sys_interval_s, "sys_interval", 0, 86400)},
+  };
+  return kOptions;
+}
+
+}  // namespace
+
+absl::Status SetOption(Config* cfg, const std::string& key, const std::string& value) {
+  for (const OptionDef& o : Options()) {
+    if (key == o.key) return o.set(*cfg, value);
+  }
+  return absl::InvalidArgumentError("unknown config key '" + key + "'");
+}
+
+namespace {
+
+absl::Status ApplyTable(const toml::table& t, const std::string& prefix, Config* cfg) {
+  for (const auto& [k, node] : t) {
+    std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    if (const toml::table* sub = node.as_table()) {
+      absl::Status s = ApplyTable(*sub, key, cfg);
+      if (!s.ok()) return s;
+      continue;
+    }
+    std::string value;
+    if (auto v = node.value<std::string>(); v && node.is_string()) {
+      value = *v;
+    } else if (node.is_integer()) {
+      int64_t n = *node.value<int64_t>();
+      if (n < 0) return Bad(key, "must not be negative");
+      value = std::to_string(n);
+    } else if (node.is_boolean()) {
+      value = *node.value<bool>() ? "true" : "false";
+    } else if (const toml::array* arr = node.as_array()) {
+      for (const auto& item : *arr) {
+        auto s = item.value<std::string>();
+        if (!s || !item.is_string()) return Bad(key, "array items must be strings");
+        if (!value.empty()) value += ",";
+        value += *s;
+      }
+    } else {
+      return Bad(key, "unsupported value type");
+    }
+    absl::Status s = SetOption(cfg, key, value);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LoadConfigFile(const std::string& path, Config* cfg) {
+  // Debian's toml++ is built with exceptions on, so parse errors arrive as
+  // toml::parse_error; this is the one place we catch, and it becomes a Status.
+  toml::table t;
+  try {
+    t = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    return absl::InvalidArgumentError("config file " + path + ":" +
+                                      std::to_string(e.source().begin.line) + ": " +
+                                      std::string(e.description()));
+  }
+  return ApplyTable(t, "", cfg);
+}
+
+std::string OptionsHelp(bool markdown) {
+  std::string out;
+  if (markdown) out += "| key | default | meaning |\n|---|---|---|\n";
+  for (const OptionDef& o : Options()) {
+    if (markdown) {
+      out += std::string("| `") + o.key + "` | `" + o.default_text + "` | " + o.help + " |\n";
+    } else {
+      out += std::string("  --") + o.key + "=VALUE\n      " + o.help + " (default: " + o.default_text + ")\n";
+    }
+  }
+  return out;
+}
+
+absl::Status LoadConfig(int argc, char** argv, Config* cfg, bool* exit_now, std::string* message) {
+  *exit_now = false;
+  std::vector<std::pair<std::string, std::string>> flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      *exit_now = true;
+      *message = "usage: fleetmq [--config FILE] [--KEY=VALUE ...]\n\n"
+                 "Every option below may be given as a flag or in the TOML config file\n"
+                 "(dotted keys are tables: limits.max_packet_size = [limits] max_packet_size).\n\n" +
+                 OptionsHelp(false);
+      return absl::OkStatus();
+    }
+    if (a == "--version") {
+      *exit_now = true;
+      *message = std::string("fleetmq ") + FMQ_VERSION + "\n";
+      return absl::OkStatus();
+    }
+    if (a == "--help-markdown") {
+      *exit_now = true;
+      *message = OptionsHelp(true);
+      return absl::OkStatus();
+    }
+    if (a.rfind("--", 0) != 0) return absl::InvalidArgumentError("unexpected argument '" + a + "'");
+    std::string key = a.substr(2), value;
+    size_t eq = key.find('=');
+    if (eq != std::string::npos) {
+      value = key.substr(eq + 1);
+      key = key.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError("flag --" + key + " needs a value");
+    }
+    if (key == "config") {
+      cfg->config_file = value;
+    } else {
+      flags.emplace_back(key, value);
+    }
+  }
+  if (!cfg->config_file.empty()) {
+    absl::Status s = LoadConfigFile(cfg->config_file, cfg);
+    if (!s.ok()) return s;
+  }
+  for (const auto& [k, v] : flags) {
+    absl::Status s = SetOption(cfg, k, v);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fmq

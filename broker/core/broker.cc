@@ -1,0 +1,473 @@
+// Connection lifecycle: CONNECT/CONNACK, takeover, DISCONNECT, closing with
+// a reason, wills, session expiry and the timer wheel.
+#include "broker/core/broker.h"
+
+#include <algorithm>
+
+#include "broker/mqtt/utf8.h"
+#include "common/log.h"
+
+namespace fmq {
+
+using mqtt::PacketType;
+using mqtt::PropertyId;
+using mqtt::ReasonCode;
+using mqtt::Version;
+
+std::string_view DisconnectReasonName(DisconnectReason r) {
+  switch (r) {
+    case DisconnectReason::kClean: return "clean";
+    case DisconnectReason::kKeepAliveTimeout: return "keepalive_timeout";
+    case DisconnectReason::kProtocolError: return "protocol_error";
+    case DisconnectReason::kTakeover: return "takeover";
+    case DisconnectReason::kServerShutdown: return "server_shutdown";
+    case DisconnectReason::kTransportClosed: return "connection_lost";
+    case DisconnectReason::kConnectTimeout: return "connect_timeout";
+    case DisconnectReason::kAdministrative: return "administrative";
+  }
+  return "unknown";
+}
+
+Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks)
+    : opts_(opts),
+      clock_(clock),
+      hooks_(hooks != nullptr ? hooks : &default_hooks_),
+      start_ms_(clock->NowMs()),
+      last_sys_ms_(clock->NowMs()),
+      wheel_(clock->NowMs()) {}
+
+Broker::~Broker() = default;
+
+ClientInfo Broker::InfoOf(const Connection& c) const {
+  return ClientInfo{c.id(), c.client_id(), c.username(), c.peer(), c.version()};
+}
+
+const Session* Broker::FindSession(std::string_view client_id) const {
+  auto it = sessions_.find(client_id);
+  return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+void Broker::Accept(Connection* c) {
+  conns_[c->id()] = c;
+  stats_.connections_accepted++;
+  c->last_rx_ms_ = NowMs();
+  wheel_.Schedule(NowMs() + opts_.connect_timeout_ms, c->id(), kConnectTimeout);
+}
+
+void Broker::CountIn(Connection& c, size_t bytes) {
+  (void)c;
+  stats_.bytes_received += bytes;
+}
+
+void Broker::OnPacket(Connection& c, mqtt::Packet& p) {
+  stats_.messages_received++;
+  c.last_rx_ms_ = NowMs();  // keep alive counts whole packets [MQTT-3.1.2-22]
+  const PacketType t = mqtt::TypeOf(p);
+  if (c.state_ == Connection::State::kAwaitConnect) {
+    if (t != PacketType::kConnect) {
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+            "MQTT-3.1.0-1 first packet is not CONNECT");
+      return;
+    }
+    HandleConnect(c, std::get<mqtt::Connect>(p));
+    return;
+  }
+  switch (t) {
+    case PacketType::kPublish: HandlePublish(c, std::get<mqtt::Publish>(p)); return;
+    case PacketType::kPuback:
+    case PacketType::kPubrec:
+    case PacketType::kPubrel:
+    case PacketType::kPubcomp: HandleAck(c, std::get<mqtt::Ack>(p)); return;
+    case PacketType::kSubscribe: HandleSubscribe(c, std::get<mqtt::Subscribe>(p)); return;
+    case PacketType::kUnsubscribe: HandleUnsubscribe(c, std::get<mqtt::Unsubscribe>(p)); return;
+    case PacketType::kPingreq: c.Write(mqtt::Pingresp{}); return;
+    case PacketType::kDisconnect: HandleDisconnect(c, std::get<mqtt::Disconnect>(p)); return;
+    case PacketType::kConnect:
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+            "MQTT-3.1.0-2 second CONNECT");
+      return;
+    case PacketType::kAuth:
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+            "MQTT-4.12.0-1 AUTH without an authentication method");
+      return;
+    default:
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+            "MQTT-2.1.2 packet type only a server may send");
+      return;
+  }
+}
+
+void Broker::OnDecodeError(Connection& c, const mqtt::Error& e) {
+  if (c.state_ == Connection::State::kAwaitConnect &&
+      e.code == ReasonCode::kUnsupportedProtocolVersion) {
+    c.version_ = Version::kV311;  // answer in the 3.1.1 form [MQTT-3.1.2-2]
+    RefuseConnect(c, e.code, e.rule);
+    return;
+  }
+  Close(c, DisconnectReason::kProtocolError, e.code, e.rule);
+}
+
+void Broker::OnTransportClosed(Connection& c) {
+  if (c.state_ != Connection::State::kClosed) {
+    Close(c, DisconnectReason::kTransportClosed, ReasonCode::kUnspecifiedError, "");
+  }
+  c.transport_ = nullptr;
+}
+
+void Broker::RefuseConnect(Connection& c, ReasonCode rc, const char* rule) {
+  stats_.connects_refused++;
+  FMQ_LOG_WARN("client '%s' from %s refused: %s (%s)", c.client_id_.c_str(), c.peer_.c_str(),
+               std::string(mqtt::ReasonName(rc)).c_str(), rule);
+  mqtt::Connack ack;
+  ack.reason = rc;
+  if (c.version_ == Version::kV5 && c.problem_info_ && rule[0] != '\0') {
+    ack.props.reason_string = rule;
+    ack.props.Mark(PropertyId::kReasonString);
+  }
+  c.Write(ack);
+  c.state_ = Connection::State::kClosed;
+  conns_.erase(c.id());
+  if (c.transport_ != nullptr) c.transport_->Close();
+}
+
+void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
+  c.version_ = ck.version;
+  c.client_id_ = ck.client_id;
+  if (ck.username) c.username_ = *ck.username;
+  const bool v5 = ck.version == Version::kV5;
+  if (v5) c.problem_info_ = ck.props.request_problem_info != 0;
+
+  bool assigned = false;
+  if (ck.client_id.empty()) {
+    if (!v5 && !ck.clean_start) {
+      RefuseConnect(c, ReasonCode::kClientIdentifierNotValid,
+                    "MQTT-3.1.3-8 empty client id with clean session 0");
+      return;
+    }
+    c.client_id_ = opts_.assigned_id_prefix + std::to_string(NowMs()) + "-" +
+                   std::to_string(++assigned_ids_);
+    assigned = true;
+  } else if (ck.client_id.size() > opts_.max_client_id_length) {
+    RefuseConnect(c, ReasonCode::kClientIdentifierNotValid, "limit client id longer than max_client_id_length");
+    return;
+  }
+  if (v5 && ck.props.Has(PropertyId::kAuthenticationMethod)) {
+    RefuseConnect(c, ReasonCode::kBadAuthenticationMethod,
+                  "MQTT-4.12 enhanced authentication is not supported");
+    return;
+  }
+  if (ck.will) {
+    mqtt::Error e = mqtt::ValidateTopicName(ck.will->topic, opts_.topic_limits);
+    if (!e.ok()) {
+      RefuseConnect(c, ReasonCode::kTopicNameInvalid, e.rule);
+      return;
+    }
+    if (ck.will->topic[0] == '$') {
+      RefuseConnect(c, ReasonCode::kNotAuthorized, "acl will topic under '$' is reserved");
+      return;
+    }
+    if (ck.will->props.payload_format == 1 && !mqtt::IsValidUtf8(ck.will->payload)) {
+      RefuseConnect(c, ReasonCode::kPayloadFormatInvalid, "MQTT-3.1.3.2 will payload format 1 with a non UTF-8 payload");
+      return;
+    }
+  }
+  uint16_t keep_alive = ck.keep_alive;
+  bool server_keep_alive = false;
+  if (opts_.max_keepalive != 65535 && (keep_alive == 0 || keep_alive > opts_.max_keepalive)) {
+    if (!v5) {
+      RefuseConnect(c, ReasonCode::kClientIdentifierNotValid,
+                    "limit keep alive 0 or above max_keepalive (3.1.1 cannot be told)");
+      return;
+    }
+    keep_alive = opts_.max_keepalive;  // [MQTT-3.2.2-21] the client must use it
+    server_keep_alive = true;
+  }
+  ReasonCode auth = hooks_->Authenticate(ck, c.peer_);
+  if (auth != ReasonCode::kSuccess) {
+    RefuseConnect(c, auth, "auth refused by the authentication hook");
+    return;
+  }
+
+  uint32_t expiry = v5 ? ck.props.session_expiry : (ck.clean_start ? 0 : 0xFFFFFFFF);
+  expiry = std::min(expiry, opts_.max_session_expiry);
+
+  // Takeover [MQTT-3.1.4-3]: the existing connection is closed first.
+  if (auto it = sessions_.find(c.client_id_); it != sessions_.end() && it->second->conn) {
+    stats_.takeovers++;
+    Close(*it->second->conn, DisconnectReason::kTakeover, ReasonCode::kSessionTakenOver,
+          "MQTT-3.1.4-3 session taken over by a new connection");
+  }
+  Session* s = nullptr;
+  if (auto it = sessions_.find(c.client_id_); it != sessions_.end()) {
+    if (ck.clean_start) {
+      EndSession(*it->second);  // [MQTT-3.1.2-4] discard the old session
+    } else {
+      s = it->second.get();
+    }
+  }
+  const bool present = s != nullptr;
+  if (s == nullptr) {
+    auto owned = std::make_unique<Session>();
+    s = owned.get();
+    s->id = next_session_id_++;
+    s->client_id = c.client_id_;
+    sessions_by_id_[s->id] = s;
+    sessions_.emplace(c.client_id_, std::move(owned));
+  }
+  // A pending delayed will is cancelled by the reconnect [MQTT-3.1.3-9].
+  s->will_pending = false;
+  s->will = ck.will;
+  s->version = ck.version;
+  s->expiry_s = expiry;
+  s->conn = &c;
+  c.session_ = s;
+  c.state_ = Connection::State::kConnected;
+  c.keep_alive_s_ = keep_alive;
+  c.send_quota_ = std::min<uint16_t>(v5 ? ck.props.receive_maximum : 65535, opts_.max_inflight);
+  c.client_max_packet_ = v5 ? ck.props.maximum_packet_size : 0;
+  c.client_alias_max_ = v5 ? ck.props.topic_alias_maximum : 0;
+
+  mqtt::Connack ack;
+  ack.session_present = present;  // [MQTT-3.2.2-2]
+  if (v5) {
+    auto& p = ack.props;
+    if (assigned) {
+      p.assigned_client_id = c.client_id_;
+      p.Mark(PropertyId::kAssignedClientIdentifier);
+    }
+    p.receive_maximum = opts_.receive_maximum;
+    p.Mark(PropertyId::kReceiveMaximum);
+    p.maximum_packet_size = opts_.max_packet_size;
+    p.Mark(PropertyId::kMaximumPacketSize);
+    p.topic_alias_maximum = opts_.topic_alias_maximum;
+    p.Mark(PropertyId::kTopicAliasMaximum);
+    if (server_keep_alive) {
+      p.server_keep_alive = keep_alive;
+      p.Mark(PropertyId::kServerKeepAlive);
+    }
+    if (expiry != ck.props.session_expiry) {
+      p.session_expiry = expiry;
+      p.Mark(PropertyId::kSessionExpiryInterval);
+    }
+  }
+  c.Write(ack);
+  stats_.clients_connected++;
+  stats_.clients_maximum = std::max(stats_.clients_maximum, stats_.clients_connected);
+  if (keep_alive > 0) {
+    wheel_.Schedule(NowMs() + keep_alive * 1500LL, c.id(), kKeepAlive);
+  }
+  FMQ_LOG_DEBUG("client '%s' connected from %s (v%d, clean=%d, keepalive=%u, present=%d)",
+                c.client_id_.c_str(), c.peer_.c_str(), static_cast<int>(ck.version),
+                ck.clean_start, keep_alive, present);
+  hooks_->OnConnected(InfoOf(c));
+  if (present) ResumeSession(*s, c);
+}
+
+void Broker::ResumeSession(Session& s, Connection& c) {
+  // Resend unacknowledged messages in their original order [MQTT-4.4.0-1],
+  // [MQTT-4.6.0-1].
+  std::vector<std::pair<uint64_t, uint16_t>> order;
+  order.reserve(s.inflight.size());
+  for (const auto& [id, in] : s.inflight) order.emplace_back(in.seq, id);
+  std::sort(order.begin(), order.end());
+  for (const auto& [seq, id] : order) {
+    Inflight& in = s.inflight[id];
+    if (in.released) {
+      SendAck(c, PacketType::kPubrel, id, ReasonCode::kSuccess);
+    } else if (!SendPublish(c, in.d, id, true)) {
+      s.inflight.erase(id);
+    }
+  }
+  PumpQueue(s);
+}
+
+void Broker::HandleDisconnect(Connection& c, const mqtt::Disconnect& d) {
+  Session& s = *c.session_;
+  if (c.version_ == Version::kV5 && d.props.Has(PropertyId::kSessionExpiryInterval)) {
+    if (s.expiry_s == 0 && d.props.session_expiry != 0) {
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+            "MQTT-3.14.2-2 session expiry set on DISCONNECT after 0 on CONNECT");
+      return;
+    }
+    s.expiry_s = std::min(d.props.session_expiry, opts_.max_session_expiry);
+  }
+  // [MQTT-3.1.2-10] a normal DISCONNECT discards the will; 0x04 keeps it.
+  c.will_on_close_ = d.reason == ReasonCode::kDisconnectWithWill;
+  Close(c, DisconnectReason::kClean, ReasonCode::kSuccess, "");
+}
+
+void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const char* rule) {
+  if (c.state_ == Connection::State::kClosed) return;
+  const bool connected = c.state_ == Connection::State::kConnected;
+  if (why == DisconnectReason::kProtocolError) {
+    stats_.protocol_errors++;
+    FMQ_LOG_WARN("client '%s' from %s closed: %s (%s)", c.client_id_.c_str(), c.peer_.c_str(),
+                 std::string(mqtt::ReasonName(rc)).c_str(), rule);
+  } else if (why != DisconnectReason::kClean && why != DisconnectReason::kTransportClosed) {
+    FMQ_LOG_INFO("client '%s' from %s closed: %s", c.client_id_.c_str(), c.peer_.c_str(),
+                 std::string(DisconnectReasonName(why)).c_str());
+  }
+  const bool send_disconnect = connected && c.version_ == Version::kV5 &&
+                               why != DisconnectReason::kClean &&
+                               why != DisconnectReason::kTransportClosed &&
+                               why != DisconnectReason::kConnectTimeout;
+  if (send_disconnect) {
+    mqtt::Disconnect d;
+    d.reason = rc;
+    if (rule[0] != '\0') {
+      d.props.reason_string = rule;
+      d.props.Mark(PropertyId::kReasonString);
+    }
+    c.Write(d);
+  }
+  c.state_ = Connection::State::kClosed;
+  conns_.erase(c.id());
+  if (connected) {
+    stats_.clients_connected--;
+    Session* s = c.session_;
+    s->conn = nullptr;
+    c.session_ = nullptr;
+    FMQ_LOG_DEBUG("client '%s' disconnected: %s", c.client_id_.c_str(),
+                  std::string(DisconnectReasonName(why)).c_str());
+    hooks_->OnDisconnected(InfoOf(c), why);
+    SessionOffline(*s, why != DisconnectReason::kClean || c.will_on_close_);
+  }
+  if (c.transport_ != nullptr) c.transport_->Close();
+}
+
+void Broker::SessionOffline(Session& s, bool publish_will) {
+  const int64_t now = NowMs();
+  s.disconnected_at_ms = now;
+  if (!publish_will) s.will.reset();
+  if (s.expiry_s == 0) {
+    EndSession(s);  // publishes the will, if any
+    return;
+  }
+  if (s.will) {
+    uint32_t delay = std::min(s.will->props.will_delay, s.expiry_s);
+    if (delay == 0) {
+      PublishWill(s);
+    } else {
+      s.will_pending = true;
+      s.will_at_ms = now + int64_t{delay} * 1000;
+      wheel_.Schedule(s.will_at_ms, s.id, kWillDelay);
+    }
+  }
+  if (s.expiry_s != 0xFFFFFFFF) {
+    s.expire_at_ms = now + int64_t{s.expiry_s} * 1000;
+    wheel_.Schedule(s.expire_at_ms, s.id, kSessionExpiry);
+  }
+}
+
+void Broker::PublishWill(Session& s) {
+  if (!s.will) return;
+  mqtt::Will w = std::move(*s.will);
+  s.will.reset();
+  s.will_pending = false;
+  auto m = std::make_shared<Message>();
+  m->topic = std::move(w.topic);
+  m->payload = std::move(w.payload);
+  m->qos = w.qos;
+  m->retain = w.retain;
+  m->origin_session = s.id;
+  if (w.props.Has(PropertyId::kMessageExpiryInterval)) {
+    m->has_expiry = true;
+    m->expiry_at_ms = NowMs() + int64_t{w.props.message_expiry} * 1000;
+  }
+  w.props.Clear(PropertyId::kMessageExpiryInterval);
+  w.props.Clear(PropertyId::kWillDelayInterval);
+  m->props = std::move(w.props);
+  stats_.wills_published++;
+  Route(m);
+}
+
+void Broker::EndSession(Session& s) {
+  if (s.will) PublishWill(s);
+  RemoveAllSubscriptions(s);
+  stats_.queued_messages -= s.queue.size();
+  drops_changed_.erase(s.id);
+  sessions_by_id_.erase(s.id);
+  sessions_.erase(s.client_id);  // destroys s
+}
+
+bool Broker::Kick(std::string_view client_id, ReasonCode rc) {
+  auto it = sessions_.find(client_id);
+  if (it == sessions_.end() || it->second->conn == nullptr) return false;
+  Close(*it->second->conn, DisconnectReason::kAdministrative, rc, "administrative action");
+  return true;
+}
+
+void Broker::Shutdown() {
+  std::vector<Connection*> all;
+  all.reserve(conns_.size());
+  for (auto& [id, c] : conns_) all.push_back(c);
+  for (Connection* c : all) {
+    Close(*c, DisconnectReason::kServerShutdown, ReasonCode::kServerShuttingDown, "");
+  }
+}
+
+void Broker::FireTimer(const TimerWheel::Entry& e, int64_t now) {
+  switch (e.kind) {
+    case kConnectTimeout: {
+      auto it = conns_.find(e.key);
+      if (it == conns_.end() || it->second->state_ != Connection::State::kAwaitConnect) return;
+      stats_.connect_timeouts++;
+      Close(*it->second, DisconnectReason::kConnectTimeout, ReasonCode::kMaximumConnectTime,
+            "limit no CONNECT within connect_timeout");
+      return;
+    }
+    case kKeepAlive: {
+      auto it = conns_.find(e.key);
+      if (it == conns_.end()) return;
+      Connection& c = *it->second;
+      if (c.state_ != Connection::State::kConnected || c.keep_alive_s_ == 0) return;
+      const int64_t deadline = c.last_rx_ms_ + c.keep_alive_s_ * 1500LL;
+      if (now >= deadline) {
+        stats_.keepalive_timeouts++;  // [MQTT-3.1.2-22]
+        Close(c, DisconnectReason::kKeepAliveTimeout, ReasonCode::kKeepAliveTimeout,
+              "MQTT-3.1.2-22 no packet within 1.5 x keep alive");
+      } else {
+        wheel_.Schedule(deadline, c.id(), kKeepAlive);
+      }
+      return;
+    }
+    case kWillDelay: {
+      auto it = sessions_by_id_.find(e.key);
+      if (it == sessions_by_id_.end()) return;
+      Session& s = *it->second;
+      if (s.conn || !s.will_pending || e.deadline_ms != s.will_at_ms) return;  // stale
+      if (now < s.will_at_ms) {
+        wheel_.Schedule(s.will_at_ms, s.id, kWillDelay);
+      } else {
+        PublishWill(s);
+      }
+      return;
+    }
+    case kSessionExpiry: {
+      auto it = sessions_by_id_.find(e.key);
+      if (it == sessions_by_id_.end()) return;
+      Session& s = *it->second;
+      if (s.conn || s.expiry_s == 0xFFFFFFFF || e.deadline_ms != s.expire_at_ms) return;  // stale
+      if (now < s.expire_at_ms) {
+        wheel_.Schedule(s.expire_at_ms, s.id, kSessionExpiry);
+      } else {
+        stats_.sessions_expired++;
+        EndSession(s);
+      }
+      return;
+    }
+    default: return;
+  }
+}
+
+void Broker::Tick() {
+  const int64_t now = NowMs();
+  wheel_.Advance(now, [&](const TimerWheel::Entry& e) { FireTimer(e, now); });
+  if (opts_.sys_interval_s > 0 && now - last_sys_ms_ >= int64_t{opts_.sys_interval_s} * 1000) {
+    last_sys_ms_ = now;
+    PublishSys(now);
+  }
+  hooks_->OnTick(now);
+}
+
+}  // namespace fmq

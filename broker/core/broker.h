@@ -1,0 +1,138 @@
+// The protocol engine of one worker: sessions, the subscription tree, the
+// retained store, the deadline wheel and the statistics, driven by the
+// Connections it accepts. I/O-free (time from an injected Clock, bytes
+// through Transports), so every behaviour is unit-testable without sockets.
+// Single-threaded: one Broker per worker loop. Delivery to a connection on
+// another worker goes through the net layer's cross-worker queue (see
+// doc/architecture.md); nothing here assumes it is the only worker.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/string_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "broker/core/connection.h"
+#include "broker/core/hooks.h"
+#include "broker/core/message.h"
+#include "broker/core/options.h"
+#include "broker/core/retained_store.h"
+#include "broker/core/session.h"
+#include "broker/core/stats.h"
+#include "broker/core/timer_wheel.h"
+#include "broker/core/topic_tree.h"
+#include "common/clock.h"
+
+namespace fmq {
+
+class Broker {
+ public:
+  Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks);
+  ~Broker();
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // A new network connection; the caller owns `c` and keeps it alive until
+  // after OnTransportClosed(). Arms the connect timeout.
+  void Accept(Connection* c);
+
+  // Periodic duties, called by the worker every ~250 ms:
+  //  1. advance the deadline wheel: connect timeouts, keep alive (1.5x),
+  //     delayed wills, session expiry;
+  //  2. publish $SYS/broker statistics every sys_interval_s;
+  //  3. the hooks' OnTick (management modules).
+  void Tick();
+
+  // Closes every connection with DISCONNECT 0x8B (v5) and publishes wills.
+  void Shutdown();
+
+  // Routes a message from the broker itself (e.g. $SYS, management replies).
+  // Returns the number of sessions it matched.
+  size_t PublishInternal(std::string topic, std::string payload, bool retain, uint8_t qos = 0);
+
+  // Closes a connected client by client id (management action).
+  bool Kick(std::string_view client_id, mqtt::ReasonCode rc);
+
+  const BrokerStats& stats() const { return stats_; }
+  const BrokerOptions& options() const { return opts_; }
+  size_t session_count() const { return sessions_.size(); }
+  size_t retained_count() const { return retained_.size(); }
+  size_t timer_count() const { return wheel_.size(); }
+  const Session* FindSession(std::string_view client_id) const;
+  int64_t NowMs() const { return clock_->NowMs(); }
+
+ private:
+  friend class Connection;
+  enum TimerKind : uint8_t { kConnectTimeout, kKeepAlive, kWillDelay, kSessionExpiry };
+
+  // Connection entry points.
+  void OnPacket(Connection& c, mqtt::Packet& p);
+  void OnDecodeError(Connection& c, const mqtt::Error& e);
+  void OnTransportClosed(Connection& c);
+  void CountIn(Connection& c, size_t bytes);
+
+  // Lifecycle (broker.cc).
+  void HandleConnect(Connection& c, mqtt::Connect& ck);
+  void RefuseConnect(Connection& c, mqtt::ReasonCode rc, const char* rule);
+  void HandleDisconnect(Connection& c, const mqtt::Disconnect& d);
+  void Close(Connection& c, DisconnectReason why, mqtt::ReasonCode rc, const char* rule);
+  void SessionOffline(Session& s, bool publish_will);
+  void EndSession(Session& s);
+  void PublishWill(Session& s);
+  void ResumeSession(Session& s, Connection& c);
+  void FireTimer(const TimerWheel::Entry& e, int64_t now);
+  ClientInfo InfoOf(const Connection& c) const;
+
+  // Publish path (publish.cc).
+  void HandlePublish(Connection& c, mqtt::Publish& p);
+  void HandleAck(Connection& c, const mqtt::Ack& a);
+  void SendAck(Connection& c, mqtt::PacketType t, uint16_t id, mqtt::ReasonCode rc);
+  size_t Route(const MessagePtr& msg);
+  void Deliver(Session& s, Delivery&& d);
+  void Enqueue(Session& s, Delivery&& d);
+  void SendNew(Session& s, Connection& c, Delivery&& d);
+  void PumpQueue(Session& s);
+  bool SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, bool dup);
+  uint16_t AllocPacketId(Session& s);
+
+  // Subscriptions (subscribe.cc).
+  void HandleSubscribe(Connection& c, const mqtt::Subscribe& sub);
+  void HandleUnsubscribe(Connection& c, const mqtt::Unsubscribe& u);
+  void RemoveAllSubscriptions(Session& s);
+
+  // $SYS (sys.cc).
+  void PublishSys(int64_t now);
+
+  BrokerOptions opts_;
+  const Clock* clock_;
+  BrokerHooks* hooks_;
+  BrokerHooks default_hooks_;
+  int64_t start_ms_;
+  int64_t last_sys_ms_;
+  uint64_t next_session_id_ = 1;
+  uint64_t assigned_ids_ = 0;
+
+  absl::flat_hash_map<uint64_t, Connection*> conns_;
+  StringMap<std::unique_ptr<Session>> sessions_;
+  absl::flat_hash_map<uint64_t, Session*> sessions_by_id_;
+  TopicTree tree_;
+  RetainedStore retained_;
+  TimerWheel wheel_;
+  BrokerStats stats_;
+  absl::flat_hash_set<uint64_t> drops_changed_;  // sessions whose drop count moved
+
+  // Scratch reused per publish to avoid allocations on the hot path.
+  struct Match {
+    Session* session;
+    SubOptions opts;
+  };
+  std::vector<Match> matches_;
+  std::vector<TopicTree::SharedGroup*> groups_;
+  std::string scratch_;
+};
+
+}  // namespace fmq

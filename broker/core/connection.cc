@@ -1,0 +1,59 @@
+#include "broker/core/connection.h"
+
+#include "broker/core/broker.h"
+
+namespace fmq {
+
+Connection::Connection(Broker* broker, Transport* transport, uint64_t id, std::string peer)
+    : broker_(broker),
+      transport_(transport),
+      id_(id),
+      peer_(std::move(peer)),
+      framer_(broker->options().max_packet_size) {}
+
+Connection::~Connection() = default;
+
+void Connection::OnBytes(std::string_view data) {
+  if (state_ == State::kClosed) return;
+  broker_->CountIn(*this, data.size());
+  mqtt::Error err = framer_.Feed(data, [this](uint8_t first, std::string_view body) {
+    return HandleFrame(first, body);
+  });
+  if (!err.ok() && state_ != State::kClosed) broker_->OnDecodeError(*this, err);
+}
+
+bool Connection::HandleFrame(uint8_t first_byte, std::string_view body) {
+  mqtt::Packet p;
+  mqtt::Error err = mqtt::Decode(first_byte, body, version_, &p);
+  if (!err.ok()) {
+    broker_->OnDecodeError(*this, err);
+    return false;
+  }
+  broker_->OnPacket(*this, p);
+  return state_ != State::kClosed;
+}
+
+void Connection::OnTransportClosed() { broker_->OnTransportClosed(*this); }
+
+std::string Connection::TakeOutput() {
+  std::string o;
+  o.swap(out_);
+  return o;
+}
+
+void Connection::AppendRaw(std::string_view bytes) {
+  const bool was_empty = out_.empty();
+  out_.append(bytes);
+  if (was_empty && transport_ != nullptr) transport_->RequestFlush();
+}
+
+void Connection::Write(const mqtt::Packet& p) {
+  const bool was_empty = out_.empty();
+  const size_t before = out_.size();
+  mqtt::Encode(p, version_, &out_);
+  broker_->stats_.messages_sent++;
+  broker_->stats_.bytes_sent += out_.size() - before;
+  if (was_empty && transport_ != nullptr) transport_->RequestFlush();
+}
+
+}  // namespace fmq

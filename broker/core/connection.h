@@ -1,0 +1,85 @@
+// One network connection's protocol state, I/O-free: bytes in through
+// OnBytes(), bytes out through an output buffer drained by the Transport.
+// Holds what lives only as long as the connection (framer, negotiated
+// limits, topic aliases, keep alive); session state lives in Session.
+// Owned by the net layer (or a test); driven on its worker's thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/string_map.h"
+#include "broker/core/session.h"
+#include "broker/core/transport.h"
+#include "broker/mqtt/codec.h"
+#include "broker/mqtt/framer.h"
+
+namespace fmq {
+
+class Broker;
+
+class Connection {
+ public:
+  enum class State : uint8_t { kAwaitConnect, kConnected, kClosed };
+
+  Connection(Broker* broker, Transport* transport, uint64_t id, std::string peer);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Network bytes, in any chunking.
+  void OnBytes(std::string_view data);
+  // The transport closed (peer gone, I/O error, or after Close()).
+  void OnTransportClosed();
+
+  // Output waiting for the transport; the caller takes it all.
+  std::string TakeOutput();
+  bool HasOutput() const { return !out_.empty(); }
+  size_t OutputSize() const { return out_.size(); }
+
+  uint64_t id() const { return id_; }
+  State state() const { return state_; }
+  const std::string& peer() const { return peer_; }
+  void set_peer(std::string peer) { peer_ = std::move(peer); }
+  const std::string& client_id() const { return client_id_; }
+  const std::string& username() const { return username_; }
+  mqtt::Version version() const { return version_; }
+  Session* session() const { return session_; }
+  Transport* transport() const { return transport_; }
+
+ private:
+  friend class Broker;
+
+  bool HandleFrame(uint8_t first_byte, std::string_view body);
+  void Write(const mqtt::Packet& p);
+  void AppendRaw(std::string_view bytes);
+
+  Broker* broker_;
+  Transport* transport_;
+  uint64_t id_;
+  std::string peer_;
+  State state_ = State::kAwaitConnect;
+  mqtt::Framer framer_;
+  std::string out_;
+
+  // Negotiated at CONNECT.
+  mqtt::Version version_ = mqtt::Version::kV5;
+  std::string client_id_;
+  std::string username_;
+  Session* session_ = nullptr;
+  uint16_t keep_alive_s_ = 0;
+  int64_t last_rx_ms_ = 0;
+  uint16_t send_quota_ = 65535;         // min(client Receive Maximum, max_inflight)
+  uint32_t client_max_packet_ = 0;      // 0 = no limit
+  uint16_t client_alias_max_ = 0;       // aliases we may use towards the client
+  bool problem_info_ = true;            // Request Problem Information
+  StringMap<uint16_t> out_aliases_;
+  std::vector<std::string> in_aliases_;  // index = alias
+  bool clean_disconnect_ = false;
+  bool will_on_close_ = true;
+};
+
+}  // namespace fmq

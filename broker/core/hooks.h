@@ -1,0 +1,54 @@
+// The small interface management modules plug into: authentication of a
+// CONNECT, connect/disconnect events, publishes to the reserved control
+// prefix and a periodic tick. Called on the worker thread that owns the
+// connection; implementations must not block.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "broker/core/message.h"
+#include "broker/mqtt/packet.h"
+
+namespace fmq {
+
+// Why a network connection ended; reported to hooks and logs.
+enum class DisconnectReason : uint8_t {
+  kClean,             // DISCONNECT 0x00 (or 0x04) from the client
+  kKeepAliveTimeout,  // no packet within 1.5 x keep alive
+  kProtocolError,     // malformed packet or protocol violation
+  kTakeover,          // same client id connected again
+  kServerShutdown,
+  kTransportClosed,   // socket closed or failed without DISCONNECT
+  kConnectTimeout,    // no CONNECT in time
+  kAdministrative,    // closed by a management action
+};
+std::string_view DisconnectReasonName(DisconnectReason r);
+
+struct ClientInfo {
+  uint64_t connection_id = 0;
+  std::string_view client_id;
+  std::string_view username;
+  std::string_view peer;  // "ip:port"
+  mqtt::Version version = mqtt::Version::kV5;
+};
+
+class BrokerHooks {
+ public:
+  virtual ~BrokerHooks() = default;
+  // Decides a CONNECT; return kSuccess to accept, or the reason to refuse.
+  virtual mqtt::ReasonCode Authenticate(const mqtt::Connect&, std::string_view /*peer*/) {
+    return mqtt::ReasonCode::kSuccess;
+  }
+  virtual void OnConnected(const ClientInfo&) {}
+  virtual void OnDisconnected(const ClientInfo&, DisconnectReason) {}
+  // A client published under BrokerOptions::control_prefix. Returns the
+  // reason for the publisher's PUBACK (kSuccess, or kNotAuthorized, ...).
+  virtual mqtt::ReasonCode OnControlPublish(const ClientInfo&, const Message&) {
+    return mqtt::ReasonCode::kNotAuthorized;
+  }
+  virtual void OnTick(int64_t /*now_ms*/) {}
+};
+
+}  // namespace fmq

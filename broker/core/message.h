@@ -1,0 +1,32 @@
+// An application message as routed by the broker: immutable once created and
+// shared (by reference count) between the retained store and every queue
+// holding it. Created and released on the worker that owns it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "broker/mqtt/properties.h"
+
+namespace fmq {
+
+struct Message {
+  std::string topic;
+  std::string payload;
+  uint8_t qos = 0;
+  bool retain = false;
+  // Only the properties forwarded unchanged [MQTT-3.3.2]: payload format,
+  // content type, response topic, correlation data, user properties.
+  mqtt::Properties props;
+  bool has_expiry = false;
+  int64_t expiry_at_ms = 0;  // monotonic ms; valid when has_expiry
+  uint64_t origin_session = 0;  // for No Local; 0 = the broker itself
+
+  size_t Footprint() const { return sizeof(Message) + topic.size() + payload.size(); }
+  bool Expired(int64_t now_ms) const { return has_expiry && now_ms >= expiry_at_ms; }
+};
+
+using MessagePtr = std::shared_ptr<const Message>;
+
+}  // namespace fmq

@@ -1,0 +1,415 @@
+// The publish path: inbound PUBLISH and its QoS flows, routing through the
+// subscription tree, per-session delivery with inflight windows and bounded
+// queues, and the outbound PUBLISH encoder.
+#include <algorithm>
+
+#include "broker/core/broker.h"
+#include "broker/mqtt/utf8.h"
+#include "common/log.h"
+
+namespace fmq {
+
+using mqtt::PacketType;
+using mqtt::PropertyId;
+using mqtt::ReasonCode;
+using mqtt::Version;
+
+namespace {
+
+// Properties forwarded unchanged to subscribers [MQTT-3.3.2-15..20].
+constexpr uint64_t kForwarded =
+    mqtt::Properties::Bit(PropertyId::kPayloadFormatIndicator) |
+    mqtt::Properties::Bit(PropertyId::kContentType) |
+    mqtt::Properties::Bit(PropertyId::kResponseTopic) |
+    mqtt::Properties::Bit(PropertyId::kCorrelationData) |
+    mqtt::Properties::Bit(PropertyId::kUserProperty);
+
+}  // namespace
+
+void Broker::SendAck(Connection& c, PacketType t, uint16_t id, ReasonCode rc) {
+  mqtt::Ack a;
+  a.type = t;
+  a.packet_id = id;
+  a.reason = rc;
+  c.Write(a);
+}
+
+void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
+  stats_.publish_received++;
+  Session& s = *c.session_;
+  const bool v5 = c.version_ == Version::kV5;
+  std::string_view topic = p.topic;
+  if (v5 && p.props.Has(PropertyId::kTopicAlias)) {
+    const uint16_t alias = p.props.topic_alias;
+    if (alias > opts_.topic_alias_maximum) {
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kTopicAliasInvalid,
+            "MQTT-3.3.2-9 topic alias above our Topic Alias Maximum");
+      return;
+    }
+    if (c.in_aliases_.size() <= alias) c.in_aliases_.resize(opts_.topic_alias_maximum + 1u);
+    if (!topic.empty()) {
+      c.in_aliases_[alias].assign(topic);
+    } else if (c.in_aliases_[alias].empty()) {
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+            "MQTT-3.3.2-8 topic alias used before it was set");
+      return;
+    } else {
+      topic = c.in_aliases_[alias];
+    }
+  }
+  if (v5 && p.props.Has(PropertyId::kSubscriptionIdentifier)) {
+    Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+          "MQTT-3.3.4-6 PUBLISH from a client carries a subscription identifier");
+    return;
+  }
+  mqtt::Error e = mqtt::ValidateTopicName(topic, opts_.topic_limits);
+  if (!e.ok()) {
+    Close(c, DisconnectReason::kProtocolError, e.code, e.rule);
+    return;
+  }
+  const PacketType ack_type = p.qos == 2 ? PacketType::kPubrec : PacketType::kPuback;
+  if (p.qos == 2) {
+    if (s.inbound_qos2.contains(p.packet_id)) {
+      // A retransmission of a message we already own [MQTT-4.3.3-9]: do not
+      // route it again, just repeat PUBREC.
+      SendAck(c, ack_type, p.packet_id, ReasonCode::kSuccess);
+      return;
+    }
+    if (s.inbound_qos2.size() >= opts_.receive_maximum) {
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kReceiveMaximumExceeded,
+            "MQTT-3.3.4-9 more unacknowledged QoS 2 PUBLISHes than our Receive Maximum");
+      return;
+    }
+  }
+  auto reply = [&](ReasonCode rc) {
+    if (p.qos == 0) return;
+    if (!v5 && mqtt::IsError(rc)) rc = ReasonCode::kSuccess;  // 3.1.1: ack and drop
+    if (p.qos == 2 && !mqtt::IsError(rc)) s.inbound_qos2.insert(p.packet_id);
+    SendAck(c, ack_type, p.packet_id, rc);
+  };
+  if (v5 && p.props.payload_format == 1 && !mqtt::IsValidUtf8(p.payload)) {
+    stats_.publish_denied++;
+    reply(ReasonCode::kPayloadFormatInvalid);  // [MQTT-3.3.2-4]
+    return;
+  }
+  auto m = std::make_shared<Message>();
+  m->topic.assign(topic);
+  m->payload.assign(p.payload);
+  m->qos = p.qos;
+  m->retain = p.retain;
+  m->origin_session = s.id;
+  if (v5) {
+    if (p.props.Has(PropertyId::kMessageExpiryInterval)) {
+      m->has_expiry = true;
+      m->expiry_at_ms = NowMs() + int64_t{p.props.message_expiry} * 1000;
+    }
+    p.props.present &= kForwarded;
+    p.props.subscription_ids.clear();
+    m->props = std::move(p.props);
+  }
+  if (topic.substr(0, opts_.control_prefix.size()) == opts_.control_prefix) {
+    reply(hooks_->OnControlPublish(InfoOf(c), *m));
+    return;
+  }
+  if (topic[0] == '$') {
+    stats_.publish_denied++;  // clients may not publish into $SYS and kin
+    FMQ_LOG_DEBUG("client '%s' publish to '%s' denied: reserved '$' topic", c.client_id_.c_str(),
+                  m->topic.c_str());
+    reply(ReasonCode::kNotAuthorized);
+    return;
+  }
+  size_t matched = Route(m);
+  reply(matched == 0 && v5 ? ReasonCode::kNoMatchingSubscribers : ReasonCode::kSuccess);
+}
+
+void Broker::HandleAck(Connection& c, const mqtt::Ack& a) {
+  Session& s = *c.session_;
+  switch (a.type) {
+    case PacketType::kPuback: {
+      auto it = s.inflight.find(a.packet_id);
+      if (it != s.inflight.end() && it->second.d.qos == 1) {
+        s.inflight.erase(it);
+        PumpQueue(s);
+      }
+      return;
+    }
+    case PacketType::kPubrec: {
+      auto it = s.inflight.find(a.packet_id);
+      if (it == s.inflight.end() || it->second.d.qos != 2) {
+        SendAck(c, PacketType::kPubrel, a.packet_id, ReasonCode::kPacketIdentifierNotFound);
+        return;
+      }
+      if (mqtt::IsError(a.reason)) {  // the receiver refused it [MQTT-4.3.3]
+        s.inflight.erase(it);
+        PumpQueue(s);
+        return;
+      }
+      it->second.released = true;
+      it->second.d.msg.reset();  // the payload is no longer needed
+      SendAck(c, PacketType::kPubrel, a.packet_id, ReasonCode::kSuccess);
+      return;
+    }
+    case PacketType::kPubrel: {
+      bool known = s.inbound_qos2.erase(a.packet_id) > 0;
+      SendAck(c, PacketType::kPubcomp, a.packet_id,
+              known ? ReasonCode::kSuccess : ReasonCode::kPacketIdentifierNotFound);
+      return;
+    }
+    case PacketType::kPubcomp: {
+      auto it = s.inflight.find(a.packet_id);
+      if (it != s.inflight.end() && it->second.released) {
+        s.inflight.erase(it);
+        PumpQueue(s);
+      }
+      return;
+    }
+    default: return;
+  }
+}
+
+size_t Broker::PublishInternal(std::string topic, std::string payload, bool retain, uint8_t qos) {
+  auto m = std::make_shared<Message>();
+  m->topic = std::move(topic);
+  m->payload = std::move(payload);
+  m->retain = retain;
+  m->qos = qos;
+  return Route(m);
+}
+
+size_t Broker::Route(const MessagePtr& msg) {
+  if (msg->retain) retained_.Set(msg);
+  matches_.clear();
+  groups_.clear();
+  tree_.Match(
+      msg->topic,
+      [&](const TopicTree::Subscriber& sub) {
+        if (sub.opts.no_local && sub.session->id == msg->origin_session) return;  // [MQTT-3.8.3-3]
+        matches_.push_back({sub.session, sub.opts});
+      },
+      [&](TopicTree::SharedGroup& g) { groups_.push_back(&g); });
+  std::vector<Match> matches;
+  matches.swap(matches_);
+  std::vector<TopicTree::SharedGroup*> groups;
+  groups.swap(groups_);
+  size_t delivered = 0;
+  // Overlapping subscriptions of one session yield one message with the
+  // highest QoS and every subscription identifier [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+  if (matches.size() > 1) {
+    std::sort(matches.begin(), matches.end(),
+              [](const Match& a, const Match& b) { return a.session < b.session; });
+  }
+  for (size_t i = 0; i < matches.size();) {
+    Delivery d;
+    d.msg = msg;
+    Session* s = matches[i].session;
+    bool rap = false;
+    for (; i < matches.size() && matches[i].session == s; ++i) {
+      const SubOptions& o = matches[i].opts;
+      d.qos = std::max(d.qos, std::min(msg->qos, o.qos));
+      rap |= o.retain_as_published;
+      if (o.subscription_id) d.subscription_ids.push_back(o.subscription_id);
+    }
+    d.retain = rap && msg->retain;  // [MQTT-3.3.1-12], [MQTT-3.3.1-13]
+    Deliver(*s, std::move(d));
+    ++delivered;
+  }
+  // Shared subscriptions: one member per group, round robin, preferring an
+  // online member with room in its inflight window [MQTT-4.8.2].
+  for (TopicTree::SharedGroup* g : groups) {
+    const size_t n = g->members.size();
+    if (n == 0) continue;
+    size_t pick = g->next % n;
+    for (size_t k = 0; k < n; ++k) {
+      size_t idx = (g->next + k) % n;
+      Session* s = g->members[idx].session;
+      if (s->conn && s->queue.empty() && s->inflight.size() < s->conn->send_quota_) {
+        pick = idx;
+        break;
+      }
+    }
+    g->next = pick + 1;
+    const TopicTree::Subscriber& m = g->members[pick];
+    Delivery d;
+    d.msg = msg;
+    d.qos = std::min(msg->qos, m.opts.qos);
+    d.retain = m.opts.retain_as_published && msg->retain;
+    if (m.opts.subscription_id) d.subscription_ids.push_back(m.opts.subscription_id);
+    Deliver(*m.session, std::move(d));
+    ++delivered;
+  }
+  matches.clear();
+  matches.swap(matches_);
+  groups.clear();
+  groups.swap(groups_);
+  return delivered;
+}
+
+void Broker::Deliver(Session& s, Delivery&& d) {
+  if (d.msg->Expired(NowMs())) {
+    stats_.publish_expired++;  // [MQTT-3.3.2-5]
+    return;
+  }
+  Connection* c = s.conn;
+  if (d.qos == 0) {
+    if (c != nullptr) {
+      size_t backlog = c->out_.size() + (c->transport_ ? c->transport_->Backlog() : 0);
+      if (backlog < opts_.max_output_buffer) {
+        SendPublish(*c, d, 0, false);
+        return;
+      }
+    } else if (opts_.queue_qos0) {
+      Enqueue(s, std::move(d));
+      return;
+    }
+    stats_.publish_dropped_qos0++;
+    return;
+  }
+  if (c != nullptr && s.queue.empty() && s.inflight.size() < c->send_quota_) {
+    SendNew(s, *c, std::move(d));
+    return;
+  }
+  Enqueue(s, std::move(d));
+}
+
+void Broker::Enqueue(Session& s, Delivery&& d) {
+  const size_t bytes = d.msg->Footprint();
+  if (s.queue.size() >= opts_.max_queued_messages ||
+      s.queued_bytes + bytes > opts_.max_queued_bytes) {
+    // The documented bound: the new message is dropped for this session,
+    // counted per client (published under $SYS) and logged.
+    s.dropped++;
+    drops_changed_.insert(s.id);
+    if (d.qos == 0) {
+      stats_.publish_dropped_qos0++;
+    } else {
+      stats_.publish_dropped_queue_full++;
+    }
+    if (s.dropped == 1 || s.dropped % 1000 == 0) {
+      FMQ_LOG_WARN("client '%s' queue full (%zu messages, %llu bytes): dropped %llu so far",
+                   s.client_id.c_str(), s.queue.size(),
+                   static_cast<unsigned long long>(s.queued_bytes),
+                   static_cast<unsigned long long>(s.dropped));
+    }
+    return;
+  }
+  s.queued_bytes += bytes;
+  stats_.queued_messages++;
+  s.queue.push_back(std::move(d));
+}
+
+uint16_t Broker::AllocPacketId(Session& s) {
+  while (true) {
+    uint16_t id = s.next_packet_id++;
+    if (s.next_packet_id == 0) s.next_packet_id = 1;
+    if (id != 0 && !s.inflight.contains(id)) return id;
+  }
+}
+
+void Broker::SendNew(Session& s, Connection& c, Delivery&& d) {
+  const uint16_t id = AllocPacketId(s);
+  if (!SendPublish(c, d, id, false)) return;
+  Inflight& in = s.inflight[id];
+  in.d = std::move(d);
+  in.seq = s.next_seq++;
+}
+
+void Broker::PumpQueue(Session& s) {
+  Connection* c = s.conn;
+  while (c != nullptr && !s.queue.empty() && s.inflight.size() < c->send_quota_) {
+    Delivery d = std::move(s.queue.front());
+    s.queue.pop_front();
+    s.queued_bytes -= d.msg->Footprint();
+    stats_.queued_messages--;
+    if (d.msg->Expired(NowMs())) {
+      stats_.publish_expired++;
+      continue;
+    }
+    if (d.qos == 0) {
+      SendPublish(*c, d, 0, false);
+    } else {
+      SendNew(s, *c, std::move(d));
+    }
+  }
+}
+
+bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, bool dup) {
+  const Message& m = *d.msg;
+  const bool v5 = c.version_ == Version::kV5;
+  std::string_view topic = m.topic;
+  uint16_t alias = 0;
+  bool new_alias = false;
+  std::string& props = scratch_;
+  props.clear();
+  uint32_t props_len = 0;
+  if (v5) {
+    mqtt::Properties extra;
+    extra.present = m.props.present;
+    // Assign or reuse a topic alias towards the client [MQTT-3.3.2-10].
+    if (c.client_alias_max_ > 0) {
+      auto it = c.out_aliases_.find(m.topic);
+      if (it != c.out_aliases_.end()) {
+        alias = it->second;
+        topic = {};
+      } else if (c.out_aliases_.size() < c.client_alias_max_) {
+        alias = static_cast<uint16_t>(c.out_aliases_.size() + 1);
+        new_alias = true;
+      }
+    }
+    mqtt::Writer w(&props);
+    auto id = [&](PropertyId i) { w.U8(static_cast<uint8_t>(i)); };
+    if (m.has_expiry) {
+      // The remaining lifetime, rounded up [MQTT-3.3.2-6].
+      int64_t left_ms = m.expiry_at_ms - NowMs();
+      id(PropertyId::kMessageExpiryInterval);
+      w.U32(static_cast<uint32_t>((left_ms + 999) / 1000));
+    }
+    if (alias != 0) {
+      id(PropertyId::kTopicAlias);
+      w.U16(alias);
+    }
+    for (uint32_t sid : d.subscription_ids) {
+      id(PropertyId::kSubscriptionIdentifier);
+      w.Varint(sid);
+    }
+    if (m.props.present != 0) {
+      // Forwarded properties, encoded without their length prefix.
+      std::string block;
+      mqtt::Writer bw(&block);
+      mqtt::EncodeProperties(m.props, bw);
+      mqtt::Reader r(block);
+      uint32_t len;
+      mqtt::Error err;
+      r.Varint(&len, &err);
+      w.Raw(r.Rest());
+    }
+    props_len = static_cast<uint32_t>(props.size());
+  }
+  uint32_t body = static_cast<uint32_t>(2 + topic.size() + (d.qos > 0 ? 2 : 0) + m.payload.size());
+  if (v5) body += static_cast<uint32_t>(mqtt::VarintSize(props_len)) + props_len;
+  const uint32_t total = 1 + static_cast<uint32_t>(mqtt::VarintSize(body)) + body;
+  if (c.client_max_packet_ != 0 && total > c.client_max_packet_) {
+    stats_.publish_dropped_too_large++;  // [MQTT-3.1.2-25] discard it
+    return false;
+  }
+  if (new_alias) c.out_aliases_.emplace(m.topic, alias);
+  const bool was_empty = c.out_.empty();
+  std::string& out = c.out_;
+  out.reserve(out.size() + total);
+  const uint8_t first = static_cast<uint8_t>(0x30 | (dup ? 0x08 : 0) | (d.qos << 1) | (d.retain ? 1 : 0));
+  mqtt::WriteFixedHeader(first, body, &out);
+  mqtt::Writer w(&out);
+  w.Binary(topic);
+  if (d.qos > 0) w.U16(packet_id);
+  if (v5) {
+    w.Varint(props_len);
+    w.Raw(props);
+  }
+  w.Raw(m.payload);
+  stats_.messages_sent++;
+  stats_.publish_sent++;
+  stats_.bytes_sent += total;
+  if (was_empty && c.transport_ != nullptr) c.transport_->RequestFlush();
+  return true;
+}
+
+}  // namespace fmq

@@ -1,0 +1,72 @@
+// MQTT session state [MQTT-4.1]: subscriptions, outbound QoS 1/2 messages
+// in flight, the queue of messages waiting for delivery, inbound QoS 2 ids
+// awaiting PUBREL, and the pending will. Owned by the Broker of one worker;
+// touched only on that worker's thread.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/string_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "broker/core/message.h"
+#include "broker/mqtt/packet.h"
+
+namespace fmq {
+
+class Connection;
+
+struct SubOptions {
+  uint8_t qos = 0;
+  bool no_local = false;
+  bool retain_as_published = false;
+  uint8_t retain_handling = 0;
+  uint32_t subscription_id = 0;  // 0 = none
+};
+
+// One message on its way to one session.
+struct Delivery {
+  MessagePtr msg;
+  uint8_t qos = 0;
+  bool retain = false;
+  std::vector<uint32_t> subscription_ids;
+};
+
+struct Inflight {
+  Delivery d;
+  uint64_t seq = 0;           // send order, for redelivery order [MQTT-4.6.0-1]
+  bool released = false;      // QoS 2: PUBREC received, PUBREL sent
+};
+
+struct Session {
+  uint64_t id = 0;
+  std::string client_id;
+  mqtt::Version version = mqtt::Version::kV5;
+  // Seconds the session outlives its connection; 0 ends it at disconnect,
+  // 0xFFFFFFFF never expires.
+  uint32_t expiry_s = 0;
+  Connection* conn = nullptr;  // set while a connection is attached
+
+  StringMap<SubOptions> subscriptions;  // full filter text
+
+  absl::flat_hash_map<uint16_t, Inflight> inflight;
+  uint64_t next_seq = 1;
+  uint16_t next_packet_id = 1;
+  std::deque<Delivery> queue;
+  uint64_t queued_bytes = 0;
+  uint64_t dropped = 0;  // messages lost at this session's bounds
+
+  absl::flat_hash_set<uint16_t> inbound_qos2;  // received, PUBREL pending
+
+  std::optional<mqtt::Will> will;
+  int64_t will_at_ms = 0;  // when a delayed will is due (while offline)
+  bool will_pending = false;
+  int64_t expire_at_ms = 0;  // when offline with a finite expiry
+  int64_t disconnected_at_ms = 0;
+};
+
+}  // namespace fmq

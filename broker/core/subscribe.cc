@@ -1,0 +1,104 @@
+// SUBSCRIBE / UNSUBSCRIBE: validation per filter, the subscription tree, and
+// retained messages sent on subscribe per Retain Handling.
+#include "broker/core/broker.h"
+#include "common/log.h"
+
+namespace fmq {
+
+using mqtt::PacketType;
+using mqtt::ReasonCode;
+using mqtt::Version;
+
+void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
+  Session& s = *c.session_;
+  const uint32_t sub_id = sub.props.subscription_ids.empty() ? 0 : sub.props.subscription_ids[0];
+  mqtt::SubAck ack;
+  ack.type = PacketType::kSuback;
+  ack.packet_id = sub.packet_id;
+  ack.codes.reserve(sub.entries.size());
+  std::vector<std::pair<std::string, SubOptions>> want_retained;
+  for (const mqtt::SubscribeEntry& e : sub.entries) {
+    mqtt::Error err = mqtt::ValidateTopicFilter(e.filter, opts_.topic_limits);
+    if (!err.ok()) {
+      FMQ_LOG_DEBUG("client '%s' subscribe '%s' refused: %s", c.client_id_.c_str(),
+                    e.filter.c_str(), err.rule);
+      ack.codes.push_back(ReasonCode::kTopicFilterInvalid);
+      continue;
+    }
+    mqtt::SharedFilter sf;
+    mqtt::ParseShared(e.filter, &sf);
+    if (sf.shared && e.no_local()) {
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
+            "MQTT-3.8.3-4 No Local on a shared subscription");
+      return;
+    }
+    const bool existed = s.subscriptions.contains(e.filter);
+    if (!existed && s.subscriptions.size() >= opts_.max_subscriptions_per_session) {
+      ack.codes.push_back(ReasonCode::kQuotaExceeded);
+      continue;
+    }
+    SubOptions o;
+    o.qos = e.qos();
+    o.no_local = e.no_local();
+    o.retain_as_published = e.retain_as_published();
+    o.retain_handling = e.retain_handling();
+    o.subscription_id = sub_id;
+    s.subscriptions[e.filter] = o;
+    if (tree_.Add(sf.shared ? sf.filter : std::string_view(e.filter), sf.group, &s, o)) {
+      stats_.subscriptions++;
+    }
+    ack.codes.push_back(static_cast<ReasonCode>(o.qos));
+    // Retained messages on subscribe [MQTT-3.3.1-9..11]; never for shared
+    // subscriptions [MQTT-4.8.2-?].
+    if (!sf.shared && (o.retain_handling == 0 || (o.retain_handling == 1 && !existed))) {
+      want_retained.emplace_back(e.filter, o);
+    }
+  }
+  c.Write(ack);  // SUBACK goes before the retained messages it unlocks
+  const int64_t now = NowMs();
+  for (const auto& [filter, o] : want_retained) {
+    retained_.Match(filter, now, [&](const MessagePtr& m) {
+      Delivery d;
+      d.msg = m;
+      d.qos = std::min(m->qos, o.qos);
+      d.retain = true;  // [MQTT-3.3.1-8]
+      if (o.subscription_id) d.subscription_ids.push_back(o.subscription_id);
+      Deliver(s, std::move(d));
+    });
+  }
+}
+
+void Broker::HandleUnsubscribe(Connection& c, const mqtt::Unsubscribe& u) {
+  Session& s = *c.session_;
+  mqtt::SubAck ack;
+  ack.type = PacketType::kUnsuback;
+  ack.packet_id = u.packet_id;
+  for (const std::string& f : u.filters) {
+    auto it = s.subscriptions.find(f);
+    if (it == s.subscriptions.end()) {
+      ack.codes.push_back(ReasonCode::kNoSubscriptionExisted);
+      continue;
+    }
+    s.subscriptions.erase(it);
+    mqtt::SharedFilter sf;
+    mqtt::ParseShared(f, &sf);
+    if (tree_.Remove(sf.shared ? sf.filter : std::string_view(f), sf.group, &s)) {
+      stats_.subscriptions--;
+    }
+    ack.codes.push_back(ReasonCode::kSuccess);
+  }
+  c.Write(ack);
+}
+
+void Broker::RemoveAllSubscriptions(Session& s) {
+  for (const auto& [f, o] : s.subscriptions) {
+    mqtt::SharedFilter sf;
+    mqtt::ParseShared(f, &sf);
+    if (tree_.Remove(sf.shared ? sf.filter : std::string_view(f), sf.group, &s)) {
+      stats_.subscriptions--;
+    }
+  }
+  s.subscriptions.clear();
+}
+
+}  // namespace fmq

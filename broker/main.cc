@@ -1,0 +1,79 @@
+// fleetmq entry point: load the configuration, prepare the data dir, run
+// the worker loop until SIGINT/SIGTERM.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include "broker/config.h"
+#include "broker/net/server.h"
+#include "common/log.h"
+
+namespace {
+
+// Creates the data dir (and parents) and takes an exclusive lock on
+// DATA_DIR/LOCK so two brokers never share one directory.
+int PrepareDataDir(const std::string& dir, std::string* err) {
+  std::string path;
+  for (size_t i = 0; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      path = dir.substr(0, i);
+      if (!path.empty() && mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+        *err = "data_dir: cannot create " + path + ": " + std::strerror(errno);
+        return -1;
+      }
+    }
+  }
+  std::string lock = dir + "/LOCK";
+  int fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    *err = "data_dir: cannot open " + lock + ": " + std::strerror(errno);
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    *err = "data_dir: " + dir + " is in use by another fleetmq (lock " + lock + ")";
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGPIPE, SIG_IGN);
+  fmq::Config cfg;
+  bool exit_now = false;
+  std::string message;
+  absl::Status st = fmq::LoadConfig(argc, argv, &cfg, &exit_now, &message);
+  if (!st.ok()) {
+    std::fprintf(stderr, "fleetmq: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
+  if (exit_now) {
+    std::fputs(message.c_str(), stdout);
+    return 0;
+  }
+  fmq::SetLogLevel(cfg.log_level);
+  std::string err;
+  int lock_fd = PrepareDataDir(cfg.data_dir, &err);
+  if (lock_fd < 0) {
+    std::fprintf(stderr, "fleetmq: %s\n", err.c_str());
+    return 1;
+  }
+  fmq::Server server(cfg.server, cfg.broker, nullptr);
+  err = server.Listen();
+  if (!err.empty()) {
+    std::fprintf(stderr, "fleetmq: %s\n", err.c_str());
+    return 1;
+  }
+  FMQ_LOG_INFO("fleetmq %s started (data dir %s)", FMQ_VERSION, cfg.data_dir.c_str());
+  server.Run();
+  FMQ_LOG_INFO("fleetmq stopped");
+  close(lock_fd);
+  return 0;
+}

@@ -1,0 +1,82 @@
+// The libuv side of one worker: listening sockets, TCP clients (each a
+// Transport for its Connection), the flush of all pending output once per
+// loop turn (a uv_check handle, like redis' beforeSleep), the 250 ms tick
+// that drives Broker::Tick, and graceful shutdown on SIGINT/SIGTERM.
+// Everything here runs on the worker's loop thread.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "broker/core/broker.h"
+#include "common/clock.h"
+
+namespace fmq {
+
+struct ListenAddress {
+  std::string host = "127.0.0.1";
+  uint16_t port = 1883;
+};
+
+struct ServerOptions {
+  std::vector<ListenAddress> listeners{ListenAddress{}};
+  // Disable Nagle on client sockets: MQTT packets are small and latency
+  // matters more than a few saved segments (mosquitto's set_tcp_nodelay).
+  bool tcp_nodelay = true;
+  int listen_backlog = 1024;
+  // How long a closing connection may take to drain its output before the
+  // socket is closed hard.
+  uint32_t close_timeout_ms = 5000;
+};
+
+class TcpClient;
+
+class Server {
+ public:
+  Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks);
+  ~Server();
+
+  // Binds every listener; returns an error message or "".
+  std::string Listen();
+  // Runs the loop until Stop() or a termination signal.
+  void Run();
+  // Graceful stop: DISCONNECT 0x8B to everyone, flush, close. Loop-thread only.
+  void Stop();
+
+  // The port actually bound for listener i (useful with port 0).
+  uint16_t bound_port(size_t i) const { return bound_ports_[i]; }
+  Broker& broker() { return broker_; }
+
+ private:
+  friend class TcpClient;
+  static void OnConnection(uv_stream_t* server, int status);
+  static void OnCheck(uv_check_t* h);
+  static void OnTick(uv_timer_t* t);
+  static void OnSignal(uv_signal_t* s, int signum);
+
+  void MarkDirty(TcpClient* c);
+  void Flush();
+  void Forget(TcpClient* c);
+
+  ServerOptions sopts_;
+  SystemClock clock_;
+  Broker broker_;
+  uv_loop_t loop_;
+  std::vector<std::unique_ptr<uv_tcp_t>> listeners_;
+  std::vector<uint16_t> bound_ports_;
+  uv_check_t check_;
+  uv_timer_t tick_;
+  uv_signal_t sigint_;
+  uv_signal_t sigterm_;
+  std::vector<TcpClient*> dirty_;
+  std::vector<TcpClient*> closing_;
+  uint64_t next_conn_id_ = 1;
+  bool stopping_ = false;
+  char read_buf_[64 * 1024];
+};
+
+}  // namespace fmq
