@@ -144,7 +144,7 @@ bool AckReasonAllowed(PacketType t, uint8_t rc) {
 
 Error DecodeAck(PacketType t, uint8_t flags, Reader& r, Version v, Ack* a) {
   const uint8_t want = t == PacketType::kPubrel ? 0x02 : 0x00;
-  if (flags != want) return Error::Malformed("MQTT-3.6.1-1 wrong fixed header flags on an ack");
+  if (flags != want) return Error::Malformed("MQTT-2.2.2-2 wrong fixed header flags on an ack (PUBREL needs 2)");
   a->type = t;
   if (!r.U16(&a->packet_id)) return Truncated("MQTT-3.4.2 truncated packet identifier");
   if (a->packet_id == 0) return Error::Protocol("MQTT-2.2.1-3 packet identifier 0");

@@ -26,7 +26,7 @@ class Framer {
   Error Feed(std::string_view data, F&& on_frame);
 
   // Bytes held for an incomplete frame (for memory accounting).
-  size_t buffered() const { return body_.capacity(); }
+  size_t buffered() const { return body_.size(); }
 
  private:
   // Parses header bytes from `data`; returns false when more input is needed.
