@@ -314,10 +314,10 @@ void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const cha
   if (send_disconnect) {
     mqtt::Disconnect d;
     d.reason = rc;
-    if (rule[0] != '\0') {
-      d.props.reason_string = rule;
-      d.props.Mark(PropertyId::kReasonString);
-    }
+    // A reason string always: it tells operators why, and some clients
+    // (paho 1.6) only read the reason code when more bytes follow it.
+    d.props.reason_string = rule[0] != '\0' ? std::string(rule) : std::string(mqtt::ReasonName(rc));
+    d.props.Mark(PropertyId::kReasonString);
     c.Write(d);
   }
   c.state_ = Connection::State::kClosed;

@@ -56,8 +56,9 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
   }
   c.Write(ack);  // SUBACK goes before the retained messages it unlocks
   const int64_t now = NowMs();
-  for (const auto& [filter, o] : want_retained) {
-    retained_.Match(filter, now, [&](const MessagePtr& m) {
+  for (const auto& want : want_retained) {
+    const SubOptions& o = want.second;
+    retained_.Match(want.first, now, [&](const MessagePtr& m) {
       Delivery d;
       d.msg = m;
       d.qos = std::min(m->qos, o.qos);

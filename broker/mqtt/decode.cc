@@ -189,6 +189,25 @@ Error DecodeSubscribe(uint8_t flags, Reader& r, Version v, Subscribe* s) {
   return kOk;
 }
 
+bool SubAckCodeAllowed(PacketType t, Version v, uint8_t rc) {
+  if (!IsV5(v)) return rc <= 2 || rc == 0x80;
+  if (t == PacketType::kSuback) {
+    switch (rc) {
+      case 0x00: case 0x01: case 0x02: case 0x80: case 0x83: case 0x87: case 0x8F:
+      case 0x91: case 0x97: case 0x9E: case 0xA1: case 0xA2:
+        return true;
+      default:
+        return false;
+    }
+  }
+  switch (rc) {
+    case 0x00: case 0x11: case 0x80: case 0x83: case 0x87: case 0x8F: case 0x91:
+      return true;
+    default:
+      return false;
+  }
+}
+
 Error DecodeSubAck(PacketType t, uint8_t flags, Reader& r, Version v, SubAck* s) {
   if (flags != 0) return Error::Malformed("MQTT-2.1.3-1 SUBACK/UNSUBACK flags must be 0");
   s->type = t;
@@ -203,7 +222,10 @@ Error DecodeSubAck(PacketType t, uint8_t flags, Reader& r, Version v, SubAck* s)
     return kOk;
   }
   uint8_t rc;
-  while (r.U8(&rc)) s->codes.push_back(static_cast<ReasonCode>(rc));
+  while (r.U8(&rc)) {
+    if (!SubAckCodeAllowed(t, v, rc)) return Error::Protocol("MQTT-3.9.3-2 reason code not allowed in SUBACK/UNSUBACK");
+    s->codes.push_back(static_cast<ReasonCode>(rc));
+  }
   return kOk;
 }
 

@@ -1,0 +1,202 @@
+"""Starts the real fleetmq binary on a free port and gives tests real clients.
+
+The broker is started with --listen=127.0.0.1:0 and the bound port is read
+from its log line, so parallel runs never race for a port. Every wait is
+bounded; a broker that does not start in 10 s fails the test.
+"""
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+FLEETMQ = os.environ.get("FLEETMQ_BIN", os.path.join(os.path.dirname(__file__), "../../build/broker/fleetmq"))
+
+
+class Broker:
+    def __init__(self, *flags):
+        self.data_dir = tempfile.mkdtemp(prefix="fleetmq-it-")
+        self.log_path = os.path.join(self.data_dir, "broker.log")
+        self.flags = list(flags)
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        self.log = open(self.log_path, "w+")
+        args = [FLEETMQ, "--listen=127.0.0.1:0", "--data_dir=" + self.data_dir, "--log_level=info"] + self.flags
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with open(self.log_path) as f:
+                m = re.search(r"listening for MQTT on 127\.0\.0\.1:(\d+)", f.read())
+            if m:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError("broker did not start: " + self.read_log())
+
+    def read_log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self, sig=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def close(self):
+        """Stops the broker and fails if it did not exit cleanly or a
+        sanitizer reported anything."""
+        rc = self.stop()
+        log = self.read_log()
+        self.log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            if marker in log:
+                raise AssertionError("sanitizer report in broker log:\n" + log[-4000:])
+        if rc != 0:
+            raise AssertionError("broker exited with %s:\n%s" % (rc, log[-4000:]))
+
+
+class PahoClient:
+    """A paho client running its network loop in a thread, collecting messages."""
+
+    def __init__(self, port, client_id="", v5=True, clean=True, keepalive=30, will=None,
+                 session_expiry=None, connect_props=None, userdata=None):
+        self.v5 = v5
+        proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        if v5:
+            self.c = mqtt.Client(client_id=client_id, protocol=proto)
+        else:
+            self.c = mqtt.Client(client_id=client_id, clean_session=clean, protocol=proto)
+        self.messages = queue.Queue()
+        self.connack = queue.Queue()
+        self.disconnects = queue.Queue()
+        self.acks = queue.Queue()
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+        if v5:
+            self.c.on_connect = lambda c, u, f, rc, p=None: self.connack.put((f, rc, p))
+            self.c.on_disconnect = lambda c, u, rc, p=None: self.disconnects.put(rc)
+        else:
+            self.c.on_connect = lambda c, u, f, rc: self.connack.put((f, rc, None))
+            self.c.on_disconnect = lambda c, u, rc: self.disconnects.put(rc)
+        self.c.on_publish = lambda c, u, mid: self.acks.put(mid)
+        if will:
+            self.c.will_set(*will)
+        props = connect_props
+        if v5 and session_expiry is not None:
+            props = props or Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
+        kwargs = {"keepalive": keepalive}
+        if v5:
+            kwargs["clean_start"] = clean
+            kwargs["properties"] = props
+        self.c.connect("127.0.0.1", port, **kwargs)
+        self.c.loop_start()
+        self.flags, self.rc, self.props = self.connack.get(timeout=5)
+
+    def subscribe(self, topic, qos=0, sub_id=None, **opts):
+        """Subscribes and waits for the SUBACK; returns the granted codes.
+        opts (v5): noLocal, retainAsPublished, retainHandling."""
+        done = threading.Event()
+        granted = []
+
+        def on_sub(c, u, mid, g, p=None):
+            granted.extend(g)
+            done.set()
+
+        self.c.on_subscribe = on_sub
+        if self.v5:
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+            props = None
+            if sub_id is not None:
+                props = Properties(PacketTypes.SUBSCRIBE)
+                props.SubscriptionIdentifier = sub_id
+            self.c.subscribe(topic, options=SubscribeOptions(qos=qos, **opts), properties=props)
+        else:
+            self.c.subscribe(topic, qos)
+        assert done.wait(5), "no SUBACK"
+        return granted
+
+    def publish(self, topic, payload, qos=0, retain=False, properties=None, wait=True):
+        info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if wait and qos > 0:
+            info.wait_for_publish(timeout=5)
+            assert info.is_published(), "no PUBACK/PUBCOMP"
+        return info
+
+    def get(self, timeout=5):
+        return self.messages.get(timeout=timeout)
+
+    def get_all(self, n, timeout=5):
+        out = []
+        deadline = time.time() + timeout
+        while len(out) < n:
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            try:
+                out.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                break
+        return out
+
+    def nothing(self, wait=0.3):
+        try:
+            m = self.messages.get(timeout=wait)
+            return m
+        except queue.Empty:
+            return None
+
+    def disconnect(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def kill(self):
+        """Drops the TCP connection without DISCONNECT (the will fires)."""
+        self.c.loop_stop()
+        self.c.socket().shutdown(socket.SHUT_RDWR)
+        self.c.socket().close()
+
+
+def run_cli(args, timeout=10, input=None):
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input)
+
+
+class BrokerTest(unittest.TestCase):
+    flags = ()
+
+    def setUp(self):
+        self.broker = Broker(*self.flags).start()
+        self.port = self.broker.port
+        self.clients = []
+
+    def tearDown(self):
+        for c in self.clients:
+            try:
+                c.c.loop_stop()
+                c.c.disconnect()
+            except Exception:
+                pass
+        self.broker.close()
+
+    def client(self, **kw):
+        c = PahoClient(self.port, **kw)
+        self.clients.append(c)
+        return c

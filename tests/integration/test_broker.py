@@ -1,0 +1,228 @@
+"""Integration tests: the real fleetmq binary driven by real MQTT clients
+(mosquitto_pub/mosquitto_sub from mosquitto-clients and python3-paho-mqtt),
+over protocol 3.1.1 and 5."""
+import socket
+import struct
+import subprocess
+import time
+import unittest
+
+from harness import BrokerTest, Broker, PahoClient, run_cli, FLEETMQ
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+class PubSub(BrokerTest):
+    flags = ("--sys_interval=1",)
+
+    def test_mosquitto_clients_qos_0_1_2_both_versions(self):
+        for version in ("mqttv311", "mqttv5"):
+            for qos in (0, 1, 2):
+                topic = "it/%s/%d" % (version, qos)
+                sub = subprocess.Popen(["mosquitto_sub", "-p", str(self.port), "-V", version, "-q", str(qos),
+                                        "-t", topic, "-C", "3", "-W", "10", "-v"],
+                                       stdout=subprocess.PIPE, text=True)
+                time.sleep(0.3)
+                for i in range(3):
+                    r = run_cli(["mosquitto_pub", "-p", str(self.port), "-V", version, "-q", str(qos),
+                                 "-t", topic, "-m", "m%d" % i])
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                out, _ = sub.communicate(timeout=15)
+                self.assertEqual(out.split("\n")[:3], ["%s m%d" % (topic, i) for i in range(3)], version)
+
+    def test_paho_qos_flows_v311_and_v5(self):
+        for v5 in (False, True):
+            sub = self.client(client_id="s%d" % v5, v5=v5)
+            pub = self.client(client_id="p%d" % v5, v5=v5)
+            sub.subscribe("flow/#", 2)
+            for qos in (0, 1, 2):
+                pub.publish("flow/%d" % qos, b"x%d" % qos, qos=qos)
+            got = sorted((m.topic, m.qos, m.payload) for m in sub.get_all(3))
+            self.assertEqual(got, [("flow/0", 0, b"x0"), ("flow/1", 1, b"x1"), ("flow/2", 2, b"x2")])
+
+    def test_retained_set_and_clear(self):
+        pub = self.client(client_id="rp")
+        pub.publish("ret/a", b"kept", qos=1, retain=True)
+        s1 = self.client(client_id="r1", v5=False)
+        s1.subscribe("ret/#", 1)
+        m = s1.get()
+        self.assertEqual((m.topic, m.payload, m.retain), ("ret/a", b"kept", True))
+        pub.publish("ret/a", b"", qos=1, retain=True)
+        self.assertEqual(s1.get().payload, b"")  # the clear is forwarded live
+        s2 = self.client(client_id="r2")
+        s2.subscribe("ret/#", 1)
+        self.assertIsNone(s2.nothing())
+        r = run_cli(["mosquitto_pub", "-p", str(self.port), "-t", "ret/b", "-m", "cli", "-r", "-q", "1"])
+        self.assertEqual(r.returncode, 0)
+        r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "ret/b", "-C", "1", "-W", "5", "--retained-only"])
+        self.assertEqual(r.stdout.strip(), "cli")
+
+    def test_will_on_abrupt_close_not_on_disconnect(self):
+        watcher = self.client(client_id="watch")
+        watcher.subscribe("wills/#", 1)
+        dev = PahoClient(self.port, client_id="dev", will=("wills/dev", b"offline", 1, False))
+        dev.kill()
+        m = watcher.get()
+        self.assertEqual((m.topic, m.payload), ("wills/dev", b"offline"))
+        polite = PahoClient(self.port, client_id="polite", will=("wills/polite", b"offline", 1, False))
+        polite.disconnect()
+        self.assertIsNone(watcher.nothing(0.5))
+
+    def test_persistent_session_resume_with_queued_messages(self):
+        for v5 in (False, True):
+            cid = "persist-%d" % v5
+            kw = {"session_expiry": 3600} if v5 else {}
+            s = PahoClient(self.port, client_id=cid, v5=v5, clean=False, **kw)
+            s.subscribe("queue/%d" % v5, 1)
+            s.disconnect()
+            pub = self.client(client_id="qp%d" % v5)
+            for i in range(20):
+                pub.publish("queue/%d" % v5, b"%d" % i, qos=1)
+            s = self.client(client_id=cid, v5=v5, clean=False, **kw)
+            self.assertTrue(s.flags["session present"] if isinstance(s.flags, dict) else s.flags.session_present)
+            got = [m.payload for m in s.get_all(20)]
+            self.assertEqual(got, [b"%d" % i for i in range(20)])
+
+    def test_shared_subscription_splits_the_load(self):
+        a = self.client(client_id="wa")
+        b = self.client(client_id="wb")
+        a.subscribe("$share/g/work/#", 1)
+        b.subscribe("$share/g/work/#", 1)
+        pub = self.client(client_id="wp")
+        for i in range(10):
+            pub.publish("work/x", b"%d" % i, qos=1)
+        ga = a.get_all(5)
+        gb = b.get_all(5)
+        self.assertEqual(len(ga), 5)
+        self.assertEqual(len(gb), 5)
+        self.assertEqual(sorted(int(m.payload) for m in ga + gb), list(range(10)))
+
+    def test_topic_alias_from_client(self):
+        sub = self.client(client_id="as")
+        sub.subscribe("alias/long/topic", 0)
+        pub = self.client(client_id="ap")
+        p = Properties(PacketTypes.PUBLISH)
+        p.TopicAlias = 5
+        pub.publish("alias/long/topic", b"first", properties=p)
+        p2 = Properties(PacketTypes.PUBLISH)
+        p2.TopicAlias = 5
+        pub.publish("", b"second", properties=p2)
+        got = sub.get_all(2)
+        self.assertEqual([(m.topic, m.payload) for m in got],
+                         [("alias/long/topic", b"first"), ("alias/long/topic", b"second")])
+
+    def test_receive_maximum_towards_client_and_properties_pass_through(self):
+        props = Properties(PacketTypes.CONNECT)
+        props.ReceiveMaximum = 1
+        sub = self.client(client_id="rm", connect_props=props)
+        sub.subscribe("rm/t", 1, sub_id=42)
+        pub = self.client(client_id="rmp")
+        pp = Properties(PacketTypes.PUBLISH)
+        pp.ResponseTopic = "resp/rm"
+        pp.CorrelationData = b"\x01\x02"
+        pp.UserProperty = [("k", "v")]
+        for i in range(30):
+            pub.publish("rm/t", b"%d" % i, qos=1, properties=pp)
+        got = sub.get_all(30)
+        self.assertEqual([m.payload for m in got], [b"%d" % i for i in range(30)])
+        m = got[0]
+        self.assertEqual(m.properties.ResponseTopic, "resp/rm")
+        self.assertEqual(m.properties.CorrelationData, b"\x01\x02")
+        self.assertEqual(m.properties.UserProperty, [("k", "v")])
+        self.assertEqual(m.properties.SubscriptionIdentifier, [42])
+
+    def test_sys_topics(self):
+        r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "$SYS/broker/#", "-v", "-W", "3"])
+        topics = dict(line.split(" ", 1) for line in r.stdout.strip().split("\n") if " " in line)
+        for t in ("$SYS/broker/version", "$SYS/broker/uptime", "$SYS/broker/clients/connected",
+                  "$SYS/broker/messages/received", "$SYS/broker/bytes/sent", "$SYS/broker/subscriptions/count"):
+            self.assertIn(t, topics)
+        self.assertTrue(topics["$SYS/broker/version"].startswith("fleetmq"))
+        # A '#' subscription does not see $SYS.
+        r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "#", "-v", "-W", "2"])
+        self.assertNotIn("$SYS", r.stdout)
+
+
+class BadInput(BrokerTest):
+    flags = ("--limits.connect_timeout_ms=500", "--limits.max_packet_size=1024")
+
+    def raw(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return s
+
+    def assert_closed(self, s, timeout=3):
+        s.settimeout(timeout)
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return data
+                data += chunk
+        except ConnectionResetError:
+            return data
+
+    def test_garbage_closes_only_that_connection(self):
+        sub = self.client(client_id="bystander")
+        sub.subscribe("alive", 0)
+        pub = self.client(client_id="bystander-pub", v5=False)
+        for garbage in (b"\x00\x00", b"GET / HTTP/1.1\r\n\r\n", b"\x10\xff\xff\xff\xff\x7f", b"\xc0\x80\x00"):
+            s = self.raw()
+            s.sendall(garbage)
+            self.assert_closed(s)
+            pub.publish("alive", garbage[:1], qos=1)
+            self.assertEqual(sub.get().payload, garbage[:1])
+        self.assertIn("closed: malformed packet", self.broker.read_log())
+
+    def test_connect_timeout(self):
+        s = self.raw()
+        t0 = time.time()
+        self.assert_closed(s, timeout=5)
+        self.assertLess(time.time() - t0, 3)
+        self.assertIn("connect_timeout", self.broker.read_log())
+
+    def test_oversize_packet_v5_gets_disconnect_0x95(self):
+        c = self.client(client_id="big")
+        c.c.publish("t", b"x" * 4000, qos=0)
+        rc = c.disconnects.get(timeout=5)
+        self.assertEqual(int(rc.value) if hasattr(rc, "value") else rc, 0x95)
+
+    def test_publish_to_sys_is_refused(self):
+        c = self.client(client_id="sysp")
+        info = c.c.publish("$SYS/broker/uptime", b"fake", qos=1)
+        info.wait_for_publish(timeout=5)
+        r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "$SYS/broker/uptime", "-W", "2", "-C", "1"])
+        self.assertNotIn("fake", r.stdout)
+
+
+class Lifecycle(unittest.TestCase):
+    def test_invalid_config_names_the_key(self):
+        r = run_cli([FLEETMQ, "--limits.max_inflight=0"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("limits.max_inflight", r.stderr)
+        r = run_cli([FLEETMQ, "--bogus=1"])
+        self.assertIn("bogus", r.stderr)
+
+    def test_second_broker_on_same_data_dir_is_refused(self):
+        b = Broker().start()
+        try:
+            r = run_cli([FLEETMQ, "--listen=127.0.0.1:0", "--data_dir=" + b.data_dir])
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("in use", r.stderr)
+        finally:
+            b.close()
+
+    def test_sigterm_sends_server_shutting_down(self):
+        b = Broker().start()
+        try:
+            c = PahoClient(b.port, client_id="bye")
+            self.assertEqual(b.stop(), 0)
+            rc = c.disconnects.get(timeout=5)
+            self.assertEqual(int(rc.value) if hasattr(rc, "value") else rc, 0x8B)
+            c.c.loop_stop()
+        finally:
+            b.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

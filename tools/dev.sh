@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# fleetmq developer entry point: the README's two commands.
+#   tools/dev.sh run   install packages, build, start fleetmq (127.0.0.1:1883, data under ./data)
+#   tools/dev.sh test  install packages, build, run the whole test suite (release + ASan/UBSan)
+# Extra arguments after `run` go to fleetmq. Works as root or with sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  g++ meson ninja-build pkg-config
+  libuv1-dev libmbedtls-dev librocksdb-dev libflatbuffers-dev flatbuffers-compiler
+  libjemalloc-dev libabsl-dev doctest-dev libtomlplusplus-dev
+  mosquitto-clients python3 python3-paho-mqtt
+)
+
+install_packages() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+build() {  # build DIR [meson options...]
+  local dir=$1; shift
+  [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@"
+  ninja -C "$dir"
+}
+
+case "${1:-}" in
+  run)
+    shift
+    install_packages
+    build build --buildtype=release
+    exec ./build/broker/fleetmq --data_dir=./data "$@"
+    ;;
+  test)
+    install_packages
+    build build
+    status=0
+    meson test -C build --print-errorlogs || status=1
+    # The same suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+    build build-asan -Db_sanitize=address,undefined -Db_lundef=false
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      meson test -C build-asan --print-errorlogs || status=1
+    python3 tools/test_summary.py build/meson-logs/testlog.json build-asan/meson-logs/testlog.json || status=1
+    exit $status
+    ;;
+  *)
+    echo "usage: tools/dev.sh run [fleetmq flags...] | tools/dev.sh test" >&2
+    exit 2
+    ;;
+esac
