@@ -377,6 +377,7 @@ void Broker::PublishWill(Session& s) {
   w.props.Clear(PropertyId::kMessageExpiryInterval);
   w.props.Clear(PropertyId::kWillDelayInterval);
   m->props = std::move(w.props);
+  SealMessage(m.get());
   stats_.wills_published++;
   Route(m);
 }

@@ -58,6 +58,8 @@ class Broker {
   bool Kick(std::string_view client_id, mqtt::ReasonCode rc);
 
   const BrokerStats& stats() const { return stats_; }
+  // The net layer stopped reading a connection whose output is not draining.
+  void CountReadPause() { stats_.reads_paused++; }
   const BrokerOptions& options() const { return opts_; }
   size_t session_count() const { return sessions_.size(); }
   size_t retained_count() const { return retained_.size(); }

@@ -19,6 +19,9 @@ struct Message {
   // Only the properties forwarded unchanged [MQTT-3.3.2]: payload format,
   // content type, response topic, correlation data, user properties.
   mqtt::Properties props;
+  // `props` in v5 wire form without the length prefix, encoded once when the
+  // message is created (SealMessage) instead of once per delivery.
+  std::string wire_props;
   bool has_expiry = false;
   int64_t expiry_at_ms = 0;  // monotonic ms; valid when has_expiry
   uint64_t origin_session = 0;  // for No Local; 0 = the broker itself
@@ -28,5 +31,8 @@ struct Message {
 };
 
 using MessagePtr = std::shared_ptr<const Message>;
+
+// Fills wire_props from props; call once before the message is routed.
+void SealMessage(Message* m);
 
 }  // namespace fmq

@@ -26,6 +26,19 @@ constexpr uint64_t kForwarded =
 
 }  // namespace
 
+void SealMessage(Message* m) {
+  m->wire_props.clear();
+  if (m->props.present == 0) return;
+  std::string block;
+  mqtt::Writer bw(&block);
+  mqtt::EncodeProperties(m->props, bw);
+  mqtt::Reader r(block);
+  uint32_t len = 0;
+  mqtt::Error err;
+  r.Varint(&len, &err);  // drop the length prefix
+  m->wire_props.assign(r.Rest());
+}
+
 void Broker::SendAck(Connection& c, PacketType t, uint16_t id, ReasonCode rc) {
   mqtt::Ack a;
   a.type = t;
@@ -106,6 +119,7 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     p.props.present &= kForwarded;
     p.props.subscription_ids.clear();
     m->props = std::move(p.props);
+    SealMessage(m.get());
   }
   if (topic.substr(0, opts_.control_prefix.size()) == opts_.control_prefix) {
     reply(hooks_->OnControlPublish(InfoOf(c), *m));
@@ -371,17 +385,7 @@ bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, b
       id(PropertyId::kSubscriptionIdentifier);
       w.Varint(sid);
     }
-    if (m.props.present != 0) {
-      // Forwarded properties, encoded without their length prefix.
-      std::string block;
-      mqtt::Writer bw(&block);
-      mqtt::EncodeProperties(m.props, bw);
-      mqtt::Reader r(block);
-      uint32_t len;
-      mqtt::Error err;
-      r.Varint(&len, &err);
-      w.Raw(r.Rest());
-    }
+    w.Raw(m.wire_props);
     props_len = static_cast<uint32_t>(props.size());
   }
   uint32_t body = static_cast<uint32_t>(2 + topic.size() + (d.qos > 0 ? 2 : 0) + m.payload.size());

@@ -57,6 +57,7 @@ class TcpClient final : public Transport {
     int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&handle_), &buf, 1);
     if (n == static_cast<int>(w->data.size())) {
       delete w;
+      MaybeResumeReading();
       return;
     }
     if (n > 0) {
@@ -89,6 +90,16 @@ class TcpClient final : public Transport {
     auto* self = static_cast<TcpClient*>(s->data);
     if (n > 0) {
       self->conn_.OnBytes(std::string_view(buf->base, static_cast<size_t>(n)));
+      // Backpressure: a peer that sends but does not read its replies stops
+      // being read until its output drains below half the limit.
+      // Only bytes the kernel refused count: output produced by this read is
+      // bounded by the read buffer and flushed at the end of the loop turn.
+      if (!self->closing_ && !self->closed_ &&
+          self->Backlog() > self->server_->broker_.options().max_output_buffer) {
+        uv_read_stop(s);
+        self->read_paused_ = true;
+        self->server_->broker_.CountReadPause();
+      }
     } else if (n < 0) {
       uv_read_stop(s);
       self->conn_.OnTransportClosed();  // Broker closes us (or already has)
@@ -101,7 +112,20 @@ class TcpClient final : public Transport {
     uv_write_t req;
     std::string data;
   };
-  static void OnWrite(uv_write_t* req, int) { delete static_cast<WriteReq*>(req->data); }
+  static void OnWrite(uv_write_t* req, int) {
+    auto* w = static_cast<WriteReq*>(req->data);
+    auto* self = static_cast<TcpClient*>(req->handle->data);
+    delete w;
+    self->MaybeResumeReading();
+  }
+
+  void MaybeResumeReading() {
+    if (read_paused_ && !closing_ && !closed_ &&
+        Backlog() < server_->broker_.options().max_output_buffer / 2) {
+      read_paused_ = false;
+      uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
+    }
+  }
   static void OnShutdown(uv_shutdown_t* req, int) {
     auto* self = static_cast<TcpClient*>(req->data);
     delete req;
@@ -120,6 +144,7 @@ class TcpClient final : public Transport {
   bool dirty_ = false;
   bool closing_ = false;
   bool closed_ = false;
+  bool read_paused_ = false;
   int64_t close_deadline_ = 0;
 };
 

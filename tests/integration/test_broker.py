@@ -4,6 +4,7 @@ over protocol 3.1.1 and 5."""
 import socket
 import struct
 import subprocess
+import threading
 import time
 import unittest
 
@@ -143,8 +144,25 @@ class PubSub(BrokerTest):
         self.assertNotIn("$SYS", r.stdout)
 
 
+class BenchTool(BrokerTest):
+    def test_bench_smoke(self):
+        """fleetmq-bench runs against the real broker and reports JSON (no timing asserted)."""
+        import json, os
+        bench = os.path.join(os.path.dirname(FLEETMQ), "..", "bench", "fleetmq-bench")
+        for args in (["--qos", "0"], ["--qos", "1"], ["--scenario", "fanout", "--subs", "3"]):
+            r = run_cli([bench, "--port", str(self.port), "--duration", "0.5", "--warmup", "0.2",
+                         "--broker-pid", str(self.broker.proc.pid)] + args, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            out = json.loads(r.stdout.strip().split("\n")[-1])
+            self.assertGreater(out["received"], 0)
+            self.assertGreater(out["broker_cpu_s"], 0)
+        r = run_cli([bench, "--host", "10.0.0.1"])
+        self.assertEqual(r.returncode, 2)  # loopback only
+
+
 class BadInput(BrokerTest):
-    flags = ("--limits.connect_timeout_ms=500", "--limits.max_packet_size=1024")
+    flags = ("--limits.connect_timeout_ms=500", "--limits.max_packet_size=1024",
+             "--limits.max_output_buffer=4096", "--sys_interval=1")
 
     def raw(self):
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -186,6 +204,40 @@ class BadInput(BrokerTest):
         c.c.publish("t", b"x" * 4000, qos=0)
         rc = c.disconnects.get(timeout=5)
         self.assertEqual(int(rc.value) if hasattr(rc, "value") else rc, 0x95)
+
+    def test_client_that_never_reads_is_paused_not_buffered(self):
+        """A publisher flooding QoS 1 without reading its PUBACKs: the broker
+        stops reading it (backpressure) instead of buffering acks without
+        bound, and keeps serving everyone else."""
+        sub = self.client(client_id="calm")
+        sub.subscribe("calm", 0)
+        s = self.raw()
+        s.sendall(bytes.fromhex("100d00044d5154540402003c0001") + b"f")
+        one = bytes.fromhex("3208000166") + b"\x00\x01" + b"x" * 3  # QoS 1 PUBLISH to 'f'
+        flood = one * 3000000  # ~30 MB: past the kernel socket buffers
+        stop = threading.Event()
+
+        def send():
+            s.settimeout(10)
+            try:
+                view = memoryview(flood)
+                while view and not stop.is_set():
+                    n = s.send(view[:65536])
+                    view = view[n:]
+            except OSError:
+                pass
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        t.join(6)
+        pub = self.client(client_id="calm-pub")
+        pub.publish("calm", b"still here", qos=1)
+        self.assertEqual(sub.get().payload, b"still here")
+        r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "$SYS/broker/connections/reads_paused",
+                     "-C", "1", "-W", "5"])
+        self.assertGreaterEqual(int(r.stdout.strip() or "0"), 1)
+        stop.set()
+        s.close()
 
     def test_publish_to_sys_is_refused(self):
         c = self.client(client_id="sysp")

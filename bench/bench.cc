@@ -1,0 +1,368 @@
+// fleetmq-bench: an MQTT load generator on libuv, using fleetmq's own codec.
+// Scenarios:
+//   fanin  : P publishers -> S subscribers on bench/# (every subscriber gets
+//            every message); closed loop: each publisher keeps at most
+//            --window messages in flight end to end (counted at subscriber 0)
+//   fanout : 1 publisher -> S subscribers on one topic (same closed loop)
+// Payloads carry a send timestamp: end-to-end latency percentiles are
+// measured. Bounded by --duration; loopback only (the target host must be
+// 127.0.0.0/8). Prints a live line every second and a final JSON line.
+#include <uv.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "broker/mqtt/codec.h"
+#include "broker/mqtt/framer.h"
+
+namespace {
+
+using namespace fmq;
+
+struct Options {
+  std::string host = "127.0.0.1";
+  int port = 1883;
+  std::string scenario = "fanin";
+  int pubs = 4;
+  int subs = 1;
+  int qos = 0;
+  int size = 64;
+  int window = 100;
+  double duration = 10;
+  double warmup = 1;
+  int version = 5;
+  int broker_pid = 0;
+};
+
+int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+double BrokerCpuSeconds(int pid) {
+  if (pid <= 0) return 0;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t rp = s.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::vector<std::string> fields;
+  size_t i = rp + 2;
+  while (i < s.size()) {
+    size_t j = s.find(' ', i);
+    fields.push_back(s.substr(i, j - i));
+    if (j == std::string::npos) break;
+    i = j + 1;
+  }
+  if (fields.size() < 13) return 0;
+  return (std::stod(fields[11]) + std::stod(fields[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+class Bench;
+
+struct Client {
+  Bench* bench;
+  int index;
+  bool publisher;
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  mqtt::Framer framer{1u << 28};
+  mqtt::Version version;
+  bool ready = false;
+  int inflight = 0;  // publishers: end-to-end outstanding
+  uint16_t next_id = 1;
+  std::string topic;
+  std::string out;
+};
+
+class Bench {
+ public:
+  explicit Bench(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
+
+  int Run() {
+    if (o_.host.rfind("127.", 0) != 0) {
+      std::fprintf(stderr, "fleetmq-bench: targets loopback (127.0.0.0/8) only\n");
+      return 2;
+    }
+    if (o_.scenario == "fanout") o_.pubs = 1;
+    else if (o_.scenario != "fanin") {
+      std::fprintf(stderr, "fleetmq-bench: unknown scenario %s\n", o_.scenario.c_str());
+      return 2;
+    }
+    for (int i = 0; i < o_.subs; ++i) Add(false, i);
+    uv_timer_init(&loop_, &timer_);
+    timer_.data = this;
+    uv_timer_start(&timer_, OnTimer, 100, 100);
+    start_ns_ = NowNs();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    return Report();
+  }
+
+  void OnReady(Client* c) {
+    ++ready_;
+    if (ready_ == o_.subs && !pubs_started_) {
+      pubs_started_ = true;
+      for (int i = 0; i < o_.pubs; ++i) Add(true, i);
+    }
+    if (c->publisher) Pump(c);
+  }
+
+  void OnPublishReceived(Client* sub, const mqtt::Publish& p) {
+    if (p.payload.size() < 12) return;
+    int64_t sent;
+    uint32_t pub_index;
+    std::memcpy(&sent, p.payload.data(), 8);
+    std::memcpy(&pub_index, p.payload.data() + 8, 4);
+    if (measuring_) {
+      ++received_;
+      if (latencies_.size() < 20'000'000) latencies_.push_back(static_cast<uint32_t>((NowNs() - sent) / 1000));
+    }
+    if (sub->index == 0 && pub_index < clients_.size()) {
+      Client* pub = pubs_[pub_index];
+      --pub->inflight;
+      Pump(pub);
+    }
+  }
+
+  void Pump(Client* c) {
+    if (stopping_) return;
+    while (c->inflight < o_.window) {
+      mqtt::Publish p;
+      p.topic = c->topic;
+      p.qos = static_cast<uint8_t>(o_.qos);
+      if (o_.qos) {
+        p.packet_id = c->next_id++;
+        if (c->next_id == 0) c->next_id = 1;
+      }
+      std::string payload(static_cast<size_t>(std::max(o_.size, 12)), 'x');
+      int64_t now = NowNs();
+      uint32_t idx = static_cast<uint32_t>(c->index);
+      std::memcpy(payload.data(), &now, 8);
+      std::memcpy(payload.data() + 8, &idx, 4);
+      p.payload = payload;
+      mqtt::Encode(p, c->version, &c->out);
+      ++c->inflight;
+      if (measuring_) ++sent_;
+    }
+    Flush(c);
+  }
+
+  void Flush(Client* c) {
+    if (c->out.empty()) return;
+    struct Req {
+      uv_write_t w;
+      std::string data;
+    };
+    auto* r = new Req;
+    r->data.swap(c->out);
+    uv_buf_t b = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
+    r->w.data = r;
+    if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1,
+                 [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
+      delete r;
+    }
+  }
+
+ private:
+  void Add(bool publisher, int i) {
+    auto c = std::make_unique<Client>();
+    c->bench = this;
+    c->index = i;
+    c->publisher = publisher;
+    c->version = o_.version == 5 ? mqtt::Version::kV5 : mqtt::Version::kV311;
+    c->topic = o_.scenario == "fanout" ? "bench/all" : "bench/" + std::to_string(i);
+    uv_tcp_init(&loop_, &c->tcp);
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->tcp.data = c.get();
+    c->connect_req.data = c.get();
+    sockaddr_in addr;
+    uv_ip4_addr(o_.host.c_str(), o_.port, &addr);
+    uv_tcp_connect(&c->connect_req, &c->tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
+    if (publisher) {
+      if (pubs_.size() <= static_cast<size_t>(i)) pubs_.resize(static_cast<size_t>(i) + 1);
+      pubs_[static_cast<size_t>(i)] = c.get();
+    }
+    clients_.push_back(std::move(c));
+  }
+
+  static void OnConnect(uv_connect_t* req, int status) {
+    auto* c = static_cast<Client*>(req->data);
+    if (status != 0) {
+      std::fprintf(stderr, "fleetmq-bench: connect: %s\n", uv_strerror(status));
+      std::exit(1);
+    }
+    mqtt::Connect ck;
+    ck.version = c->version;
+    ck.client_id = std::string(c->publisher ? "bench-pub-" : "bench-sub-") + std::to_string(c->index);
+    ck.keep_alive = 60;
+    mqtt::Encode(ck, c->version, &c->out);
+    if (!c->publisher) {
+      mqtt::Subscribe s;
+      s.packet_id = 1;
+      s.entries.push_back({c->bench->o_.scenario == "fanout" ? "bench/all" : "bench/#",
+                           static_cast<uint8_t>(c->bench->o_.qos)});
+      mqtt::Encode(s, c->version, &c->out);
+    }
+    c->bench->Flush(c);
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp),
+                  [](uv_handle_t* h, size_t, uv_buf_t* b) {
+                    auto* cl = static_cast<Client*>(h->data);
+                    *b = uv_buf_init(cl->bench->read_buf_, sizeof cl->bench->read_buf_);
+                  },
+                  OnRead);
+  }
+
+  static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+    auto* c = static_cast<Client*>(s->data);
+    Bench* b = c->bench;
+    if (n < 0) {
+      if (!b->stopping_) {
+        std::fprintf(stderr, "fleetmq-bench: connection lost: %s\n", uv_strerror(static_cast<int>(n)));
+        std::exit(1);
+      }
+      return;
+    }
+    mqtt::Error e = c->framer.Feed(std::string_view(buf->base, static_cast<size_t>(n)),
+                                   [&](uint8_t first, std::string_view body) {
+      auto type = static_cast<mqtt::PacketType>(first >> 4);
+      if (type == mqtt::PacketType::kPublish) {
+        mqtt::Packet p;
+        if (!mqtt::Decode(first, body, c->version, &p).ok()) return false;
+        auto& pub = std::get<mqtt::Publish>(p);
+        if (pub.qos == 1) {
+          mqtt::Ack a;
+          a.type = mqtt::PacketType::kPuback;
+          a.packet_id = pub.packet_id;
+          mqtt::Encode(a, c->version, &c->out);
+        }
+        b->OnPublishReceived(c, pub);
+      } else if (type == mqtt::PacketType::kConnack && c->publisher) {
+        c->ready = true;
+        b->OnReady(c);
+      } else if (type == mqtt::PacketType::kSuback) {
+        c->ready = true;
+        b->OnReady(c);
+      }
+      return true;
+    });
+    if (!e.ok()) {
+      std::fprintf(stderr, "fleetmq-bench: bad packet from broker: %s\n", e.rule);
+      std::exit(1);
+    }
+    b->Flush(c);
+  }
+
+  static void OnTimer(uv_timer_t* t) {
+    auto* b = static_cast<Bench*>(t->data);
+    const double elapsed = static_cast<double>(NowNs() - b->start_ns_) / 1e9;
+    if (!b->measuring_ && b->pubs_started_ && elapsed >= b->o_.warmup) {
+      b->measuring_ = true;
+      b->measure_start_ns_ = NowNs();
+      b->cpu_start_ = BrokerCpuSeconds(b->o_.broker_pid);
+    }
+    if (b->measuring_) {
+      const double m = static_cast<double>(NowNs() - b->measure_start_ns_) / 1e9;
+      if (static_cast<int>(m * 10) % 10 == 0) {
+        std::fprintf(stderr, "\r%.0fs received %llu (%.0f msg/s)   ", m,
+                     static_cast<unsigned long long>(b->received_), m > 0 ? b->received_ / m : 0);
+      }
+      if (m >= b->o_.duration) {
+        b->measure_ns_ = NowNs() - b->measure_start_ns_;
+        b->cpu_end_ = BrokerCpuSeconds(b->o_.broker_pid);
+        b->stopping_ = true;
+        uv_stop(&b->loop_);
+      }
+    }
+    if (elapsed > b->o_.warmup + b->o_.duration + 30) {
+      std::fprintf(stderr, "fleetmq-bench: did not finish in time\n");
+      std::exit(1);
+    }
+  }
+
+  int Report() {
+    std::fprintf(stderr, "\n");
+    std::sort(latencies_.begin(), latencies_.end());
+    auto pct = [&](double q) -> unsigned {
+      if (latencies_.empty()) return 0;
+      return latencies_[std::min(latencies_.size() - 1, static_cast<size_t>(q * static_cast<double>(latencies_.size())))];
+    };
+    const double secs = static_cast<double>(measure_ns_) / 1e9;
+    const double cpu = cpu_end_ - cpu_start_;
+    std::printf(
+        "{\"scenario\":\"%s\",\"pubs\":%d,\"subs\":%d,\"qos\":%d,\"size\":%d,\"window\":%d,"
+        "\"mqtt\":%d,\"seconds\":%.2f,\"sent\":%llu,\"received\":%llu,\"msgs_per_s\":%.0f,"
+        "\"p50_us\":%u,\"p99_us\":%u,\"p999_us\":%u,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_msg\":%.3f}\n",
+        o_.scenario.c_str(), o_.pubs, o_.subs, o_.qos, o_.size, o_.window, o_.version, secs,
+        static_cast<unsigned long long>(sent_), static_cast<unsigned long long>(received_),
+        static_cast<double>(received_) / secs, pct(0.5), pct(0.99), pct(0.999), cpu,
+        received_ ? cpu * 1e6 / static_cast<double>(received_) : 0.0);
+    return 0;
+  }
+
+  Options o_;
+  uv_loop_t loop_;
+  uv_timer_t timer_;
+  std::vector<std::unique_ptr<Client>> clients_;
+  std::vector<Client*> pubs_;
+  int ready_ = 0;
+  bool pubs_started_ = false;
+  bool measuring_ = false;
+  bool stopping_ = false;
+  int64_t start_ns_ = 0, measure_start_ns_ = 0, measure_ns_ = 1;
+  uint64_t sent_ = 0, received_ = 0;
+  double cpu_start_ = 0, cpu_end_ = 0;
+  std::vector<uint32_t> latencies_;
+  char read_buf_[256 * 1024];
+};
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage: fleetmq-bench [--scenario fanin|fanout] [--host 127.0.0.1] [--port 1883]\n"
+               "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--duration S]\n"
+               "  [--warmup S] [--mqtt 4|5] [--broker-pid PID]\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        Usage();
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--scenario") o.scenario = next();
+    else if (a == "--host") o.host = next();
+    else if (a == "--port") o.port = std::atoi(next().c_str());
+    else if (a == "--pubs") o.pubs = std::atoi(next().c_str());
+    else if (a == "--subs") o.subs = std::atoi(next().c_str());
+    else if (a == "--qos") o.qos = std::atoi(next().c_str());
+    else if (a == "--size") o.size = std::atoi(next().c_str());
+    else if (a == "--window") o.window = std::atoi(next().c_str());
+    else if (a == "--duration") o.duration = std::atof(next().c_str());
+    else if (a == "--warmup") o.warmup = std::atof(next().c_str());
+    else if (a == "--mqtt") o.version = std::atoi(next().c_str());
+    else if (a == "--broker-pid") o.broker_pid = std::atoi(next().c_str());
+    else {
+      Usage();
+      return 2;
+    }
+  }
+  if (o.pubs < 1 || o.subs < 1 || o.qos < 0 || o.qos > 1 || o.window < 1 || o.duration <= 0 ||
+      (o.version != 4 && o.version != 5)) {
+    Usage();
+    return 2;
+  }
+  Bench b(o);
+  return b.Run();
+}
