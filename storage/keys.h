@@ -1,0 +1,106 @@
+// Every storage key is built here and nowhere else. Keys of tenant data
+// start with the tenant (TenantId), so one tenant's data is one key range
+// and no code path can build such a key without a tenant. Components are
+// order-preserving: strings are escaped (0x00 -> 0x00 0xFF) and ended by
+// 0x00 0x01; numbers are big-endian. Pure functions; any thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace fmq::storage {
+
+// A tenant identifier as established by authentication (the certificate
+// chain, later) or by the platform itself. There is no implicit conversion
+// from a string: constructing one is an explicit, greppable act.
+class TenantId {
+ public:
+  static TenantId FromAuthenticated(std::string_view id) { return TenantId(id); }
+  // The tenant of the broker's plain-TCP listener until per-tenant identity
+  // exists (security issue).
+  static TenantId Default() { return TenantId("default"); }
+  const std::string& str() const { return id_; }
+  bool operator==(const TenantId& o) const { return id_ == o.id_; }
+
+ private:
+  explicit TenantId(std::string_view id) : id_(id) {}
+  std::string id_;
+};
+
+// Builds one key from components.
+class KeyBuilder {
+ public:
+  KeyBuilder& Str(std::string_view s);
+  KeyBuilder& U64(uint64_t v);
+  KeyBuilder& I64(int64_t v);  // order-preserving for negatives too
+  const std::string& key() const { return key_; }
+  std::string Take() { return std::move(key_); }
+
+ private:
+  std::string key_;
+};
+
+// Splits a key built by KeyBuilder back into components (for index scans).
+class KeyReader {
+ public:
+  explicit KeyReader(std::string_view key) : rest_(key) {}
+  bool Str(std::string* out);
+  bool U64(uint64_t* out);
+  bool I64(int64_t* out);
+  bool done() const { return rest_.empty(); }
+
+ private:
+  std::string_view rest_;
+};
+
+// Device lifecycle states [seed: registration_status / status].
+enum class DeviceStatus : uint8_t {
+  kRegistered = 0,
+  kProvisioned = 1,
+  kActive = 2,
+  kSuspended = 3,
+  kDecommissioned = 4,
+  kReplaced = 5,
+};
+
+namespace keys {
+
+// MQTT state.
+std::string Session(const TenantId& t, std::string_view client_id);
+std::string SessionMessage(const TenantId& t, std::string_view client_id, uint64_t seq);
+std::string SessionMessagesPrefix(const TenantId& t, std::string_view client_id);
+std::string Retained(const TenantId& t, std::string_view topic);
+
+// Registry.
+std::string Tenant(const TenantId& t);
+std::string TenantPrefix(const TenantId& t);  // the whole key range of a tenant
+std::string Device(const TenantId& t, std::string_view device_id);
+std::string Model(const TenantId& t, std::string_view model_id);
+std::string Group(const TenantId& t, std::string_view group_id);
+std::string Config(const TenantId& t, bool group, std::string_view target_id, uint64_t version);
+std::string ConfigPrefix(const TenantId& t, bool group, std::string_view target_id);
+std::string Cert(const TenantId& t, std::string_view serial);
+std::string Job(const TenantId& t, std::string_view job_id);
+std::string JobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id);
+std::string JobDevicePrefix(const TenantId& t, std::string_view job_id);
+std::string Audit(const TenantId& t, uint64_t seq);
+std::string AuditPrefix(const TenantId& t);
+std::string AuditHead(const TenantId& t);  // Family::kMeta: last seq and hash
+
+// Secondary indexes (Family::kIndex). Each ends with the record id, so a
+// prefix scan lists ids in a stable order.
+enum class DeviceIndex : uint8_t { kGroup = 1, kStatus, kFirmware, kModel, kGroupFirmware };
+std::string DeviceIndexPrefix(const TenantId& t, DeviceIndex ix, std::string_view v1,
+                              std::string_view v2 = {});
+std::string DeviceIndexEntry(const TenantId& t, DeviceIndex ix, std::string_view v1,
+                             std::string_view v2, std::string_view device_id);
+std::string CertByDevice(const TenantId& t, std::string_view device_id, std::string_view serial);
+std::string CertByDevicePrefix(const TenantId& t, std::string_view device_id);
+std::string AuditByDevice(const TenantId& t, std::string_view device_id, uint64_t seq);
+std::string AuditByDevicePrefix(const TenantId& t, std::string_view device_id);
+std::string AuditByTime(const TenantId& t, int64_t time_ms, uint64_t seq);
+std::string AuditByTimeStart(const TenantId& t, int64_t time_ms);
+
+}  // namespace keys
+}  // namespace fmq::storage

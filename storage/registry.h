@@ -1,0 +1,110 @@
+// The device-management data model over a KvStore: tenants, models, groups,
+// devices (with secondary indexes), versioned configurations, certificates,
+// bulk jobs with per-device state, and the hash-chained audit log. Writes go
+// into a caller's WriteBatch so a change and its audit entry commit
+// atomically; index entries always travel in the same batch as their
+// record. Not thread-safe: one owner thread (the management module's).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "storage/keys.h"
+#include "storage/kv_store.h"
+#include "storage/records.h"
+
+namespace fmq::storage {
+
+template <class T>
+struct Page {
+  std::vector<T> items;
+  std::string next_cursor;  // empty: no more
+};
+
+struct DeviceFilter {
+  std::string group_id;          // empty = any
+  std::string firmware_version;  // empty = any
+  std::string model_id;          // empty = any
+  std::optional<fb::DeviceStatus> status;
+};
+
+class Registry {
+ public:
+  explicit Registry(KvStore* kv) : kv_(kv) {}
+
+  KvStore& kv() { return *kv_; }
+  absl::Status Commit(const WriteBatch& b, bool sync = true) { return kv_->Write(b, sync); }
+
+  void PutTenant(const TenantId& t, const fb::TenantT& rec, WriteBatch* b);
+  absl::Status GetTenant(const TenantId& t, fb::TenantT* out);
+  // Platform-wide listing (platform admin only).
+  absl::Status ListTenants(std::string_view cursor, size_t limit, Page<fb::TenantT>* out);
+
+  void PutModel(const TenantId& t, const fb::DeviceModelT& rec, WriteBatch* b);
+  absl::Status GetModel(const TenantId& t, std::string_view id, fb::DeviceModelT* out);
+  absl::Status ListModels(const TenantId& t, std::string_view cursor, size_t limit,
+                          Page<fb::DeviceModelT>* out);
+
+  void PutGroup(const TenantId& t, const fb::DeviceGroupT& rec, WriteBatch* b);
+  absl::Status GetGroup(const TenantId& t, std::string_view id, fb::DeviceGroupT* out);
+  absl::Status ListGroups(const TenantId& t, std::string_view cursor, size_t limit,
+                          Page<fb::DeviceGroupT>* out);
+
+  // Adds the record and brings its index entries up to date (reading the
+  // stored version to drop stale entries). One PutDevice per device per batch.
+  absl::Status PutDevice(const TenantId& t, const fb::DeviceT& rec, WriteBatch* b);
+  absl::Status GetDevice(const TenantId& t, std::string_view id, fb::DeviceT* out);
+  // Filtered listing in device-id order; `cursor` is the last id of the
+  // previous page. Uses the most selective index; other criteria filter.
+  absl::Status ListDevices(const TenantId& t, const DeviceFilter& f, std::string_view cursor,
+                           size_t limit, Page<fb::DeviceT>* out);
+
+  void PutConfig(const TenantId& t, const fb::ConfigurationT& rec, WriteBatch* b);
+  // version 0 = the latest.
+  absl::Status GetConfig(const TenantId& t, bool group, std::string_view target, uint64_t version,
+                         fb::ConfigurationT* out);
+
+  void PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b);
+  absl::Status GetCert(const TenantId& t, std::string_view serial, fb::CertificateT* out);
+  absl::Status CertsOfDevice(const TenantId& t, std::string_view device_id,
+                             std::vector<fb::CertificateT>* out);
+
+  void PutJob(const TenantId& t, const fb::JobT& rec, WriteBatch* b);
+  absl::Status GetJob(const TenantId& t, std::string_view id, fb::JobT* out);
+  void PutJobDevice(const TenantId& t, std::string_view job_id, const fb::JobDeviceT& rec, WriteBatch* b);
+  absl::Status ListJobDevices(const TenantId& t, std::string_view job_id, std::string_view cursor,
+                              size_t limit, Page<fb::JobDeviceT>* out);
+
+  // Appends to the tenant's audit log: fills seq, prev_hash and hash
+  // (SHA-256 over the previous hash and the entry's fields) and the
+  // by-device and by-time index entries.
+  absl::Status AppendAudit(const TenantId& t, fb::AuditEntryT entry, WriteBatch* b);
+  // Called after the batch holding AppendAudit failed to commit, so the
+  // cached chain head is reloaded from the store.
+  void ForgetAuditHead(const TenantId& t) { audit_heads_.erase(t.str()); }
+  absl::Status AuditOfDevice(const TenantId& t, std::string_view device_id, std::string_view cursor,
+                             size_t limit, Page<fb::AuditEntryT>* out);
+  absl::Status AuditInRange(const TenantId& t, int64_t from_ms, int64_t to_ms, std::string_view cursor,
+                            size_t limit, Page<fb::AuditEntryT>* out);
+  // Recomputes the chain; returns DataLoss naming the first bad entry.
+  absl::Status VerifyAudit(const TenantId& t, uint64_t* entries);
+
+  static std::string AuditHash(const std::string& prev_hash, const fb::AuditEntryT& e);
+
+ private:
+  struct AuditHeadState {
+    uint64_t seq = 0;
+    std::string hash;
+  };
+  absl::Status LoadAuditHead(const TenantId& t, AuditHeadState** out);
+
+  KvStore* kv_;
+  absl::flat_hash_map<std::string, AuditHeadState> audit_heads_;
+};
+
+}  // namespace fmq::storage
