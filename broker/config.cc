@@ -127,6 +127,20 @@ const std::vector<OptionDef>& Options() {
        Uint(&B::max_subscriptions_per_session, "limits.max_subscriptions_per_session", 1, 10000000)},
       {"limits.max_output_buffer", "8388608", "Unsent bytes per connection before QoS 0 messages to it are dropped (slow reader).",
        Uint(&B::max_output_buffer, "limits.max_output_buffer", 4096, std::numeric_limits<uint64_t>::max())},
+      {"storage.sync", "batched", "When a QoS 1/2 message counts as stored, and so is acknowledged: always (fsync per write), batched (one fsync per storage.sync_interval_ms) or none (no fsync: survives a broker crash, not a power loss).",
+       [](Config& c, const std::string& v) -> absl::Status {
+         if (v == "always") c.storage.mode = SyncMode::kAlways;
+         else if (v == "batched") c.storage.mode = SyncMode::kBatched;
+         else if (v == "none") c.storage.mode = SyncMode::kNone;
+         else return Bad("storage.sync", "'" + v + "' is not always, batched or none");
+         return absl::OkStatus();
+       }},
+      {"storage.sync_interval_ms", "5", "Gathering window of storage.sync = batched, milliseconds.",
+       UintSetter("storage.sync_interval_ms", 1, 10000,
+                  [](Config& c, uint64_t n) { c.storage.sync_interval_ms = static_cast<uint32_t>(n); })},
+      {"storage.retry_interval_ms", "1000", "After a failed write (disk full, I/O error), how often it is retried.",
+       UintSetter("storage.retry_interval_ms", 10, 600000,
+                  [](Config& c, uint64_t n) { c.storage.retry_interval_ms = static_cast<uint32_t>(n); })},
       {"sys_interval", "10", "Seconds between $SYS/broker statistics updates (0 = off).",
        Uint(&B::sys_interval_s, "sys_interval", 0, 86400)},
   };

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "broker/core/options.h"
 #include "broker/net/server.h"
+#include "broker/store/storage_writer.h"
 #include "common/log.h"
 
 namespace fmq {
@@ -17,6 +18,7 @@ namespace fmq {
 struct Config {
   ServerOptions server;
   BrokerOptions broker;
+  WriterOptions storage;
   std::string data_dir = "./data";
   LogLevel log_level = LogLevel::kInfo;
   std::string config_file;  // empty = none

@@ -13,6 +13,9 @@ class Clock {
   virtual ~Clock() = default;
   // Monotonic milliseconds; only differences are meaningful.
   virtual int64_t NowMs() const = 0;
+  // Wall-clock milliseconds since the Unix epoch, for times that must
+  // survive a restart (stored expiry deadlines).
+  virtual int64_t WallMs() const = 0;
 };
 
 class SystemClock final : public Clock {
@@ -22,13 +25,20 @@ class SystemClock final : public Clock {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
   }
+  int64_t WallMs() const override {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+  }
 };
 
 class FakeClock final : public Clock {
  public:
   explicit FakeClock(int64_t start_ms = 1'000'000) : now_(start_ms) {}
   int64_t NowMs() const override { return now_; }
+  int64_t WallMs() const override { return now_ + kWallOffset; }
   void Advance(int64_t ms) { now_ += ms; }
+  static constexpr int64_t kWallOffset = 1'700'000'000'000;
 
  private:
   int64_t now_;

@@ -74,6 +74,10 @@ std::string SessionMessage(const TenantId& t, std::string_view id, uint64_t seq)
   return Base(t).Str(id).U64(seq).Take();
 }
 std::string SessionMessagesPrefix(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
+std::string SessionQos2(const TenantId& t, std::string_view id, uint16_t packet_id) {
+  return Base(t).Str(id).U64(packet_id).Take();
+}
+std::string SessionQos2Prefix(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
 std::string Retained(const TenantId& t, std::string_view topic) { return Base(t).Str(topic).Take(); }
 
 std::string Tenant(const TenantId& t) { return Base(t).Take(); }

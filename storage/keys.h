@@ -70,6 +70,8 @@ namespace keys {
 std::string Session(const TenantId& t, std::string_view client_id);
 std::string SessionMessage(const TenantId& t, std::string_view client_id, uint64_t seq);
 std::string SessionMessagesPrefix(const TenantId& t, std::string_view client_id);
+std::string SessionQos2(const TenantId& t, std::string_view client_id, uint16_t packet_id);
+std::string SessionQos2Prefix(const TenantId& t, std::string_view client_id);
 std::string Retained(const TenantId& t, std::string_view topic);
 
 // Registry.

@@ -34,6 +34,7 @@ enum class Family : uint8_t {
   kJobDevices,
   kAudit,
   kIndex,            // secondary indexes (values empty or small)
+  kSessionQos2,      // inbound QoS 2 packet ids awaiting PUBREL, per session
   kCount,
 };
 std::string_view FamilyName(Family f);

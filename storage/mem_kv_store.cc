@@ -8,7 +8,7 @@ namespace fmq::storage {
 std::string_view FamilyName(Family f) {
   static constexpr std::string_view kNames[] = {
       "meta", "sessions", "session_messages", "retained", "tenants", "devices", "models",
-      "groups", "configs", "certs", "jobs", "job_devices", "audit", "index"};
+      "groups", "configs", "certs", "jobs", "job_devices", "audit", "index", "session_qos2"};
   return kNames[static_cast<size_t>(f)];
 }
 

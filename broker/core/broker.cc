@@ -28,9 +28,11 @@ std::string_view DisconnectReasonName(DisconnectReason r) {
   return "unknown";
 }
 
-Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks)
+Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks,
+               Persistence* persistence)
     : opts_(opts),
       clock_(clock),
+      persistence_(persistence),
       hooks_(hooks != nullptr ? hooks : &default_hooks_),
       start_ms_(clock->NowMs()),
       last_sys_ms_(clock->NowMs()),
@@ -206,6 +208,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     }
   }
   const bool present = s != nullptr;
+  const bool was_persisted = s != nullptr && s->persisted;
   if (s == nullptr) {
     auto owned = std::make_unique<Session>();
     s = owned.get();
@@ -220,6 +223,15 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   s->version = ck.version;
   s->expiry_s = expiry;
   s->conn = &c;
+  if (persistence_ != nullptr) {
+    if (s->durable()) {
+      persistence_->SaveSession(*s);
+      s->persisted = true;
+    } else if (was_persisted) {
+      persistence_->DeleteSession(*s);  // resumed with expiry 0: no longer stored
+      s->persisted = false;
+    }
+  }
   c.session_ = s;
   c.state_ = Connection::State::kConnected;
   c.keep_alive_s_ = keep_alive;
@@ -268,13 +280,14 @@ void Broker::ResumeSession(Session& s, Connection& c) {
   // [MQTT-4.6.0-1].
   std::vector<std::pair<uint64_t, uint16_t>> order;
   order.reserve(s.inflight.size());
-  for (const auto& [id, in] : s.inflight) order.emplace_back(in.seq, id);
+  for (const auto& [id, in] : s.inflight) order.emplace_back(in.d.seq, id);
   std::sort(order.begin(), order.end());
   for (const auto& [seq, id] : order) {
     Inflight& in = s.inflight[id];
     if (in.released) {
       SendAck(c, PacketType::kPubrel, id, ReasonCode::kSuccess);
     } else if (!SendPublish(c, in.d, id, true)) {
+      if (persistence_ && s.persisted) persistence_->DeleteDelivery(s, in.d.seq);
       s.inflight.erase(id);
     }
   }
@@ -357,6 +370,10 @@ void Broker::SessionOffline(Session& s, bool publish_will) {
     s.expire_at_ms = now + int64_t{s.expiry_s} * 1000;
     wheel_.Schedule(s.expire_at_ms, s.id, kSessionExpiry);
   }
+  if (persistence_ != nullptr) {
+    persistence_->SaveSession(s);  // expiry, disconnect time, pending will
+    s.persisted = true;
+  }
 }
 
 void Broker::PublishWill(Session& s) {
@@ -384,6 +401,7 @@ void Broker::PublishWill(Session& s) {
 
 void Broker::EndSession(Session& s) {
   if (s.will) PublishWill(s);
+  if (persistence_ != nullptr && s.persisted) persistence_->DeleteSession(s);
   RemoveAllSubscriptions(s);
   stats_.queued_messages -= s.queue.size();
   drops_changed_.erase(s.id);
@@ -441,6 +459,7 @@ void Broker::FireTimer(const TimerWheel::Entry& e, int64_t now) {
         wheel_.Schedule(s.will_at_ms, s.id, kWillDelay);
       } else {
         PublishWill(s);
+        if (persistence_ != nullptr && s.persisted) persistence_->SaveSession(s);
       }
       return;
     }
@@ -459,6 +478,45 @@ void Broker::FireTimer(const TimerWheel::Entry& e, int64_t now) {
     }
     default: return;
   }
+}
+
+void Broker::RestoreSession(std::unique_ptr<Session> owned, int64_t offline_ms) {
+  Session& s = *owned;
+  const int64_t now = NowMs();
+  s.id = next_session_id_++;
+  s.conn = nullptr;
+  s.persisted = true;
+  s.disconnected_at_ms = now - offline_ms;
+  for (const auto& [filter, o] : s.subscriptions) {
+    mqtt::SharedFilter sf;
+    mqtt::ParseShared(filter, &sf);
+    if (tree_.Add(sf.shared ? sf.filter : std::string_view(filter), sf.group, &s, o)) stats_.subscriptions++;
+  }
+  s.queued_bytes = 0;
+  for (const Delivery& d : s.queue) s.queued_bytes += d.msg->Footprint();
+  stats_.queued_messages += s.queue.size();
+  sessions_by_id_[s.id] = &s;
+  std::string id = s.client_id;
+  sessions_.insert_or_assign(id, std::move(owned));
+  if (s.will) {
+    const uint32_t delay = std::min(s.will->props.will_delay, s.expiry_s);
+    s.will_pending = true;
+    s.will_at_ms = std::max(now, s.disconnected_at_ms + int64_t{delay} * 1000);
+    wheel_.Schedule(s.will_at_ms, s.id, kWillDelay);
+  }
+  if (s.expiry_s != 0xFFFFFFFF) {
+    s.expire_at_ms = s.disconnected_at_ms + int64_t{s.expiry_s} * 1000;
+    if (s.expire_at_ms <= now) {
+      stats_.sessions_expired++;
+      EndSession(s);  // expired while the broker was down
+      return;
+    }
+    wheel_.Schedule(s.expire_at_ms, s.id, kSessionExpiry);
+  }
+}
+
+void Broker::RestoreRetained(MessagePtr m) {
+  if (!m->Expired(NowMs())) retained_.Set(m);
 }
 
 void Broker::Tick() {

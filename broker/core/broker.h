@@ -20,6 +20,7 @@
 #include "broker/core/hooks.h"
 #include "broker/core/message.h"
 #include "broker/core/options.h"
+#include "broker/core/persistence.h"
 #include "broker/core/retained_store.h"
 #include "broker/core/session.h"
 #include "broker/core/stats.h"
@@ -31,7 +32,9 @@ namespace fmq {
 
 class Broker {
  public:
-  Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks);
+  // `persistence` may be null (nothing is stored; unit tests of the protocol).
+  Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks,
+         Persistence* persistence = nullptr);
   ~Broker();
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;
@@ -53,6 +56,11 @@ class Broker {
   // Routes a message from the broker itself (e.g. $SYS, management replies).
   // Returns the number of sessions it matched.
   size_t PublishInternal(std::string topic, std::string payload, bool retain, uint8_t qos = 0);
+
+  // Start-up: a session read back from storage (offline for `offline_ms`),
+  // with its subscriptions, inflight and queued messages and QoS 2 ids.
+  void RestoreSession(std::unique_ptr<Session> s, int64_t offline_ms);
+  void RestoreRetained(MessagePtr m);
 
   // Closes a connected client by client id (management action).
   bool Kick(std::string_view client_id, mqtt::ReasonCode rc);
@@ -93,6 +101,11 @@ class Broker {
   void HandlePublish(Connection& c, mqtt::Publish& p);
   void HandleAck(Connection& c, const mqtt::Ack& a);
   void SendAck(Connection& c, mqtt::PacketType t, uint16_t id, mqtt::ReasonCode rc);
+  // Acknowledges a PUBLISH once whatever it changed is durable, in order.
+  void AckWhenDurable(Connection& c, mqtt::Packet ack);
+  void OnDurable(uint64_t conn_id, uint64_t ticket, bool ok);
+  void DrainAcks(Connection& c);
+  bool durable_writes() const { return persistence_ != nullptr; }
   size_t Route(const MessagePtr& msg);
   void Deliver(Session& s, Delivery&& d);
   void Enqueue(Session& s, Delivery&& d);
@@ -111,6 +124,8 @@ class Broker {
 
   BrokerOptions opts_;
   const Clock* clock_;
+  Persistence* persistence_;
+  uint64_t next_ticket_ = 1;
   BrokerHooks* hooks_;
   BrokerHooks default_hooks_;
   int64_t start_ms_;

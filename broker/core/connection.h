@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -78,8 +79,14 @@ class Connection {
   bool problem_info_ = true;            // Request Problem Information
   StringMap<uint16_t> out_aliases_;
   std::vector<std::string> in_aliases_;  // index = alias
-  bool clean_disconnect_ = false;
   bool will_on_close_ = true;
+  // Acks waiting for durability, in PUBLISH order [MQTT-4.6.0-2].
+  struct PendingAck {
+    mqtt::Packet ack;  // PUBACK, PUBREC or SUBACK
+    uint64_t ticket;
+    bool ready;
+  };
+  std::deque<PendingAck> pending_acks_;
 };
 
 }  // namespace fmq

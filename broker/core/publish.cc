@@ -47,6 +47,56 @@ void Broker::SendAck(Connection& c, PacketType t, uint16_t id, ReasonCode rc) {
   c.Write(a);
 }
 
+void Broker::AckWhenDurable(Connection& c, mqtt::Packet ack) {
+  if (persistence_ != nullptr && persistence_->dirty()) {
+    const uint64_t ticket = next_ticket_++;
+    c.pending_acks_.push_back({std::move(ack), ticket, false});
+    const uint64_t conn_id = c.id();
+    persistence_->Flush([this, conn_id, ticket](bool ok) { OnDurable(conn_id, ticket, ok); });
+    return;
+  }
+  if (!c.pending_acks_.empty()) {
+    c.pending_acks_.push_back({std::move(ack), 0, true});  // keeps PUBLISH order
+    return;
+  }
+  c.Write(ack);
+}
+
+void Broker::OnDurable(uint64_t conn_id, uint64_t ticket, bool ok) {
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end()) return;  // gone; the client will resend unacknowledged messages
+  Connection& c = *it->second;
+  for (auto& pa : c.pending_acks_) {
+    if (pa.ticket != ticket) continue;
+    pa.ready = true;
+    if (!ok) {
+      if (auto* a = std::get_if<mqtt::Ack>(&pa.ack)) {
+        stats_.storage_ack_failures++;
+        if (c.version_ != Version::kV5) {
+          // 3.1.1 cannot refuse a PUBLISH: close without acking so the
+          // client sends it again later.
+          Close(c, DisconnectReason::kServerShutdown, ReasonCode::kImplementationSpecificError,
+                "storage write failed");
+          return;
+        }
+        a->reason = ReasonCode::kImplementationSpecificError;
+        a->props.reason_string = "storage write failed";
+        a->props.Mark(PropertyId::kReasonString);
+        if (a->type == PacketType::kPubrec) c.session_->inbound_qos2.erase(a->packet_id);
+      }
+    }
+    break;
+  }
+  DrainAcks(c);
+}
+
+void Broker::DrainAcks(Connection& c) {
+  while (!c.pending_acks_.empty() && c.pending_acks_.front().ready) {
+    c.Write(c.pending_acks_.front().ack);
+    c.pending_acks_.pop_front();
+  }
+}
+
 void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
   stats_.publish_received++;
   Session& s = *c.session_;
@@ -88,7 +138,7 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
       SendAck(c, ack_type, p.packet_id, ReasonCode::kSuccess);
       return;
     }
-    if (s.inbound_qos2.size() >= opts_.receive_maximum) {
+    if (s.inbound_qos2.size() + c.pending_acks_.size() >= opts_.receive_maximum) {
       Close(c, DisconnectReason::kProtocolError, ReasonCode::kReceiveMaximumExceeded,
             "MQTT-3.3.4-9 more unacknowledged QoS 2 PUBLISHes than our Receive Maximum");
       return;
@@ -97,9 +147,32 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
   auto reply = [&](ReasonCode rc) {
     if (p.qos == 0) return;
     if (!v5 && mqtt::IsError(rc)) rc = ReasonCode::kSuccess;  // 3.1.1: ack and drop
-    if (p.qos == 2 && !mqtt::IsError(rc)) s.inbound_qos2.insert(p.packet_id);
-    SendAck(c, ack_type, p.packet_id, rc);
+    if (p.qos == 2 && !mqtt::IsError(rc)) {
+      s.inbound_qos2.insert(p.packet_id);
+      if (persistence_ != nullptr && s.durable()) persistence_->SaveInboundQos2(s, p.packet_id, true);
+    }
+    mqtt::Ack a;
+    a.type = ack_type;
+    a.packet_id = p.packet_id;
+    a.reason = rc;
+    AckWhenDurable(c, std::move(a));  // [MQTT-4.3.2-2] acked once stored
   };
+  if (p.qos > 0 && persistence_ != nullptr && !persistence_->healthy()) {
+    stats_.publish_refused_storage++;
+    if (!v5) {
+      Close(c, DisconnectReason::kServerShutdown, ReasonCode::kImplementationSpecificError,
+            "storage unavailable: QoS 1/2 refused");
+      return;
+    }
+    mqtt::Ack a;
+    a.type = ack_type;
+    a.packet_id = p.packet_id;
+    a.reason = ReasonCode::kImplementationSpecificError;
+    a.props.reason_string = "storage unavailable";
+    a.props.Mark(PropertyId::kReasonString);
+    AckWhenDurable(c, std::move(a));
+    return;
+  }
   if (v5 && p.props.payload_format == 1 && !mqtt::IsValidUtf8(p.payload)) {
     stats_.publish_denied++;
     reply(ReasonCode::kPayloadFormatInvalid);  // [MQTT-3.3.2-4]
@@ -142,6 +215,7 @@ void Broker::HandleAck(Connection& c, const mqtt::Ack& a) {
     case PacketType::kPuback: {
       auto it = s.inflight.find(a.packet_id);
       if (it != s.inflight.end() && it->second.d.qos == 1) {
+        if (persistence_ != nullptr && s.persisted) persistence_->DeleteDelivery(s, it->second.d.seq);
         s.inflight.erase(it);
         PumpQueue(s);
       }
@@ -154,17 +228,22 @@ void Broker::HandleAck(Connection& c, const mqtt::Ack& a) {
         return;
       }
       if (mqtt::IsError(a.reason)) {  // the receiver refused it [MQTT-4.3.3]
+        if (persistence_ != nullptr && s.persisted) persistence_->DeleteDelivery(s, it->second.d.seq);
         s.inflight.erase(it);
         PumpQueue(s);
         return;
       }
       it->second.released = true;
+      if (persistence_ != nullptr && s.persisted) {
+        persistence_->SaveDelivery(s, it->second.d, DeliveryState::kReleased, a.packet_id);
+      }
       it->second.d.msg.reset();  // the payload is no longer needed
       SendAck(c, PacketType::kPubrel, a.packet_id, ReasonCode::kSuccess);
       return;
     }
     case PacketType::kPubrel: {
       bool known = s.inbound_qos2.erase(a.packet_id) > 0;
+      if (known && persistence_ != nullptr && s.persisted) persistence_->SaveInboundQos2(s, a.packet_id, false);
       SendAck(c, PacketType::kPubcomp, a.packet_id,
               known ? ReasonCode::kSuccess : ReasonCode::kPacketIdentifierNotFound);
       return;
@@ -172,6 +251,7 @@ void Broker::HandleAck(Connection& c, const mqtt::Ack& a) {
     case PacketType::kPubcomp: {
       auto it = s.inflight.find(a.packet_id);
       if (it != s.inflight.end() && it->second.released) {
+        if (persistence_ != nullptr && s.persisted) persistence_->DeleteDelivery(s, it->second.d.seq);
         s.inflight.erase(it);
         PumpQueue(s);
       }
@@ -191,7 +271,10 @@ size_t Broker::PublishInternal(std::string topic, std::string payload, bool reta
 }
 
 size_t Broker::Route(const MessagePtr& msg) {
-  if (msg->retain) retained_.Set(msg);
+  if (msg->retain) {
+    retained_.Set(msg);
+    if (persistence_ != nullptr) persistence_->SaveRetained(*msg);
+  }
   matches_.clear();
   groups_.clear();
   tree_.Match(
@@ -278,6 +361,7 @@ void Broker::Deliver(Session& s, Delivery&& d) {
     stats_.publish_dropped_qos0++;
     return;
   }
+  d.seq = s.next_seq++;
   if (c != nullptr && s.queue.empty() && s.inflight.size() < c->send_quota_) {
     SendNew(s, *c, std::move(d));
     return;
@@ -308,6 +392,10 @@ void Broker::Enqueue(Session& s, Delivery&& d) {
   }
   s.queued_bytes += bytes;
   stats_.queued_messages++;
+  if (persistence_ != nullptr && d.qos > 0 && s.durable()) {
+    persistence_->SaveDelivery(s, d, DeliveryState::kQueued, 0);
+    s.persisted = true;
+  }
   s.queue.push_back(std::move(d));
 }
 
@@ -321,10 +409,16 @@ uint16_t Broker::AllocPacketId(Session& s) {
 
 void Broker::SendNew(Session& s, Connection& c, Delivery&& d) {
   const uint16_t id = AllocPacketId(s);
-  if (!SendPublish(c, d, id, false)) return;
-  Inflight& in = s.inflight[id];
-  in.d = std::move(d);
-  in.seq = s.next_seq++;
+  const bool stored = persistence_ != nullptr && s.durable();
+  if (!SendPublish(c, d, id, false)) {
+    if (stored) persistence_->DeleteDelivery(s, d.seq);  // it may have been queued
+    return;
+  }
+  if (stored) {
+    persistence_->SaveDelivery(s, d, DeliveryState::kSent, id);
+    s.persisted = true;
+  }
+  s.inflight[id].d = std::move(d);
 }
 
 void Broker::PumpQueue(Session& s) {
@@ -336,6 +430,7 @@ void Broker::PumpQueue(Session& s) {
     stats_.queued_messages--;
     if (d.msg->Expired(NowMs())) {
       stats_.publish_expired++;
+      if (persistence_ != nullptr && s.persisted && d.qos > 0) persistence_->DeleteDelivery(s, d.seq);
       continue;
     }
     if (d.qos == 0) {

@@ -31,14 +31,14 @@ struct SubOptions {
 // One message on its way to one session.
 struct Delivery {
   MessagePtr msg;
+  uint64_t seq = 0;  // order within the session; the storage key of durable ones
   uint8_t qos = 0;
   bool retain = false;
   std::vector<uint32_t> subscription_ids;
 };
 
 struct Inflight {
-  Delivery d;
-  uint64_t seq = 0;           // send order, for redelivery order [MQTT-4.6.0-1]
+  Delivery d;                 // d.seq orders redelivery [MQTT-4.6.0-1]
   bool released = false;      // QoS 2: PUBREC received, PUBREL sent
 };
 
@@ -66,7 +66,11 @@ struct Session {
   int64_t will_at_ms = 0;  // when a delayed will is due (while offline)
   bool will_pending = false;
   int64_t expire_at_ms = 0;  // when offline with a finite expiry
-  int64_t disconnected_at_ms = 0;
+  int64_t disconnected_at_ms = 0;  // monotonic; when it went offline
+  bool persisted = false;  // has a stored copy to delete when it ends
+
+  // Durable sessions outlive their connection and are persisted.
+  bool durable() const { return expiry_s > 0; }
 };
 
 }  // namespace fmq

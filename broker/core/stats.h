@@ -21,6 +21,8 @@ struct BrokerStats {
   uint64_t publish_dropped_too_large = 0;   // over the client's Maximum Packet Size
   uint64_t publish_expired = 0;             // message expiry passed before delivery
   uint64_t publish_denied = 0;              // refused by the authorizer or $SYS
+  uint64_t publish_refused_storage = 0;     // QoS 1/2 refused: storage unhealthy
+  uint64_t storage_ack_failures = 0;        // publishes whose durable write failed
   uint64_t protocol_errors = 0;             // connections closed for bad input
   uint64_t connect_timeouts = 0;
   uint64_t keepalive_timeouts = 0;

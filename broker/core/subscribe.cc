@@ -54,7 +54,11 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
       want_retained.emplace_back(e.filter, o);
     }
   }
-  c.Write(ack);  // SUBACK goes before the retained messages it unlocks
+  if (persistence_ != nullptr && s.durable()) {
+    persistence_->SaveSession(s);
+    s.persisted = true;
+  }
+  AckWhenDurable(c, ack);  // SUBACK goes before the retained messages it unlocks
   const int64_t now = NowMs();
   for (const auto& want : want_retained) {
     const SubOptions& o = want.second;
@@ -88,7 +92,8 @@ void Broker::HandleUnsubscribe(Connection& c, const mqtt::Unsubscribe& u) {
     }
     ack.codes.push_back(ReasonCode::kSuccess);
   }
-  c.Write(ack);
+  if (persistence_ != nullptr && s.durable()) persistence_->SaveSession(s);
+  AckWhenDurable(c, ack);
 }
 
 void Broker::RemoveAllSubscriptions(Session& s) {

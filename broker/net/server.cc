@@ -148,8 +148,9 @@ class TcpClient final : public Transport {
   int64_t close_deadline_ = 0;
 };
 
-Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks)
-    : sopts_(sopts), broker_(bopts, &clock_, hooks) {
+Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks,
+               Persistence* persistence)
+    : sopts_(sopts), broker_(bopts, &clock_, hooks, persistence) {
   uv_loop_init(&loop_);
   uv_check_init(&loop_, &check_);
   check_.data = this;
@@ -159,6 +160,23 @@ Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHoo
   sigint_.data = this;
   uv_signal_init(&loop_, &sigterm_);
   sigterm_.data = this;
+  uv_async_init(&loop_, &wake_, OnWake);
+  wake_.data = this;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&wake_));  // never keeps the loop alive by itself
+}
+
+void Server::SetStorageHooks(std::function<void()> turn_end, std::function<void()> wake) {
+  turn_end_hook_ = std::move(turn_end);
+  wake_hook_ = std::move(wake);
+}
+
+std::function<void()> Server::Notifier() {
+  return [this] { uv_async_send(&wake_); };
+}
+
+void Server::OnWake(uv_async_t* a) {
+  auto* self = static_cast<Server*>(a->data);
+  if (self->wake_hook_) self->wake_hook_();
 }
 
 Server::~Server() {
@@ -237,6 +255,7 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
 void Server::MarkDirty(TcpClient* c) { dirty_.push_back(c); }
 
 void Server::Flush() {
+  if (turn_end_hook_) turn_end_hook_();
   // Writes may mark more clients dirty only through broker activity, which
   // does not happen inside FlushOutput; a plain loop suffices.
   std::vector<TcpClient*> batch;

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,7 +38,8 @@ class TcpClient;
 
 class Server {
  public:
-  Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks);
+  Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks,
+         Persistence* persistence = nullptr);
   ~Server();
 
   // Binds every listener; returns an error message or "".
@@ -46,6 +48,12 @@ class Server {
   void Run();
   // Graceful stop: DISCONNECT 0x8B to everyone, flush, close. Loop-thread only.
   void Stop();
+
+  // Storage glue: `turn_end` runs once per loop turn before client output is
+  // written (hand pending changes to the storage thread); `wake` runs on the
+  // loop thread after Notifier() was called from any thread.
+  void SetStorageHooks(std::function<void()> turn_end, std::function<void()> wake);
+  std::function<void()> Notifier();
 
   // The port actually bound for listener i (useful with port 0).
   uint16_t bound_port(size_t i) const { return bound_ports_[i]; }
@@ -57,6 +65,7 @@ class Server {
   static void OnCheck(uv_check_t* h);
   static void OnTick(uv_timer_t* t);
   static void OnSignal(uv_signal_t* s, int signum);
+  static void OnWake(uv_async_t* a);
 
   void MarkDirty(TcpClient* c);
   void Flush();
@@ -72,6 +81,9 @@ class Server {
   uv_timer_t tick_;
   uv_signal_t sigint_;
   uv_signal_t sigterm_;
+  uv_async_t wake_;
+  std::function<void()> turn_end_hook_;
+  std::function<void()> wake_hook_;
   std::vector<TcpClient*> dirty_;
   std::vector<TcpClient*> closing_;
   uint64_t next_conn_id_ = 1;
