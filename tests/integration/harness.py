@@ -31,15 +31,18 @@ class Broker:
         self.port = None
 
     def start(self):
-        self.log = open(self.log_path, "w+")
-        args = [FLEETMQ, "--listen=127.0.0.1:0", "--data_dir=" + self.data_dir, "--log_level=info"] + self.flags
+        """Starts the broker; after the first start it reuses the same port
+        (and data dir), so a restart looks like the same server coming back."""
+        before = self.read_log().count("listening for MQTT on") if os.path.exists(self.log_path) else 0
+        self.log = open(self.log_path, "a+")
+        port = self.port or 0
+        args = [FLEETMQ, "--listen=127.0.0.1:%d" % port, "--data_dir=" + self.data_dir, "--log_level=info"] + self.flags
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
-            with open(self.log_path) as f:
-                m = re.search(r"listening for MQTT on 127\.0\.0\.1:(\d+)", f.read())
-            if m:
-                self.port = int(m.group(1))
+            found = re.findall(r"listening for MQTT on 127\.0\.0\.1:(\d+)", self.read_log())
+            if len(found) > before:
+                self.port = int(found[-1])
                 return self
             if self.proc.poll() is not None:
                 break
@@ -49,6 +52,12 @@ class Broker:
     def read_log(self):
         with open(self.log_path) as f:
             return f.read()
+
+    def kill9_and_restart(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        return self.start()
 
     def stop(self, sig=15):
         if self.proc and self.proc.poll() is None:
