@@ -38,6 +38,7 @@ struct Options {
   double warmup = 1;
   int version = 5;
   int broker_pid = 0;
+  bool persistent = false;  // subscribers hold durable sessions: every message is stored
 };
 
 int64_t NowNs() {
@@ -208,6 +209,13 @@ class Bench {
     ck.version = c->version;
     ck.client_id = std::string(c->publisher ? "bench-pub-" : "bench-sub-") + std::to_string(c->index);
     ck.keep_alive = 60;
+    if (c->bench->o_.persistent && !c->publisher) {
+      ck.clean_start = false;
+      if (c->version == mqtt::Version::kV5) {
+        ck.props.session_expiry = 3600;
+        ck.props.Mark(mqtt::PropertyId::kSessionExpiryInterval);
+      }
+    }
     mqtt::Encode(ck, c->version, &c->out);
     if (!c->publisher) {
       mqtt::Subscribe s;
@@ -303,9 +311,10 @@ class Bench {
     const double cpu = cpu_end_ - cpu_start_;
     std::printf(
         "{\"scenario\":\"%s\",\"pubs\":%d,\"subs\":%d,\"qos\":%d,\"size\":%d,\"window\":%d,"
-        "\"mqtt\":%d,\"seconds\":%.2f,\"sent\":%llu,\"received\":%llu,\"msgs_per_s\":%.0f,"
+        "\"mqtt\":%d,\"persistent\":%s,\"seconds\":%.2f,\"sent\":%llu,\"received\":%llu,\"msgs_per_s\":%.0f,"
         "\"p50_us\":%u,\"p99_us\":%u,\"p999_us\":%u,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_msg\":%.3f}\n",
-        o_.scenario.c_str(), o_.pubs, o_.subs, o_.qos, o_.size, o_.window, o_.version, secs,
+        o_.scenario.c_str(), o_.pubs, o_.subs, o_.qos, o_.size, o_.window, o_.version,
+        o_.persistent ? "true" : "false", secs,
         static_cast<unsigned long long>(sent_), static_cast<unsigned long long>(received_),
         static_cast<double>(received_) / secs, pct(0.5), pct(0.99), pct(0.999), cpu,
         received_ ? cpu * 1e6 / static_cast<double>(received_) : 0.0);
@@ -332,7 +341,7 @@ void Usage() {
   std::fprintf(stderr,
                "usage: fleetmq-bench [--scenario fanin|fanout] [--host 127.0.0.1] [--port 1883]\n"
                "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--duration S]\n"
-               "  [--warmup S] [--mqtt 4|5] [--broker-pid PID]\n");
+               "  [--warmup S] [--mqtt 4|5] [--broker-pid PID] [--persistent]\n");
 }
 
 }  // namespace
@@ -360,6 +369,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = std::atof(next().c_str());
     else if (a == "--mqtt") o.version = std::atoi(next().c_str());
     else if (a == "--broker-pid") o.broker_pid = std::atoi(next().c_str());
+    else if (a == "--persistent") o.persistent = true;
     else {
       Usage();
       return 2;

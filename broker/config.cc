@@ -141,6 +141,9 @@ const std::vector<OptionDef>& Options() {
       {"storage.retry_interval_ms", "1000", "After a failed write (disk full, I/O error), how often it is retried.",
        UintSetter("storage.retry_interval_ms", 10, 600000,
                   [](Config& c, uint64_t n) { c.storage.retry_interval_ms = static_cast<uint32_t>(n); })},
+      {"storage.min_free_bytes", "67108864", "Free disk space kept in reserve: below it writes are refused as if the disk were full (QoS 1/2 refused, retried), so RocksDB never runs out of space mid-write.",
+       UintSetter("storage.min_free_bytes", 0, std::numeric_limits<uint64_t>::max(),
+                  [](Config& c, uint64_t n) { c.rocks.min_free_bytes = n; })},
       {"sys_interval", "10", "Seconds between $SYS/broker statistics updates (0 = off).",
        Uint(&B::sys_interval_s, "sys_interval", 0, 86400)},
   };

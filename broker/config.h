@@ -11,6 +11,7 @@
 #include "broker/core/options.h"
 #include "broker/net/server.h"
 #include "broker/store/storage_writer.h"
+#include "storage/kv_store.h"
 #include "common/log.h"
 
 namespace fmq {
@@ -19,6 +20,7 @@ struct Config {
   ServerOptions server;
   BrokerOptions broker;
   WriterOptions storage;
+  storage::RocksOptions rocks;
   std::string data_dir = "./data";
   LogLevel log_level = LogLevel::kInfo;
   std::string config_file;  // empty = none

@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fleetmq: %s\n", err.c_str());
     return 1;
   }
-  auto kv = fmq::storage::OpenRocksKvStore(cfg.data_dir + "/db");
+  auto kv = fmq::storage::OpenRocksKvStore(cfg.data_dir + "/db", cfg.rocks);
   if (!kv.ok()) {
     std::fprintf(stderr, "fleetmq: storage: %s\n", std::string(kv.status().message()).c_str());
     return 1;

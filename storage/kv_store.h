@@ -115,6 +115,10 @@ struct RocksOptions {
   size_t block_cache_bytes = 256ull << 20;
   // Total memtable budget across column families, bytes.
   size_t write_buffer_bytes = 128ull << 20;
+  // Writes are refused (Unavailable) while the filesystem has less free
+  // space than this, so RocksDB itself never runs out of space mid-write
+  // (its WAL cannot recover cleanly from ENOSPC). 0 disables the check.
+  uint64_t min_free_bytes = 64ull << 20;
 };
 
 // Opens (creating if needed) a RocksDB store with every column family.

@@ -36,8 +36,9 @@ case "${1:-}" in
   run)
     shift
     install_packages
-    build build --buildtype=release
-    exec ./build/broker/fleetmq --data_dir=./data "$@"
+    [ -f build-release/build.ninja ] || meson setup build-release --buildtype=release
+    ninja -C build-release broker/fleetmq bench/fleetmq-bench
+    exec ./build-release/broker/fleetmq --data_dir=./data "$@"
     ;;
   test)
     install_packages

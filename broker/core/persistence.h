@@ -16,6 +16,15 @@ namespace fmq {
 
 enum class DeliveryState : uint8_t { kQueued = 0, kSent = 1, kReleased = 2 };
 
+// Published under $SYS/broker/storage/.
+struct PersistenceStats {
+  bool healthy = true;
+  uint64_t writes = 0;
+  uint64_t bytes = 0;
+  uint64_t errors = 0;
+  uint64_t dropped_bytes = 0;
+};
+
 class Persistence {
  public:
   virtual ~Persistence() = default;
@@ -36,6 +45,7 @@ class Persistence {
   // False while writes fail (disk full, I/O error); the engine then refuses
   // QoS 1/2 publishes until a retry succeeds.
   virtual bool healthy() const = 0;
+  virtual PersistenceStats stats() const { return {}; }
 };
 
 }  // namespace fmq

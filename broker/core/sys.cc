@@ -42,6 +42,16 @@ void Broker::PublishSys(int64_t now) {
   pub("subscriptions/count", stats_.subscriptions);
   pub("retained messages/count", retained_.size());
   pub("store/messages/count", stats_.queued_messages);
+  if (persistence_ != nullptr) {
+    const PersistenceStats ps = persistence_->stats();
+    pub("storage/healthy", ps.healthy ? 1 : 0);
+    pub("storage/writes", ps.writes);
+    pub("storage/bytes", ps.bytes);
+    pub("storage/errors", ps.errors);
+    pub("storage/dropped_bytes", ps.dropped_bytes);
+    pub("publish/messages/refused_storage", stats_.publish_refused_storage);
+    pub("publish/messages/storage_failed", stats_.storage_ack_failures);
+  }
   // Per-client drop counters, only for sessions whose count moved.
   for (uint64_t id : drops_changed_) {
     auto it = sessions_by_id_.find(id);

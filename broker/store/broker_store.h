@@ -39,6 +39,16 @@ class BrokerStore final : public Persistence {
   bool dirty() const override { return !batch_.empty(); }
   void Flush(std::function<void(bool ok)> done) override;
   bool healthy() const override { return writer_ == nullptr || writer_->healthy(); }
+  PersistenceStats stats() const override {
+    PersistenceStats s;
+    if (writer_ == nullptr) return s;
+    s.healthy = writer_->healthy();
+    s.writes = writer_->stats().writes;
+    s.bytes = writer_->stats().bytes;
+    s.errors = writer_->stats().errors;
+    s.dropped_bytes = writer_->stats().dropped_bytes;
+    return s;
+  }
 
   // Hands pending changes to the writer with no one waiting (end of a loop turn).
   void FlushIfDirty() {
