@@ -87,15 +87,7 @@ class Bench {
   explicit Bench(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
 
   int Run() {
-    if (o_.host.rfind("127.", 0) != 0) {
-      std::fprintf(stderr, "fleetmq-bench: targets loopback (127.0.0.0/8) only\n");
-      return 2;
-    }
     if (o_.scenario == "fanout") o_.pubs = 1;
-    else if (o_.scenario != "fanin") {
-      std::fprintf(stderr, "fleetmq-bench: unknown scenario %s\n", o_.scenario.c_str());
-      return 2;
-    }
     for (int i = 0; i < o_.subs; ++i) Add(false, i);
     uv_timer_init(&loop_, &timer_);
     timer_.data = this;
@@ -378,6 +370,15 @@ int main(int argc, char** argv) {
   if (o.pubs < 1 || o.subs < 1 || o.qos < 0 || o.qos > 1 || o.window < 1 || o.duration <= 0 ||
       (o.version != 4 && o.version != 5)) {
     Usage();
+    return 2;
+  }
+  // Checked before any libuv state exists.
+  if (o.host.rfind("127.", 0) != 0) {
+    std::fprintf(stderr, "fleetmq-bench: targets loopback (127.0.0.0/8) only\n");
+    return 2;
+  }
+  if (o.scenario != "fanin" && o.scenario != "fanout") {
+    std::fprintf(stderr, "fleetmq-bench: unknown scenario %s\n", o.scenario.c_str());
     return 2;
   }
   Bench b(o);
