@@ -219,7 +219,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   }
   // A pending delayed will is cancelled by the reconnect [MQTT-3.1.3-9].
   s->will_pending = false;
-  s->will = ck.will;
+  s->will = ck.will ? std::make_unique<mqtt::Will>(std::move(*ck.will)) : nullptr;
   s->version = ck.version;
   s->expiry_s = expiry;
   s->conn = &c;

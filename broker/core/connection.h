@@ -14,6 +14,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "common/string_map.h"
 #include "broker/core/session.h"
+#include "common/small_queue.h"
 #include "broker/core/transport.h"
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
@@ -83,10 +84,10 @@ class Connection {
   // Acks waiting for durability, in PUBLISH order [MQTT-4.6.0-2].
   struct PendingAck {
     mqtt::Packet ack;  // PUBACK, PUBREC or SUBACK
-    uint64_t ticket;
-    bool ready;
+    uint64_t ticket = 0;
+    bool ready = false;
   };
-  std::deque<PendingAck> pending_acks_;
+  SmallQueue<PendingAck> pending_acks_;
 };
 
 }  // namespace fmq

@@ -50,13 +50,13 @@ void Broker::SendAck(Connection& c, PacketType t, uint16_t id, ReasonCode rc) {
 void Broker::AckWhenDurable(Connection& c, mqtt::Packet ack) {
   if (persistence_ != nullptr && persistence_->dirty()) {
     const uint64_t ticket = next_ticket_++;
-    c.pending_acks_.push_back({std::move(ack), ticket, false});
+    c.pending_acks_.push_back(Connection::PendingAck{std::move(ack), ticket, false});
     const uint64_t conn_id = c.id();
     persistence_->Flush([this, conn_id, ticket](bool ok) { OnDurable(conn_id, ticket, ok); });
     return;
   }
   if (!c.pending_acks_.empty()) {
-    c.pending_acks_.push_back({std::move(ack), 0, true});  // keeps PUBLISH order
+    c.pending_acks_.push_back(Connection::PendingAck{std::move(ack), 0, true});  // keeps PUBLISH order
     return;
   }
   c.Write(ack);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "common/small_queue.h"
 #include "common/string_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "broker/core/message.h"
@@ -56,13 +57,13 @@ struct Session {
   absl::flat_hash_map<uint16_t, Inflight> inflight;
   uint64_t next_seq = 1;
   uint16_t next_packet_id = 1;
-  std::deque<Delivery> queue;
+  SmallQueue<Delivery> queue;
   uint64_t queued_bytes = 0;
   uint64_t dropped = 0;  // messages lost at this session's bounds
 
   absl::flat_hash_set<uint16_t> inbound_qos2;  // received, PUBREL pending
 
-  std::optional<mqtt::Will> will;
+  std::unique_ptr<mqtt::Will> will;  // by pointer: most sessions have none
   int64_t will_at_ms = 0;  // when a delayed will is due (while offline)
   bool will_pending = false;
   int64_t expire_at_ms = 0;  // when offline with a finite expiry

@@ -204,7 +204,7 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
       }
       w.props.will_delay = r.will_delay_s;
       if (r.will_delay_s) w.props.Mark(PropertyId::kWillDelayInterval);
-      sess->will = std::move(w);
+      sess->will = std::make_unique<mqtt::Will>(std::move(w));
     }
     offline[r.client_id] = r.disconnected_at_ms > 0 ? std::max<int64_t>(0, wall_now - r.disconnected_at_ms) : 0;
     sessions[r.client_id] = std::move(sess);

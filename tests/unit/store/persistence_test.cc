@@ -220,7 +220,7 @@ TEST_CASE("state written by one broker is read back by the next") {
     CHECK(sess->subscriptions.size() == 2);
     CHECK(sess->subscriptions.at("$share/g/b/+").qos == 2);
     CHECK(sess->subscriptions.at("a/#").subscription_id == 5);
-    CHECK(sess->will.has_value());
+    CHECK(sess->will != nullptr);
     CHECK(sess->inflight.size() == 1);
     CHECK(s.broker.stats().subscriptions == 2);
     // The subscriber comes back: the unacknowledged message is resent with
