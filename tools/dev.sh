@@ -10,7 +10,7 @@ PACKAGES=(
   g++ meson ninja-build pkg-config
   libuv1-dev libmbedtls-dev librocksdb-dev libflatbuffers-dev flatbuffers-compiler
   libjemalloc-dev libabsl-dev doctest-dev libtomlplusplus-dev
-  mosquitto-clients python3 python3-paho-mqtt
+  mosquitto-clients python3 python3-paho-mqtt openssl
 )
 
 install_packages() {

@@ -1,0 +1,143 @@
+// fleetmq-pki: the PKI library from the command line.
+//   fleetmq-pki init  --dir DIR [--tenant default] [--server-name localhost]
+//       root CA, the tenant's intermediate CA, a server and an operator
+//       certificate under DIR/pki (keys mode 0600); existing files are kept.
+//   fleetmq-pki issue --dir DIR --tenant T --device ID --csr FILE
+//       a device certificate from a CSR, PEM on stdout.
+//   fleetmq-pki crl   --dir DIR --tenant T [--serial HEX ...] [--number N]
+//       a DER CRL of the tenant CA revoking the given serials, on stdout.
+// Errors: a message on stderr and exit code 1 (2 for usage).
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mgmt/pki/pki.h"
+
+namespace {
+
+using namespace fmq::pki;
+
+int64_t Now() { return static_cast<int64_t>(std::time(nullptr)) * 1000; }
+
+bool Exists(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0;
+}
+
+std::string Read(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+bool Write(const std::string& p, const std::string& data, mode_t mode) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << data;
+  out.close();
+  return out.good() && chmod(p.c_str(), mode) == 0;
+}
+
+int Die(const std::string& msg) {
+  std::fprintf(stderr, "fleetmq-pki: %s\n", msg.c_str());
+  return 1;
+}
+
+absl::StatusOr<CertificateAuthority> LoadCa(const std::string& base) {
+  if (!Exists(base + ".crt")) return absl::NotFoundError("no CA at " + base + ".crt (run init)");
+  return CertificateAuthority::Load(Read(base + ".crt"), Read(base + ".key"));
+}
+
+int Init(Rng& rng, const std::string& dir, const std::string& tenant, const std::string& server) {
+  const std::string pki = dir + "/pki";
+  mkdir(dir.c_str(), 0700);
+  mkdir(pki.c_str(), 0700);
+  mkdir((pki + "/tenants").c_str(), 0700);
+  mkdir((pki + "/tenants/" + tenant).c_str(), 0700);
+  if (!Exists(pki + "/root.crt")) {
+    auto root = CertificateAuthority::CreateRoot(rng, "fleetmq-root", Now());
+    if (!root.ok()) return Die(std::string(root.status().message()));
+    if (!Write(pki + "/root.crt", root->cert().pem, 0644) || !Write(pki + "/root.key", *root->key_pem(), 0600)) {
+      return Die("cannot write " + pki + "/root.*");
+    }
+  }
+  auto root = LoadCa(pki + "/root");
+  if (!root.ok()) return Die(std::string(root.status().message()));
+  const std::string tdir = pki + "/tenants/" + tenant;
+  if (!Exists(tdir + "/ca.crt")) {
+    auto ca = root->CreateTenantCa(rng, tenant, Now());
+    if (!ca.ok()) return Die(std::string(ca.status().message()));
+    if (!Write(tdir + "/ca.crt", ca->cert().pem, 0644) || !Write(tdir + "/ca.key", *ca->key_pem(), 0600) ||
+        !Write(tdir + "/chain.pem", ca->cert().pem + root->cert().pem, 0644)) {
+      return Die("cannot write " + tdir);
+    }
+  }
+  auto ca = LoadCa(tdir + "/ca");
+  if (!ca.ok()) return Die(std::string(ca.status().message()));
+  struct Leaf {
+    const char* file;
+    Subject who;
+  };
+  for (const Leaf& l : {Leaf{"server", {tenant, server, Role::kServer}}, Leaf{"operator", {tenant, "admin", Role::kOperator}}}) {
+    if (Exists(pki + "/" + l.file + ".crt")) continue;
+    std::string key;
+    auto cert = ca->IssueWithNewKey(rng, l.who, Now(), kDeviceValidity, &key,
+                                    l.who.role == Role::kServer ? std::vector<std::string>{server} : std::vector<std::string>{});
+    if (!cert.ok()) return Die(std::string(cert.status().message()));
+    if (!Write(pki + "/" + l.file + ".crt", cert->pem + ca->cert().pem, 0644) || !Write(pki + "/" + l.file + ".key", key, 0600)) {
+      return Die(std::string("cannot write ") + l.file);
+    }
+  }
+  std::printf("%s\n", pki.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: fleetmq-pki init|issue|crl --dir DIR [options] (see the header of tools/pki_tool.cc)\n");
+    return 2;
+  }
+  std::string cmd = argv[1];
+  std::map<std::string, std::string> opt;
+  std::vector<std::string> serials;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k.rfind("--", 0) != 0) return Die("unexpected argument " + k), 2;
+    if (k == "--serial") serials.push_back(argv[i + 1]);
+    else opt[k.substr(2)] = argv[i + 1];
+  }
+  if (opt["dir"].empty()) return Die("--dir is required"), 2;
+  const std::string dir = opt["dir"];
+  const std::string tenant = opt.count("tenant") ? opt["tenant"] : "default";
+  Rng rng;
+  if (!rng.status().ok()) return Die(std::string(rng.status().message()));
+  if (cmd == "init") return Init(rng, dir, tenant, opt.count("server-name") ? opt["server-name"] : "localhost");
+  auto ca = LoadCa(dir + "/pki/tenants/" + tenant + "/ca");
+  if (!ca.ok()) return Die(std::string(ca.status().message()));
+  if (cmd == "issue") {
+    if (opt["device"].empty() || opt["csr"].empty()) return Die("issue needs --device and --csr"), 2;
+    if (!Exists(opt["csr"])) return Die("no such file " + opt["csr"]);
+    auto cert = ca->IssueFromCsr(rng, Read(opt["csr"]), {tenant, opt["device"], Role::kDevice}, Now());
+    if (!cert.ok()) return Die(std::string(cert.status().message()));
+    std::fputs(cert->pem.c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "crl") {
+    std::vector<Revoked> revoked;
+    for (const auto& s : serials) revoked.push_back({s, Now()});
+    uint64_t number = opt.count("number") ? std::stoull(opt["number"]) : 1;
+    auto crl = ca->WriteCrl(rng, revoked, number, Now(), Now() + 7 * kDay);
+    if (!crl.ok()) return Die(std::string(crl.status().message()));
+    std::fwrite(crl->data(), 1, crl->size(), stdout);
+    return 0;
+  }
+  return Die("unknown command " + cmd), 2;
+}
