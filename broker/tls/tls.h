@@ -1,0 +1,128 @@
+// TLS as a byte transformer, I/O-free: ciphertext in, plaintext out and the
+// reverse, through mbedTLS memory BIOs (mbedtls_ssl_set_bio with callbacks
+// over std::string buffers), so a full mutual-TLS handshake runs in a unit
+// test with no socket. TlsServerContext holds what all connections share
+// (certificates, trust anchors, session-ticket keys, the revoked-serial
+// set); one per worker thread. TlsSession is one connection's state, owned
+// by its transport on the worker thread.
+#pragma once
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
+#include <mbedtls/x509_crt.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "mgmt/pki/pki.h"
+
+namespace fmq::tls {
+
+struct TlsCounters {
+  uint64_t handshakes = 0;
+  uint64_t resumed = 0;
+  uint64_t failed = 0;
+  uint64_t revoked_refused = 0;
+};
+
+class TlsServerContext {
+ public:
+  // `server_chain_pem`: the server certificate followed by its CA.
+  // `trust_pem`: the root and every tenant CA (client chains end there).
+  static absl::StatusOr<std::unique_ptr<TlsServerContext>> Create(std::string_view server_chain_pem,
+                                                                   std::string_view server_key_pem,
+                                                                   std::string_view trust_pem);
+  ~TlsServerContext();
+
+  // Revocation, checked on every handshake (full or resumed) by an O(1)
+  // lookup of (tenant, serial).
+  void Revoke(std::string_view tenant, std::string_view serial_hex);
+  void Unrevoke(std::string_view tenant, std::string_view serial_hex);
+  bool IsRevoked(std::string_view tenant, std::string_view serial_hex) const;
+
+  TlsCounters& counters() { return counters_; }
+  mbedtls_ssl_config* config() { return &conf_; }
+
+ private:
+  TlsServerContext() = default;
+
+  mbedtls_entropy_context entropy_;
+  mbedtls_ctr_drbg_context drbg_;
+  mbedtls_ssl_config conf_;
+  mbedtls_ssl_ticket_context ticket_;
+  mbedtls_x509_crt own_chain_;
+  mbedtls_x509_crt trust_;
+  mbedtls_pk_context own_key_;
+  absl::flat_hash_set<std::string> revoked_;  // tenant + '\0' + serial
+  TlsCounters counters_;
+  bool ready_ = false;
+};
+
+// One connection. Feed ciphertext with OnCiphertext; plaintext comes out of
+// TakePlaintext; Write encrypts; TakeCiphertext is what goes to the socket.
+class TlsSession {
+ public:
+  // Server side over a shared context.
+  explicit TlsSession(TlsServerContext* ctx);
+  // Client side (tests and the bench) over a caller-owned config.
+  explicit TlsSession(mbedtls_ssl_config* client_conf, const char* hostname);
+  ~TlsSession();
+  TlsSession(const TlsSession&) = delete;
+  TlsSession& operator=(const TlsSession&) = delete;
+
+  enum class State : uint8_t { kHandshake, kOpen, kClosed, kFailed };
+
+  // Ciphertext from the peer. Drives the handshake and decrypts.
+  void OnCiphertext(std::string_view bytes);
+  // Plaintext for the peer; buffered until the handshake completes.
+  void Write(std::string_view plaintext);
+  // Sends close_notify.
+  void Close();
+
+  std::string TakePlaintext();
+  std::string TakeCiphertext();
+  bool HasCiphertext() const { return !out_.empty(); }
+
+  State state() const { return state_; }
+  bool resumed() const { return resumed_; }
+  const std::string& error() const { return error_; }
+  // After the handshake: the verified client identity (server side).
+  const pki::Identity& identity() const { return identity_; }
+  const std::string& peer_serial() const { return peer_serial_; }
+  // Client side: the session to resume a later connection with.
+  absl::Status SaveSession(mbedtls_ssl_session* out);
+  absl::Status SetSession(const mbedtls_ssl_session* s);
+
+ private:
+  static int Send(void* self, const unsigned char* buf, size_t len);
+  static int Recv(void* self, unsigned char* buf, size_t len);
+  // Per-connection verify callback: only runs on a full handshake, which is
+  // how a resumed session is told apart.
+  static int OnVerify(void* self, mbedtls_x509_crt* crt, int depth, uint32_t* flags);
+  void Step();
+  void Fail(std::string why);
+  bool CheckPeer();
+
+  TlsServerContext* server_ = nullptr;
+  mbedtls_ssl_context ssl_;
+  State state_ = State::kHandshake;
+  bool resumed_ = false;
+  bool chain_verified_ = false;
+  std::string in_;   // ciphertext not yet consumed by mbedTLS
+  size_t in_pos_ = 0;
+  std::string out_;  // ciphertext for the socket
+  std::string plain_in_;
+  std::string pending_plain_out_;
+  std::string error_;
+  pki::Identity identity_;
+  std::string peer_serial_;
+};
+
+}  // namespace fmq::tls
