@@ -50,14 +50,15 @@ Setter Bool(bool BrokerOptions::*field, const char* key) {
   };
 }
 
-absl::Status ParseListen(Config& c, const std::string& v) {
-  c.server.listeners.clear();
+absl::Status ParseAddresses(const char* key, const std::string& v, std::vector<ListenAddress>* out) {
+  out->clear();
+  if (v.empty()) return absl::OkStatus();  // none
   size_t start = 0;
   while (start <= v.size()) {
     size_t comma = v.find(',', start);
     std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     size_t colon = item.rfind(':');
-    if (colon == std::string::npos || colon == 0) return Bad("listen", "'" + item + "' is not host:port");
+    if (colon == std::string::npos || colon == 0) return Bad(key, "'" + item + "' is not host:port");
     ListenAddress a;
     a.host = item.substr(0, colon);
     if (a.host.size() > 2 && a.host.front() == '[' && a.host.back() == ']') a.host = a.host.substr(1, a.host.size() - 2);
@@ -65,20 +66,30 @@ absl::Status ParseListen(Config& c, const std::string& v) {
     unsigned p = 0;
     auto [e, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
     if (ec != std::errc() || e != port.data() + port.size() || p > 65535) {
-      return Bad("listen", "'" + port + "' is not a port");
+      return Bad(key, "'" + port + "' is not a port");
     }
     a.port = static_cast<uint16_t>(p);
-    c.server.listeners.push_back(a);
+    out->push_back(a);
     if (comma == std::string::npos) break;
     start = comma + 1;
   }
   return absl::OkStatus();
 }
 
+absl::Status ParseListen(Config& c, const std::string& v) { return ParseAddresses("listen", v, &c.server.listeners); }
+
 const std::vector<OptionDef>& Options() {
   using B = BrokerOptions;
   static const std::vector<OptionDef> kOptions = {
       {"listen", "127.0.0.1:1883", "Plain MQTT listeners, comma-separated host:port (port 0 = any free port).", ParseListen},
+      {"tls_listen", "127.0.0.1:8883", "MQTT over mutual TLS listeners, comma-separated host:port; empty disables TLS. The PKI under data_dir/pki is created on first start.",
+       [](Config& c, const std::string& v) { return ParseAddresses("tls_listen", v, &c.server.tls_listeners); }},
+      {"tls_server_name", "localhost", "Host name in the broker's certificate when the PKI is first created.",
+       [](Config& c, const std::string& v) -> absl::Status {
+         if (v.empty()) return Bad("tls_server_name", "must not be empty");
+         c.tls_server_name = v;
+         return absl::OkStatus();
+       }},
       {"data_dir", "./data", "Directory for persistent state (created if missing; locked against a second broker).",
        [](Config& c, const std::string& v) -> absl::Status {
          if (v.empty()) return Bad("data_dir", "must not be empty");

@@ -22,6 +22,7 @@ struct Config {
   WriterOptions storage;
   storage::RocksOptions rocks;
   std::string data_dir = "./data";
+  std::string tls_server_name = "localhost";
   LogLevel log_level = LogLevel::kInfo;
   std::string config_file;  // empty = none
 };

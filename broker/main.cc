@@ -12,6 +12,8 @@
 #include "broker/config.h"
 #include "broker/net/server.h"
 #include "broker/store/broker_store.h"
+#include "broker/tls/tls.h"
+#include "mgmt/pki/pki_dir.h"
 #include "storage/kv_store.h"
 #include "common/log.h"
 
@@ -74,7 +76,31 @@ int main(int argc, char** argv) {
   }
   fmq::SystemClock clock;
   fmq::BrokerStore store(&clock, fmq::storage::TenantId::Default());
+  std::unique_ptr<fmq::tls::TlsServerContext> tls;
+  if (!cfg.server.tls_listeners.empty()) {
+    auto files = fmq::pki::EnsurePki(cfg.data_dir + "/pki", "default", cfg.tls_server_name, clock.WallMs());
+    if (!files.ok()) {
+      std::fprintf(stderr, "fleetmq: pki: %s\n", std::string(files.status().message()).c_str());
+      return 1;
+    }
+    auto trust = fmq::pki::TrustBundle(*files);
+    if (!trust.ok()) {
+      std::fprintf(stderr, "fleetmq: pki: %s\n", std::string(trust.status().message()).c_str());
+      return 1;
+    }
+    auto ctx = fmq::tls::TlsServerContext::Create(fmq::pki::ReadFile(files->server_crt),
+                                                  fmq::pki::ReadFile(files->server_key), *trust);
+    if (!ctx.ok()) {
+      std::fprintf(stderr, "fleetmq: tls: %s\n", std::string(ctx.status().message()).c_str());
+      return 1;
+    }
+    tls = std::move(*ctx);
+    FMQ_LOG_INFO("PKI in %s (%zu tenant CA%s)", files->dir.c_str(), files->tenant_cas.size(),
+                 files->tenant_cas.size() == 1 ? "" : "s");
+  }
+  // Declared before the server: its clients' TLS sessions use this context.
   fmq::Server server(cfg.server, cfg.broker, nullptr, &store);
+  if (tls) server.SetTls(tls.get());
   // Declared after the server: destroyed first, while the loop handle it
   // notifies still exists.
   fmq::StorageWriter writer(kv->get(), cfg.storage, server.Notifier());

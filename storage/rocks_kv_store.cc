@@ -5,11 +5,14 @@
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include <atomic>
 #include <cstdarg>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "common/log.h"
 #include "storage/kv_store.h"
@@ -122,6 +125,10 @@ class RocksKvStore final : public KvStore {
 
 absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksKvStore(const std::string& dir,
                                                           const RocksOptions& opts) {
+  // Created here so RocksDB does not log a missing directory as an error.
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return absl::UnavailableError("cannot create " + dir + ": " + std::strerror(errno));
+  }
   rocksdb::Options options;
   options.create_if_missing = true;
   options.create_missing_column_families = true;

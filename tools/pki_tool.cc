@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "mgmt/pki/pki.h"
+#include "mgmt/pki/pki_dir.h"
 
 namespace {
 
@@ -37,13 +38,6 @@ std::string Read(const std::string& p) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-bool Write(const std::string& p, const std::string& data, mode_t mode) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << data;
-  out.close();
-  return out.good() && chmod(p.c_str(), mode) == 0;
-}
-
 int Die(const std::string& msg) {
   std::fprintf(stderr, "fleetmq-pki: %s\n", msg.c_str());
   return 1;
@@ -54,47 +48,11 @@ absl::StatusOr<CertificateAuthority> LoadCa(const std::string& base) {
   return CertificateAuthority::Load(Read(base + ".crt"), Read(base + ".key"));
 }
 
-int Init(Rng& rng, const std::string& dir, const std::string& tenant, const std::string& server) {
-  const std::string pki = dir + "/pki";
+int Init(const std::string& dir, const std::string& tenant, const std::string& server) {
   mkdir(dir.c_str(), 0700);
-  mkdir(pki.c_str(), 0700);
-  mkdir((pki + "/tenants").c_str(), 0700);
-  mkdir((pki + "/tenants/" + tenant).c_str(), 0700);
-  if (!Exists(pki + "/root.crt")) {
-    auto root = CertificateAuthority::CreateRoot(rng, "fleetmq-root", Now());
-    if (!root.ok()) return Die(std::string(root.status().message()));
-    if (!Write(pki + "/root.crt", root->cert().pem, 0644) || !Write(pki + "/root.key", *root->key_pem(), 0600)) {
-      return Die("cannot write " + pki + "/root.*");
-    }
-  }
-  auto root = LoadCa(pki + "/root");
-  if (!root.ok()) return Die(std::string(root.status().message()));
-  const std::string tdir = pki + "/tenants/" + tenant;
-  if (!Exists(tdir + "/ca.crt")) {
-    auto ca = root->CreateTenantCa(rng, tenant, Now());
-    if (!ca.ok()) return Die(std::string(ca.status().message()));
-    if (!Write(tdir + "/ca.crt", ca->cert().pem, 0644) || !Write(tdir + "/ca.key", *ca->key_pem(), 0600) ||
-        !Write(tdir + "/chain.pem", ca->cert().pem + root->cert().pem, 0644)) {
-      return Die("cannot write " + tdir);
-    }
-  }
-  auto ca = LoadCa(tdir + "/ca");
-  if (!ca.ok()) return Die(std::string(ca.status().message()));
-  struct Leaf {
-    const char* file;
-    Subject who;
-  };
-  for (const Leaf& l : {Leaf{"server", {tenant, server, Role::kServer}}, Leaf{"operator", {tenant, "admin", Role::kOperator}}}) {
-    if (Exists(pki + "/" + l.file + ".crt")) continue;
-    std::string key;
-    auto cert = ca->IssueWithNewKey(rng, l.who, Now(), kDeviceValidity, &key,
-                                    l.who.role == Role::kServer ? std::vector<std::string>{server} : std::vector<std::string>{});
-    if (!cert.ok()) return Die(std::string(cert.status().message()));
-    if (!Write(pki + "/" + l.file + ".crt", cert->pem + ca->cert().pem, 0644) || !Write(pki + "/" + l.file + ".key", key, 0600)) {
-      return Die(std::string("cannot write ") + l.file);
-    }
-  }
-  std::printf("%s\n", pki.c_str());
+  auto files = EnsurePki(dir + "/pki", tenant, server, Now());
+  if (!files.ok()) return Die(std::string(files.status().message()));
+  std::printf("%s\n", files->dir.c_str());
   return 0;
 }
 
@@ -119,7 +77,7 @@ int main(int argc, char** argv) {
   const std::string tenant = opt.count("tenant") ? opt["tenant"] : "default";
   Rng rng;
   if (!rng.status().ok()) return Die(std::string(rng.status().message()));
-  if (cmd == "init") return Init(rng, dir, tenant, opt.count("server-name") ? opt["server-name"] : "localhost");
+  if (cmd == "init") return Init(dir, tenant, opt.count("server-name") ? opt["server-name"] : "localhost");
   auto ca = LoadCa(dir + "/pki/tenants/" + tenant + "/ca");
   if (!ca.ok()) return Die(std::string(ca.status().message()));
   if (cmd == "issue") {

@@ -153,6 +153,18 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     RefuseConnect(c, ReasonCode::kClientIdentifierNotValid, "limit client id longer than max_client_id_length");
     return;
   }
+  if (const PeerIdentity* id = c.identity(); id != nullptr && id->device) {
+    // A device is bound to its certificate: it connects as itself or is
+    // given its own id, never another's.
+    if (assigned || ck.client_id.empty()) {
+      c.client_id_ = id->name;
+      assigned = v5;
+    } else if (ck.client_id != id->name) {
+      RefuseConnect(c, ReasonCode::kClientIdentifierNotValid,
+                    "auth client id must be the certificate's device id");
+      return;
+    }
+  }
   if (v5 && ck.props.Has(PropertyId::kAuthenticationMethod)) {
     RefuseConnect(c, ReasonCode::kBadAuthenticationMethod,
                   "MQTT-4.12 enhanced authentication is not supported");

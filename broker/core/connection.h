@@ -13,6 +13,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "common/string_map.h"
+#include "broker/core/hooks.h"
 #include "broker/core/session.h"
 #include "common/small_queue.h"
 #include "broker/core/transport.h"
@@ -46,6 +47,9 @@ class Connection {
   State state() const { return state_; }
   const std::string& peer() const { return peer_; }
   void set_peer(std::string peer) { peer_ = std::move(peer); }
+  // Set by a TLS transport after the handshake, before any MQTT byte.
+  void set_identity(PeerIdentity id) { identity_ = std::make_unique<PeerIdentity>(std::move(id)); }
+  const PeerIdentity* identity() const { return identity_.get(); }
   const std::string& client_id() const { return client_id_; }
   const std::string& username() const { return username_; }
   mqtt::Version version() const { return version_; }
@@ -71,6 +75,7 @@ class Connection {
   mqtt::Version version_ = mqtt::Version::kV5;
   std::string client_id_;
   std::string username_;
+  std::unique_ptr<PeerIdentity> identity_;  // null on plain TCP
   Session* session_ = nullptr;
   uint16_t keep_alive_s_ = 0;
   int64_t last_rx_ms_ = 0;

@@ -26,6 +26,13 @@ enum class DisconnectReason : uint8_t {
 };
 std::string_view DisconnectReasonName(DisconnectReason r);
 
+// Who a TLS client proved to be (from its verified certificate).
+struct PeerIdentity {
+  std::string tenant;
+  std::string name;  // device id or operator name
+  bool device = true;
+};
+
 struct ClientInfo {
   uint64_t connection_id = 0;
   std::string_view client_id;

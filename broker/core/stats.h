@@ -28,7 +28,8 @@ struct BrokerStats {
   uint64_t keepalive_timeouts = 0;
   uint64_t connects_refused = 0;            // CONNACK with an error
   uint64_t takeovers = 0;
-  uint64_t reads_paused = 0;                // backpressure on a peer not reading
+  uint64_t reads_paused = 0;
+  uint64_t tls_refused = 0;                 // failed or refused TLS handshakes                // backpressure on a peer not reading
   uint64_t wills_published = 0;
   uint64_t sessions_expired = 0;
   uint64_t subscriptions = 0;  // gauge

@@ -22,6 +22,7 @@ void Broker::PublishSys(int64_t now) {
   pub("connections/refused", stats_.connects_refused);
   pub("connections/takeovers", stats_.takeovers);
   pub("connections/reads_paused", stats_.reads_paused);
+  pub("connections/tls_refused", stats_.tls_refused);
   pub("connections/connect_timeouts", stats_.connect_timeouts);
   pub("connections/keepalive_timeouts", stats_.keepalive_timeouts);
   pub("errors/protocol", stats_.protocol_errors);

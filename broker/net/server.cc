@@ -13,9 +13,10 @@ namespace fmq {
 // One accepted TCP connection: the Transport of its Connection.
 class TcpClient final : public Transport {
  public:
-  TcpClient(Server* server, uint64_t id, std::string peer)
+  TcpClient(Server* server, uint64_t id, std::string peer, tls::TlsServerContext* tls)
       : server_(server), conn_(&server->broker_, this, id, std::move(peer)) {
     handle_.data = this;
+    if (tls != nullptr) tls_ = std::make_unique<tls::TlsSession>(tls);
   }
 
   uv_tcp_t* handle() { return &handle_; }
@@ -35,6 +36,10 @@ class TcpClient final : public Transport {
     close_deadline_ = server_->clock_.NowMs() + server_->sopts_.close_timeout_ms;
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
     FlushOutput();
+    if (tls_) {
+      tls_->Close();  // close_notify
+      WriteBytes(tls_->TakeCiphertext());
+    }
     auto* req = new uv_shutdown_t;
     req->data = this;
     if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&handle_), OnShutdown) != 0) {
@@ -45,12 +50,23 @@ class TcpClient final : public Transport {
     server_->closing_.push_back(this);
   }
 
-  // Writes everything the connection has produced.
+  // Writes everything the connection has produced (encrypted under TLS).
   void FlushOutput() {
     dirty_ = false;
-    if (closed_ || !conn_.HasOutput()) return;
+    if (closed_) return;
+    if (tls_) {
+      if (conn_.HasOutput()) tls_->Write(conn_.TakeOutput());
+      WriteBytes(tls_->TakeCiphertext());
+      return;
+    }
+    if (!conn_.HasOutput()) return;
+    WriteBytes(conn_.TakeOutput());
+  }
+
+  void WriteBytes(std::string bytes) {
+    if (closed_ || bytes.empty()) return;
     auto* w = new WriteReq;
-    w->data = conn_.TakeOutput();
+    w->data = std::move(bytes);
     w->req.data = w;
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     // Try the fast path first: most writes complete at once.
@@ -78,6 +94,29 @@ class TcpClient final : public Transport {
     uv_close(reinterpret_cast<uv_handle_t*>(&handle_), OnClosed);
   }
 
+  // Decrypts, hands the verified identity to the connection before its
+  // first MQTT byte, and feeds it the plaintext. False when the TLS layer
+  // failed and the socket is being closed.
+  bool OnTlsBytes(std::string_view ciphertext) {
+    tls_->OnCiphertext(ciphertext);
+    if (tls_->state() == tls::TlsSession::State::kFailed) {
+      server_->CountTlsFailure(conn_.peer(), tls_->error());
+      WriteBytes(tls_->TakeCiphertext());  // the alert, if any
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
+      conn_.OnTransportClosed();
+      HardClose();
+      return false;
+    }
+    if (tls_->state() == tls::TlsSession::State::kOpen && conn_.identity() == nullptr) {
+      const pki::Identity& id = tls_->identity();
+      conn_.set_identity(PeerIdentity{id.tenant, id.name, id.role == pki::Role::kDevice});
+    }
+    std::string plain = tls_->TakePlaintext();
+    if (!plain.empty()) conn_.OnBytes(plain);
+    if (tls_->HasCiphertext()) RequestFlush();
+    return true;
+  }
+
   int64_t close_deadline() const { return close_deadline_; }
   bool closed() const { return closed_; }
 
@@ -88,7 +127,9 @@ class TcpClient final : public Transport {
 
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     auto* self = static_cast<TcpClient*>(s->data);
-    if (n > 0) {
+    if (n > 0 && self->tls_) {
+      if (!self->OnTlsBytes(std::string_view(buf->base, static_cast<size_t>(n)))) return;
+    } else if (n > 0) {
       self->conn_.OnBytes(std::string_view(buf->base, static_cast<size_t>(n)));
       // Backpressure: a peer that sends but does not read its replies stops
       // being read until its output drains below half the limit.
@@ -141,6 +182,7 @@ class TcpClient final : public Transport {
   Server* server_;
   uv_tcp_t handle_;
   Connection conn_;
+  std::unique_ptr<tls::TlsSession> tls_;
   bool dirty_ = false;
   bool closing_ = false;
   bool closed_ = false;
@@ -188,42 +230,51 @@ Server::~Server() {
 }
 
 std::string Server::Listen() {
-  for (const ListenAddress& a : sopts_.listeners) {
+  std::vector<std::pair<ListenAddress, bool>> all;
+  for (const ListenAddress& a : sopts_.listeners) all.emplace_back(a, false);
+  for (const ListenAddress& a : sopts_.tls_listeners) all.emplace_back(a, true);
+  for (const auto& [a, tls] : all) {
+    if (tls && tls_ == nullptr) return "listen: TLS listener without a TLS context";
     sockaddr_storage addr{};
     if (uv_ip4_addr(a.host.c_str(), a.port, reinterpret_cast<sockaddr_in*>(&addr)) != 0 &&
         uv_ip6_addr(a.host.c_str(), a.port, reinterpret_cast<sockaddr_in6*>(&addr)) != 0) {
       return "listen: bad address '" + a.host + "'";
     }
-    auto h = std::make_unique<uv_tcp_t>();
-    uv_tcp_init(&loop_, h.get());
-    h->data = this;
-    int rc = uv_tcp_bind(h.get(), reinterpret_cast<sockaddr*>(&addr), 0);
-    if (rc == 0) {
-      rc = uv_listen(reinterpret_cast<uv_stream_t*>(h.get()), sopts_.listen_backlog, OnConnection);
-    }
+    auto l = std::make_unique<Listener>();
+    uv_tcp_init(&loop_, &l->tcp);
+    l->tcp.data = l.get();
+    l->server = this;
+    l->tls = tls;
+    int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<sockaddr*>(&addr), 0);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->tcp), sopts_.listen_backlog, OnConnection);
     if (rc != 0) {
-      uv_close(reinterpret_cast<uv_handle_t*>(h.release()),
-               [](uv_handle_t* p) { delete reinterpret_cast<uv_tcp_t*>(p); });
+      uv_close(reinterpret_cast<uv_handle_t*>(&l.release()->tcp),
+               [](uv_handle_t* p) { delete static_cast<Listener*>(p->data); });
       return "listen on " + a.host + ":" + std::to_string(a.port) + ": " + uv_strerror(rc);
     }
     sockaddr_storage bound{};
     int len = sizeof bound;
-    uv_tcp_getsockname(h.get(), reinterpret_cast<sockaddr*>(&bound), &len);
-    uint16_t port = bound.ss_family == AF_INET6
-                        ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                        : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    uv_tcp_getsockname(&l->tcp, reinterpret_cast<sockaddr*>(&bound), &len);
+    uint16_t port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                                                : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
     bound_ports_.push_back(port);
-    FMQ_LOG_INFO("listening for MQTT on %s:%u", a.host.c_str(), port);
-    listeners_.push_back(std::move(h));
+    FMQ_LOG_INFO("listening for MQTT%s on %s:%u", tls ? " over mutual TLS" : "", a.host.c_str(), port);
+    listeners_.push_back(std::move(l));
   }
   return "";
 }
 
+void Server::CountTlsFailure(const std::string& peer, const std::string& why) {
+  broker_.CountTlsRefused();
+  FMQ_LOG_WARN("TLS from %s refused: %s", peer.c_str(), why.c_str());
+}
+
 void Server::OnConnection(uv_stream_t* listener, int status) {
-  auto* self = static_cast<Server*>(listener->data);
+  auto* l = static_cast<Listener*>(listener->data);
+  Server* self = l->server;
   if (status < 0 || self->stopping_) return;
   // The peer's address is only known after accept; create with a placeholder.
-  auto* client = new TcpClient(self, self->next_conn_id_++, "");
+  auto* client = new TcpClient(self, self->next_conn_id_++, "", l->tls ? self->tls_ : nullptr);
   uv_tcp_init(&self->loop_, client->handle());
   if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(client->handle())) != 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(client->handle()),
@@ -295,8 +346,8 @@ void Server::Stop() {
   if (stopping_) return;
   stopping_ = true;
   for (auto& l : listeners_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(l.release()),
-             [](uv_handle_t* p) { delete reinterpret_cast<uv_tcp_t*>(p); });
+    uv_close(reinterpret_cast<uv_handle_t*>(&l.release()->tcp),
+             [](uv_handle_t* p) { delete static_cast<Listener*>(p->data); });
   }
   listeners_.clear();
   broker_.Shutdown();

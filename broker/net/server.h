@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "broker/core/broker.h"
+#include "broker/tls/tls.h"
 #include "common/clock.h"
 
 namespace fmq {
@@ -25,6 +26,8 @@ struct ListenAddress {
 
 struct ServerOptions {
   std::vector<ListenAddress> listeners{ListenAddress{}};
+  // MQTT over mutual TLS (needs SetTls before Listen).
+  std::vector<ListenAddress> tls_listeners{ListenAddress{"127.0.0.1", 8883}};
   // Disable Nagle on client sockets: MQTT packets are small and latency
   // matters more than a few saved segments (mosquitto's set_tcp_nodelay).
   bool tcp_nodelay = true;
@@ -55,6 +58,9 @@ class Server {
   void SetStorageHooks(std::function<void()> turn_end, std::function<void()> wake);
   std::function<void()> Notifier();
 
+  // TLS context for the TLS listeners (owned by the caller).
+  void SetTls(tls::TlsServerContext* ctx) { tls_ = ctx; }
+
   // The port actually bound for listener i (useful with port 0).
   uint16_t bound_port(size_t i) const { return bound_ports_[i]; }
   Broker& broker() { return broker_; }
@@ -68,6 +74,7 @@ class Server {
   static void OnWake(uv_async_t* a);
 
   void MarkDirty(TcpClient* c);
+  void CountTlsFailure(const std::string& peer, const std::string& why);
   void Flush();
   void Forget(TcpClient* c);
 
@@ -75,7 +82,13 @@ class Server {
   SystemClock clock_;
   Broker broker_;
   uv_loop_t loop_;
-  std::vector<std::unique_ptr<uv_tcp_t>> listeners_;
+  struct Listener {
+    uv_tcp_t tcp;
+    Server* server;
+    bool tls;
+  };
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  tls::TlsServerContext* tls_ = nullptr;
   std::vector<uint16_t> bound_ports_;
   uv_check_t check_;
   uv_timer_t tick_;

@@ -36,13 +36,16 @@ class Broker:
         before = self.read_log().count("listening for MQTT on") if os.path.exists(self.log_path) else 0
         self.log = open(self.log_path, "a+")
         port = self.port or 0
-        args = [FLEETMQ, "--listen=127.0.0.1:%d" % port, "--data_dir=" + self.data_dir, "--log_level=info"] + self.flags
+        tls = [] if any(f.startswith("--tls_listen") for f in self.flags) else ["--tls_listen="]
+        args = [FLEETMQ, "--listen=127.0.0.1:%d" % port, "--data_dir=" + self.data_dir, "--log_level=info"] + tls + self.flags
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
             found = re.findall(r"listening for MQTT on 127\.0\.0\.1:(\d+)", self.read_log())
             if len(found) > before:
                 self.port = int(found[-1])
+                tls = re.findall(r"listening for MQTT over mutual TLS on 127\.0\.0\.1:(\d+)", self.read_log())
+                self.tls_port = int(tls[-1]) if tls else None
                 return self
             if self.proc.poll() is not None:
                 break

@@ -1,0 +1,33 @@
+// The PKI's files in the data dir: DATA_DIR/pki/{root,server,operator}.{crt,key}
+// and DATA_DIR/pki/tenants/<tenant>/{ca.crt,ca.key,chain.pem}. EnsurePki
+// creates whatever is missing (keys mode 0600) and keeps what exists; the
+// broker calls it on first run, and so does `fleetmq-pki init`. Main thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fmq::pki {
+
+struct PkiFiles {
+  std::string dir;
+  std::string root_crt;
+  std::string server_crt;  // server certificate followed by its tenant CA
+  std::string server_key;
+  std::string operator_crt;
+  std::string operator_key;
+  std::vector<std::string> tenant_cas;  // every DATA_DIR/pki/tenants/*/ca.crt
+};
+
+absl::StatusOr<PkiFiles> EnsurePki(const std::string& pki_dir, const std::string& tenant,
+                                   const std::string& server_name, int64_t now_ms);
+
+// The root and every tenant CA, concatenated (the TLS trust list).
+absl::StatusOr<std::string> TrustBundle(const PkiFiles& files);
+
+std::string ReadFile(const std::string& path);
+
+}  // namespace fmq::pki

@@ -1,0 +1,124 @@
+"""MQTT over mutual TLS with the real broker and real clients: the PKI is
+created on first start; mosquitto_pub/mosquitto_sub with --cafile/--cert/
+--key and paho with tls_set connect with certificates issued by
+fleetmq-pki; a device cannot use another device's client id; clients
+without a certificate, with a certificate from an unknown CA, or speaking
+garbage are refused with a log line and a counter, and others keep being
+served."""
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import unittest
+
+import paho.mqtt.client as mqtt
+
+from harness import Broker, FLEETMQ, run_cli
+
+PKI = os.environ.get("FLEETMQ_PKI_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-pki"))
+
+
+class Tls(unittest.TestCase):
+    def setUp(self):
+        self.broker = Broker("--tls_listen=127.0.0.1:0", "--sys_interval=1").start()
+        self.pki = os.path.join(self.broker.data_dir, "pki")
+        self.tmp = tempfile.mkdtemp(prefix="fleetmq-tls-")
+        self.assertIsNotNone(self.broker.tls_port)
+
+    def tearDown(self):
+        self.broker.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def device(self, name):
+        key, csr, crt = (os.path.join(self.tmp, name + ext) for ext in (".key", ".csr", ".crt"))
+        r = run_cli(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-keyout", key, "-subj", "/CN=%s/O=default" % name, "-out", csr])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--device", name, "--csr", csr])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(crt, "w") as f:
+            f.write(r.stdout)
+        return crt, key
+
+    def tls_args(self, cert, key):
+        return ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),
+                "--cert", cert, "--key", key]
+
+    def test_first_run_pki_files(self):
+        for f in ("root.crt", "server.crt", "operator.crt", "tenants/default/ca.crt"):
+            self.assertTrue(os.path.exists(os.path.join(self.pki, f)), f)
+        self.assertEqual(os.stat(os.path.join(self.pki, "tenants/default/ca.key")).st_mode & 0o777, 0o600)
+
+    def test_mosquitto_clients_over_mtls(self):
+        crt, key = self.device("dev-1")
+        sub = subprocess.Popen(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-1", "-t", "dev/dev-1/#", "-C", "1", "-W", "10", "-v"],
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        op = [os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key")]
+        r = run_cli(["mosquitto_pub"] + self.tls_args(*op) + ["-t", "dev/dev-1/cmd", "-m", "reboot", "-q", "1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out, _ = sub.communicate(timeout=15)
+        self.assertEqual(out.strip(), "dev/dev-1/cmd reboot")
+
+    def test_paho_tls_set_v5_and_client_id_binding(self):
+        crt, key = self.device("dev-2")
+        c = mqtt.Client(client_id="", protocol=mqtt.MQTTv5)
+        c.tls_set(ca_certs=os.path.join(self.pki, "root.crt"), certfile=crt, keyfile=key)
+        got = []
+        c.on_connect = lambda cl, u, f, rc, p=None: got.append((rc, p))
+        c.connect("localhost", self.broker.tls_port, 30)
+        c.loop_start()
+        deadline = time.time() + 5
+        while not got and time.time() < deadline:
+            time.sleep(0.05)
+        c.loop_stop()
+        c.disconnect()
+        self.assertEqual(int(got[0][0].value if hasattr(got[0][0], "value") else got[0][0]), 0)
+        self.assertEqual(got[0][1].AssignedClientIdentifier, "dev-2")  # its certificate's id
+        # Another device's id is refused.
+        r = run_cli(["mosquitto_pub"] + self.tls_args(crt, key) + ["-i", "dev-1", "-t", "x", "-m", "y"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("certificate's device id", self.broker.read_log())
+
+    def test_refused_handshakes_do_not_disturb_others(self):
+        crt, key = self.device("dev-3")
+        sub = subprocess.Popen(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-3", "-t", "alive", "-C", "1", "-W", "15"],
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        # No client certificate.
+        r = run_cli(["mosquitto_pub", "-h", "localhost", "-p", str(self.broker.tls_port), "--cafile",
+                     os.path.join(self.pki, "root.crt"), "-t", "x", "-m", "y"])
+        self.assertNotEqual(r.returncode, 0)
+        # A certificate from another PKI.
+        other = tempfile.mkdtemp(prefix="fleetmq-otherpki-")
+        self.assertEqual(run_cli([PKI, "init", "--dir", other]).returncode, 0)
+        r = run_cli(["mosquitto_pub"] + self.tls_args(os.path.join(other, "pki", "operator.crt"),
+                                                      os.path.join(other, "pki", "operator.key")) + ["-t", "x", "-m", "y"])
+        self.assertNotEqual(r.returncode, 0)
+        shutil.rmtree(other, ignore_errors=True)
+        # Garbage and plain MQTT on the TLS port.
+        for junk in (b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a", b"\x16\x03\x01\xff\xff" + b"\0" * 64):
+            s = socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5)
+            s.sendall(junk)
+            try:
+                while s.recv(4096):
+                    pass
+            except (ConnectionResetError, socket.timeout):
+                pass
+            s.close()
+        op = [os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key")]
+        r = run_cli(["mosquitto_pub"] + self.tls_args(*op) + ["-t", "alive", "-m", "yes", "-q", "1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out, _ = sub.communicate(timeout=20)
+        self.assertEqual(out.strip(), "yes")
+        log = self.broker.read_log()
+        self.assertIn("TLS from", log)
+        r = run_cli(["mosquitto_sub", "-p", str(self.broker.port), "-t", "$SYS/broker/connections/tls_refused", "-C", "1", "-W", "5"])
+        self.assertGreaterEqual(int(r.stdout.strip() or 0), 4)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
