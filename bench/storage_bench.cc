@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
       if (!b.empty() && !reg.Commit(b, false).ok()) return 1;
       // Persistent sessions, written the way the broker writes them.
       SystemClock clock;
-      BrokerStore store(&clock, storage::TenantId::Default());
+      BrokerStore store(&clock);
       WriterOptions wo;
       wo.mode = SyncMode::kNone;
       StorageWriter writer(kv->get(), wo, nullptr);
@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
   if (!kv.ok()) return 1;
   auto t2 = Steady::now();
   SystemClock clock;
-  BrokerStore store(&clock, storage::TenantId::Default());
+  BrokerStore store(&clock);
   BrokerOptions bo;
   bo.sys_interval_s = 0;
   Broker broker(bo, &clock, nullptr, &store);

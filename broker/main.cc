@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   fmq::SystemClock clock;
-  fmq::BrokerStore store(&clock, fmq::storage::TenantId::Default());
+  fmq::BrokerStore store(&clock);
   std::unique_ptr<fmq::tls::TlsServerContext> tls;
   if (!cfg.server.tls_listeners.empty()) {
     auto files = fmq::pki::EnsurePki(cfg.data_dir + "/pki", "default", cfg.tls_server_name, clock.WallMs());

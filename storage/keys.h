@@ -20,6 +20,9 @@ class TenantId {
   // The tenant of the broker's plain-TCP listener until per-tenant identity
   // exists (security issue).
   static TenantId Default() { return TenantId("default"); }
+  // The MQTT namespace of plain-TCP (unauthenticated) clients: the empty
+  // tenant, which sorts before and never collides with a named one.
+  static TenantId Anonymous() { return TenantId(""); }
   const std::string& str() const { return id_; }
   bool operator==(const TenantId& o) const { return id_ == o.id_; }
 

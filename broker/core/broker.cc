@@ -41,11 +41,11 @@ Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks
 Broker::~Broker() = default;
 
 ClientInfo Broker::InfoOf(const Connection& c) const {
-  return ClientInfo{c.id(), c.client_id(), c.username(), c.peer(), c.version()};
+  return ClientInfo{c.id(), c.client_id(), c.username(), c.peer(), c.version(), c.tenant()};
 }
 
-const Session* Broker::FindSession(std::string_view client_id) const {
-  auto it = sessions_.find(client_id);
+const Session* Broker::FindSession(std::string_view client_id, std::string_view tenant) const {
+  auto it = sessions_.find(SessionKey(tenant, client_id));
   return it == sessions_.end() ? nullptr : it->second.get();
 }
 
@@ -205,14 +205,16 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   uint32_t expiry = v5 ? ck.props.session_expiry : (ck.clean_start ? 0 : 0xFFFFFFFF);
   expiry = std::min(expiry, opts_.max_session_expiry);
 
+  if (ck.will) ck.will->topic = c.mount_ + ck.will->topic;  // the tenant's namespace
+  const std::string key = SessionKey(c.tenant(), c.client_id_);
   // Takeover [MQTT-3.1.4-3]: the existing connection is closed first.
-  if (auto it = sessions_.find(c.client_id_); it != sessions_.end() && it->second->conn) {
+  if (auto it = sessions_.find(key); it != sessions_.end() && it->second->conn) {
     stats_.takeovers++;
     Close(*it->second->conn, DisconnectReason::kTakeover, ReasonCode::kSessionTakenOver,
           "MQTT-3.1.4-3 session taken over by a new connection");
   }
   Session* s = nullptr;
-  if (auto it = sessions_.find(c.client_id_); it != sessions_.end()) {
+  if (auto it = sessions_.find(key); it != sessions_.end()) {
     if (ck.clean_start) {
       EndSession(*it->second);  // [MQTT-3.1.2-4] discard the old session
     } else {
@@ -226,8 +228,9 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     s = owned.get();
     s->id = next_session_id_++;
     s->client_id = c.client_id_;
+    s->tenant = c.tenant();
     sessions_by_id_[s->id] = s;
-    sessions_.emplace(c.client_id_, std::move(owned));
+    sessions_.emplace(key, std::move(owned));
   }
   // A pending delayed will is cancelled by the reconnect [MQTT-3.1.3-9].
   s->will_pending = false;
@@ -418,11 +421,11 @@ void Broker::EndSession(Session& s) {
   stats_.queued_messages -= s.queue.size();
   drops_changed_.erase(s.id);
   sessions_by_id_.erase(s.id);
-  sessions_.erase(s.client_id);  // destroys s
+  sessions_.erase(SessionKey(s.tenant, s.client_id));  // destroys s
 }
 
 bool Broker::Kick(std::string_view client_id, ReasonCode rc) {
-  auto it = sessions_.find(client_id);
+  auto it = sessions_.find(SessionKey({}, client_id));
   if (it == sessions_.end() || it->second->conn == nullptr) return false;
   Close(*it->second->conn, DisconnectReason::kAdministrative, rc, "administrative action");
   return true;
@@ -508,7 +511,7 @@ void Broker::RestoreSession(std::unique_ptr<Session> owned, int64_t offline_ms) 
   for (const Delivery& d : s.queue) s.queued_bytes += d.msg->Footprint();
   stats_.queued_messages += s.queue.size();
   sessions_by_id_[s.id] = &s;
-  std::string id = s.client_id;
+  std::string id = SessionKey(s.tenant, s.client_id);
   sessions_.insert_or_assign(id, std::move(owned));
   if (s.will) {
     const uint32_t delay = std::min(s.will->props.will_delay, s.expiry_s);

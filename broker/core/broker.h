@@ -73,7 +73,7 @@ class Broker {
   size_t session_count() const { return sessions_.size(); }
   size_t retained_count() const { return retained_.size(); }
   size_t timer_count() const { return wheel_.size(); }
-  const Session* FindSession(std::string_view client_id) const;
+  const Session* FindSession(std::string_view client_id, std::string_view tenant = {}) const;
   int64_t NowMs() const { return clock_->NowMs(); }
 
  private:

@@ -48,7 +48,13 @@ class Connection {
   const std::string& peer() const { return peer_; }
   void set_peer(std::string peer) { peer_ = std::move(peer); }
   // Set by a TLS transport after the handshake, before any MQTT byte.
-  void set_identity(PeerIdentity id) { identity_ = std::make_unique<PeerIdentity>(std::move(id)); }
+  void set_identity(PeerIdentity id) {
+    mount_ = MountOf(id.tenant);
+    identity_ = std::make_unique<PeerIdentity>(std::move(id));
+  }
+  const std::string& tenant() const { static const std::string kNone; return identity_ ? identity_->tenant : kNone; }
+  // Internal topic prefix of this connection's tenant ("" when anonymous).
+  const std::string& mount() const { return mount_; }
   const PeerIdentity* identity() const { return identity_.get(); }
   const std::string& client_id() const { return client_id_; }
   const std::string& username() const { return username_; }
@@ -76,6 +82,7 @@ class Connection {
   std::string client_id_;
   std::string username_;
   std::unique_ptr<PeerIdentity> identity_;  // null on plain TCP
+  std::string mount_;
   Session* session_ = nullptr;
   uint16_t keep_alive_s_ = 0;
   int64_t last_rx_ms_ = 0;

@@ -39,6 +39,7 @@ struct ClientInfo {
   std::string_view username;
   std::string_view peer;  // "ip:port"
   mqtt::Version version = mqtt::Version::kV5;
+  std::string_view tenant;  // empty: anonymous (plain TCP)
 };
 
 class BrokerHooks {

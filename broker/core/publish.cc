@@ -179,7 +179,8 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     return;
   }
   auto m = std::make_shared<Message>();
-  m->topic.assign(topic);
+  m->topic = c.mount_;  // the tenant's namespace, invisible to clients
+  m->topic.append(topic);
   m->payload.assign(p.payload);
   m->qos = p.qos;
   m->retain = p.retain;
@@ -444,18 +445,21 @@ void Broker::PumpQueue(Session& s) {
 bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, bool dup) {
   const Message& m = *d.msg;
   const bool v5 = c.version_ == Version::kV5;
-  std::string_view topic = m.topic;
+  std::string_view client_topic = m.topic;  // without the tenant mount
+  if (!c.mount_.empty()) {
+    if (client_topic.substr(0, c.mount_.size()) != c.mount_) return false;  // never crosses tenants
+    client_topic.remove_prefix(c.mount_.size());
+  }
+  std::string_view topic = client_topic;
   uint16_t alias = 0;
   bool new_alias = false;
   std::string& props = scratch_;
   props.clear();
   uint32_t props_len = 0;
   if (v5) {
-    mqtt::Properties extra;
-    extra.present = m.props.present;
     // Assign or reuse a topic alias towards the client [MQTT-3.3.2-10].
     if (c.client_alias_max_ > 0) {
-      auto it = c.out_aliases_.find(m.topic);
+      auto it = c.out_aliases_.find(client_topic);
       if (it != c.out_aliases_.end()) {
         alias = it->second;
         topic = {};
@@ -490,7 +494,7 @@ bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, b
     stats_.publish_dropped_too_large++;  // [MQTT-3.1.2-25] discard it
     return false;
   }
-  if (new_alias) c.out_aliases_.emplace(m.topic, alias);
+  if (new_alias) c.out_aliases_.emplace(std::string(client_topic), alias);
   const bool was_empty = c.out_.empty();
   std::string& out = c.out_;
   out.reserve(out.size() + total);

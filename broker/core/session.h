@@ -43,9 +43,26 @@ struct Inflight {
   bool released = false;      // QoS 2: PUBREC received, PUBREL sent
 };
 
+// Internal topic prefix of a tenant: "$T/<tenant>/" ("" when anonymous).
+// Clients never see it; a tenant cannot name another tenant's topics
+// because client topics starting with '$' are refused before mounting.
+inline std::string MountOf(std::string_view tenant) {
+  return tenant.empty() ? std::string() : "$T/" + std::string(tenant) + "/";
+}
+// Sessions are keyed by tenant and client id (tenants have no NUL).
+inline std::string SessionKey(std::string_view tenant, std::string_view client_id) {
+  std::string k(tenant);
+  k.push_back('\0');
+  k.append(client_id);
+  return k;
+}
+
 struct Session {
   uint64_t id = 0;
   std::string client_id;
+  // The tenant from the client's certificate; empty for the anonymous
+  // (plain TCP) namespace. Its topics live under MountOf(tenant).
+  std::string tenant;
   mqtt::Version version = mqtt::Version::kV5;
   // Seconds the session outlives its connection; 0 ends it at disconnect,
   // 0xFFFFFFFF never expires.

@@ -9,6 +9,30 @@ using mqtt::PacketType;
 using mqtt::ReasonCode;
 using mqtt::Version;
 
+namespace {
+
+// The filter as stored and matched: inside the tenant's mount point, with
+// any $share/{group}/ prefix kept in front. Returns false when the filter
+// reaches outside what the client may read.
+bool InternalFilter(const Connection& c, const std::string& filter, std::string* out) {
+  mqtt::SharedFilter sf;
+  mqtt::ParseShared(filter, &sf);
+  std::string_view inner = sf.shared ? sf.filter : std::string_view(filter);
+  if (!inner.empty() && inner[0] == '$') {
+    // Tenants read no '$' topics ($SYS is broker-wide); anonymous clients
+    // may read $SYS but never a tenant's mount.
+    if (!c.mount().empty() || inner.substr(0, 3) == "$T/") return false;
+  }
+  if (sf.shared) {
+    *out = "$share/" + std::string(sf.group) + "/" + c.mount() + std::string(inner);
+  } else {
+    *out = c.mount() + filter;
+  }
+  return true;
+}
+
+}  // namespace
+
 void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
   Session& s = *c.session_;
   const uint32_t sub_id = sub.props.subscription_ids.empty() ? 0 : sub.props.subscription_ids[0];
@@ -25,14 +49,20 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
       ack.codes.push_back(ReasonCode::kTopicFilterInvalid);
       continue;
     }
+    std::string filter;
+    if (!InternalFilter(c, e.filter, &filter)) {
+      stats_.publish_denied++;
+      ack.codes.push_back(ReasonCode::kNotAuthorized);
+      continue;
+    }
     mqtt::SharedFilter sf;
-    mqtt::ParseShared(e.filter, &sf);
+    mqtt::ParseShared(filter, &sf);
     if (sf.shared && e.no_local()) {
       Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
             "MQTT-3.8.3-4 No Local on a shared subscription");
       return;
     }
-    const bool existed = s.subscriptions.contains(e.filter);
+    const bool existed = s.subscriptions.contains(filter);
     if (!existed && s.subscriptions.size() >= opts_.max_subscriptions_per_session) {
       ack.codes.push_back(ReasonCode::kQuotaExceeded);
       continue;
@@ -43,15 +73,15 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
     o.retain_as_published = e.retain_as_published();
     o.retain_handling = e.retain_handling();
     o.subscription_id = sub_id;
-    s.subscriptions[e.filter] = o;
-    if (tree_.Add(sf.shared ? sf.filter : std::string_view(e.filter), sf.group, &s, o)) {
+    s.subscriptions[filter] = o;
+    if (tree_.Add(sf.shared ? sf.filter : std::string_view(filter), sf.group, &s, o)) {
       stats_.subscriptions++;
     }
     ack.codes.push_back(static_cast<ReasonCode>(o.qos));
     // Retained messages on subscribe [MQTT-3.3.1-9..11]; never for shared
     // subscriptions [MQTT-4.8.2-?].
     if (!sf.shared && (o.retain_handling == 0 || (o.retain_handling == 1 && !existed))) {
-      want_retained.emplace_back(e.filter, o);
+      want_retained.emplace_back(filter, o);
     }
   }
   if (persistence_ != nullptr && s.durable()) {
@@ -78,7 +108,12 @@ void Broker::HandleUnsubscribe(Connection& c, const mqtt::Unsubscribe& u) {
   mqtt::SubAck ack;
   ack.type = PacketType::kUnsuback;
   ack.packet_id = u.packet_id;
-  for (const std::string& f : u.filters) {
+  for (const std::string& raw : u.filters) {
+    std::string f;
+    if (!InternalFilter(c, raw, &f)) {
+      ack.codes.push_back(ReasonCode::kNoSubscriptionExisted);
+      continue;
+    }
     auto it = s.subscriptions.find(f);
     if (it == s.subscriptions.end()) {
       ack.codes.push_back(ReasonCode::kNoSubscriptionExisted);

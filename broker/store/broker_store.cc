@@ -10,6 +10,21 @@ using storage::Family;
 namespace keys = storage::keys;
 using mqtt::PropertyId;
 
+namespace {
+
+storage::TenantId TenantOf(const Session& s) { return storage::TenantId::FromAuthenticated(s.tenant); }
+
+// "$T/<tenant>/<topic>" -> (tenant, topic); anything else is anonymous.
+std::pair<std::string, std::string> SplitMount(const std::string& topic) {
+  if (topic.rfind("$T/", 0) == 0) {
+    size_t slash = topic.find('/', 3);
+    if (slash != std::string::npos) return {topic.substr(3, slash - 3), topic.substr(slash + 1)};
+  }
+  return {"", topic};
+}
+
+}  // namespace
+
 std::unique_ptr<fb::MessageRecT> BrokerStore::ToRecord(const Message& m) const {
   auto r = std::make_unique<fb::MessageRecT>();
   r->topic = m.topic;
@@ -98,19 +113,19 @@ void BrokerStore::SaveSession(const Session& s) {
     r.will_expiry_s = s.will->props.message_expiry;
     r.will_delay_s = s.will->props.will_delay;
   }
-  batch_.Put(Family::kSessions, keys::Session(tenant_, s.client_id), storage::EncodeRecord<fb::Session>(r));
+  batch_.Put(Family::kSessions, keys::Session(TenantOf(s), s.client_id), storage::EncodeRecord<fb::Session>(r));
 }
 
 void BrokerStore::DeleteSession(const Session& s) {
-  batch_.Delete(Family::kSessions, keys::Session(tenant_, s.client_id));
+  batch_.Delete(Family::kSessions, keys::Session(TenantOf(s), s.client_id));
   for (const auto& [id, in] : s.inflight) {
-    batch_.Delete(Family::kSessionMessages, keys::SessionMessage(tenant_, s.client_id, in.d.seq));
+    batch_.Delete(Family::kSessionMessages, keys::SessionMessage(TenantOf(s), s.client_id, in.d.seq));
   }
   for (const Delivery& d : s.queue) {
-    batch_.Delete(Family::kSessionMessages, keys::SessionMessage(tenant_, s.client_id, d.seq));
+    batch_.Delete(Family::kSessionMessages, keys::SessionMessage(TenantOf(s), s.client_id, d.seq));
   }
   for (uint16_t id : s.inbound_qos2) {
-    batch_.Delete(Family::kSessionQos2, keys::SessionQos2(tenant_, s.client_id, id));
+    batch_.Delete(Family::kSessionQos2, keys::SessionQos2(TenantOf(s), s.client_id, id));
   }
 }
 
@@ -122,16 +137,16 @@ void BrokerStore::SaveDelivery(const Session& s, const Delivery& d, DeliveryStat
   r.subscription_ids = d.subscription_ids;
   r.state = static_cast<fb::DeliveryState>(st);
   r.packet_id = packet_id;
-  batch_.Put(Family::kSessionMessages, keys::SessionMessage(tenant_, s.client_id, d.seq),
+  batch_.Put(Family::kSessionMessages, keys::SessionMessage(TenantOf(s), s.client_id, d.seq),
              storage::EncodeRecord<fb::SessionMessage>(r));
 }
 
 void BrokerStore::DeleteDelivery(const Session& s, uint64_t seq) {
-  batch_.Delete(Family::kSessionMessages, keys::SessionMessage(tenant_, s.client_id, seq));
+  batch_.Delete(Family::kSessionMessages, keys::SessionMessage(TenantOf(s), s.client_id, seq));
 }
 
 void BrokerStore::SaveInboundQos2(const Session& s, uint16_t packet_id, bool present) {
-  std::string key = keys::SessionQos2(tenant_, s.client_id, packet_id);
+  std::string key = keys::SessionQos2(TenantOf(s), s.client_id, packet_id);
   if (present) {
     fb::InboundQos2T r;
     r.packet_id = packet_id;
@@ -142,13 +157,15 @@ void BrokerStore::SaveInboundQos2(const Session& s, uint16_t packet_id, bool pre
 }
 
 void BrokerStore::SaveRetained(const Message& m) {
-  std::string key = keys::Retained(tenant_, m.topic);
+  auto [tenant, topic] = SplitMount(m.topic);
+  std::string key = keys::Retained(storage::TenantId::FromAuthenticated(tenant), topic);
   if (m.payload.empty()) {
     batch_.Delete(Family::kRetained, std::move(key));
     return;
   }
   fb::RetainedT r;
   r.message = ToRecord(m);
+  r.message->topic = topic;  // the tenant is in the key
   batch_.Put(Family::kRetained, std::move(key), storage::EncodeRecord<fb::Retained>(r));
 }
 
@@ -159,13 +176,13 @@ void BrokerStore::Flush(std::function<void(bool ok)> done) {
 }
 
 absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* st) {
-  const std::string prefix = keys::TenantPrefix(tenant_);
+  const std::string prefix;  // every tenant
   auto corrupt = [&](const absl::Status& s) {
     st->skipped_corrupt++;
     FMQ_LOG_ERROR("storage: skipping unreadable record: %s", std::string(s.message()).c_str());
   };
   // Sessions.
-  std::map<std::string, std::unique_ptr<Session>> sessions;
+  std::map<std::string, std::unique_ptr<Session>> sessions;  // by SessionKey
   std::map<std::string, int64_t> offline;
   const int64_t wall_now = clock_->WallMs();
   absl::Status s = kv.ScanPrefix(Family::kSessions, prefix, [&](std::string_view k, std::string_view v) {
@@ -175,8 +192,15 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
       corrupt(d);
       return true;
     }
+    storage::KeyReader kr(k);
+    std::string tenant;
+    if (!kr.Str(&tenant)) {
+      corrupt(storage::CorruptRecord(Family::kSessions, k, "bad key"));
+      return true;
+    }
     auto sess = std::make_unique<Session>();
     sess->client_id = r.client_id;
+    sess->tenant = tenant;
     sess->version = r.version == 4 ? mqtt::Version::kV311 : mqtt::Version::kV5;
     sess->expiry_s = r.expiry_s;
     sess->next_seq = std::max<uint64_t>(r.next_seq, 1);
@@ -206,8 +230,9 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
       if (r.will_delay_s) w.props.Mark(PropertyId::kWillDelayInterval);
       sess->will = std::make_unique<mqtt::Will>(std::move(w));
     }
-    offline[r.client_id] = r.disconnected_at_ms > 0 ? std::max<int64_t>(0, wall_now - r.disconnected_at_ms) : 0;
-    sessions[r.client_id] = std::move(sess);
+    const std::string skey = SessionKey(tenant, r.client_id);
+    offline[skey] = r.disconnected_at_ms > 0 ? std::max<int64_t>(0, wall_now - r.disconnected_at_ms) : 0;
+    sessions[skey] = std::move(sess);
     return true;
   });
   if (!s.ok()) return s;
@@ -220,7 +245,7 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
       corrupt(storage::CorruptRecord(Family::kSessionMessages, k, "bad key"));
       return true;
     }
-    auto it = sessions.find(client);
+    auto it = sessions.find(SessionKey(tenant, client));
     if (it == sessions.end()) return true;  // orphan of a deleted session
     fb::SessionMessageT r;
     absl::Status d = storage::DecodeRecord<fb::SessionMessage>(Family::kSessionMessages, k, v, &r);
@@ -253,7 +278,7 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
     std::string tenant, client;
     uint64_t id;
     if (kr.Str(&tenant) && kr.Str(&client) && kr.U64(&id)) {
-      auto it = sessions.find(client);
+      auto it = sessions.find(SessionKey(tenant, client));
       if (it != sessions.end()) it->second->inbound_qos2.insert(static_cast<uint16_t>(id));
     }
     return true;
@@ -267,11 +292,19 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
   return kv.ScanPrefix(Family::kRetained, prefix, [&](std::string_view k, std::string_view v) {
     fb::RetainedT r;
     absl::Status d = storage::DecodeRecord<fb::Retained>(Family::kRetained, k, v, &r);
-    if (!d.ok() || !r.message) {
-      corrupt(d.ok() ? storage::CorruptRecord(Family::kRetained, k, "no message") : d);
+    storage::KeyReader kr(k);
+    std::string tenant;
+    if (!d.ok() || !r.message || !kr.Str(&tenant)) {
+      corrupt(d.ok() ? storage::CorruptRecord(Family::kRetained, k, "no message or bad key") : d);
       return true;
     }
-    broker.RestoreRetained(FromRecord(*r.message));
+    MessagePtr m = FromRecord(*r.message);
+    if (!tenant.empty()) {
+      auto mounted = std::make_shared<Message>(*m);
+      mounted->topic = MountOf(tenant) + mounted->topic;
+      m = std::move(mounted);
+    }
+    broker.RestoreRetained(std::move(m));
     st->retained++;
     return true;
   });

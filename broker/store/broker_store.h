@@ -1,8 +1,9 @@
 // The broker's Persistence on top of storage/: turns the engine's change
 // descriptions into write batches (one batch per flush) and, at start-up,
 // reads every stored session, message and retained message back into a
-// Broker. Keys are tenant-scoped (all MQTT state belongs to one tenant until
-// client identities carry tenants). Worker thread only.
+// Broker. Keys start with the session's tenant (storage::TenantId; the
+// anonymous plain-TCP namespace is the empty tenant); retained messages are
+// keyed by the tenant their mounted topic belongs to. Worker thread only.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,7 @@ struct LoadStats {
 
 class BrokerStore final : public Persistence {
  public:
-  BrokerStore(const Clock* clock, storage::TenantId tenant) : clock_(clock), tenant_(std::move(tenant)) {}
+  explicit BrokerStore(const Clock* clock) : clock_(clock) {}
   // Set before the first Flush (the writer needs the loop's notifier, and
   // the loop needs this store: see broker/main.cc).
   void set_writer(StorageWriter* w) { writer_ = w; }
@@ -67,7 +68,6 @@ class BrokerStore final : public Persistence {
 
   StorageWriter* writer_ = nullptr;
   const Clock* clock_;
-  storage::TenantId tenant_;
   storage::WriteBatch batch_;
 };
 

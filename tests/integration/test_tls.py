@@ -21,7 +21,7 @@ from harness import Broker, FLEETMQ, run_cli
 PKI = os.environ.get("FLEETMQ_PKI_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-pki"))
 
 
-class Tls(unittest.TestCase):
+class TlsBase(unittest.TestCase):
     def setUp(self):
         self.broker = Broker("--tls_listen=127.0.0.1:0", "--sys_interval=1").start()
         self.pki = os.path.join(self.broker.data_dir, "pki")
@@ -32,12 +32,12 @@ class Tls(unittest.TestCase):
         self.broker.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def device(self, name):
+    def device(self, name, tenant="default"):
         key, csr, crt = (os.path.join(self.tmp, name + ext) for ext in (".key", ".csr", ".crt"))
         r = run_cli(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                     "-keyout", key, "-subj", "/CN=%s/O=default" % name, "-out", csr])
+                     "-keyout", key, "-subj", "/CN=%s/O=%s" % (name, tenant), "-out", csr])
         self.assertEqual(r.returncode, 0, r.stderr)
-        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--device", name, "--csr", csr])
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--tenant", tenant, "--device", name, "--csr", csr])
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(crt, "w") as f:
             f.write(r.stdout)
@@ -47,6 +47,8 @@ class Tls(unittest.TestCase):
         return ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),
                 "--cert", cert, "--key", key]
 
+
+class Tls(TlsBase):
     def test_first_run_pki_files(self):
         for f in ("root.crt", "server.crt", "operator.crt", "tenants/default/ca.crt"):
             self.assertTrue(os.path.exists(os.path.join(self.pki, f)), f)
@@ -118,6 +120,39 @@ class Tls(unittest.TestCase):
         self.assertIn("TLS from", log)
         r = run_cli(["mosquitto_sub", "-p", str(self.broker.port), "-t", "$SYS/broker/connections/tls_refused", "-C", "1", "-W", "5"])
         self.assertGreaterEqual(int(r.stdout.strip() or 0), 4)
+
+
+class TwoTenants(TlsBase):
+    def test_cross_tenant_publish_subscribe_and_retained_all_fail(self):
+        # A second tenant, then a restart so the broker trusts its CA.
+        self.broker.stop()
+        self.assertEqual(run_cli([PKI, "init", "--dir", self.broker.data_dir, "--tenant", "acme"]).returncode, 0)
+        self.broker.log.close()
+        self.broker.start()
+        a_crt, a_key = self.device("dev-a", "default")
+        b_crt, b_key = self.device("dev-b", "acme")
+        b2_crt, b2_key = self.device("dev-b2", "acme")
+        spy = subprocess.Popen(["mosquitto_sub"] + self.tls_args(b_crt, b_key) + ["-i", "dev-b", "-t", "#", "-t", "x/y", "-W", "4", "-v"],
+                               stdout=subprocess.PIPE, text=True)
+        peer = subprocess.Popen(["mosquitto_sub"] + self.tls_args(a_crt, a_key) + ["-i", "dev-a", "-t", "x/y", "-C", "1", "-W", "10", "-v"],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(0.8)
+        # The default tenant's operator publishes (a device certificate binds
+        # its one client id, which dev-a's subscriber is using).
+        op = self.tls_args(os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key"))
+        r = run_cli(["mosquitto_pub"] + op + ["-t", "x/y", "-m", "default-only", "-q", "1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run_cli(["mosquitto_pub"] + op + ["-t", "cfg", "-m", "retained-default", "-r", "-q", "1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out, _ = peer.communicate(timeout=15)
+        self.assertEqual(out.strip(), "x/y default-only")  # same tenant: delivered
+        out, _ = spy.communicate(timeout=15)
+        self.assertEqual(out.strip(), "")  # other tenant: nothing, wildcards included
+        r = run_cli(["mosquitto_sub"] + self.tls_args(b2_crt, b2_key) + ["-i", "dev-b2", "-t", "cfg", "--retained-only", "-W", "2"])
+        self.assertEqual(r.stdout.strip(), "")
+        # Naming the other tenant's mount point is refused.
+        r = run_cli(["mosquitto_sub"] + self.tls_args(b2_crt, b2_key) + ["-i", "dev-b2", "-t", "$T/default/#", "-W", "2"])
+        self.assertEqual(r.stdout.strip(), "")
 
 
 if __name__ == "__main__":

@@ -846,3 +846,99 @@ TEST_CASE("slow reader: QoS 0 is dropped past max_output_buffer, QoS 1 waits in 
 
 }  // namespace
 }  // namespace fmq
+
+namespace fmq {
+namespace {
+
+std::unique_ptr<Client> TenantClient(Fixture& f, const char* tenant, const char* name, Version v = V5) {
+  auto c = f.NewClient(v);
+  c->conn.set_identity(PeerIdentity{tenant, name, true});
+  return c;
+}
+
+TEST_CASE("tenant isolation: topics, wildcards, retained, $SYS and client ids are per tenant") {
+  BrokerOptions o;
+  o.sys_interval_s = 1;
+  Fixture f(o);
+  auto a_sub = TenantClient(f, "acme", "a-sub");
+  auto b_pub = TenantClient(f, "other", "b-pub");
+  auto b_sub = TenantClient(f, "other", "b-sub");
+  auto anon = f.NewClient(V5);
+  REQUIRE(a_sub->Connect("a-sub").reason == ReasonCode::kSuccess);
+  REQUIRE(b_pub->Connect("b-pub").reason == ReasonCode::kSuccess);
+  REQUIRE(b_sub->Connect("b-sub").reason == ReasonCode::kSuccess);
+  anon->Connect("anon");
+  Subscribe(*a_sub, "#", 1);
+  Subscribe(*a_sub, "x/y", 1);
+  Subscribe(*b_sub, "x/+", 1);
+  Subscribe(*anon, "#", 1);
+
+  b_pub->Send(Pub("x/y", "secret", 1, 1));
+  b_pub->Send(Pub("x/r", "retained-secret", 1, 2, true));
+  auto got = Only<mqtt::Publish>(b_sub->Recv());
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].topic == "x/y");  // the mount point is invisible
+  CHECK(Only<mqtt::Publish>(a_sub->Recv()).empty());
+  CHECK(Only<mqtt::Publish>(anon->Recv()).empty());
+
+  // Retained: visible to the owner tenant only, under its own topic name.
+  auto a2 = TenantClient(f, "acme", "a2");
+  a2->Connect("a2");
+  a2->Send(Sub("x/#", 1));
+  CHECK(Only<mqtt::Publish>(a2->Recv()).empty());
+  auto b2 = TenantClient(f, "other", "b2");
+  b2->Connect("b2");
+  b2->Send(Sub("x/#", 1));
+  auto r = Only<mqtt::Publish>(b2->Recv());
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].topic == "x/r");
+
+  // Nobody can name a mount point: publishing to $T/... is a '$' topic, and
+  // subscribing to it (or, for tenants, to $SYS) is not authorized.
+  a_sub->Send(Pub("$T/other/x/y", "inject", 1, 3));
+  auto acks = Only<mqtt::Ack>(a_sub->Recv());
+  REQUIRE(acks.size() == 1);
+  CHECK(acks[0].reason == ReasonCode::kNotAuthorized);
+  CHECK(Only<mqtt::Publish>(b_sub->Recv()).empty());
+  for (auto* c : {anon.get(), a_sub.get()}) {
+    c->Send(Sub(c == anon.get() ? "$T/other/#" : "$SYS/#", 0));
+    auto subacks = Only<mqtt::SubAck>(c->Recv());
+    REQUIRE(subacks.size() == 1);
+    CHECK(subacks[0].codes[0] == ReasonCode::kNotAuthorized);
+  }
+  a_sub->Send(Sub("$share/g/$T/other/#", 0));
+  auto shared = Only<mqtt::SubAck>(a_sub->Recv());
+  REQUIRE(shared.size() == 1);
+  CHECK(shared[0].codes[0] == ReasonCode::kNotAuthorized);
+  f.Advance(1000);  // $SYS is published; tenants never see it
+  CHECK(Only<mqtt::Publish>(a_sub->Recv()).empty());
+
+  // The same client id in two tenants: two sessions, no takeover.
+  auto same_a = TenantClient(f, "acme", "dev-1");
+  auto same_b = TenantClient(f, "other", "dev-1");
+  same_a->Connect("dev-1");
+  same_b->Connect("dev-1");
+  CHECK_FALSE(same_a->transport.closed);
+  CHECK(f.broker.FindSession("dev-1", "acme") != nullptr);
+  CHECK(f.broker.FindSession("dev-1", "other") != nullptr);
+  CHECK(f.broker.stats().takeovers == 0);
+}
+
+TEST_CASE("a device is bound to its certificate's id") {
+  Fixture f;
+  auto c = TenantClient(f, "acme", "dev-1");
+  CHECK(c->Connect("dev-2").reason == ReasonCode::kClientIdentifierNotValid);
+  auto d = TenantClient(f, "acme", "dev-1");
+  auto ack = d->Connect("");
+  CHECK(ack.reason == ReasonCode::kSuccess);
+  CHECK(ack.props.assigned_client_id == "dev-1");
+  auto op = f.NewClient(V5);
+  op->conn.set_identity(PeerIdentity{"acme", "admin", false});
+  CHECK(op->Connect("any-id").reason == ReasonCode::kSuccess);  // operators choose their id
+  auto v3 = TenantClient(f, "acme", "dev-3", V3);
+  CHECK(v3->Connect("").reason == ReasonCode::kSuccess);
+  CHECK(f.broker.FindSession("dev-3", "acme") != nullptr);
+}
+
+}  // namespace
+}  // namespace fmq

@@ -147,7 +147,7 @@ TEST_CASE("while storage is unhealthy QoS 1/2 are refused and QoS 0 still flows"
 // A broker wired to the real store over an in-memory KvStore.
 struct Stack {
   explicit Stack(storage::MemKvStore* kv, FakeClock* clock)
-      : store(clock, storage::TenantId::Default()),
+      : store(clock),
         broker(Opts(), clock, nullptr, &store),
         writer(kv, WriterOpts(), nullptr) {
     store.set_writer(&writer);
@@ -300,20 +300,20 @@ TEST_CASE("session expiry counts the time the broker was down") {
   REQUIRE(s.store.Load(kv, s.broker, &st).ok());
   CHECK(s.broker.FindSession("short") == nullptr);
   s.Settle();
-  CHECK(absl::IsNotFound(kv.Get(storage::Family::kSessions, storage::keys::Session(storage::TenantId::Default(), "short")).status()));
+  CHECK(absl::IsNotFound(kv.Get(storage::Family::kSessions, storage::keys::Session(storage::TenantId::Anonymous(), "short")).status()));
 }
 
 TEST_CASE("corrupt stored records are skipped and counted, never fatal") {
   FakeClock clock;
   storage::MemKvStore kv;
-  auto t = storage::TenantId::Default();
+  auto t = storage::TenantId::Anonymous();
   kv.Poke(storage::Family::kSessions, storage::keys::Session(t, "bad"), "garbage");
   kv.Poke(storage::Family::kRetained, storage::keys::Retained(t, "x"), std::string("\x01\x02\x03", 3));
   kv.Poke(storage::Family::kSessionMessages, "not a key", "x");
   Stack s(&kv, &clock);
   LoadStats st;
   REQUIRE(s.store.Load(kv, s.broker, &st).ok());
-  CHECK(st.skipped_corrupt == 2);  // the bad key is outside the tenant's range
+  CHECK(st.skipped_corrupt == 3);  // the session, the retained message, the bad key
   CHECK(st.sessions == 0);
 }
 
@@ -356,6 +356,53 @@ TEST_CASE("writer: batches submitted together become one write") {
   w.RunCompletions();
   CHECK(done == 100);
   CHECK(kv.writes() <= 3);  // group commit
+}
+
+}  // namespace
+}  // namespace fmq
+
+namespace fmq {
+namespace {
+
+TEST_CASE("tenant sessions and retained messages are stored under their tenant and stay isolated after restart") {
+  FakeClock clock;
+  storage::MemKvStore kv;
+  {
+    Stack s(&kv, &clock);
+    Client a(s.broker, Version::kV5, 1);
+    a.conn.set_identity(PeerIdentity{"acme", "dev-1", true});
+    a.Connect(Persistent("dev-1"));
+    Subscribe(a, "cfg/#", 1);
+    Client b(s.broker, Version::kV5, 2);
+    b.conn.set_identity(PeerIdentity{"other", "dev-1", true});
+    b.Connect(Persistent("dev-1"));
+    b.Send(Pub("cfg/x", "other's retained", 1, 1, true));
+    s.Settle();
+  }
+  auto acme = storage::TenantId::FromAuthenticated("acme");
+  auto other = storage::TenantId::FromAuthenticated("other");
+  CHECK(kv.Get(storage::Family::kSessions, storage::keys::Session(acme, "dev-1")).ok());
+  CHECK(kv.Get(storage::Family::kSessions, storage::keys::Session(other, "dev-1")).ok());
+  CHECK(kv.Get(storage::Family::kRetained, storage::keys::Retained(other, "cfg/x")).ok());
+  Stack s(&kv, &clock);
+  LoadStats st;
+  REQUIRE(s.store.Load(kv, s.broker, &st).ok());
+  CHECK(st.sessions == 2);
+  const Session* sa = s.broker.FindSession("dev-1", "acme");
+  REQUIRE(sa != nullptr);
+  CHECK(sa->subscriptions.contains("$T/acme/cfg/#"));
+  Client a(s.broker, Version::kV5, 3);
+  a.conn.set_identity(PeerIdentity{"acme", "dev-1", true});
+  CHECK(a.Connect(Persistent("dev-1")).session_present);
+  Subscribe(a, "cfg/#", 1);
+  CHECK(Only<mqtt::Publish>(a.Recv()).empty());  // other's retained stays other's
+  Client b(s.broker, Version::kV5, 4);
+  b.conn.set_identity(PeerIdentity{"other", "dev-2", true});
+  b.Connect("dev-2");
+  Subscribe(b, "cfg/#", 1);
+  auto got = Only<mqtt::Publish>(b.Recv());
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].topic == "cfg/x");
 }
 
 }  // namespace
