@@ -78,6 +78,22 @@ absl::Status ParseAddresses(const char* key, const std::string& v, std::vector<L
 
 absl::Status ParseListen(Config& c, const std::string& v) { return ParseAddresses("listen", v, &c.server.listeners); }
 
+// A comma-separated list of ACL rules ("readwrite devices/%c/#,read fleet/#").
+absl::StatusOr<std::vector<AclRule>> ParseAclRules(const std::string& key, const std::string& v) {
+  std::vector<AclRule> rules;
+  size_t start = 0;
+  while (start < v.size()) {
+    size_t comma = v.find(',', start);
+    std::string item = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    auto r = ParseAclRule(item);
+    if (!r.ok()) return Bad(key, std::string(r.status().message()));
+    rules.push_back(*r);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return rules;
+}
+
 const std::vector<OptionDef>& Options() {
   using B = BrokerOptions;
   static const std::vector<OptionDef> kOptions = {
@@ -155,6 +171,13 @@ const std::vector<OptionDef>& Options() {
       {"storage.min_free_bytes", "67108864", "Free disk space kept in reserve: below it writes are refused as if the disk were full (QoS 1/2 refused, retried), so RocksDB never runs out of space mid-write.",
        UintSetter("storage.min_free_bytes", 0, std::numeric_limits<uint64_t>::max(),
                   [](Config& c, uint64_t n) { c.rocks.min_free_bytes = n; })},
+      {"acl.device", "readwrite devices/%c/#", "Topic rules for every tenant's devices (certificate clients with OU=device), comma-separated '<read|write|readwrite> <filter>', %c = client id, %u = user name. Operators may use their whole tenant tree. Also acl.tenant.<tenant> = extra device rules for one tenant.",
+       [](Config& c, const std::string& v) -> absl::Status {
+         auto rules = ParseAclRules("acl.device", v);
+         if (!rules.ok()) return rules.status();
+         c.acl.SetDeviceRules(std::move(*rules));
+         return absl::OkStatus();
+       }},
       {"sys_interval", "10", "Seconds between $SYS/broker statistics updates (0 = off).",
        Uint(&B::sys_interval_s, "sys_interval", 0, 86400)},
   };
@@ -164,6 +187,15 @@ const std::vector<OptionDef>& Options() {
 }  // namespace
 
 absl::Status SetOption(Config* cfg, const std::string& key, const std::string& value) {
+  constexpr std::string_view kTenantAcl = "acl.tenant.";
+  if (key.rfind(kTenantAcl, 0) == 0) {
+    std::string tenant = key.substr(kTenantAcl.size());
+    if (tenant.empty()) return Bad(key, "names no tenant");
+    auto rules = ParseAclRules(key, value);
+    if (!rules.ok()) return rules.status();
+    cfg->acl.SetTenantRules(tenant, std::move(*rules));
+    return absl::OkStatus();
+  }
   for (const OptionDef& o : Options()) {
     if (key == o.key) return o.set(*cfg, value);
   }

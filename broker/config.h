@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "broker/core/acl.h"
 #include "broker/core/options.h"
 #include "broker/net/server.h"
 #include "broker/store/storage_writer.h"
@@ -20,6 +21,7 @@ struct Config {
   ServerOptions server;
   BrokerOptions broker;
   WriterOptions storage;
+  AclPolicy acl;
   storage::RocksOptions rocks;
   std::string data_dir = "./data";
   std::string tls_server_name = "localhost";

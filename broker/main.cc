@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   // Declared before the server: its clients' TLS sessions use this context.
   fmq::Server server(cfg.server, cfg.broker, nullptr, &store);
   if (tls) server.SetTls(tls.get());
+  server.broker().SetAcl(&cfg.acl);
   // Declared after the server: destroyed first, while the loop handle it
   // notifies still exists.
   fmq::StorageWriter writer(kv->get(), cfg.storage, server.Notifier());

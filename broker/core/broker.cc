@@ -205,6 +205,11 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   uint32_t expiry = v5 ? ck.props.session_expiry : (ck.clean_start ? 0 : 0xFFFFFFFF);
   expiry = std::min(expiry, opts_.max_session_expiry);
 
+  if (ck.will && c.identity() != nullptr &&
+      !acl_->CanPublish(*c.identity(), c.client_id_, c.username_, ck.will->topic)) {
+    RefuseConnect(c, ReasonCode::kNotAuthorized, "acl will topic not writable by this client");
+    return;
+  }
   if (ck.will) ck.will->topic = c.mount_ + ck.will->topic;  // the tenant's namespace
   const std::string key = SessionKey(c.tenant(), c.client_id_);
   // Takeover [MQTT-3.1.4-3]: the existing connection is closed first.

@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "common/string_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "broker/core/acl.h"
 #include "broker/core/connection.h"
 #include "broker/core/hooks.h"
 #include "broker/core/message.h"
@@ -61,6 +62,10 @@ class Broker {
   // with its subscriptions, inflight and queued messages and QoS 2 ids.
   void RestoreSession(std::unique_ptr<Session> s, int64_t offline_ms);
   void RestoreRetained(MessagePtr m);
+
+  // Topic ACLs for clients with a certificate identity (default: the
+  // default device policy). The policy must outlive the broker.
+  void SetAcl(const AclPolicy* acl) { acl_ = acl; }
 
   // Closes a connected client by client id (management action).
   bool Kick(std::string_view client_id, mqtt::ReasonCode rc);
@@ -126,6 +131,8 @@ class Broker {
   BrokerOptions opts_;
   const Clock* clock_;
   Persistence* persistence_;
+  AclPolicy default_acl_;
+  const AclPolicy* acl_ = &default_acl_;
   uint64_t next_ticket_ = 1;
   BrokerHooks* hooks_;
   BrokerHooks default_hooks_;

@@ -199,6 +199,13 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     reply(hooks_->OnControlPublish(InfoOf(c), *m));
     return;
   }
+  if (c.identity() != nullptr && !acl_->CanPublish(*c.identity(), c.client_id_, c.username_, topic)) {
+    stats_.publish_denied++;
+    FMQ_LOG_DEBUG("client '%s' publish to '%.*s' denied by ACL", c.client_id_.c_str(), static_cast<int>(topic.size()),
+                  topic.data());
+    reply(ReasonCode::kNotAuthorized);  // 3.1.1: acknowledged and dropped
+    return;
+  }
   if (topic[0] == '$') {
     stats_.publish_denied++;  // clients may not publish into $SYS and kin
     FMQ_LOG_DEBUG("client '%s' publish to '%s' denied: reserved '$' topic", c.client_id_.c_str(),

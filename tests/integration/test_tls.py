@@ -22,8 +22,10 @@ PKI = os.environ.get("FLEETMQ_PKI_BIN", os.path.join(os.path.dirname(FLEETMQ), "
 
 
 class TlsBase(unittest.TestCase):
+    flags = ()
+
     def setUp(self):
-        self.broker = Broker("--tls_listen=127.0.0.1:0", "--sys_interval=1").start()
+        self.broker = Broker("--tls_listen=127.0.0.1:0", "--sys_interval=1", *self.flags).start()
         self.pki = os.path.join(self.broker.data_dir, "pki")
         self.tmp = tempfile.mkdtemp(prefix="fleetmq-tls-")
         self.assertIsNotNone(self.broker.tls_port)
@@ -56,14 +58,14 @@ class Tls(TlsBase):
 
     def test_mosquitto_clients_over_mtls(self):
         crt, key = self.device("dev-1")
-        sub = subprocess.Popen(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-1", "-t", "dev/dev-1/#", "-C", "1", "-W", "10", "-v"],
+        sub = subprocess.Popen(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-1", "-t", "devices/dev-1/#", "-C", "1", "-W", "10", "-v"],
                                stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)
         op = [os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key")]
-        r = run_cli(["mosquitto_pub"] + self.tls_args(*op) + ["-t", "dev/dev-1/cmd", "-m", "reboot", "-q", "1"])
+        r = run_cli(["mosquitto_pub"] + self.tls_args(*op) + ["-t", "devices/dev-1/cmd", "-m", "reboot", "-q", "1"])
         self.assertEqual(r.returncode, 0, r.stderr)
         out, _ = sub.communicate(timeout=15)
-        self.assertEqual(out.strip(), "dev/dev-1/cmd reboot")
+        self.assertEqual(out.strip(), "devices/dev-1/cmd reboot")
 
     def test_paho_tls_set_v5_and_client_id_binding(self):
         crt, key = self.device("dev-2")
@@ -87,7 +89,7 @@ class Tls(TlsBase):
 
     def test_refused_handshakes_do_not_disturb_others(self):
         crt, key = self.device("dev-3")
-        sub = subprocess.Popen(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-3", "-t", "alive", "-C", "1", "-W", "15"],
+        sub = subprocess.Popen(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-3", "-t", "devices/dev-3/alive", "-C", "1", "-W", "15"],
                                stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)
         # No client certificate.
@@ -112,7 +114,7 @@ class Tls(TlsBase):
                 pass
             s.close()
         op = [os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key")]
-        r = run_cli(["mosquitto_pub"] + self.tls_args(*op) + ["-t", "alive", "-m", "yes", "-q", "1"])
+        r = run_cli(["mosquitto_pub"] + self.tls_args(*op) + ["-t", "devices/dev-3/alive", "-m", "yes", "-q", "1"])
         self.assertEqual(r.returncode, 0, r.stderr)
         out, _ = sub.communicate(timeout=20)
         self.assertEqual(out.strip(), "yes")
@@ -123,6 +125,9 @@ class Tls(TlsBase):
 
 
 class TwoTenants(TlsBase):
+    # ACLs wide open inside each tenant: what is tested is the isolation.
+    flags = ("--acl.device=readwrite #",)
+
     def test_cross_tenant_publish_subscribe_and_retained_all_fail(self):
         # A second tenant, then a restart so the broker trusts its CA.
         self.broker.stop()
@@ -153,6 +158,24 @@ class TwoTenants(TlsBase):
         # Naming the other tenant's mount point is refused.
         r = run_cli(["mosquitto_sub"] + self.tls_args(b2_crt, b2_key) + ["-i", "dev-b2", "-t", "$T/default/#", "-W", "2"])
         self.assertEqual(r.stdout.strip(), "")
+
+
+class DeviceAcl(TlsBase):
+    def test_default_device_policy(self):
+        crt, key = self.device("dev-7")
+        # Its own subtree: allowed.
+        r = run_cli(["mosquitto_pub"] + self.tls_args(crt, key) + ["-i", "dev-7", "-t", "devices/dev-7/up", "-m", "x", "-q", "1", "-V", "mqttv5"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # Another device's subtree: refused (PUBACK 0x87 in v5), never delivered.
+        watcher = subprocess.Popen(["mosquitto_sub"] + self.tls_args(os.path.join(self.pki, "operator.crt"),
+                                                                      os.path.join(self.pki, "operator.key"))
+                                   + ["-t", "devices/#", "-W", "3", "-v"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        r = run_cli(["mosquitto_pub"] + self.tls_args(crt, key) + ["-i", "dev-7", "-t", "devices/dev-8/cmd", "-m", "forged", "-q", "1", "-V", "mqttv5"])
+        out, _ = watcher.communicate(timeout=10)
+        self.assertNotIn("forged", out)
+        r = run_cli(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-7", "-t", "devices/+/cmd", "-W", "2", "-V", "mqttv5"])
+        self.assertIn("subscription requests were denied", r.stderr + r.stdout)
 
 
 if __name__ == "__main__":

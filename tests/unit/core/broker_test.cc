@@ -850,19 +850,25 @@ TEST_CASE("slow reader: QoS 0 is dropped past max_output_buffer, QoS 1 waits in 
 namespace fmq {
 namespace {
 
-std::unique_ptr<Client> TenantClient(Fixture& f, const char* tenant, const char* name, Version v = V5) {
+std::unique_ptr<Client> TenantClient(Fixture& f, const char* tenant, const char* name, Version v = V5,
+                                     bool device = true) {
   auto c = f.NewClient(v);
-  c->conn.set_identity(PeerIdentity{tenant, name, true});
+  c->conn.set_identity(PeerIdentity{tenant, name, device});
   return c;
+}
+
+// Operators may use their whole tenant tree: isolation must hold even then.
+std::unique_ptr<Client> TenantOperator(Fixture& f, const char* tenant, const char* name) {
+  return TenantClient(f, tenant, name, V5, false);
 }
 
 TEST_CASE("tenant isolation: topics, wildcards, retained, $SYS and client ids are per tenant") {
   BrokerOptions o;
   o.sys_interval_s = 1;
   Fixture f(o);
-  auto a_sub = TenantClient(f, "acme", "a-sub");
-  auto b_pub = TenantClient(f, "other", "b-pub");
-  auto b_sub = TenantClient(f, "other", "b-sub");
+  auto a_sub = TenantOperator(f, "acme", "a-sub");
+  auto b_pub = TenantOperator(f, "other", "b-pub");
+  auto b_sub = TenantOperator(f, "other", "b-sub");
   auto anon = f.NewClient(V5);
   REQUIRE(a_sub->Connect("a-sub").reason == ReasonCode::kSuccess);
   REQUIRE(b_pub->Connect("b-pub").reason == ReasonCode::kSuccess);
@@ -882,11 +888,11 @@ TEST_CASE("tenant isolation: topics, wildcards, retained, $SYS and client ids ar
   CHECK(Only<mqtt::Publish>(anon->Recv()).empty());
 
   // Retained: visible to the owner tenant only, under its own topic name.
-  auto a2 = TenantClient(f, "acme", "a2");
+  auto a2 = TenantOperator(f, "acme", "a2");
   a2->Connect("a2");
   a2->Send(Sub("x/#", 1));
   CHECK(Only<mqtt::Publish>(a2->Recv()).empty());
-  auto b2 = TenantClient(f, "other", "b2");
+  auto b2 = TenantOperator(f, "other", "b2");
   b2->Connect("b2");
   b2->Send(Sub("x/#", 1));
   auto r = Only<mqtt::Publish>(b2->Recv());
@@ -938,6 +944,50 @@ TEST_CASE("a device is bound to its certificate's id") {
   auto v3 = TenantClient(f, "acme", "dev-3", V3);
   CHECK(v3->Connect("").reason == ReasonCode::kSuccess);
   CHECK(f.broker.FindSession("dev-3", "acme") != nullptr);
+}
+
+}  // namespace
+}  // namespace fmq
+
+namespace fmq {
+namespace {
+
+TEST_CASE("ACLs on the wire: v5 PUBACK/SUBACK 0x87, 3.1.1 dropped and counted, wills checked at CONNECT") {
+  Fixture f;
+  auto watcher = TenantClient(f, "acme", "admin");
+  watcher->conn.set_identity(PeerIdentity{"acme", "admin", false});  // operator
+  watcher->Connect("ops");
+  Subscribe(*watcher, "#", 0);
+  auto d5 = TenantClient(f, "acme", "d1");
+  d5->Connect("d1");
+  d5->Send(Pub("devices/d1/up", "ok", 1, 1));
+  d5->Send(Pub("devices/d2/cmd", "forged", 1, 2));
+  auto acks = Only<mqtt::Ack>(d5->Recv());
+  REQUIRE(acks.size() == 2);
+  CHECK(acks[0].reason == ReasonCode::kSuccess);
+  CHECK(acks[1].reason == ReasonCode::kNotAuthorized);
+  d5->Send(Sub("devices/+/cmd", 1));
+  auto subacks = Only<mqtt::SubAck>(d5->Recv());
+  REQUIRE(subacks.size() == 1);
+  CHECK(subacks[0].codes[0] == ReasonCode::kNotAuthorized);
+  auto d3 = TenantClient(f, "acme", "d3", V3);
+  d3->Connect("d3");
+  d3->Send(Pub("devices/d2/cmd", "forged", 1, 3));
+  acks = Only<mqtt::Ack>(d3->Recv());
+  REQUIRE(acks.size() == 1);  // 3.1.1 cannot refuse: acked, dropped
+  d3->Send(Sub("elsewhere/#", 1));
+  subacks = Only<mqtt::SubAck>(d3->Recv());
+  REQUIRE(subacks.size() == 1);
+  CHECK(static_cast<int>(subacks[0].codes[0]) == 0x80);
+  auto got = Only<mqtt::Publish>(watcher->Recv());
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].topic == "devices/d1/up");
+  CHECK(f.broker.stats().publish_denied >= 4);
+  auto w = TenantClient(f, "acme", "d4");
+  mqtt::Connect ck;
+  ck.client_id = "d4";
+  ck.will = mqtt::Will{"devices/d1/status", "gone", 0, false, {}};  // someone else's subtree
+  CHECK(w->Connect(ck).reason == ReasonCode::kNotAuthorized);
 }
 
 }  // namespace

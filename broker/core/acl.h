@@ -1,0 +1,52 @@
+// Topic access control for clients with a certificate identity, in the
+// spirit of mosquitto's pattern ACLs: rules "read|write|readwrite <filter>"
+// where %c is the client id and %u the user name. Operators may use their
+// whole tenant tree (tenant isolation itself is the mount point, see
+// doc/architecture.md); devices get the device rules plus their tenant's
+// rules. The default device policy is `readwrite devices/%c/#`. Anonymous
+// plain-TCP clients are not subject to these rules (their namespace is
+// separate). Built at start-up, then read-only: any thread.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "broker/core/hooks.h"
+
+namespace fmq {
+
+struct AclRule {
+  bool read = false;
+  bool write = false;
+  std::string pattern;  // a topic filter, may contain %c and %u
+};
+
+absl::StatusOr<AclRule> ParseAclRule(std::string_view text);
+
+// True when every topic `filter` can match is also matched by `pattern`.
+bool FilterCovers(std::string_view pattern, std::string_view filter);
+
+class AclPolicy {
+ public:
+  AclPolicy();  // the default device policy
+  void SetDeviceRules(std::vector<AclRule> rules) { device_rules_ = std::move(rules); }
+  void SetTenantRules(const std::string& tenant, std::vector<AclRule> rules) { tenant_rules_[tenant] = std::move(rules); }
+
+  // `topic` and `filter` are as the client sent them (before mounting).
+  bool CanPublish(const PeerIdentity& who, std::string_view client_id, std::string_view username,
+                  std::string_view topic) const;
+  bool CanSubscribe(const PeerIdentity& who, std::string_view client_id, std::string_view username,
+                    std::string_view filter) const;
+
+ private:
+  template <class F>
+  bool Any(const PeerIdentity& who, std::string_view client_id, std::string_view username, bool write, F&& test) const;
+
+  std::vector<AclRule> device_rules_;
+  absl::flat_hash_map<std::string, std::vector<AclRule>> tenant_rules_;
+};
+
+}  // namespace fmq

@@ -1,0 +1,58 @@
+#include <doctest/doctest.h>
+
+#include "broker/core/acl.h"
+
+namespace fmq {
+namespace {
+
+TEST_CASE("FilterCovers: a subscription is allowed only inside a rule's filter") {
+  struct Case {
+    const char* pattern;
+    const char* filter;
+    bool covers;
+  };
+  for (const Case& c : std::initializer_list<Case>{
+           {"devices/d1/#", "devices/d1/#", true},     {"devices/d1/#", "devices/d1", true},
+           {"devices/d1/#", "devices/d1/cmd/+", true}, {"devices/d1/#", "devices/+/cmd", false},
+           {"devices/d1/#", "devices/#", false},       {"devices/d1/#", "#", false},
+           {"devices/+/cmd", "devices/d1/cmd", true},  {"devices/+/cmd", "devices/+/cmd", true},
+           {"devices/+/cmd", "devices/#", false},      {"devices/+/cmd", "devices/d1/cmd/x", false},
+           {"#", "anything/+/#", true},                {"a/b", "a/b", true},
+           {"a/b", "a/+", false},                      {"a/+", "a", false}}) {
+    CAPTURE(c.pattern);
+    CAPTURE(c.filter);
+    CHECK(FilterCovers(c.pattern, c.filter) == c.covers);
+  }
+}
+
+TEST_CASE("ACL rules: parsing, the default device policy, operators, tenant rules, no wildcard injection") {
+  CHECK_FALSE(ParseAclRule("readwrite").ok());
+  CHECK_FALSE(ParseAclRule("delete a/b").ok());
+  CHECK_FALSE(ParseAclRule("read a/#/b").ok());
+  CHECK_FALSE(ParseAclRule("read $SYS/#").ok());
+  CHECK(ParseAclRule("read fleet/%u/+").ok());
+
+  AclPolicy acl;
+  PeerIdentity dev{"acme", "d1", true};
+  CHECK(acl.CanPublish(dev, "d1", "", "devices/d1/telemetry"));
+  CHECK_FALSE(acl.CanPublish(dev, "d1", "", "devices/d2/telemetry"));
+  CHECK(acl.CanSubscribe(dev, "d1", "", "devices/d1/#"));
+  CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "devices/+/cmd"));
+  CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "#"));
+  PeerIdentity op{"acme", "admin", false};
+  CHECK(acl.CanPublish(op, "admin", "", "devices/d2/cmd"));
+  CHECK(acl.CanSubscribe(op, "admin", "", "#"));
+
+  acl.SetTenantRules("acme", {*ParseAclRule("read fleet/broadcast/#"), *ParseAclRule("write users/%u/in")});
+  CHECK(acl.CanSubscribe(dev, "d1", "", "fleet/broadcast/#"));
+  CHECK_FALSE(acl.CanSubscribe(PeerIdentity{"other", "d1", true}, "d1", "", "fleet/broadcast/#"));
+  CHECK_FALSE(acl.CanPublish(dev, "d1", "", "fleet/broadcast/x"));  // read only
+  CHECK(acl.CanPublish(dev, "d1", "bob", "users/bob/in"));
+  // A user name with level separators or wildcards never widens a rule.
+  CHECK_FALSE(acl.CanPublish(dev, "d1", "bob/in/x", "users/bob/in/x/in"));
+  CHECK_FALSE(acl.CanPublish(dev, "d1", "+", "users/+/in"));
+  CHECK_FALSE(acl.CanPublish(dev, "d1", "", "users//in"));
+}
+
+}  // namespace
+}  // namespace fmq
