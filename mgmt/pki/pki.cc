@@ -72,36 +72,29 @@ absl::StatusOr<std::string> ExtKeyUsage(Role role) {
   return d.bytes();
 }
 
+// One GeneralName: [tag] IMPLICIT IA5String (2 = dNSName, 6 = URI).
+absl::Status WriteGeneralName(Der& d, unsigned char tag, const std::string& value, size_t* len) {
+  size_t n = 0;
+  int rc = mbedtls_asn1_write_raw_buffer(d.p(), d.start(), reinterpret_cast<const unsigned char*>(value.data()), value.size());
+  if (rc < 0) return Fail("subject alternative name", rc);
+  n += static_cast<size_t>(rc);
+  if ((rc = mbedtls_asn1_write_len(d.p(), d.start(), n)) < 0) return Fail("subject alternative name", rc);
+  n += static_cast<size_t>(rc);
+  if ((rc = mbedtls_asn1_write_tag(d.p(), d.start(), MBEDTLS_ASN1_CONTEXT_SPECIFIC | tag)) < 0) {
+    return Fail("subject alternative name", rc);
+  }
+  *len += n + static_cast<size_t>(rc);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> SubjectAltName(const Subject& who, const std::vector<std::string>& dns) {
   Der d;
   size_t len = 0;
-  std::string uri = "urn:fleetmq:" + who.tenant + ":" + std::string(RoleName(who.role)) + ":" + who.name;
-  // [6] IMPLICIT IA5String uniformResourceIdentifier
-  size_t item = 0;
-  {
-    int rc = mbedtls_asn1_write_raw_buffer(d.p(), d.start(), reinterpret_cast<const unsigned char*>(uri.data()), uri.size());
-    if (rc < 0) return Fail("san uri", rc);
-    item += static_cast<size_t>(rc);
-    rc = mbedtls_asn1_write_len(d.p(), d.start(), item);
-    if (rc < 0) return Fail("san uri", rc);
-    item += static_cast<size_t>(rc);
-    rc = mbedtls_asn1_write_tag(d.p(), d.start(), MBEDTLS_ASN1_CONTEXT_SPECIFIC | 6);
-    if (rc < 0) return Fail("san uri", rc);
-    item += static_cast<size_t>(rc);
-    len += item;
-  }
-  for (auto it = dns.rbegin(); it != dns.rend(); ++it) {  // [2] IMPLICIT IA5String dNSName
-    size_t n = 0;
-    int rc = mbedtls_asn1_write_raw_buffer(d.p(), d.start(), reinterpret_cast<const unsigned char*>(it->data()), it->size());
-    if (rc < 0) return Fail("san dns", rc);
-    n += static_cast<size_t>(rc);
-    rc = mbedtls_asn1_write_len(d.p(), d.start(), n);
-    if (rc < 0) return Fail("san dns", rc);
-    n += static_cast<size_t>(rc);
-    rc = mbedtls_asn1_write_tag(d.p(), d.start(), MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2);
-    if (rc < 0) return Fail("san dns", rc);
-    n += static_cast<size_t>(rc);
-    len += n;
+  // Written backwards: the URI ends up last, after the DNS names.
+  const std::string uri = "urn:fleetmq:" + who.tenant + ":" + std::string(RoleName(who.role)) + ":" + who.name;
+  if (auto s = WriteGeneralName(d, 6, uri, &len); !s.ok()) return s;
+  for (auto it = dns.rbegin(); it != dns.rend(); ++it) {
+    if (auto s = WriteGeneralName(d, 2, *it, &len); !s.ok()) return s;
   }
   CHK(mbedtls_asn1_write_len(d.p(), d.start(), len));
   CHK(mbedtls_asn1_write_tag(d.p(), d.start(), MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE));
@@ -322,7 +315,7 @@ absl::StatusOr<CertificateAuthority> CertificateAuthority::Load(std::string_view
   auto key = Key::FromPem(key_pem);
   if (!key.ok()) return key.status();
   ca.key_ = std::move(*key);
-  ca.parsed_ = std::make_unique<mbedtls_x509_crt>();
+  ca.parsed_.reset(new mbedtls_x509_crt);
   mbedtls_x509_crt_init(ca.parsed_.get());
   std::string z(cert_pem);
   int rc = mbedtls_x509_crt_parse(ca.parsed_.get(), reinterpret_cast<const unsigned char*>(z.c_str()), z.size() + 1);

@@ -120,7 +120,13 @@ class CertificateAuthority {
   Key key_;
   std::string tenant_;
   std::string subject_dn_;  // as written in issued certificates' issuer field
-  std::unique_ptr<mbedtls_x509_crt> parsed_;  // for subject_raw and the key id
+  struct CrtFree {
+    void operator()(mbedtls_x509_crt* c) const {
+      mbedtls_x509_crt_free(c);  // the parser's allocations, then the struct
+      delete c;
+    }
+  };
+  std::unique_ptr<mbedtls_x509_crt, CrtFree> parsed_;  // for subject_raw and the key id
 };
 
 // The identity a verified leaf certificate carries (subject fields).
