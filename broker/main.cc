@@ -15,6 +15,7 @@
 #include "broker/tls/tls.h"
 #include "mgmt/pki/pki_dir.h"
 #include "storage/kv_store.h"
+#include "storage/registry.h"
 #include "common/log.h"
 
 namespace {
@@ -100,7 +101,22 @@ int main(int argc, char** argv) {
   }
   // Declared before the server: its clients' TLS sessions use this context.
   fmq::Server server(cfg.server, cfg.broker, nullptr, &store);
-  if (tls) server.SetTls(tls.get());
+  if (tls) {
+    server.SetTls(tls.get());
+    // The revocation set: every revoked serial of every tenant, checked on
+    // each handshake in O(1).
+    fmq::storage::Registry registry(kv->get());
+    size_t revoked = 0;
+    st = registry.ForEachRevoked([&](std::string_view tenant, const fmq::fb::CertificateT& c) {
+      tls->Revoke(tenant, c.serial);
+      ++revoked;
+    });
+    if (!st.ok()) {
+      std::fprintf(stderr, "fleetmq: storage: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+    FMQ_LOG_INFO("%zu revoked certificate%s loaded", revoked, revoked == 1 ? "" : "s");
+  }
   server.broker().SetAcl(&cfg.acl);
   // Declared after the server: destroyed first, while the loop handle it
   // notifies still exists.

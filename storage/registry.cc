@@ -214,7 +214,40 @@ absl::Status Registry::GetConfig(const TenantId& t, bool group, std::string_view
 
 void Registry::PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b) {
   b->Put(Family::kCerts, keys::Cert(t, rec.serial), EncodeRecord<fb::Certificate>(rec));
-  b->Put(Family::kIndex, keys::CertByDevice(t, rec.device_id, rec.serial), "");
+  if (!rec.device_id.empty()) b->Put(Family::kIndex, keys::CertByDevice(t, rec.device_id, rec.serial), "");
+}
+
+absl::Status Registry::RevokeCert(const TenantId& t, std::string_view serial, int64_t now_ms, WriteBatch* b) {
+  fb::CertificateT c;
+  absl::Status s = GetCert(t, serial, &c);
+  if (absl::IsNotFound(s)) {
+    c.serial.assign(serial);
+  } else if (!s.ok()) {
+    return s;
+  }
+  if (c.revoked_at_ms == 0) c.revoked_at_ms = now_ms;
+  PutCert(t, c, b);
+  return absl::OkStatus();
+}
+
+absl::Status Registry::ForEachRevoked(const std::function<void(std::string_view, const fb::CertificateT&)>& fn,
+                                      const TenantId* only) {
+  absl::Status err = absl::OkStatus();
+  absl::Status s = kv_->ScanPrefix(Family::kCerts, only ? keys::TenantPrefix(*only) : std::string(),
+                                   [&](std::string_view k, std::string_view v) {
+    std::string tenant;
+    KeyReader r(k);
+    fb::CertificateT c;
+    if (!r.Str(&tenant)) {
+      err = CorruptRecord(Family::kCerts, k, "bad key");
+      return false;
+    }
+    err = DecodeRecord<fb::Certificate>(Family::kCerts, k, v, &c);
+    if (!err.ok()) return false;
+    if (c.revoked_at_ms != 0) fn(tenant, c);
+    return true;
+  });
+  return s.ok() ? err : s;
 }
 absl::Status Registry::GetCert(const TenantId& t, std::string_view serial, fb::CertificateT* out) {
   return ReadRecord<fb::Certificate>(*kv_, Family::kCerts, keys::Cert(t, serial), out);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -73,6 +74,13 @@ class Registry {
   absl::Status GetCert(const TenantId& t, std::string_view serial, fb::CertificateT* out);
   absl::Status CertsOfDevice(const TenantId& t, std::string_view device_id,
                              std::vector<fb::CertificateT>* out);
+  // Marks a serial revoked (creating a record for a serial issued outside
+  // the registry). Idempotent: the first revocation time is kept.
+  absl::Status RevokeCert(const TenantId& t, std::string_view serial, int64_t now_ms, WriteBatch* b);
+  // Every revoked serial of every tenant (platform start-up: the TLS
+  // context's revocation set), or of one tenant when `only` is set.
+  absl::Status ForEachRevoked(const std::function<void(std::string_view tenant, const fb::CertificateT&)>& fn,
+                              const TenantId* only = nullptr);
 
   void PutJob(const TenantId& t, const fb::JobT& rec, WriteBatch* b);
   absl::Status GetJob(const TenantId& t, std::string_view id, fb::JobT* out);

@@ -4,8 +4,13 @@
 //       certificate under DIR/pki (keys mode 0600); existing files are kept.
 //   fleetmq-pki issue --dir DIR --tenant T --device ID --csr FILE
 //       a device certificate from a CSR, PEM on stdout.
+//   fleetmq-pki revoke --dir DIR --tenant T --serial HEX
+//       records the revocation in the broker's store (DIR/db); the broker
+//       refuses the certificate from its next start. Offline: the broker
+//       must be stopped (the live path is an admin command).
 //   fleetmq-pki crl   --dir DIR --tenant T [--serial HEX ...] [--number N]
-//       a DER CRL of the tenant CA revoking the given serials, on stdout.
+//       a DER CRL of the tenant CA on stdout, revoking the given serials,
+//       or, with none given, every serial revoked in DIR/db.
 // Errors: a message on stderr and exit code 1 (2 for usage).
 #include <sys/stat.h>
 
@@ -21,6 +26,7 @@
 
 #include "mgmt/pki/pki.h"
 #include "mgmt/pki/pki_dir.h"
+#include "storage/registry.h"
 
 namespace {
 
@@ -88,9 +94,30 @@ int main(int argc, char** argv) {
     std::fputs(cert->pem.c_str(), stdout);
     return 0;
   }
+  if (cmd == "revoke") {
+    if (serials.size() != 1) return Die("revoke needs one --serial"), 2;
+    auto kv = fmq::storage::OpenRocksKvStore(dir + "/db");
+    if (!kv.ok()) return Die(std::string(kv.status().message()) + " (is the broker running? stop it first)");
+    fmq::storage::Registry reg(kv->get());
+    fmq::storage::WriteBatch b;
+    auto t = fmq::storage::TenantId::FromAuthenticated(tenant);
+    if (auto s = reg.RevokeCert(t, serials[0], Now(), &b); !s.ok()) return Die(std::string(s.message()));
+    if (auto s = reg.Commit(b); !s.ok()) return Die(std::string(s.message()));
+    return 0;
+  }
   if (cmd == "crl") {
     std::vector<Revoked> revoked;
     for (const auto& s : serials) revoked.push_back({s, Now()});
+    if (serials.empty() && Exists(dir + "/db")) {
+      auto kv = fmq::storage::OpenRocksKvStore(dir + "/db");
+      if (!kv.ok()) return Die(std::string(kv.status().message()) + " (is the broker running? give --serial instead)");
+      fmq::storage::Registry reg(kv->get());
+      auto t = fmq::storage::TenantId::FromAuthenticated(tenant);
+      auto s = reg.ForEachRevoked([&](std::string_view, const fmq::fb::CertificateT& c) {
+        revoked.push_back({c.serial, c.revoked_at_ms});
+      }, &t);
+      if (!s.ok()) return Die(std::string(s.message()));
+    }
     uint64_t number = opt.count("number") ? std::stoull(opt["number"]) : 1;
     auto crl = ca->WriteCrl(rng, revoked, number, Now(), Now() + 7 * kDay);
     if (!crl.ok()) return Die(std::string(crl.status().message()));

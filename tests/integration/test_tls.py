@@ -160,6 +160,34 @@ class TwoTenants(TlsBase):
         self.assertEqual(r.stdout.strip(), "")
 
 
+class Revocation(TlsBase):
+    def test_revoked_certificate_is_refused_after_restart_and_listed_in_the_crl(self):
+        crt, key = self.device("dev-r")
+        args = self.tls_args(crt, key) + ["-i", "dev-r", "-t", "devices/dev-r/up", "-m", "x", "-q", "1"]
+        self.assertEqual(run_cli(["mosquitto_pub"] + args).returncode, 0)
+        serial = run_cli(["openssl", "x509", "-in", crt, "-noout", "-serial"]).stdout.strip().split("=")[1].lower()
+        r = run_cli([PKI, "revoke", "--dir", self.broker.data_dir, "--serial", serial])
+        self.assertNotEqual(r.returncode, 0)  # the broker holds the store
+        self.assertIn("stop it first", r.stderr)
+        self.broker.stop()
+        r = run_cli([PKI, "revoke", "--dir", self.broker.data_dir, "--serial", serial])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        crl = subprocess.run([PKI, "crl", "--dir", self.broker.data_dir], capture_output=True)
+        self.assertEqual(crl.returncode, 0, crl.stderr)
+        text = subprocess.run(["openssl", "crl", "-inform", "DER", "-noout", "-text"], input=crl.stdout,
+                              capture_output=True).stdout.decode()
+        self.assertIn(serial.upper().lstrip("0"), text.replace(":", "").upper())
+        self.broker.log.close()
+        self.broker.start()
+        self.assertIn("1 revoked certificate loaded", self.broker.read_log())
+        r = run_cli(["mosquitto_pub"] + self.tls_args(crt, key) + ["-i", "dev-r", "-t", "devices/dev-r/up", "-m", "x", "-q", "1"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("is revoked", self.broker.read_log())
+        other_crt, other_key = self.device("dev-ok")
+        r = run_cli(["mosquitto_pub"] + self.tls_args(other_crt, other_key) + ["-i", "dev-ok", "-t", "devices/dev-ok/up", "-m", "x", "-q", "1"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+
 class DeviceAcl(TlsBase):
     def test_default_device_policy(self):
         crt, key = self.device("dev-7")

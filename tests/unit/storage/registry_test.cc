@@ -301,3 +301,40 @@ TEST_CASE("audit log: append-only chain, queries by device and time, tampering d
 
 }  // namespace
 }  // namespace fmq::storage
+
+namespace fmq::storage {
+namespace {
+
+TEST_CASE("revocations: idempotent, per tenant, listed for the TLS revocation set") {
+  MemKvStore kv;
+  Registry r(&kv);
+  WriteBatch b;
+  fb::CertificateT c;
+  c.serial = "0a";
+  c.device_id = "d1";
+  r.PutCert(T("acme"), c, &b);
+  REQUIRE(r.Commit(b).ok());
+  WriteBatch v;
+  REQUIRE(r.RevokeCert(T("acme"), "0a", 1000, &v).ok());
+  REQUIRE(r.RevokeCert(T("acme"), "ff", 1000, &v).ok());  // issued outside the registry
+  REQUIRE(r.Commit(v).ok());
+  WriteBatch again;
+  REQUIRE(r.RevokeCert(T("acme"), "0a", 5000, &again).ok());
+  REQUIRE(r.Commit(again).ok());
+  fb::CertificateT got;
+  REQUIRE(r.GetCert(T("acme"), "0a", &got).ok());
+  CHECK(got.revoked_at_ms == 1000);  // the first revocation time is kept
+  CHECK(got.device_id == "d1");
+  std::vector<std::string> all;
+  REQUIRE(r.ForEachRevoked([&](std::string_view t, const fb::CertificateT& x) {
+    all.push_back(std::string(t) + "/" + x.serial);
+  }).ok());
+  CHECK(all == std::vector<std::string>{"acme/0a", "acme/ff"});
+  auto other = T("other");
+  all.clear();
+  REQUIRE(r.ForEachRevoked([&](std::string_view, const fb::CertificateT& x) { all.push_back(x.serial); }, &other).ok());
+  CHECK(all.empty());
+}
+
+}  // namespace
+}  // namespace fmq::storage
