@@ -100,6 +100,9 @@ const std::vector<OptionDef>& Options() {
       {"listen", "127.0.0.1:1883", "Plain MQTT listeners, comma-separated host:port (port 0 = any free port).", ParseListen},
       {"tls_listen", "127.0.0.1:8883", "MQTT over mutual TLS listeners, comma-separated host:port; empty disables TLS. The PKI under data_dir/pki is created on first start.",
        [](Config& c, const std::string& v) { return ParseAddresses("tls_listen", v, &c.server.tls_listeners); }},
+      {"tls_max_handshakes", "256", "TLS handshakes in progress at once; new TLS connections beyond it are closed at accept and counted ($SYS/broker/connections/tls_refused).",
+       UintSetter("tls_max_handshakes", 1, 1000000,
+                  [](Config& c, uint64_t n) { c.server.max_pending_handshakes = static_cast<uint32_t>(n); })},
       {"tls_server_name", "localhost", "Host name in the broker's certificate when the PKI is first created.",
        [](Config& c, const std::string& v) -> absl::Status {
          if (v.empty()) return Bad("tls_server_name", "must not be empty");

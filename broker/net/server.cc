@@ -16,7 +16,19 @@ class TcpClient final : public Transport {
   TcpClient(Server* server, uint64_t id, std::string peer, tls::TlsServerContext* tls)
       : server_(server), conn_(&server->broker_, this, id, std::move(peer)) {
     handle_.data = this;
-    if (tls != nullptr) tls_ = std::make_unique<tls::TlsSession>(tls);
+    if (tls != nullptr) {
+      tls_ = std::make_unique<tls::TlsSession>(tls);
+      ++server_->handshaking_;
+      in_handshake_ = true;
+    }
+  }
+
+  // The handshake is over (done, failed, or the socket closed).
+  void LeaveHandshake() {
+    if (in_handshake_) {
+      in_handshake_ = false;
+      --server_->handshaking_;
+    }
   }
 
   uv_tcp_t* handle() { return &handle_; }
@@ -99,6 +111,7 @@ class TcpClient final : public Transport {
   // failed and the socket is being closed.
   bool OnTlsBytes(std::string_view ciphertext) {
     tls_->OnCiphertext(ciphertext);
+    if (tls_->state() != tls::TlsSession::State::kHandshake) LeaveHandshake();
     if (tls_->state() == tls::TlsSession::State::kFailed) {
       server_->CountTlsFailure(conn_.peer(), tls_->error());
       WriteBytes(tls_->TakeCiphertext());  // the alert, if any
@@ -174,6 +187,7 @@ class TcpClient final : public Transport {
   }
   static void OnClosed(uv_handle_t* h) {
     auto* self = static_cast<TcpClient*>(h->data);
+    self->LeaveHandshake();
     self->conn_.OnTransportClosed();
     self->server_->Forget(self);
     delete self;
@@ -187,6 +201,7 @@ class TcpClient final : public Transport {
   bool closing_ = false;
   bool closed_ = false;
   bool read_paused_ = false;
+  bool in_handshake_ = false;
   int64_t close_deadline_ = 0;
 };
 
@@ -273,6 +288,19 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
   auto* l = static_cast<Listener*>(listener->data);
   Server* self = l->server;
   if (status < 0 || self->stopping_) return;
+  if (l->tls && self->handshaking_ >= self->sopts_.max_pending_handshakes) {
+    // Accept and close at once: the socket leaves the backlog, the flood
+    // gets no handshake work, established connections keep the loop.
+    auto* t = new uv_tcp_t;
+    uv_tcp_init(&self->loop_, t);
+    if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(t)) == 0) self->broker_.CountTlsRefused();
+    uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    if (self->flood_logged_++ % 1000 == 0) {
+      FMQ_LOG_WARN("TLS handshake limit (%u in progress) reached: refusing new TLS connections",
+                   self->sopts_.max_pending_handshakes);
+    }
+    return;
+  }
   // The peer's address is only known after accept; create with a placeholder.
   auto* client = new TcpClient(self, self->next_conn_id_++, "", l->tls ? self->tls_ : nullptr);
   uv_tcp_init(&self->loop_, client->handle());

@@ -28,6 +28,9 @@ struct ServerOptions {
   std::vector<ListenAddress> listeners{ListenAddress{}};
   // MQTT over mutual TLS (needs SetTls before Listen).
   std::vector<ListenAddress> tls_listeners{ListenAddress{"127.0.0.1", 8883}};
+  // TLS handshakes in progress at once; beyond it new TLS connections are
+  // closed at accept (counted), so a flood cannot queue unbounded work.
+  uint32_t max_pending_handshakes = 256;
   // Disable Nagle on client sockets: MQTT packets are small and latency
   // matters more than a few saved segments (mosquitto's set_tcp_nodelay).
   bool tcp_nodelay = true;
@@ -97,6 +100,8 @@ class Server {
   uv_async_t wake_;
   std::function<void()> turn_end_hook_;
   std::function<void()> wake_hook_;
+  uint32_t handshaking_ = 0;
+  uint64_t flood_logged_ = 0;
   std::vector<TcpClient*> dirty_;
   std::vector<TcpClient*> closing_;
   uint64_t next_conn_id_ = 1;

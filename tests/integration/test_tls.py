@@ -188,6 +188,29 @@ class Revocation(TlsBase):
         self.assertEqual(r.returncode, 0, r.stderr)
 
 
+class HandshakeFlood(TlsBase):
+    flags = ("--tls_max_handshakes=3",)
+
+    def test_pending_handshakes_are_bounded_and_others_still_served(self):
+        stalled = [socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5) for _ in range(3)]
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5)
+        t0 = time.time()
+        self.assertEqual(extra.recv(10), b"")  # closed at once, no handshake work
+        self.assertLess(time.time() - t0, 2)
+        extra.close()
+        self.assertIn("TLS handshake limit", self.broker.read_log())
+        # Plain clients are unaffected; once the stalled handshakes go away, TLS works again.
+        r = run_cli(["mosquitto_pub", "-p", str(self.broker.port), "-t", "plain", "-m", "x"])
+        self.assertEqual(r.returncode, 0)
+        for s in stalled:
+            s.close()
+        time.sleep(0.3)
+        crt, key = self.device("dev-f")
+        r = run_cli(["mosquitto_pub"] + self.tls_args(crt, key) + ["-i", "dev-f", "-t", "devices/dev-f/up", "-m", "x"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+
 class DeviceAcl(TlsBase):
     def test_default_device_policy(self):
         crt, key = self.device("dev-7")
