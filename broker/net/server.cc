@@ -291,14 +291,16 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
   if (l->tls && self->handshaking_ >= self->sopts_.max_pending_handshakes) {
     // Accept and close at once: the socket leaves the backlog, the flood
     // gets no handshake work, established connections keep the loop.
-    auto* t = new uv_tcp_t;
-    uv_tcp_init(&self->loop_, t);
-    if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(t)) == 0) self->broker_.CountTlsRefused();
-    uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    // Log and count before closing: uv_close closes the fd at once, and
+    // the peer may look for this line as soon as it sees the close.
     if (self->flood_logged_++ % 1000 == 0) {
       FMQ_LOG_WARN("TLS handshake limit (%u in progress) reached: refusing new TLS connections",
                    self->sopts_.max_pending_handshakes);
     }
+    auto* t = new uv_tcp_t;
+    uv_tcp_init(&self->loop_, t);
+    if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(t)) == 0) self->broker_.CountTlsRefused();
+    uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
     return;
   }
   // The peer's address is only known after accept; create with a placeholder.
