@@ -153,6 +153,18 @@ class Client {
   std::vector<mqtt::Packet> backlog_;
 };
 
+// A PUBLISH to send; the packet id is dropped for QoS 0.
+inline mqtt::Publish Pub(std::string_view topic, std::string_view payload, uint8_t qos, uint16_t id = 0,
+                         bool retain = false) {
+  mqtt::Publish p;
+  p.topic = topic;
+  p.payload = payload;
+  p.qos = qos;
+  p.packet_id = qos ? id : 0;
+  p.retain = retain;
+  return p;
+}
+
 template <class T>
 std::vector<T> Only(const std::vector<mqtt::Packet>& pk) {
   std::vector<T> out;

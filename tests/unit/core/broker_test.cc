@@ -17,6 +17,7 @@ using mqtt::ReasonCode;
 using mqtt::Version;
 using test::Client;
 using test::Only;
+using test::Pub;
 
 constexpr Version V5 = Version::kV5;
 constexpr Version V3 = Version::kV311;
@@ -41,17 +42,6 @@ struct Fixture {
   Broker broker;
   uint64_t next_id = 1;
 };
-
-mqtt::Publish Pub(std::string_view topic, std::string_view payload, uint8_t qos, uint16_t id = 0,
-                  bool retain = false) {
-  mqtt::Publish p;
-  p.topic = topic;
-  p.payload = payload;
-  p.qos = qos;
-  p.packet_id = qos ? id : 0;
-  p.retain = retain;
-  return p;
-}
 
 mqtt::Subscribe Sub(std::string filter, uint8_t options, uint16_t id = 1, uint32_t sub_id = 0) {
   mqtt::Subscribe s;

@@ -18,6 +18,7 @@ using mqtt::ReasonCode;
 using mqtt::Version;
 using test::Client;
 using test::Only;
+using test::Pub;
 
 // Records calls; Flush callbacks run when the test says so.
 class FakePersistence : public Persistence {
@@ -43,17 +44,6 @@ class FakePersistence : public Persistence {
   bool is_healthy = true;
   std::vector<std::function<void(bool)>> waiting;
 };
-
-mqtt::Publish Pub(std::string_view topic, std::string_view payload, uint8_t qos, uint16_t id = 0,
-                  bool retain = false) {
-  mqtt::Publish p;
-  p.topic = topic;
-  p.payload = payload;
-  p.qos = qos;
-  p.packet_id = id;
-  p.retain = retain;
-  return p;
-}
 
 void Subscribe(Client& c, const std::string& filter, uint8_t qos) {
   mqtt::Subscribe s;
