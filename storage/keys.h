@@ -17,9 +17,6 @@ namespace fmq::storage {
 class TenantId {
  public:
   static TenantId FromAuthenticated(std::string_view id) { return TenantId(id); }
-  // The tenant of the broker's plain-TCP listener until per-tenant identity
-  // exists (security issue).
-  static TenantId Default() { return TenantId("default"); }
   // The MQTT namespace of plain-TCP (unauthenticated) clients: the empty
   // tenant, which sorts before and never collides with a named one.
   static TenantId Anonymous() { return TenantId(""); }

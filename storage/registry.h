@@ -38,7 +38,6 @@ class Registry {
  public:
   explicit Registry(KvStore* kv) : kv_(kv) {}
 
-  KvStore& kv() { return *kv_; }
   absl::Status Commit(const WriteBatch& b, bool sync = true) { return kv_->Write(b, sync); }
 
   void PutTenant(const TenantId& t, const fb::TenantT& rec, WriteBatch* b);

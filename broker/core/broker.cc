@@ -429,13 +429,6 @@ void Broker::EndSession(Session& s) {
   sessions_.erase(SessionKey(s.tenant, s.client_id));  // destroys s
 }
 
-bool Broker::Kick(std::string_view client_id, ReasonCode rc) {
-  auto it = sessions_.find(SessionKey({}, client_id));
-  if (it == sessions_.end() || it->second->conn == nullptr) return false;
-  Close(*it->second->conn, DisconnectReason::kAdministrative, rc, "administrative action");
-  return true;
-}
-
 void Broker::Shutdown() {
   std::vector<Connection*> all;
   all.reserve(conns_.size());

@@ -67,9 +67,6 @@ class Broker {
   // default device policy). The policy must outlive the broker.
   void SetAcl(const AclPolicy* acl) { acl_ = acl; }
 
-  // Closes a connected client by client id (management action).
-  bool Kick(std::string_view client_id, mqtt::ReasonCode rc);
-
   const BrokerStats& stats() const { return stats_; }
   // The net layer stopped reading a connection whose output is not draining.
   void CountReadPause() { stats_.reads_paused++; }
@@ -111,7 +108,6 @@ class Broker {
   void AckWhenDurable(Connection& c, mqtt::Packet ack);
   void OnDurable(uint64_t conn_id, uint64_t ticket, bool ok);
   void DrainAcks(Connection& c);
-  bool durable_writes() const { return persistence_ != nullptr; }
   size_t Route(const MessagePtr& msg);
   void Deliver(Session& s, Delivery&& d);
   void Enqueue(Session& s, Delivery&& d);

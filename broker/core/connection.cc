@@ -41,12 +41,6 @@ std::string Connection::TakeOutput() {
   return o;
 }
 
-void Connection::AppendRaw(std::string_view bytes) {
-  const bool was_empty = out_.empty();
-  out_.append(bytes);
-  if (was_empty && transport_ != nullptr) transport_->RequestFlush();
-}
-
 void Connection::Write(const mqtt::Packet& p) {
   const bool was_empty = out_.empty();
   const size_t before = out_.size();

@@ -67,7 +67,6 @@ class Connection {
 
   bool HandleFrame(uint8_t first_byte, std::string_view body);
   void Write(const mqtt::Packet& p);
-  void AppendRaw(std::string_view bytes);
 
   Broker* broker_;
   Transport* transport_;

@@ -16,8 +16,6 @@ class Framer {
  public:
   explicit Framer(uint32_t max_packet_size) : max_packet_size_(max_packet_size) {}
 
-  void set_max_packet_size(uint32_t v) { max_packet_size_ = v; }
-
   // Feeds `data`; calls `on_frame(uint8_t first_byte, std::string_view body)`
   // for each complete frame, in order. `on_frame` returns false to stop (the
   // rest of `data` is then ignored). Returns an error for a malformed

@@ -256,12 +256,4 @@ void EncodeProperties(const Properties& p, Writer& w) {
   w.Raw(body);
 }
 
-size_t PropertiesSize(const Properties& p) {
-  if (p.present == 0) return 1;
-  std::string body;
-  Writer bw(&body);
-  WriteBody(p, bw);
-  return static_cast<size_t>(VarintSize(static_cast<uint32_t>(body.size()))) + body.size();
-}
-
 }  // namespace fmq::mqtt

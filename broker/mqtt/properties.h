@@ -63,7 +63,4 @@ Error DecodeProperties(Reader& r, PropertyContext ctx, Properties* out);
 // properties marked present are written.
 void EncodeProperties(const Properties& p, Writer& w);
 
-// Size of the property block EncodeProperties writes, length prefix included.
-size_t PropertiesSize(const Properties& p);
-
 }  // namespace fmq::mqtt
