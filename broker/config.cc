@@ -181,6 +181,10 @@ const std::vector<OptionDef>& Options() {
          c.acl.SetDeviceRules(std::move(*rules));
          return absl::OkStatus();
        }},
+      {"quota.max_connections", "0", "Default per-tenant connection quota (0 = unlimited); a tenant's own quota (tenant.create) overrides it. Over it: CONNACK 0x97, counted.",
+       Uint(&B::quota_max_connections, "quota.max_connections", 0, 4294967295u)},
+      {"quota.max_publish_rate", "0", "Default per-tenant PUBLISH rate, messages per second with one second of burst (0 = unlimited); a tenant's own quota overrides it. Over it: PUBACK 0x97 (v5) or dropped, counted.",
+       Uint(&B::quota_max_publish_rate, "quota.max_publish_rate", 0, 4294967295u)},
       {"sys_interval", "10", "Seconds between $SYS/broker statistics updates (0 = off).",
        Uint(&B::sys_interval_s, "sys_interval", 0, 86400)},
   };

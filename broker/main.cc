@@ -10,6 +10,8 @@
 #include <string>
 
 #include "broker/config.h"
+#include "broker/modules/admin_module.h"
+#include "mgmt/admin/service.h"
 #include "broker/net/server.h"
 #include "broker/store/broker_store.h"
 #include "broker/tls/tls.h"
@@ -99,8 +101,20 @@ int main(int argc, char** argv) {
     FMQ_LOG_INFO("PKI in %s (%zu tenant CA%s)", files->dir.c_str(), files->tenant_cas.size(),
                  files->tenant_cas.size() == 1 ? "" : "s");
   }
+  // The management module (admin control topic, connectivity, device
+  // gate): its own thread over the same RocksDB.
+  fmq::admin::ServiceOptions aopts;
+  aopts.pki_dir = cfg.data_dir + "/pki";
+  if (!cfg.server.tls_listeners.empty()) {
+    const auto& l = cfg.server.tls_listeners.front();
+    aopts.mqtt_endpoint = "mqtts://" + (l.host == "0.0.0.0" ? cfg.tls_server_name : l.host) + ":" + std::to_string(l.port);
+  }
+  fmq::admin::Service admin_service(kv->get(), &clock, aopts);
+  fmq::AdminModule admin_module(&admin_service, &clock);
   // Declared before the server: its clients' TLS sessions use this context.
-  fmq::Server server(cfg.server, cfg.broker, nullptr, &store);
+  fmq::Server server(cfg.server, cfg.broker, &admin_module, &store);
+  admin_module.Attach(&server.broker(), tls.get(), server.Notifier());
+  server.AddWakeHook([&admin_module] { admin_module.RunCompletions(); });
   if (tls) {
     server.SetTls(tls.get());
     // The revocation set: every revoked serial of every tenant, checked on
@@ -136,6 +150,11 @@ int main(int argc, char** argv) {
                static_cast<unsigned long long>(loaded.sessions), static_cast<unsigned long long>(loaded.messages),
                static_cast<unsigned long long>(loaded.retained), static_cast<long long>(clock.NowMs() - t0),
                static_cast<unsigned long long>(loaded.skipped_corrupt));
+  st = admin_module.Start();
+  if (!st.ok()) {
+    std::fprintf(stderr, "fleetmq: management: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   err = server.Listen();
   if (!err.empty()) {
     std::fprintf(stderr, "fleetmq: %s\n", err.c_str());
@@ -143,6 +162,7 @@ int main(int argc, char** argv) {
   }
   FMQ_LOG_INFO("fleetmq %s started (data dir %s)", FMQ_VERSION, cfg.data_dir.c_str());
   server.Run();
+  admin_module.Stop();
   store.FlushIfDirty();  // sessions saved while shutting down
   writer.Drain();
   FMQ_LOG_INFO("fleetmq stopped");

@@ -56,6 +56,7 @@ std::set<std::string> IndexEntries(const TenantId& t, const fb::DeviceT& d) {
   e.insert(keys::DeviceIndexEntry(t, Index::kStatus, StatusKey(d.status), {}, d.device_id));
   e.insert(keys::DeviceIndexEntry(t, Index::kFirmware, d.firmware_version, {}, d.device_id));
   e.insert(keys::DeviceIndexEntry(t, Index::kModel, d.model_id, {}, d.device_id));
+  if (!d.serial_number.empty()) e.insert(keys::DeviceIndexEntry(t, Index::kSerial, d.serial_number, {}, d.device_id));
   return e;
 }
 
@@ -66,6 +67,7 @@ bool Matches(const fb::DeviceT& d, const DeviceFilter& f) {
   if (!f.firmware_version.empty() && d.firmware_version != f.firmware_version) return false;
   if (!f.model_id.empty() && d.model_id != f.model_id) return false;
   if (f.status && d.status != *f.status) return false;
+  if (!f.serial_number.empty() && d.serial_number != f.serial_number) return false;
   return true;
 }
 
@@ -140,7 +142,9 @@ absl::Status Registry::ListDevices(const TenantId& t, const DeviceFilter& f, std
                                    size_t limit, Page<fb::DeviceT>* out) {
   const std::string cursor(cursor_in);  // may alias out->next_cursor
   std::string prefix;
-  if (!f.group_id.empty() && !f.firmware_version.empty()) {
+  if (!f.serial_number.empty()) {
+    prefix = keys::DeviceIndexPrefix(t, Index::kSerial, f.serial_number);
+  } else if (!f.group_id.empty() && !f.firmware_version.empty()) {
     prefix = keys::DeviceIndexPrefix(t, Index::kGroupFirmware, f.group_id, f.firmware_version);
   } else if (!f.group_id.empty()) {
     prefix = keys::DeviceIndexPrefix(t, Index::kGroup, f.group_id);

@@ -28,6 +28,7 @@ struct Page {
 };
 
 struct DeviceFilter {
+  std::string serial_number;     // empty = any (unique per tenant: at most one)
   std::string group_id;          // empty = any
   std::string firmware_version;  // empty = any
   std::string model_id;          // empty = any

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   g++ meson ninja-build pkg-config
   libuv1-dev libmbedtls-dev librocksdb-dev libflatbuffers-dev flatbuffers-compiler
-  libjemalloc-dev libabsl-dev doctest-dev libtomlplusplus-dev
+  libjemalloc-dev libabsl-dev doctest-dev libtomlplusplus-dev nlohmann-json3-dev
   mosquitto-clients python3 python3-paho-mqtt openssl
 )
 

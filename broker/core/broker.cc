@@ -36,17 +36,85 @@ Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks
       hooks_(hooks != nullptr ? hooks : &default_hooks_),
       start_ms_(clock->NowMs()),
       last_sys_ms_(clock->NowMs()),
-      wheel_(clock->NowMs()) {}
+      wheel_(clock->NowMs()) {
+  default_quota_ = TenantQuota{opts.quota_max_connections, opts.quota_max_publish_rate};
+}
 
 Broker::~Broker() = default;
 
 ClientInfo Broker::InfoOf(const Connection& c) const {
-  return ClientInfo{c.id(), c.client_id(), c.username(), c.peer(), c.version(), c.tenant()};
+  return ClientInfo{c.id(), c.client_id(), c.username(), c.peer(), c.version(), c.tenant(), c.identity()};
 }
 
 const Session* Broker::FindSession(std::string_view client_id, std::string_view tenant) const {
   auto it = sessions_.find(SessionKey(tenant, client_id));
   return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+Broker::TenantState& Broker::StateOf(const std::string& tenant) {
+  auto& slot = tenants_[tenant];
+  if (!slot) {
+    slot = std::make_unique<TenantState>();
+    slot->quota = default_quota_;
+    slot->tokens = slot->quota.max_publish_rate;
+    slot->refill_ms = NowMs();
+  }
+  if (!slot->own_quota) slot->quota = default_quota_;
+  return *slot;
+}
+
+void Broker::SetTenantQuota(const std::string& tenant, TenantQuota q) {
+  TenantState& t = StateOf(tenant);
+  t.quota = q;
+  t.own_quota = true;
+  t.tokens = std::min<double>(t.tokens, q.max_publish_rate);
+}
+
+uint32_t Broker::TenantConnections(std::string_view tenant) const {
+  auto it = tenants_.find(tenant);
+  return it == tenants_.end() ? 0 : it->second->connections;
+}
+
+bool Broker::TakePublishToken(TenantState& t) {
+  const uint32_t rate = t.quota.max_publish_rate;
+  if (rate == 0) return true;
+  const int64_t now = NowMs();
+  if (now > t.refill_ms) {
+    t.tokens = std::min<double>(rate, t.tokens + (now - t.refill_ms) * (rate / 1000.0));
+    t.refill_ms = now;
+  }
+  if (t.tokens < 1.0) return false;
+  t.tokens -= 1.0;
+  return true;
+}
+
+bool Broker::Kick(std::string_view tenant, std::string_view client_id, std::string_view serial) {
+  auto it = sessions_.find(SessionKey(tenant, client_id));
+  if (it == sessions_.end() || it->second->conn == nullptr) return false;
+  Connection& c = *it->second->conn;
+  if (!serial.empty() && (c.identity() == nullptr || c.identity()->serial != serial)) return false;
+  Close(c, DisconnectReason::kAdministrative, ReasonCode::kAdministrativeAction,
+        "administrative action (certificate revoked or device suspended)");
+  return true;
+}
+
+size_t Broker::KickSerial(std::string_view tenant, std::string_view serial) {
+  std::vector<Connection*> hit;
+  for (const auto& [id, c] : conns_) {
+    const PeerIdentity* who = c->identity();
+    if (who != nullptr && who->tenant == tenant && who->serial == serial) hit.push_back(c);
+  }
+  for (Connection* c : hit) {
+    Close(*c, DisconnectReason::kAdministrative, ReasonCode::kAdministrativeAction,
+          "administrative action (certificate revoked)");
+  }
+  return hit.size();
+}
+
+int64_t Broker::LastActivityMs(std::string_view tenant, std::string_view client_id) const {
+  auto it = sessions_.find(SessionKey(tenant, client_id));
+  if (it == sessions_.end() || it->second->conn == nullptr) return -1;
+  return it->second->conn->last_rx_ms_;
 }
 
 void Broker::Accept(Connection* c) {
@@ -196,7 +264,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     keep_alive = opts_.max_keepalive;  // [MQTT-3.2.2-21] the client must use it
     server_keep_alive = true;
   }
-  ReasonCode auth = hooks_->Authenticate(ck, c.peer_);
+  ReasonCode auth = hooks_->Authenticate(ck, InfoOf(c));
   if (auth != ReasonCode::kSuccess) {
     RefuseConnect(c, auth, "auth refused by the authentication hook");
     return;
@@ -212,6 +280,18 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   }
   if (ck.will) ck.will->topic = c.mount_ + ck.will->topic;  // the tenant's namespace
   const std::string key = SessionKey(c.tenant(), c.client_id_);
+  TenantState* ts = c.identity() != nullptr ? &StateOf(c.tenant()) : nullptr;
+  if (ts != nullptr && ts->quota.max_connections != 0 && ts->connections >= ts->quota.max_connections) {
+    auto it = sessions_.find(key);
+    const bool takeover = it != sessions_.end() && it->second->conn != nullptr;
+    if (!takeover) {  // a takeover frees the slot it takes
+      stats_.quota_connections_refused++;
+      FMQ_LOG_WARN("client '%s' of tenant '%s' refused: tenant at max_connections %u", c.client_id_.c_str(),
+                   c.tenant().c_str(), ts->quota.max_connections);
+      RefuseConnect(c, ReasonCode::kQuotaExceeded, "quota tenant max_connections reached");
+      return;
+    }
+  }
   // Takeover [MQTT-3.1.4-3]: the existing connection is closed first.
   if (auto it = sessions_.find(key); it != sessions_.end() && it->second->conn) {
     stats_.takeovers++;
@@ -283,6 +363,10 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     }
   }
   c.Write(ack);
+  if (ts != nullptr) {
+    ts->connections++;
+    c.tenant_state_ = ts;
+  }
   stats_.clients_connected++;
   stats_.clients_maximum = std::max(stats_.clients_maximum, stats_.clients_connected);
   if (keep_alive > 0) {
@@ -357,6 +441,11 @@ void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const cha
   conns_.erase(c.id());
   if (connected) {
     stats_.clients_connected--;
+    if (c.tenant_state_ != nullptr) {
+      static_cast<TenantState*>(c.tenant_state_)->connections--;
+      c.tenant_state_ = nullptr;
+    }
+    if (why == DisconnectReason::kAdministrative) stats_.admin_disconnects++;
     Session* s = c.session_;
     s->conn = nullptr;
     c.session_ = nullptr;

@@ -58,6 +58,10 @@ class Broker {
   // Returns the number of sessions it matched.
   size_t PublishInternal(std::string topic, std::string payload, bool retain, uint8_t qos = 0);
 
+  // A reply to a request/response client (management replies): QoS 1,
+  // content type application/json, the request's correlation data.
+  size_t PublishReply(std::string topic, std::string payload, std::string_view correlation);
+
   // Start-up: a session read back from storage (offline for `offline_ms`),
   // with its subscriptions, inflight and queued messages and QoS 2 ids.
   void RestoreSession(std::unique_ptr<Session> s, int64_t offline_ms);
@@ -66,6 +70,30 @@ class Broker {
   // Topic ACLs for clients with a certificate identity (default: the
   // default device policy). The policy must outlive the broker.
   void SetAcl(const AclPolicy* acl) { acl_ = acl; }
+
+  // Management actions (loop thread). Closes the connection of (tenant,
+  // client id) with DISCONNECT 0x98 (v5); when `serial` is given, only if it
+  // authenticated with that certificate. Returns whether one was closed.
+  bool Kick(std::string_view tenant, std::string_view client_id, std::string_view serial = {});
+  // Closes every connection of `tenant` that authenticated with `serial`
+  // (revocation of a certificate not bound to a device id). O(connections):
+  // an administrative path, never per message.
+  size_t KickSerial(std::string_view tenant, std::string_view serial);
+  // Monotonic ms of the last packet of the connected (tenant, client id),
+  // or -1 when it is not connected.
+  int64_t LastActivityMs(std::string_view tenant, std::string_view client_id) const;
+
+  // Per-tenant quotas (0 = unlimited). The default applies to tenants
+  // without their own. Connections over max_connections get CONNACK 0x97;
+  // PUBLISHes over max_publish_rate (a token bucket with one second of
+  // burst) get PUBACK/PUBREC 0x97 (v5) or are dropped (3.1.1, QoS 0).
+  struct TenantQuota {
+    uint32_t max_connections = 0;
+    uint32_t max_publish_rate = 0;  // messages per second
+  };
+  void SetDefaultQuota(TenantQuota q) { default_quota_ = q; }
+  void SetTenantQuota(const std::string& tenant, TenantQuota q);
+  uint32_t TenantConnections(std::string_view tenant) const;
 
   const BrokerStats& stats() const { return stats_; }
   // The net layer stopped reading a connection whose output is not draining.
@@ -124,8 +152,20 @@ class Broker {
   // $SYS (sys.cc).
   void PublishSys(int64_t now);
 
+  struct TenantState {
+    TenantQuota quota;
+    bool own_quota = false;  // set by SetTenantQuota, else follows the default
+    uint32_t connections = 0;
+    double tokens = 0;
+    int64_t refill_ms = 0;
+  };
+  TenantState& StateOf(const std::string& tenant);
+  bool TakePublishToken(TenantState& t);
+
   BrokerOptions opts_;
   const Clock* clock_;
+  TenantQuota default_quota_;
+  StringMap<std::unique_ptr<TenantState>> tenants_;
   Persistence* persistence_;
   AclPolicy default_acl_;
   const AclPolicy* acl_ = &default_acl_;

@@ -82,6 +82,7 @@ class Connection {
   std::string username_;
   std::unique_ptr<PeerIdentity> identity_;  // null on plain TCP
   std::string mount_;
+  void* tenant_state_ = nullptr;  // Broker::TenantState while connected (not anonymous)
   Session* session_ = nullptr;
   uint16_t keep_alive_s_ = 0;
   int64_t last_rx_ms_ = 0;

@@ -31,6 +31,8 @@ struct PeerIdentity {
   std::string tenant;
   std::string name;  // device id or operator name
   bool device = true;
+  bool admin = false;   // platform admin (tenant commands); never a device
+  std::string serial;   // certificate serial, lowercase hex (live revocation)
 };
 
 struct ClientInfo {
@@ -40,13 +42,16 @@ struct ClientInfo {
   std::string_view peer;  // "ip:port"
   mqtt::Version version = mqtt::Version::kV5;
   std::string_view tenant;  // empty: anonymous (plain TCP)
+  const PeerIdentity* identity = nullptr;  // null: anonymous (plain TCP)
 };
 
 class BrokerHooks {
  public:
   virtual ~BrokerHooks() = default;
   // Decides a CONNECT; return kSuccess to accept, or the reason to refuse.
-  virtual mqtt::ReasonCode Authenticate(const mqtt::Connect&, std::string_view /*peer*/) {
+  // `info` carries the certificate identity and the client id as it will be
+  // used (bound to the certificate for devices).
+  virtual mqtt::ReasonCode Authenticate(const mqtt::Connect&, const ClientInfo& /*info*/) {
     return mqtt::ReasonCode::kSuccess;
   }
   virtual void OnConnected(const ClientInfo&) {}

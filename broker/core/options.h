@@ -56,6 +56,9 @@ struct BrokerOptions {
   // Topic prefix reserved for management commands; PUBLISHes under it go to
   // the management hooks, never to subscribers.
   std::string control_prefix = "$SYS/fleetmq/control/";
+  // Default per-tenant quotas (0 = unlimited); see Broker::TenantQuota.
+  uint32_t quota_max_connections = 0;
+  uint32_t quota_max_publish_rate = 0;
 };
 
 }  // namespace fmq

@@ -157,6 +157,12 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     a.reason = rc;
     AckWhenDurable(c, std::move(a));  // [MQTT-4.3.2-2] acked once stored
   };
+  if (c.tenant_state_ != nullptr && !TakePublishToken(*static_cast<TenantState*>(c.tenant_state_))) {
+    stats_.quota_publish_refused++;
+    FMQ_LOG_DEBUG("client '%s' publish refused: tenant over max_publish_rate", c.client_id_.c_str());
+    reply(ReasonCode::kQuotaExceeded);  // 3.1.1: acknowledged and dropped
+    return;
+  }
   if (p.qos > 0 && persistence_ != nullptr && !persistence_->healthy()) {
     stats_.publish_refused_storage++;
     if (!v5) {
@@ -275,6 +281,21 @@ size_t Broker::PublishInternal(std::string topic, std::string payload, bool reta
   m->payload = std::move(payload);
   m->retain = retain;
   m->qos = qos;
+  return Route(m);
+}
+
+size_t Broker::PublishReply(std::string topic, std::string payload, std::string_view correlation) {
+  auto m = std::make_shared<Message>();
+  m->topic = std::move(topic);
+  m->payload = std::move(payload);
+  m->qos = 1;
+  m->props.content_type = "application/json";
+  m->props.Mark(PropertyId::kContentType);
+  if (!correlation.empty()) {
+    m->props.correlation_data.assign(correlation);
+    m->props.Mark(PropertyId::kCorrelationData);
+  }
+  SealMessage(m.get());
   return Route(m);
 }
 

@@ -19,9 +19,19 @@ bool InternalFilter(const Connection& c, const std::string& filter, std::string*
   mqtt::ParseShared(filter, &sf);
   std::string_view inner = sf.shared ? sf.filter : std::string_view(filter);
   if (!inner.empty() && inner[0] == '$') {
-    // Tenants read no '$' topics ($SYS is broker-wide); anonymous clients
-    // may read $SYS but never a tenant's mount.
-    if (!c.mount().empty() || inner.substr(0, 3) == "$T/") return false;
+    // Tenants read no broker-wide '$' topics; anonymous clients may read
+    // $SYS but never a tenant's mount. A tenant's operators may read the
+    // tenant's own management topics (events, CRL) and their own control
+    // replies, all inside the tenant's mount (doc/admin-api.md).
+    if (inner.substr(0, 3) == "$T/") return false;
+    if (!c.mount().empty()) {
+      const PeerIdentity* who = c.identity();
+      if (who == nullptr || who->device) return false;
+      const std::string own_reply = "$SYS/fleetmq/control/v1/reply/" + c.client_id();
+      const bool ok = inner.substr(0, 20) == "$SYS/fleetmq/events/" || inner.substr(0, 17) == "$SYS/fleetmq/crl/" ||
+                      inner == own_reply;
+      if (!ok || sf.shared) return false;
+    }
   }
   if (sf.shared) {
     *out = "$share/" + std::string(sf.group) + "/" + c.mount() + std::string(inner);

@@ -23,6 +23,9 @@ void Broker::PublishSys(int64_t now) {
   pub("connections/takeovers", stats_.takeovers);
   pub("connections/reads_paused", stats_.reads_paused);
   pub("connections/tls_refused", stats_.tls_refused);
+  pub("connections/quota_refused", stats_.quota_connections_refused);
+  pub("connections/admin_disconnects", stats_.admin_disconnects);
+  pub("publish/messages/quota_refused", stats_.quota_publish_refused);
   pub("connections/connect_timeouts", stats_.connect_timeouts);
   pub("connections/keepalive_timeouts", stats_.keepalive_timeouts);
   pub("errors/protocol", stats_.protocol_errors);

@@ -122,7 +122,8 @@ class TcpClient final : public Transport {
     }
     if (tls_->state() == tls::TlsSession::State::kOpen && conn_.identity() == nullptr) {
       const pki::Identity& id = tls_->identity();
-      conn_.set_identity(PeerIdentity{id.tenant, id.name, id.role == pki::Role::kDevice});
+      conn_.set_identity(PeerIdentity{id.tenant, id.name, id.role == pki::Role::kDevice,
+                                      id.role == pki::Role::kAdmin, tls_->peer_serial()});
     }
     std::string plain = tls_->TakePlaintext();
     if (!plain.empty()) conn_.OnBytes(plain);
@@ -224,8 +225,10 @@ Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHoo
 
 void Server::SetStorageHooks(std::function<void()> turn_end, std::function<void()> wake) {
   turn_end_hook_ = std::move(turn_end);
-  wake_hook_ = std::move(wake);
+  wake_hooks_.push_back(std::move(wake));
 }
+
+void Server::AddWakeHook(std::function<void()> wake) { wake_hooks_.push_back(std::move(wake)); }
 
 std::function<void()> Server::Notifier() {
   return [this] { uv_async_send(&wake_); };
@@ -233,7 +236,7 @@ std::function<void()> Server::Notifier() {
 
 void Server::OnWake(uv_async_t* a) {
   auto* self = static_cast<Server*>(a->data);
-  if (self->wake_hook_) self->wake_hook_();
+  for (auto& hook : self->wake_hooks_) hook();
 }
 
 Server::~Server() {

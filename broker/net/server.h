@@ -60,6 +60,9 @@ class Server {
   // loop thread after Notifier() was called from any thread.
   void SetStorageHooks(std::function<void()> turn_end, std::function<void()> wake);
   std::function<void()> Notifier();
+  // Another function run on the loop thread after Notifier() (management
+  // modules' completions). Before Run().
+  void AddWakeHook(std::function<void()> wake);
 
   // TLS context for the TLS listeners (owned by the caller).
   void SetTls(tls::TlsServerContext* ctx) { tls_ = ctx; }
@@ -99,7 +102,7 @@ class Server {
   uv_signal_t sigterm_;
   uv_async_t wake_;
   std::function<void()> turn_end_hook_;
-  std::function<void()> wake_hook_;
+  std::vector<std::function<void()>> wake_hooks_;
   uint32_t handshaking_ = 0;
   uint64_t flood_logged_ = 0;
   std::vector<TcpClient*> dirty_;

@@ -82,6 +82,13 @@ TlsServerContext::~TlsServerContext() {
   mbedtls_entropy_free(&entropy_);
 }
 
+absl::Status TlsServerContext::AddTrustedCa(std::string_view ca_pem) {
+  std::string pem(ca_pem);  // mbedTLS wants the terminating NUL counted
+  int rc = mbedtls_x509_crt_parse(&trust_, reinterpret_cast<const unsigned char*>(pem.c_str()), pem.size() + 1);
+  if (rc != 0) return absl::InvalidArgumentError("CA certificate: " + pki::MbedError(rc));
+  return absl::OkStatus();
+}
+
 void TlsServerContext::Revoke(std::string_view tenant, std::string_view serial) { revoked_.insert(Key(tenant, serial)); }
 void TlsServerContext::Unrevoke(std::string_view tenant, std::string_view serial) { revoked_.erase(Key(tenant, serial)); }
 bool TlsServerContext::IsRevoked(std::string_view tenant, std::string_view serial) const {
@@ -154,7 +161,7 @@ bool TlsSession::CheckPeer() {
     Fail("client certificate: " + std::string(id.status().message()));
     return false;
   }
-  if (id->role != pki::Role::kDevice && id->role != pki::Role::kOperator) {
+  if (id->role != pki::Role::kDevice && id->role != pki::Role::kOperator && id->role != pki::Role::kAdmin) {
     Fail("client certificate role '" + std::string(pki::RoleName(id->role)) + "' may not connect");
     return false;
   }
@@ -169,7 +176,12 @@ bool TlsSession::CheckPeer() {
     }
   }
   auto issuer_id = issuer ? pki::IdentityOf(*issuer) : absl::StatusOr<pki::Identity>(absl::NotFoundError("unknown issuer"));
-  if (!issuer_id.ok() || issuer_id->role != pki::Role::kTenantCa || issuer_id->tenant != id->tenant) {
+  // A platform admin is issued by the root itself, under the reserved tenant.
+  const bool issuer_ok =
+      issuer_id.ok() && (id->role == pki::Role::kAdmin
+                             ? issuer_id->role == pki::Role::kRootCa && id->tenant == pki::kPlatformTenant
+                             : issuer_id->role == pki::Role::kTenantCa && issuer_id->tenant == id->tenant);
+  if (!issuer_ok) {
     Fail("certificate of tenant '" + id->tenant + "' is not issued by that tenant's CA");
     return false;
   }

@@ -47,6 +47,10 @@ class TlsServerContext {
   void Unrevoke(std::string_view tenant, std::string_view serial_hex);
   bool IsRevoked(std::string_view tenant, std::string_view serial_hex) const;
 
+  // Trusts one more tenant CA (a tenant created at run time). Appends to the
+  // chain the config already points at; handshakes in progress keep theirs.
+  absl::Status AddTrustedCa(std::string_view ca_pem);
+
   TlsCounters& counters() { return counters_; }
   mbedtls_ssl_config* config() { return &conf_; }
 

@@ -159,6 +159,7 @@ std::string_view RoleName(Role r) {
     case Role::kServer: return "server";
     case Role::kTenantCa: return "tenant-ca";
     case Role::kRootCa: return "root-ca";
+    case Role::kAdmin: return "admin";
   }
   return "unknown";
 }
@@ -410,7 +411,7 @@ absl::StatusOr<Identity> IdentityOf(const mbedtls_x509_crt& crt) {
     else if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_ORG_UNIT, &n->oid) == 0) role = v;
     else if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_ORGANIZATION, &n->oid) == 0) id.tenant = v;
   }
-  for (Role r : {Role::kDevice, Role::kOperator, Role::kServer, Role::kTenantCa, Role::kRootCa}) {
+  for (Role r : {Role::kDevice, Role::kOperator, Role::kServer, Role::kTenantCa, Role::kRootCa, Role::kAdmin}) {
     if (role == RoleName(r)) {
       id.role = r;
       if (id.name.empty()) return absl::InvalidArgumentError("certificate subject has no CN");

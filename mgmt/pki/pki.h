@@ -55,7 +55,10 @@ class Key {
   std::unique_ptr<mbedtls_pk_context> pk_;
 };
 
-enum class Role : uint8_t { kDevice, kOperator, kServer, kTenantCa, kRootCa };
+// kAdmin: a platform administrator (tenant commands), issued by the root CA
+// with O=_platform (tenant ids never start with '_').
+enum class Role : uint8_t { kDevice, kOperator, kServer, kTenantCa, kRootCa, kAdmin };
+inline constexpr const char* kPlatformTenant = "_platform";
 std::string_view RoleName(Role r);
 
 // Who a certificate is for. The DN is CN=<name>, OU=<role>, O=<tenant>.
@@ -95,8 +98,8 @@ class CertificateAuthority {
   // CSR must match `who` (a CSR cannot claim another device or tenant).
   absl::StatusOr<Certificate> IssueFromCsr(Rng& rng, std::string_view csr, const Subject& who,
                                            int64_t now_ms, int64_t validity_ms = kDeviceValidity);
-  // Issues with a freshly generated key (server and operator certificates
-  // made at first run). `dns_names` go into the SAN of server certificates.
+  // Issues with a freshly generated key (server, operator and platform
+  // admin certificates made at first run; admins only from the root). `dns_names` go into the SAN of server certificates.
   absl::StatusOr<Certificate> IssueWithNewKey(Rng& rng, const Subject& who, int64_t now_ms, int64_t validity_ms,
                                               std::string* key_pem, const std::vector<std::string>& dns_names = {});
 

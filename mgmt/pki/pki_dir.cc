@@ -36,6 +36,35 @@ std::string ReadFile(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+absl::Status WriteFileAtomic(const std::string& path, const std::string& data, mode_t mode) {
+  const std::string tmp = path + ".tmp";
+  if (absl::Status s = Write(tmp, data, mode); !s.ok()) return s;
+  if (rename(tmp.c_str(), path.c_str()) != 0) return absl::UnavailableError("cannot rename " + tmp);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> EnsureTenantCa(const std::string& dir, const std::string& tenant, int64_t now_ms) {
+  const std::string tdir = dir + "/tenants/" + tenant;
+  for (const std::string& d : {dir + "/tenants", tdir}) {
+    if (mkdir(d.c_str(), 0700) != 0 && errno != EEXIST) return absl::UnavailableError("cannot create " + d);
+  }
+  if (!Exists(tdir + "/ca.crt")) {
+    Rng rng;
+    if (!rng.status().ok()) return rng.status();
+    auto root = LoadCa(dir + "/root.crt", dir + "/root.key");
+    if (!root.ok()) return root.status();
+    auto ca = root->CreateTenantCa(rng, tenant, now_ms);
+    if (!ca.ok()) return ca.status();
+    auto key = ca->key_pem();
+    if (!key.ok()) return key.status();
+    // Key first: a crash in between leaves no certificate without its key.
+    if (auto s = WriteFileAtomic(tdir + "/ca.key", *key, 0600); !s.ok()) return s;
+    if (auto s = WriteFileAtomic(tdir + "/chain.pem", ca->cert().pem + root->cert().pem, 0644); !s.ok()) return s;
+    if (auto s = WriteFileAtomic(tdir + "/ca.crt", ca->cert().pem, 0644); !s.ok()) return s;
+  }
+  return ReadFile(tdir + "/ca.crt");
+}
+
 absl::StatusOr<PkiFiles> EnsurePki(const std::string& dir, const std::string& tenant, const std::string& server_name,
                                    int64_t now_ms) {
   PkiFiles f;
@@ -45,6 +74,8 @@ absl::StatusOr<PkiFiles> EnsurePki(const std::string& dir, const std::string& te
   f.server_key = dir + "/server.key";
   f.operator_crt = dir + "/operator.crt";
   f.operator_key = dir + "/operator.key";
+  f.admin_crt = dir + "/admin.crt";
+  f.admin_key = dir + "/admin.key";
   const std::string tdir = dir + "/tenants/" + tenant;
   for (const std::string& d : {dir, dir + "/tenants", tdir}) {
     if (mkdir(d.c_str(), 0700) != 0 && errno != EEXIST) return absl::UnavailableError("cannot create " + d);
@@ -61,15 +92,7 @@ absl::StatusOr<PkiFiles> EnsurePki(const std::string& dir, const std::string& te
   }
   auto root = LoadCa(f.root_crt, dir + "/root.key");
   if (!root.ok()) return root.status();
-  if (!Exists(tdir + "/ca.crt")) {
-    auto ca = root->CreateTenantCa(rng, tenant, now_ms);
-    if (!ca.ok()) return ca.status();
-    auto key = ca->key_pem();
-    if (!key.ok()) return key.status();
-    if (auto s = Write(tdir + "/ca.crt", ca->cert().pem, 0644); !s.ok()) return s;
-    if (auto s = Write(tdir + "/ca.key", *key, 0600); !s.ok()) return s;
-    if (auto s = Write(tdir + "/chain.pem", ca->cert().pem + root->cert().pem, 0644); !s.ok()) return s;
-  }
+  if (auto st = EnsureTenantCa(dir, tenant, now_ms); !st.ok()) return st.status();
   auto ca = LoadCa(tdir + "/ca.crt", tdir + "/ca.key");
   if (!ca.ok()) return ca.status();
   struct Leaf {
@@ -86,6 +109,13 @@ absl::StatusOr<PkiFiles> EnsurePki(const std::string& dir, const std::string& te
     if (!cert.ok()) return cert.status();
     if (auto s = Write(l.crt, cert->pem + ca->cert().pem, 0644); !s.ok()) return s;
     if (auto s = Write(l.key, key, 0600); !s.ok()) return s;
+  }
+  if (!Exists(f.admin_crt)) {
+    std::string key;
+    auto cert = root->IssueWithNewKey(rng, Subject{kPlatformTenant, "admin", Role::kAdmin}, now_ms, kDeviceValidity, &key);
+    if (!cert.ok()) return cert.status();
+    if (auto s = Write(f.admin_crt, cert->pem, 0644); !s.ok()) return s;
+    if (auto s = Write(f.admin_key, key, 0600); !s.ok()) return s;
   }
   if (DIR* d = opendir((dir + "/tenants").c_str())) {
     while (dirent* e = readdir(d)) {

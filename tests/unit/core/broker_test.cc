@@ -756,7 +756,7 @@ TEST_CASE("payload format indicator 1 with invalid UTF-8 gets PUBACK 0x99") {
 }
 
 struct DenyHooks : BrokerHooks {
-  mqtt::ReasonCode Authenticate(const mqtt::Connect& c, std::string_view) override {
+  mqtt::ReasonCode Authenticate(const mqtt::Connect& c, const ClientInfo&) override {
     return c.username && *c.username == "bad" ? ReasonCode::kNotAuthorized : ReasonCode::kSuccess;
   }
   mqtt::ReasonCode OnControlPublish(const ClientInfo& who, const Message& m) override {

@@ -1,0 +1,281 @@
+#include "broker/modules/admin_module.h"
+
+#include <nlohmann/json.hpp>
+
+#include "broker/mqtt/topic.h"
+#include "common/log.h"
+
+namespace fmq {
+
+using mqtt::ReasonCode;
+
+namespace {
+
+admin::Role RoleOf(const PeerIdentity& id) {
+  if (id.device) return admin::Role::kDevice;
+  return id.admin ? admin::Role::kAdmin : admin::Role::kOperator;
+}
+
+admin::Actor ActorOf(const ClientInfo& info) {
+  admin::Actor a;
+  a.tenant = info.identity->tenant;
+  a.name = info.identity->name;
+  a.role = RoleOf(*info.identity);
+  a.client_id = std::string(info.client_id);
+  return a;
+}
+
+}  // namespace
+
+AdminModule::AdminModule(admin::Service* svc, const Clock* clock, AdminModuleOptions opts)
+    : svc_(svc), clock_(clock), opts_(opts) {}
+
+AdminModule::~AdminModule() { Stop(); }
+
+void AdminModule::Attach(Broker* broker, tls::TlsServerContext* tls, std::function<void()> wake) {
+  broker_ = broker;
+  tls_ = tls;
+  wake_ = std::move(wake);
+}
+
+absl::Status AdminModule::Start() {
+  admin::Effects fx;
+  if (absl::Status s = svc_->Init(&fx); !s.ok()) return s;
+  Apply(fx);
+  thread_ = std::thread([this] { ThreadMain(); });
+  return absl::OkStatus();
+}
+
+void AdminModule::Stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string AdminModule::BlockKey(std::string_view tenant, std::string_view device) {
+  std::string k(tenant);
+  k.push_back('\0');
+  k.append(device);
+  return k;
+}
+
+bool AdminModule::IsBlocked(std::string_view tenant, std::string_view device) const {
+  return blocked_.contains(BlockKey(tenant, device));
+}
+
+void AdminModule::ThreadMain() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_ || !jobs_.empty(); });
+    if (stop_) return;
+    if (jobs_.empty()) {  // idle second: periodic duties (CRL re-signing)
+      l.unlock();
+      Completion c;
+      svc_->Tick(&c.fx);
+      if (!c.fx.empty()) Post(std::move(c));
+      l.lock();
+      continue;
+    }
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    if (std::holds_alternative<Request>(job)) --queued_requests_;
+    l.unlock();
+    if (auto* r = std::get_if<Request>(&job)) {
+      Completion c;
+      c.tenant = r->actor.tenant;
+      c.reply_topic = r->reply_topic;
+      c.correlation = r->correlation;
+      c.payload = svc_->Handle(r->actor, r->payload, &c.fx);
+      Post(std::move(c));
+    } else if (auto* ev = std::get_if<std::vector<admin::ConnEvent>>(&job)) {
+      Completion c;
+      svc_->OnConnectivity(*ev, &c.fx);
+      if (!c.fx.empty()) Post(std::move(c));
+    } else if (auto* d = std::get_if<Denied>(&job)) {
+      svc_->AuditDenied(d->actor, d->action, d->device_id, d->why);
+    }
+    l.lock();
+  }
+}
+
+void AdminModule::Post(Completion c) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    done_.push_back(std::move(c));
+  }
+  if (wake_) wake_();
+}
+
+void AdminModule::RunCompletions() {
+  std::vector<Completion> done;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    done.swap(done_);
+  }
+  for (Completion& c : done) {
+    Apply(c.fx);
+    if (!c.reply_topic.empty() && broker_ != nullptr) {
+      broker_->PublishReply(MountOf(c.tenant) + c.reply_topic, std::move(c.payload), c.correlation);
+    }
+  }
+}
+
+void AdminModule::Apply(admin::Effects& fx) {
+  for (const std::string& pem : fx.trusted_cas) {
+    if (tls_ != nullptr) {
+      if (absl::Status s = tls_->AddTrustedCa(pem); !s.ok()) {
+        FMQ_LOG_ERROR("new tenant CA not trusted: %s", std::string(s.message()).c_str());
+      }
+    }
+  }
+  // Revocations before kicks: the kicked device's reconnect already fails.
+  for (const auto& [tenant, serial] : fx.revoked) {
+    if (tls_ != nullptr) tls_->Revoke(tenant, serial);
+  }
+  for (const auto& b : fx.blocks) {
+    if (b.blocked) blocked_.insert(BlockKey(b.tenant, b.device_id));
+    else blocked_.erase(BlockKey(b.tenant, b.device_id));
+  }
+  if (broker_ == nullptr) return;
+  for (const auto& q : fx.quotas) {
+    // 0/0 in the tenant record: the broker-wide default applies.
+    if (q.max_connections != 0 || q.max_publish_rate != 0) {
+      broker_->SetTenantQuota(q.tenant, {q.max_connections, q.max_publish_rate});
+    }
+  }
+  for (const auto& k : fx.kicks) {
+    bool closed = false;
+    if (!k.device_id.empty()) closed = broker_->Kick(k.tenant, k.device_id, k.serial);
+    if (!closed && !k.serial.empty()) closed = broker_->KickSerial(k.tenant, k.serial) > 0;
+    if (closed) {
+      FMQ_LOG_INFO("tenant '%s': closed the connection of '%s' (administrative action)", k.tenant.c_str(),
+                   k.device_id.empty() ? k.serial.c_str() : k.device_id.c_str());
+    }
+  }
+  for (auto& p : fx.publishes) {
+    broker_->PublishInternal(MountOf(p.tenant) + p.topic, std::move(p.payload), p.retain);
+  }
+}
+
+mqtt::ReasonCode AdminModule::Authenticate(const mqtt::Connect&, const ClientInfo& info) {
+  if (info.identity == nullptr || !info.identity->device) return ReasonCode::kSuccess;
+  if (!IsBlocked(info.identity->tenant, info.identity->name)) return ReasonCode::kSuccess;
+  counters_.blocked_connects++;
+  FMQ_LOG_INFO("device '%s' of tenant '%s' refused: suspended or retired", info.identity->name.c_str(),
+               info.identity->tenant.c_str());
+  Denied d{ActorOf(info), "device.connect", info.identity->name, "device is suspended or retired"};
+  std::lock_guard<std::mutex> l(mu_);
+  jobs_.push_back(std::move(d));
+  cv_.notify_one();
+  return ReasonCode::kBanned;
+}
+
+void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view reason) {
+  if (info.identity == nullptr || !info.identity->device) return;
+  const int64_t now = clock_->WallMs();
+  const std::string& tenant = info.identity->tenant;
+  uint64_t seq = ++event_seq_[tenant];
+  nlohmann::json ev{{"seq", seq},
+                    {"time_ms", now},
+                    {"device_id", info.identity->name},
+                    {"event", connected ? "connected" : "disconnected"},
+                    {"peer", std::string(info.peer)}};
+  if (!connected) ev["reason"] = std::string(reason);
+  if (broker_ != nullptr) {
+    std::string topic = MountOf(tenant);
+    topic += kConnectivityTopicPrefix;
+    topic += info.identity->name;
+    broker_->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                             false);
+  }
+  if (queued_events_ >= opts_.max_queued_events) {
+    if (counters_.events_dropped++ % 10000 == 0) {
+      FMQ_LOG_WARN("connectivity events dropped: the management thread is %zu events behind", queued_events_);
+    }
+    return;
+  }
+  events_.push_back(admin::ConnEvent{tenant, info.identity->name, std::string(reason), std::string(info.peer),
+                                     connected, now});
+  if (events_.size() >= 512) FlushEvents();
+}
+
+void AdminModule::FlushEvents() {
+  if (events_.empty()) return;
+  queued_events_ += events_.size();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    jobs_.push_back(std::move(events_));
+  }
+  events_.clear();
+  cv_.notify_one();
+}
+
+void AdminModule::OnConnected(const ClientInfo& info) { Event(info, true, ""); }
+
+void AdminModule::OnDisconnected(const ClientInfo& info, DisconnectReason why) {
+  Event(info, false, DisconnectReasonName(why));
+}
+
+void AdminModule::OnTick(int64_t) {
+  FlushEvents();
+  // The thread has drained what it took; an estimate good enough for a bound.
+  std::lock_guard<std::mutex> l(mu_);
+  size_t pending = 0;
+  for (const Job& j : jobs_) {
+    if (auto* ev = std::get_if<std::vector<admin::ConnEvent>>(&j)) pending += ev->size();
+  }
+  queued_events_ = pending;
+}
+
+mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Message& m) {
+  if (info.identity == nullptr) return ReasonCode::kNotAuthorized;  // anonymous: no tenant, no admin
+  const std::string mount = MountOf(info.identity->tenant);
+  std::string_view topic(m.topic);
+  if (topic.substr(0, mount.size()) == mount) topic.remove_prefix(mount.size());
+  admin::Actor actor = ActorOf(info);
+  if (topic != kControlRequestTopic) {
+    counters_.refused_role++;
+    return ReasonCode::kTopicNameInvalid;
+  }
+  if (actor.role == admin::Role::kDevice) {
+    counters_.refused_role++;
+    FMQ_LOG_INFO("device '%s' of tenant '%s' sent an admin request: denied", actor.name.c_str(), actor.tenant.c_str());
+    std::lock_guard<std::mutex> l(mu_);
+    jobs_.push_back(Denied{std::move(actor), "request", "", "devices may not use the control topic"});
+    cv_.notify_one();
+    return ReasonCode::kNotAuthorized;
+  }
+  Request r;
+  r.actor = std::move(actor);
+  r.payload = m.payload;
+  r.correlation = m.props.Has(mqtt::PropertyId::kCorrelationData) ? m.props.correlation_data : std::string();
+  std::string own_reply = std::string(kControlReplyPrefix) + std::string(info.client_id);
+  if (info.version == mqtt::Version::kV5 && m.props.Has(mqtt::PropertyId::kResponseTopic)) {
+    const std::string& rt = m.props.response_topic;
+    // A reply may go anywhere in the tenant's own tree, but under '$' only
+    // to the requester's reply topic.
+    if (rt[0] == '$' && rt != own_reply) return ReasonCode::kTopicNameInvalid;
+    r.reply_topic = rt;
+  } else {
+    r.reply_topic = std::move(own_reply);
+  }
+  if (!mqtt::ValidateTopicName(r.reply_topic, {}).ok()) return ReasonCode::kTopicNameInvalid;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (queued_requests_ >= opts_.max_queued_requests) {
+      counters_.refused_busy++;
+      return ReasonCode::kQuotaExceeded;
+    }
+    ++queued_requests_;
+    jobs_.push_back(std::move(r));
+  }
+  counters_.requests++;
+  cv_.notify_one();
+  return ReasonCode::kSuccess;
+}
+
+}  // namespace fmq

@@ -1,0 +1,121 @@
+// The management module plugged into the broker's hooks: the admin control
+// topic, connectivity events, and the device gate at CONNECT. The hooks run
+// on the loop thread and never block: requests and connectivity events go
+// to one management thread (admin::Service: registry, PKI, audit), whose
+// replies and effects come back through a queue drained on the loop thread
+// when the server's uv_async wakes it. Topic names: doc/admin-api.md.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "broker/core/broker.h"
+#include "broker/core/hooks.h"
+#include "broker/tls/tls.h"
+#include "common/clock.h"
+#include "common/string_map.h"
+#include "mgmt/admin/service.h"
+
+namespace fmq {
+
+// Client-visible topics (inside the tenant's mount point).
+inline constexpr std::string_view kControlRequestTopic = "$SYS/fleetmq/control/v1";
+inline constexpr std::string_view kControlReplyPrefix = "$SYS/fleetmq/control/v1/reply/";
+inline constexpr std::string_view kConnectivityTopicPrefix = "$SYS/fleetmq/events/v1/connectivity/";
+
+struct AdminModuleOptions {
+  size_t max_queued_requests = 1024;    // beyond: PUBACK 0x97
+  size_t max_queued_events = 1 << 20;   // beyond: events dropped (counted, logged)
+};
+
+class AdminModule : public BrokerHooks {
+ public:
+  AdminModule(admin::Service* svc, const Clock* clock, AdminModuleOptions opts = {});
+  ~AdminModule() override;
+
+  // Before the loop runs: the broker and TLS context it acts on, and a
+  // thread-safe function that wakes the loop to call RunCompletions().
+  void Attach(Broker* broker, tls::TlsServerContext* tls, std::function<void()> wake);
+  // Runs Service::Init here (start-up, single-threaded), applies what it
+  // returns, then starts the management thread.
+  absl::Status Start();
+  void Stop();
+  // Loop thread: replies and effects of finished work.
+  void RunCompletions();
+
+  mqtt::ReasonCode Authenticate(const mqtt::Connect&, const ClientInfo& info) override;
+  void OnConnected(const ClientInfo& info) override;
+  void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
+  mqtt::ReasonCode OnControlPublish(const ClientInfo& info, const Message& m) override;
+  void OnTick(int64_t now_ms) override;
+
+  struct Counters {
+    uint64_t requests = 0;
+    uint64_t refused_busy = 0;
+    uint64_t refused_role = 0;
+    uint64_t events_dropped = 0;
+    uint64_t blocked_connects = 0;
+  };
+  const Counters& counters() const { return counters_; }
+  bool IsBlocked(std::string_view tenant, std::string_view device) const;
+
+ private:
+  struct Request {
+    admin::Actor actor;
+    std::string payload;
+    std::string reply_topic;  // client-visible
+    std::string correlation;
+  };
+  struct Denied {
+    admin::Actor actor;
+    std::string action, device_id, why;
+  };
+  using Job = std::variant<Request, std::vector<admin::ConnEvent>, Denied>;
+  struct Completion {
+    std::string tenant;
+    std::string reply_topic;  // empty: effects only
+    std::string correlation;
+    std::string payload;
+    admin::Effects fx;
+  };
+
+  void ThreadMain();
+  void Post(Completion c);
+  void Apply(admin::Effects& fx);
+  void Event(const ClientInfo& info, bool connected, std::string_view reason);
+  void FlushEvents();
+  static std::string BlockKey(std::string_view tenant, std::string_view device);
+
+  admin::Service* svc_;
+  const Clock* clock_;
+  AdminModuleOptions opts_;
+  Broker* broker_ = nullptr;
+  tls::TlsServerContext* tls_ = nullptr;
+  std::function<void()> wake_;
+
+  // Loop-thread state.
+  absl::flat_hash_set<std::string> blocked_;  // tenant \0 device
+  StringMap<uint64_t> event_seq_;             // tenant → last sequence number
+  std::vector<admin::ConnEvent> events_;      // not yet handed to the thread
+  size_t queued_events_ = 0;                  // approximate, for the bound
+  Counters counters_;
+
+  // Shared with the management thread.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  size_t queued_requests_ = 0;
+  std::vector<Completion> done_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace fmq

@@ -1,0 +1,93 @@
+// The one table of admin commands: name, required role, arguments with
+// types, a one-line summary and the handler. The dispatcher (service.cc),
+// fleetmq-admin's help and doc/admin-api.md are all generated from it.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "mgmt/admin/service.h"
+
+namespace fmq::admin {
+
+enum class ArgType : uint8_t { kString, kInt, kBool, kStringList, kObject };
+std::string_view ArgTypeName(ArgType t);
+
+struct ArgSpec {
+  const char* name;
+  ArgType type;
+  bool required;
+  const char* help;
+};
+
+// State a handler works with; the Service commits `batch` (with the audit
+// entry) after the handler returned OK, and applies `fx` only then.
+struct Service::Ctx {
+  Service& svc;
+  const Actor& actor;
+  const Json& args;
+  Json& data;
+  Effects& fx;
+  storage::WriteBatch& batch;
+  int64_t now_ms;
+  std::string device_id;       // the device the command is about (audit)
+  std::vector<std::string> crl_tenants;  // tenants whose CRL changed
+
+  storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
+  storage::Registry& reg() { return svc.registry_; }
+  const ServiceOptions& opts() const { return svc.opts_; }
+  pki::Rng& rng() { return svc.rng_; }
+  absl::StatusOr<pki::CertificateAuthority*> TenantCa(const std::string& t) { return svc.TenantCa(t); }
+  absl::StatusOr<pki::CertificateAuthority*> RootCa() { return svc.RootCa(); }
+  absl::Status CreateTenantPki(const std::string& t, std::string* ca_pem) { return svc.CreateTenantPki(t, ca_pem); }
+  const Connectivity* ConnectivityOf(std::string_view device) const {
+    return svc.ConnectivityOf(actor.tenant, device);
+  }
+
+  // Typed argument access; the dispatcher already checked types.
+  bool Has(const char* name) const { return args.contains(name); }
+  std::string Str(const char* name, std::string def = {}) const {
+    auto it = args.find(name);
+    return it == args.end() ? def : it->get<std::string>();
+  }
+  int64_t Int(const char* name, int64_t def = 0) const {
+    auto it = args.find(name);
+    return it == args.end() ? def : it->get<int64_t>();
+  }
+  bool Bool(const char* name, bool def = false) const {
+    auto it = args.find(name);
+    return it == args.end() ? def : it->get<bool>();
+  }
+  std::vector<std::string> List(const char* name) const {
+    std::vector<std::string> out;
+    auto it = args.find(name);
+    if (it != args.end()) {
+      for (const auto& v : *it) out.push_back(v.get<std::string>());
+    }
+    return out;
+  }
+};
+
+using Handler = absl::Status (*)(Service::Ctx&);
+
+struct CommandSpec {
+  const char* name;
+  Role role;      // the one role allowed to run it
+  bool mutating;  // audited, success or failure
+  const char* summary;
+  std::vector<ArgSpec> args;
+  Handler handler;
+};
+
+const std::vector<CommandSpec>& Commands();
+const CommandSpec* FindCommand(std::string_view name);
+
+// Stable error codes of replies (doc/admin-api.md lists them).
+std::string_view ErrorCodeOf(const absl::Status& s);
+
+// The command reference section of doc/admin-api.md.
+std::string CommandsMarkdown();
+
+}  // namespace fmq::admin

@@ -1,0 +1,393 @@
+#include "mgmt/admin/service.h"
+
+#include <dirent.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "mgmt/admin/commands.h"
+#include "mgmt/pki/pki_dir.h"
+
+namespace fmq::admin {
+namespace {
+
+using storage::TenantId;
+using storage::WriteBatch;
+
+Json ErrorJson(std::string_view code, std::string_view message) {
+  return Json{{"status", "error"}, {"error", Json{{"code", code}, {"message", message}}}};
+}
+
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+bool TypeOk(ArgType t, const Json& v) {
+  switch (t) {
+    case ArgType::kString: return v.is_string();
+    case ArgType::kInt: return v.is_number_integer();
+    case ArgType::kBool: return v.is_boolean();
+    case ArgType::kObject: return v.is_object();
+    case ArgType::kStringList:
+      return v.is_array() && std::all_of(v.begin(), v.end(), [](const Json& e) { return e.is_string(); });
+  }
+  return false;
+}
+
+// Deepest nesting of a JSON text, counted without parsing (strings skipped).
+size_t NestingDepth(std::string_view s) {
+  size_t depth = 0, max_depth = 0;
+  bool in_str = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (in_str) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_str = false;
+    } else if (c == '"') {
+      in_str = true;
+    } else if (c == '{' || c == '[') {
+      max_depth = std::max(max_depth, ++depth);
+    } else if ((c == '}' || c == ']') && depth > 0) {
+      --depth;
+    }
+  }
+  return max_depth;
+}
+
+}  // namespace
+
+std::string_view RoleName(Role r) {
+  switch (r) {
+    case Role::kDevice: return "device";
+    case Role::kOperator: return "operator";
+    case Role::kAdmin: return "platform admin";
+  }
+  return "?";
+}
+
+std::string Actor::Label() const {
+  return std::string(role == Role::kAdmin ? "admin:" : role == Role::kOperator ? "operator:" : "device:") + name;
+}
+
+Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
+    : kv_(kv), clock_(clock), opts_(std::move(opts)), registry_(kv) {}
+
+Service::~Service() = default;
+
+absl::StatusOr<pki::CertificateAuthority*> Service::RootCa() {
+  if (!root_) {
+    auto ca = pki::CertificateAuthority::Load(pki::ReadFile(opts_.pki_dir + "/root.crt"),
+                                              pki::ReadFile(opts_.pki_dir + "/root.key"));
+    if (!ca.ok()) return absl::InternalError("root CA: " + std::string(ca.status().message()));
+    root_ = std::make_unique<pki::CertificateAuthority>(std::move(*ca));
+  }
+  return root_.get();
+}
+
+absl::StatusOr<pki::CertificateAuthority*> Service::TenantCa(const std::string& tenant) {
+  auto it = cas_.find(tenant);
+  if (it != cas_.end()) return it->second.get();
+  const std::string dir = opts_.pki_dir + "/tenants/" + tenant;
+  auto ca = pki::CertificateAuthority::Load(pki::ReadFile(dir + "/ca.crt"), pki::ReadFile(dir + "/ca.key"));
+  if (!ca.ok()) return absl::InternalError("CA of tenant '" + tenant + "': " + std::string(ca.status().message()));
+  auto* p = new pki::CertificateAuthority(std::move(*ca));
+  cas_[tenant].reset(p);
+  return p;
+}
+
+absl::Status Service::CreateTenantPki(const std::string& tenant, std::string* ca_pem) {
+  auto pem = pki::EnsureTenantCa(opts_.pki_dir, tenant, clock_->WallMs());
+  if (!pem.ok()) return absl::InternalError("tenant CA: " + std::string(pem.status().message()));
+  *ca_pem = *pem;
+  return absl::OkStatus();
+}
+
+absl::Status Service::RegenerateCrl(const std::string& tenant, Effects* fx) {
+  auto ca = TenantCa(tenant);
+  if (!ca.ok()) return ca.status();
+  std::vector<pki::Revoked> revoked;
+  const TenantId t = TenantId::FromAuthenticated(tenant);
+  absl::Status s = registry_.ForEachRevoked(
+      [&](std::string_view, const fb::CertificateT& c) { revoked.push_back({c.serial, c.revoked_at_ms}); }, &t);
+  if (!s.ok()) return s;
+  const int64_t now = clock_->WallMs();
+  // CRL numbers only grow: seconds since the epoch, bumped past the last.
+  uint64_t number = static_cast<uint64_t>(now / 1000);
+  auto crl = (*ca)->WriteCrl(rng_, revoked, number, now, now + opts_.crl_validity_ms);
+  if (!crl.ok()) return crl.status();
+  const std::string path = opts_.pki_dir + "/tenants/" + tenant + "/crl.der";
+  if (absl::Status w = pki::WriteFileAtomic(path, *crl, 0644); !w.ok()) return w;
+  crl_signed_at_[tenant] = now;
+  fx->publishes.push_back({tenant, "$SYS/fleetmq/crl/v1", *crl, true});
+  FMQ_LOG_INFO("CRL of tenant '%s' written (%zu revoked) to %s", tenant.c_str(), revoked.size(), path.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status Service::Init(Effects* fx) {
+  if (!rng_.status().ok()) return rng_.status();
+  std::vector<std::string> tenants;
+  if (DIR* d = opendir((opts_.pki_dir + "/tenants").c_str())) {
+    while (dirent* e = readdir(d)) {
+      std::string name = e->d_name;
+      if (name != "." && name != "..") tenants.push_back(name);
+    }
+    closedir(d);
+  }
+  std::sort(tenants.begin(), tenants.end());
+  WriteBatch b;
+  for (const std::string& name : tenants) {
+    const TenantId t = TenantId::FromAuthenticated(name);
+    fb::TenantT rec;
+    absl::Status g = registry_.GetTenant(t, &rec);
+    if (absl::IsNotFound(g)) {  // a CA made by the first run or fleetmq-pki
+      rec.tenant_id = name;
+      rec.name = name;
+      rec.created_at_ms = clock_->WallMs();
+      registry_.PutTenant(t, rec, &b);
+    } else if (!g.ok()) {
+      return g;
+    }
+    fx->quotas.push_back({name, rec.max_connections, rec.max_publish_rate});
+    if (absl::Status s = RegenerateCrl(name, fx); !s.ok()) {
+      FMQ_LOG_ERROR("CRL of tenant '%s' not written: %s", name.c_str(), std::string(s.message()).c_str());
+    }
+    for (auto st : {fb::DeviceStatus::Suspended, fb::DeviceStatus::Decommissioned, fb::DeviceStatus::Replaced}) {
+      storage::DeviceFilter f;
+      f.status = st;
+      std::string cursor;
+      do {
+        storage::Page<fb::DeviceT> page;
+        if (absl::Status s = registry_.ListDevices(t, f, cursor, 1000, &page); !s.ok()) return s;
+        for (const auto& d : page.items) fx->blocks.push_back({name, d.device_id, true});
+        cursor = page.next_cursor;
+      } while (!cursor.empty());
+    }
+  }
+  if (!b.empty()) return registry_.Commit(b);
+  return absl::OkStatus();
+}
+
+std::string Service::Handle(const Actor& actor, std::string_view request, Effects* fx) {
+  if (request.size() > opts_.max_request_bytes) {
+    AuditDenied(actor, "request", "", "request larger than max_request_bytes");
+    return Dump(ErrorJson("too_large", "request of " + std::to_string(request.size()) + " bytes exceeds the limit of " +
+                                           std::to_string(opts_.max_request_bytes)));
+  }
+  if (NestingDepth(request) > 32) return Dump(ErrorJson("bad_request", "JSON nested deeper than 32 levels"));
+  Json req = Json::parse(request, nullptr, /*allow_exceptions=*/false);
+  if (req.is_discarded()) return Dump(ErrorJson("bad_request", "request is not valid JSON"));
+  if (!req.is_object()) return Dump(ErrorJson("bad_request", "request must be a JSON object"));
+  auto cmds = req.find("commands");
+  if (cmds == req.end() || !cmds->is_array() || cmds->empty()) {
+    return Dump(ErrorJson("bad_request", "request needs a non-empty \"commands\" array"));
+  }
+  if (cmds->size() > opts_.max_commands) {
+    return Dump(ErrorJson("too_large", "at most " + std::to_string(opts_.max_commands) + " commands per request"));
+  }
+  Json responses = Json::array();
+  for (const Json& cmd : *cmds) responses.push_back(RunOne(actor, cmd, fx));
+  return Dump(Json{{"responses", responses}});
+}
+
+Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
+  if (!cmd.is_object()) return ErrorJson("bad_request", "each command must be a JSON object");
+  auto name_it = cmd.find("command");
+  if (name_it == cmd.end() || !name_it->is_string()) {
+    return ErrorJson("bad_request", "each command needs a \"command\" string");
+  }
+  const std::string name = name_it->get<std::string>();
+  Json reply;
+  auto finish = [&](Json r) {
+    r["command"] = name;
+    if (auto id = cmd.find("id"); id != cmd.end() && (id->is_string() || id->is_number_integer())) r["id"] = *id;
+    return r;
+  };
+  const CommandSpec* spec = FindCommand(name);
+  if (spec == nullptr) return finish(ErrorJson("unknown_command", "unknown command '" + name + "'"));
+  if (spec->role != actor.role) {
+    const std::string why = "command '" + name + "' needs the " + std::string(RoleName(spec->role)) +
+                            " role; the certificate is a " + std::string(RoleName(actor.role));
+    AuditDenied(actor, name, cmd.contains("device_id") && cmd["device_id"].is_string() ? cmd["device_id"].get<std::string>() : "",
+                why);
+    return finish(ErrorJson("forbidden", why));
+  }
+  Json args = Json::object();
+  for (auto it = cmd.begin(); it != cmd.end(); ++it) {
+    if (it.key() == "command" || it.key() == "id") continue;
+    const ArgSpec* a = nullptr;
+    for (const auto& s : spec->args) {
+      if (it.key() == s.name) a = &s;
+    }
+    if (a == nullptr) return finish(ErrorJson("invalid_argument", "unknown argument '" + it.key() + "' for " + name));
+    if (!TypeOk(a->type, it.value())) {
+      return finish(ErrorJson("invalid_argument",
+                              "argument '" + it.key() + "' must be a " + std::string(ArgTypeName(a->type))));
+    }
+    args[it.key()] = it.value();
+  }
+  for (const auto& a : spec->args) {
+    if (a.required && !args.contains(a.name)) {
+      return finish(ErrorJson("missing_argument", "missing argument '" + std::string(a.name) + "' for " + name));
+    }
+  }
+  Json data = Json::object();
+  Effects local;
+  WriteBatch batch;
+  const int64_t now = clock_->WallMs();
+  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}};
+  absl::Status st = spec->handler(ctx);
+  if (!spec->mutating) {
+    if (!st.ok()) return finish(ErrorJson(ErrorCodeOf(st), std::string(st.message())));
+    return finish(Json{{"status", "ok"}, {"data", data}});
+  }
+  // Audited: the entry travels in the change's batch; a failed command
+  // writes its entry alone.
+  if (!st.ok()) batch.Clear();
+  Json details = args;
+  if (details.contains("csr")) details["csr"] = "<" + std::to_string(args["csr"].get<std::string>().size()) + " bytes>";
+  fb::AuditEntryT e;
+  e.time_ms = now;
+  e.actor = actor.Label();
+  e.action = name;
+  e.device_id = ctx.device_id;
+  e.details_json = Dump(details);
+  e.result = st.ok() ? "ok" : std::string(ErrorCodeOf(st)) + ": " + std::string(st.message());
+  const TenantId t = TenantId::FromAuthenticated(actor.tenant);
+  absl::Status a = registry_.AppendAudit(t, std::move(e), &batch);
+  if (a.ok()) a = registry_.Commit(batch);
+  if (!a.ok()) {
+    registry_.ForgetAuditHead(t);
+    if (name == "tenant.create" && args.contains("tenant_id")) {
+      registry_.ForgetAuditHead(TenantId::FromAuthenticated(args["tenant_id"].get<std::string>()));
+    }
+    FMQ_LOG_ERROR("admin %s by %s not committed: %s", name.c_str(), actor.Label().c_str(),
+                  std::string(a.message()).c_str());
+    return finish(ErrorJson("storage_error", "not committed: " + std::string(a.message())));
+  }
+  if (!st.ok()) return finish(ErrorJson(ErrorCodeOf(st), std::string(st.message())));
+  std::sort(ctx.crl_tenants.begin(), ctx.crl_tenants.end());
+  ctx.crl_tenants.erase(std::unique(ctx.crl_tenants.begin(), ctx.crl_tenants.end()), ctx.crl_tenants.end());
+  for (const auto& tn : ctx.crl_tenants) {
+    if (absl::Status c = RegenerateCrl(tn, &local); !c.ok()) {
+      FMQ_LOG_ERROR("CRL of tenant '%s' not regenerated: %s", tn.c_str(), std::string(c.message()).c_str());
+    }
+  }
+  auto append = [](auto& to, auto& from) { to.insert(to.end(), from.begin(), from.end()); };
+  append(fx->kicks, local.kicks);
+  append(fx->revoked, local.revoked);
+  append(fx->blocks, local.blocks);
+  append(fx->quotas, local.quotas);
+  append(fx->trusted_cas, local.trusted_cas);
+  append(fx->publishes, local.publishes);
+  return finish(Json{{"status", "ok"}, {"data", data}});
+}
+
+void Service::AuditDenied(const Actor& actor, std::string_view action, std::string_view device_id,
+                          std::string_view why) {
+  if (actor.tenant.empty()) return;  // anonymous clients have no tenant log
+  WriteBatch b;
+  fb::AuditEntryT e;
+  e.time_ms = clock_->WallMs();
+  e.actor = actor.Label();
+  e.action = std::string(action);
+  e.device_id = std::string(device_id);
+  e.result = "denied: " + std::string(why);
+  const TenantId t = TenantId::FromAuthenticated(actor.tenant);
+  absl::Status s = registry_.AppendAudit(t, std::move(e), &b);
+  if (s.ok()) s = registry_.Commit(b);
+  if (!s.ok()) {
+    registry_.ForgetAuditHead(t);
+    FMQ_LOG_ERROR("audit of a denied %.*s not written: %s", static_cast<int>(action.size()), action.data(),
+                  std::string(s.message()).c_str());
+  }
+}
+
+const Connectivity* Service::ConnectivityOf(const std::string& tenant, std::string_view device_id) const {
+  auto t = conn_.find(tenant);
+  if (t == conn_.end()) return nullptr;
+  auto d = t->second.find(device_id);
+  return d == t->second.end() ? nullptr : &d->second;
+}
+
+void Service::OnConnectivity(const std::vector<ConnEvent>& events, Effects* fx) {
+  (void)fx;
+  WriteBatch b;
+  struct Pending {
+    fb::DeviceT rec;
+    std::string tenant;
+  };
+  StringMap<Pending> devices;  // tenant \0 device → record changed in this batch
+  std::vector<std::string> touched;
+  absl::Status err = absl::OkStatus();
+  for (const ConnEvent& ev : events) {
+    Connectivity& c = conn_[ev.tenant][ev.device_id];
+    c.online = ev.connected;
+    c.last_seen_ms = ev.wall_ms;
+    if (ev.connected) {
+      c.connected_since_ms = ev.wall_ms;
+    } else {
+      c.last_disconnect_reason = ev.reason;
+    }
+    const TenantId t = TenantId::FromAuthenticated(ev.tenant);
+    std::string key = ev.tenant;
+    key.push_back('\0');
+    key += ev.device_id;
+    auto it = devices.find(key);
+    if (it == devices.end()) {
+      fb::DeviceT d;
+      absl::Status g = registry_.GetDevice(t, ev.device_id, &d);
+      if (g.ok()) {
+        it = devices.emplace(key, Pending{std::move(d), ev.tenant}).first;
+      } else if (!absl::IsNotFound(g)) {
+        err = g;
+      }
+    }
+    std::string action = ev.connected ? "device.connected" : "device.disconnected";
+    Json details{{"peer", ev.peer}};
+    if (!ev.connected) details["reason"] = ev.reason;
+    if (it != devices.end()) {
+      fb::DeviceT& d = it->second.rec;
+      if (d.first_seen_at_ms == 0) d.first_seen_at_ms = ev.wall_ms;
+      d.last_seen_at_ms = ev.wall_ms;
+      if (ev.connected && d.status == fb::DeviceStatus::Provisioned) {
+        d.status = fb::DeviceStatus::Active;  // first connection activates
+        details["activated"] = true;
+      }
+    }
+    fb::AuditEntryT e;
+    e.time_ms = ev.wall_ms;
+    e.actor = "broker";
+    e.action = std::move(action);
+    e.device_id = ev.device_id;
+    e.details_json = Dump(details);
+    e.result = "ok";
+    if (absl::Status s = registry_.AppendAudit(t, std::move(e), &b); !s.ok()) err = s;
+    touched.push_back(ev.tenant);
+  }
+  for (auto& [key, p] : devices) {
+    (void)key;
+    if (absl::Status s = registry_.PutDevice(TenantId::FromAuthenticated(p.tenant), p.rec, &b); !s.ok()) {
+      err = s;
+    }
+  }
+  if (err.ok()) err = registry_.Commit(b);
+  if (!err.ok()) {
+    for (const auto& tn : touched) registry_.ForgetAuditHead(TenantId::FromAuthenticated(tn));
+    FMQ_LOG_ERROR("connectivity of %zu events not recorded: %s", events.size(), std::string(err.message()).c_str());
+  }
+}
+
+void Service::Tick(Effects* fx) {
+  const int64_t now = clock_->WallMs();
+  if (now - last_tick_ms_ < 60'000) return;
+  last_tick_ms_ = now;
+  std::vector<std::string> due;
+  for (const auto& [tenant, at] : crl_signed_at_) {
+    if (now - at > opts_.crl_validity_ms / 2) due.push_back(tenant);
+  }
+  for (const auto& t : due) {
+    if (absl::Status s = RegenerateCrl(t, fx); !s.ok()) {
+      FMQ_LOG_ERROR("CRL of tenant '%s' not re-signed: %s", t.c_str(), std::string(s.message()).c_str());
+    }
+  }
+}
+
+}  // namespace fmq::admin

@@ -1,0 +1,149 @@
+// The admin control plane's executor: parses a JSON request (one or more
+// commands), checks each command's role and arguments against the command
+// table (commands.cc), runs it against the registry and the PKI, and writes
+// its audit entry in the same batch as the change. Runs on the management
+// thread only (it signs certificates and reads RocksDB: never on a broker
+// loop). What the broker itself must do afterwards (close a connection, add
+// a serial to the TLS revocation set, publish a CRL) is returned as Effects
+// and applied on the loop thread by the broker's module (broker/modules/).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "common/clock.h"
+#include "common/string_map.h"
+#include "mgmt/pki/pki.h"
+#include "storage/registry.h"
+
+namespace fmq::admin {
+
+using Json = nlohmann::json;
+
+// Who sent a request, from the verified certificate (never from the request).
+enum class Role : uint8_t { kDevice, kOperator, kAdmin };
+std::string_view RoleName(Role r);
+
+struct Actor {
+  std::string tenant;
+  std::string name;  // operator name or device id
+  Role role = Role::kDevice;
+  std::string client_id;
+  std::string Label() const;  // "operator:alice" as written in the audit log
+};
+
+// What the broker must do once a command committed (loop thread).
+struct Effects {
+  struct Kick {
+    std::string tenant, device_id, serial;  // device_id empty: by serial only
+  };
+  struct Block {
+    std::string tenant, device_id;
+    bool blocked = true;  // suspended / decommissioned / replaced: CONNACK 0x8A
+  };
+  struct Quota {
+    std::string tenant;
+    uint32_t max_connections = 0, max_publish_rate = 0;
+  };
+  struct Publish {
+    std::string tenant;  // published under this tenant's mount
+    std::string topic;   // as the tenant's clients see it
+    std::string payload;
+    bool retain = false;
+  };
+  std::vector<Kick> kicks;
+  std::vector<std::pair<std::string, std::string>> revoked;  // (tenant, serial)
+  std::vector<Block> blocks;
+  std::vector<Quota> quotas;
+  std::vector<std::string> trusted_cas;  // PEM of tenant CAs created at run time
+  std::vector<Publish> publishes;
+  bool empty() const {
+    return kicks.empty() && revoked.empty() && blocks.empty() && quotas.empty() && trusted_cas.empty() &&
+           publishes.empty();
+  }
+};
+
+// A device connected or disconnected (from the broker's hooks).
+struct ConnEvent {
+  std::string tenant, device_id, reason, peer;
+  bool connected = false;
+  int64_t wall_ms = 0;
+};
+
+struct ServiceOptions {
+  std::string pki_dir;           // DATA_DIR/pki
+  std::string mqtt_endpoint = "mqtts://127.0.0.1:8883";  // returned by device.register
+  size_t max_request_bytes = 64 * 1024;
+  size_t max_commands = 100;     // per request
+  size_t max_page = 1000;        // list limit ceiling
+  int64_t crl_validity_ms = 7 * pki::kDay;
+};
+
+// Live connectivity as last reported by the broker's hooks.
+struct Connectivity {
+  bool online = false;
+  int64_t connected_since_ms = 0;  // wall
+  int64_t last_seen_ms = 0;        // wall: connect or disconnect time (the
+                                   // loop refines it for online devices)
+  std::string last_disconnect_reason;
+};
+
+class Service {
+ public:
+  Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts);
+  ~Service();
+
+  // Start-up: a tenant record for every tenant CA in the PKI dir, a fresh
+  // CRL per tenant (file + $SYS publish), and the blocked devices and
+  // tenant quotas the broker must know.
+  absl::Status Init(Effects* fx);
+
+  // One request (the JSON text of one MQTT message) → the JSON reply.
+  std::string Handle(const Actor& actor, std::string_view request, Effects* fx);
+
+  // Connect/disconnect events, in order: first/last seen, provisioned →
+  // active on first connect, an audit entry each, one batch for all.
+  void OnConnectivity(const std::vector<ConnEvent>& events, Effects* fx);
+
+  // Hourly duties: CRLs close to their nextUpdate are re-signed.
+  void Tick(Effects* fx);
+
+  // A device refused at CONNECT (suspended...) or a denied admin attempt
+  // that never reached a command: audited.
+  void AuditDenied(const Actor& actor, std::string_view action, std::string_view device_id,
+                   std::string_view why);
+
+  const Connectivity* ConnectivityOf(const std::string& tenant, std::string_view device_id) const;
+
+  // Exposed for the command handlers (commands.cc).
+  struct Ctx;
+
+ private:
+  friend struct Ctx;
+  friend struct CommandImpl;
+  Json RunOne(const Actor& actor, const Json& cmd, Effects* fx);
+  absl::StatusOr<pki::CertificateAuthority*> TenantCa(const std::string& tenant);
+  absl::StatusOr<pki::CertificateAuthority*> RootCa();
+  absl::Status RegenerateCrl(const std::string& tenant, Effects* fx);
+  absl::Status CreateTenantPki(const std::string& tenant, std::string* ca_pem);
+
+  storage::KvStore* kv_;
+  const Clock* clock_;
+  ServiceOptions opts_;
+  storage::Registry registry_;
+  pki::Rng rng_;
+  std::unique_ptr<pki::CertificateAuthority> root_;
+  StringMap<std::unique_ptr<pki::CertificateAuthority>> cas_;
+  StringMap<int64_t> crl_signed_at_;  // tenant → wall ms
+  StringMap<StringMap<Connectivity>> conn_;  // tenant → device → state
+  int64_t last_tick_ms_ = 0;
+};
+
+}  // namespace fmq::admin

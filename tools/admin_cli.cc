@@ -1,0 +1,469 @@
+// fleetmq-admin: the operators' command line. Speaks the admin control
+// protocol (doc/admin-api.md) over MQTT 5 / mutual TLS with an operator (or
+// platform admin) certificate; defaults come from the data dir of the
+// embedded default, so it works right after `tools/dev.sh run`. Help is
+// generated from the command table the broker dispatches with.
+//
+//   fleetmq-admin [options] <command> [name=value ...]
+//   fleetmq-admin help [command]
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "broker/mqtt/codec.h"
+#include "broker/mqtt/framer.h"
+#include "broker/tls/tls.h"
+#include "mgmt/admin/commands.h"
+#include "mgmt/pki/pki.h"
+#include "mgmt/pki/pki_dir.h"
+
+namespace {
+
+using fmq::admin::ArgType;
+using fmq::admin::CommandSpec;
+using Json = nlohmann::json;
+namespace mqtt = fmq::mqtt;
+
+struct Options {
+  std::string data_dir = "./data";
+  std::string host = "127.0.0.1";
+  int port = 8883;
+  std::string server_name = "localhost";
+  std::string cafile, cert, key;
+  bool json = false;
+  int timeout_s = 10;
+  std::string raw;  // --raw: send this request text as is
+};
+
+[[noreturn]] void Die(int code, const std::string& msg) {
+  std::fprintf(stderr, "fleetmq-admin: %s\n", msg.c_str());
+  std::exit(code);
+}
+
+void Usage(FILE* out) {
+  std::fprintf(out,
+               "usage: fleetmq-admin [options] <command> [name=value ...]\n"
+               "       fleetmq-admin help [command]\n\n"
+               "options:\n"
+               "  --data_dir DIR     data dir of the broker (default ./data): certificates from DIR/pki\n"
+               "  --host H --port P  broker TLS listener (default 127.0.0.1:8883)\n"
+               "  --server_name N    name in the broker's certificate (default localhost)\n"
+               "  --cafile F --cert F --key F   override the certificates (default: operator.crt,\n"
+               "                     or admin.crt for platform commands, and root.crt)\n"
+               "  --json             print the server's JSON reply (for scripts)\n"
+               "  --timeout S        seconds to wait for the reply (default 10)\n"
+               "  --raw JSON         send JSON as the request body, unchanged\n\n"
+               "values: strings as is, integers, true/false, lists comma-separated, objects as JSON;\n"
+               "name=@FILE reads the value from FILE (e.g. csr=@device.csr).\n\ncommands:\n");
+  for (const CommandSpec& c : fmq::admin::Commands()) std::fprintf(out, "  %-22s %s\n", c.name, c.summary);
+}
+
+void CommandHelp(const CommandSpec& c) {
+  std::printf("%s — %s\nrole: %s\n", c.name, c.summary, std::string(fmq::admin::RoleName(c.role)).c_str());
+  for (const auto& a : c.args) {
+    std::printf("  %s=<%s>%s  %s\n", a.name, std::string(fmq::admin::ArgTypeName(a.type)).c_str(),
+                a.required ? " (required)" : "", a.help);
+  }
+}
+
+Json ParseValue(const fmq::admin::ArgSpec& a, std::string v) {
+  if (!v.empty() && v[0] == '@') {
+    std::ifstream in(v.substr(1), std::ios::binary);
+    if (!in) Die(2, "cannot read " + v.substr(1));
+    v.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  switch (a.type) {
+    case ArgType::kString: return v;
+    case ArgType::kInt: {
+      char* end = nullptr;
+      long long n = std::strtoll(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0') Die(2, std::string(a.name) + ": '" + v + "' is not an integer");
+      return n;
+    }
+    case ArgType::kBool:
+      if (v == "true" || v == "1") return true;
+      if (v == "false" || v == "0") return false;
+      Die(2, std::string(a.name) + ": '" + v + "' is not true/false");
+    case ArgType::kStringList: {
+      Json list = Json::array();
+      std::stringstream ss(v);
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        if (!item.empty()) list.push_back(item);
+      }
+      return list;
+    }
+    case ArgType::kObject: {
+      Json j = Json::parse(v, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) Die(2, std::string(a.name) + ": not a JSON object");
+      return j;
+    }
+  }
+  return v;
+}
+
+// A blocking MQTT 5 client over mutual TLS, just enough for one request.
+class Client {
+ public:
+  Client(const Options& o) : opts_(o), framer_(16 * 1024 * 1024) {}
+  ~Client() {
+    if (fd_ >= 0) close(fd_);
+    mbedtls_ssl_config_free(&conf_);
+    mbedtls_x509_crt_free(&trust_);
+    mbedtls_x509_crt_free(&chain_);
+    mbedtls_pk_free(&key_);
+  }
+
+  void Connect(const std::string& client_id) {
+    mbedtls_ssl_config_init(&conf_);
+    mbedtls_x509_crt_init(&trust_);
+    mbedtls_x509_crt_init(&chain_);
+    mbedtls_pk_init(&key_);
+    if (!rng_.status().ok()) Die(2, "no entropy");
+    mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    mbedtls_ssl_conf_rng(&conf_, fmq::pki::Rng::Fill, &rng_);
+    mbedtls_ssl_conf_authmode(&conf_, MBEDTLS_SSL_VERIFY_REQUIRED);
+    if (mbedtls_x509_crt_parse_file(&trust_, opts_.cafile.c_str()) != 0) Die(2, "cannot read CA file " + opts_.cafile);
+    if (mbedtls_x509_crt_parse_file(&chain_, opts_.cert.c_str()) != 0) Die(2, "cannot read certificate " + opts_.cert);
+    if (mbedtls_pk_parse_keyfile(&key_, opts_.key.c_str(), nullptr) != 0) Die(2, "cannot read key " + opts_.key);
+    mbedtls_ssl_conf_ca_chain(&conf_, &trust_, nullptr);
+    mbedtls_ssl_conf_own_cert(&conf_, &chain_, &key_);
+
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(opts_.host.c_str(), std::to_string(opts_.port).c_str(), &hints, &res) != 0 || res == nullptr) {
+      Die(2, "cannot resolve " + opts_.host);
+    }
+    fd_ = socket(res->ai_family, SOCK_STREAM, 0);
+    if (fd_ < 0 || connect(fd_, res->ai_addr, res->ai_addrlen) != 0) {
+      freeaddrinfo(res);
+      Die(2, "cannot connect to " + opts_.host + ":" + std::to_string(opts_.port) + ": " + std::strerror(errno));
+    }
+    freeaddrinfo(res);
+    tls_ = std::make_unique<fmq::tls::TlsSession>(&conf_, opts_.server_name.c_str());
+    tls_->OnCiphertext("");
+    mqtt::Connect c;
+    c.client_id = client_id;
+    c.keep_alive = 60;
+    Send(c);
+    mqtt::Packet p = Receive();
+    auto* ack = std::get_if<mqtt::Connack>(&p);
+    if (ack == nullptr) Die(2, "expected CONNACK");
+    if (ack->reason != mqtt::ReasonCode::kSuccess) {
+      Die(2, "broker refused the connection: " + std::string(mqtt::ReasonName(ack->reason)));
+    }
+  }
+
+  void Send(const mqtt::Packet& p) {
+    std::string bytes;
+    mqtt::Encode(p, mqtt::Version::kV5, &bytes);
+    tls_->Write(bytes);
+    Pump(false);
+  }
+
+  mqtt::Packet Receive() {
+    while (true) {
+      if (!queue_.empty()) {
+        mqtt::Packet p = std::move(queue_.front());
+        queue_.erase(queue_.begin());
+        return p;
+      }
+      Pump(true);
+    }
+  }
+
+ private:
+  void Pump(bool wait) {
+    std::string out = tls_->TakeCiphertext();
+    size_t off = 0;
+    while (off < out.size()) {
+      ssize_t n = write(fd_, out.data() + off, out.size() - off);
+      if (n <= 0) Die(2, "connection lost while writing");
+      off += static_cast<size_t>(n);
+    }
+    if (!wait) return;
+    pollfd pfd{fd_, POLLIN, 0};
+    const int left_ms = static_cast<int>(deadline_ms_ - NowMs());
+    if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0) Die(2, "no reply within " + std::to_string(opts_.timeout_s) + " s");
+    char buf[64 * 1024];
+    ssize_t n = read(fd_, buf, sizeof buf);
+    if (n <= 0) {
+      Die(2, tls_->state() == fmq::tls::TlsSession::State::kHandshake
+                 ? "TLS handshake refused by the broker (certificate revoked, unknown or of another tenant?)"
+                 : "connection closed by the broker");
+    }
+    tls_->OnCiphertext(std::string_view(buf, static_cast<size_t>(n)));
+    if (tls_->state() == fmq::tls::TlsSession::State::kFailed) Die(2, "TLS: " + tls_->error());
+    std::string plain = tls_->TakePlaintext();
+    mqtt::Error e = framer_.Feed(plain, [&](uint8_t first, std::string_view body) {
+      mqtt::Packet p;
+      mqtt::Error d = mqtt::Decode(first, body, mqtt::Version::kV5, &p);
+      if (!d.ok()) Die(2, std::string("bad packet from the broker: ") + d.rule);
+      // Publish keeps views into `body`: copy its topic and payload.
+      if (auto* pub = std::get_if<mqtt::Publish>(&p)) {
+        topics_.emplace_back(pub->topic);
+        payloads_.emplace_back(pub->payload);
+        pub->topic = topics_.back();
+        pub->payload = payloads_.back();
+      }
+      queue_.push_back(std::move(p));
+      return true;
+    });
+    if (!e.ok()) Die(2, std::string("bad stream from the broker: ") + e.rule);
+    Pump(false);
+  }
+
+ public:
+  static int64_t NowMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  int64_t deadline_ms_ = NowMs() + 10'000;
+
+ private:
+  const Options& opts_;
+  fmq::pki::Rng rng_;
+  mbedtls_ssl_config conf_;
+  mbedtls_x509_crt trust_, chain_;
+  mbedtls_pk_context key_;
+  int fd_ = -1;
+  std::unique_ptr<fmq::tls::TlsSession> tls_;
+  mqtt::Framer framer_;
+  std::vector<mqtt::Packet> queue_;
+  std::deque<std::string> topics_, payloads_;
+};
+
+// Sends one request, returns the reply JSON.
+Json Request(Client& cl, const std::string& client_id, const std::string& body) {
+  const std::string reply_topic = "$SYS/fleetmq/control/v1/reply/" + client_id;
+  mqtt::Subscribe sub;
+  sub.packet_id = 1;
+  sub.entries.push_back({reply_topic, 1});
+  cl.Send(sub);
+  while (true) {
+    mqtt::Packet p = cl.Receive();
+    if (auto* sa = std::get_if<mqtt::SubAck>(&p)) {
+      if (sa->codes.empty() || mqtt::IsError(sa->codes[0])) Die(2, "the broker refused the reply subscription");
+      break;
+    }
+  }
+  mqtt::Publish pub;
+  pub.qos = 1;
+  pub.packet_id = 2;
+  pub.topic = "$SYS/fleetmq/control/v1";
+  pub.payload = body;
+  pub.props.response_topic = reply_topic;
+  pub.props.Mark(mqtt::PropertyId::kResponseTopic);
+  pub.props.correlation_data = "fleetmq-admin-" + std::to_string(getpid());
+  pub.props.Mark(mqtt::PropertyId::kCorrelationData);
+  cl.Send(pub);
+  while (true) {
+    mqtt::Packet p = cl.Receive();
+    if (auto* a = std::get_if<mqtt::Ack>(&p); a != nullptr && a->type == mqtt::PacketType::kPuback && a->packet_id == 2) {
+      if (mqtt::IsError(a->reason)) {
+        Die(1, "request refused: " + std::string(mqtt::ReasonName(a->reason)) +
+                   (a->props.reason_string.empty() ? "" : " (" + a->props.reason_string + ")"));
+      }
+    } else if (auto* r = std::get_if<mqtt::Publish>(&p)) {
+      if (r->qos > 0) {
+        mqtt::Ack ack;
+        ack.type = mqtt::PacketType::kPuback;
+        ack.packet_id = r->packet_id;
+        cl.Send(ack);
+      }
+      if (r->topic != reply_topic) continue;
+      Json j = Json::parse(r->payload, nullptr, false);
+      if (j.is_discarded()) Die(2, "reply is not JSON");
+      return j;
+    }
+  }
+}
+
+std::string Cell(const Json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_null()) return "";
+  if (v.is_array() && std::all_of(v.begin(), v.end(), [](const Json& e) { return e.is_string(); })) {
+    std::string s;
+    for (const auto& e : v) s += (s.empty() ? "" : ",") + e.get<std::string>();
+    return s;
+  }
+  return v.dump();
+}
+
+void PrintTable(const Json& rows) {
+  if (rows.empty()) {
+    std::printf("(none)\n");
+    return;
+  }
+  std::vector<std::string> cols;
+  for (auto it = rows[0].begin(); it != rows[0].end(); ++it) {
+    if (it.key().find("_pem") == std::string::npos && it.key() != "hash") cols.push_back(it.key());
+  }
+  std::vector<size_t> w(cols.size());
+  for (size_t i = 0; i < cols.size(); ++i) {
+    w[i] = cols[i].size();
+    for (const auto& r : rows) w[i] = std::max(w[i], std::min<size_t>(40, Cell(r.value(cols[i], Json())).size()));
+  }
+  for (size_t i = 0; i < cols.size(); ++i) std::printf("%-*s  ", static_cast<int>(w[i]), cols[i].c_str());
+  std::printf("\n");
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < cols.size(); ++i) {
+      std::string c = Cell(r.value(cols[i], Json()));
+      if (c.size() > 40) c = c.substr(0, 37) + "...";
+      std::printf("%-*s  ", static_cast<int>(w[i]), c.c_str());
+    }
+    std::printf("\n");
+  }
+}
+
+void PrintHuman(const Json& data) {
+  for (auto it = data.begin(); it != data.end(); ++it) {
+    if (it.value().is_array() && !it.value().empty() && it.value()[0].is_object()) {
+      PrintTable(it.value());
+    } else if (it.value().is_array() && it.value().empty() && it.key() != "group_ids") {
+      std::printf("(none)\n");
+    }
+  }
+  for (auto it = data.begin(); it != data.end(); ++it) {
+    if (it.value().is_array() && (it.value().empty() || it.value()[0].is_object()) && it.key() != "group_ids") continue;
+    if (it.key() == "next_cursor") {
+      if (!it.value().get<std::string>().empty()) std::printf("next_cursor: %s\n", it.value().get<std::string>().c_str());
+      continue;
+    }
+    if (it.value().is_string() && it.value().get<std::string>().find('\n') != std::string::npos) {
+      std::printf("%s:\n%s", it.key().c_str(), it.value().get<std::string>().c_str());
+    } else if (it.value().is_object() && (it.key() == "old" || it.key() == "new")) {
+      std::printf("[%s]\n", it.key().c_str());
+      PrintHuman(it.value());
+    } else {
+      std::printf("%s: %s\n", it.key().c_str(), Cell(it.value()).c_str());
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> rest;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto val = [&](std::string* out) {
+      size_t eq = a.find('=');
+      if (eq != std::string::npos) {
+        *out = a.substr(eq + 1);
+      } else if (i + 1 < argc) {
+        *out = argv[++i];
+      } else {
+        Die(2, a + " needs a value");
+      }
+    };
+    auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
+    std::string v;
+    if (is("--data_dir")) val(&o.data_dir);
+    else if (is("--host")) val(&o.host);
+    else if (is("--port")) { val(&v); o.port = std::atoi(v.c_str()); }
+    else if (is("--server_name")) val(&o.server_name);
+    else if (is("--cafile")) val(&o.cafile);
+    else if (is("--cert")) val(&o.cert);
+    else if (is("--key")) val(&o.key);
+    else if (is("--timeout")) { val(&v); o.timeout_s = std::atoi(v.c_str()); }
+    else if (is("--raw")) val(&o.raw);
+    else if (a == "--json") o.json = true;
+    else if (a == "-h" || a == "--help") { Usage(stdout); return 0; }
+    else if (a.rfind("--", 0) == 0) Die(2, "unknown option " + a);
+    else rest.push_back(a);
+  }
+  if (rest.empty() && o.raw.empty()) {
+    Usage(stderr);
+    return 2;
+  }
+  if (!rest.empty() && rest[0] == "help") {
+    if (rest.size() == 1) {
+      Usage(stdout);
+      return 0;
+    }
+    const CommandSpec* c = fmq::admin::FindCommand(rest[1]);
+    if (c == nullptr) Die(2, "unknown command '" + rest[1] + "'");
+    CommandHelp(*c);
+    return 0;
+  }
+  const CommandSpec* spec = rest.empty() ? nullptr : fmq::admin::FindCommand(rest[0]);
+  if (!rest.empty() && spec == nullptr) Die(2, "unknown command '" + rest[0] + "' (fleetmq-admin help)");
+  Json cmd;
+  if (spec != nullptr) {
+    cmd["command"] = spec->name;
+    for (size_t i = 1; i < rest.size(); ++i) {
+      size_t eq = rest[i].find('=');
+      if (eq == std::string::npos) Die(2, "'" + rest[i] + "' is not name=value");
+      std::string name = rest[i].substr(0, eq);
+      const fmq::admin::ArgSpec* a = nullptr;
+      for (const auto& s : spec->args) {
+        if (name == s.name) a = &s;
+      }
+      if (a == nullptr) Die(2, "unknown argument '" + name + "' for " + spec->name + " (fleetmq-admin help " + spec->name + ")");
+      cmd[name] = ParseValue(*a, rest[i].substr(eq + 1));
+    }
+  }
+  const std::string pki = o.data_dir + "/pki";
+  const bool admin = spec != nullptr && spec->role == fmq::admin::Role::kAdmin;
+  if (o.cafile.empty()) o.cafile = pki + "/root.crt";
+  if (o.cert.empty()) o.cert = pki + (admin ? "/admin.crt" : "/operator.crt");
+  if (o.key.empty()) o.key = pki + (admin ? "/admin.key" : "/operator.key");
+
+  const std::string client_id = "fleetmq-admin-" + std::to_string(getpid());
+  Client cl(o);
+  cl.deadline_ms_ = Client::NowMs() + o.timeout_s * 1000LL;
+  cl.Connect(client_id);
+  const bool export_lines = spec != nullptr && std::string(spec->name) == "audit.export";
+  int rc = 0;
+  while (true) {
+    std::string body = o.raw.empty() ? Json{{"commands", Json::array({cmd})}}.dump() : o.raw;
+    Json reply = Request(cl, client_id, body);
+    if (reply.value("status", "") == "error" || !reply.contains("responses")) {
+      if (o.json) std::printf("%s\n", reply.dump(2).c_str());
+      const Json err = reply.value("error", Json::object());
+      std::fprintf(stderr, "error %s: %s\n", err.value("code", "?").c_str(), err.value("message", "").c_str());
+      return 1;
+    }
+    for (const Json& r : reply["responses"]) {
+      if (r.value("status", "") != "ok") {
+        const Json err = r.value("error", Json::object());
+        std::fprintf(stderr, "error %s: %s\n", err.value("code", "?").c_str(), err.value("message", "").c_str());
+        rc = 1;
+      }
+    }
+    if (export_lines && rc == 0) {
+      const Json& data = reply["responses"][0]["data"];
+      for (const Json& e : data["entries"]) std::printf("%s\n", e.dump().c_str());
+      std::string next = data.value("next_cursor", "");
+      if (next.empty()) break;
+      cmd["cursor"] = next;
+      continue;
+    }
+    if (o.json) {
+      std::printf("%s\n", (o.raw.empty() && reply["responses"].size() == 1 ? reply["responses"][0] : reply).dump(2).c_str());
+    } else if (rc == 0) {
+      for (const Json& r : reply["responses"]) PrintHuman(r.value("data", Json::object()));
+    }
+    break;
+  }
+  return rc;
+}
