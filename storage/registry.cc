@@ -397,6 +397,7 @@ absl::Status Registry::AuditInRange(const TenantId& t, int64_t from_ms, int64_t 
     std::from_chars(cursor.data() + colon + 1, cursor.data() + cursor.size(), cs);
     start = After(keys::AuditByTime(t, ct, cs));
   }
+  to_ms = std::min<int64_t>(to_ms, INT64_MAX - 1);  // "until the end" without overflow
   std::string limit_key = keys::AuditByTimeStart(t, to_ms + 1);  // to_ms inclusive
   std::string prefix = keys::AuditByTimeStart(t, 0).substr(0, keys::AuditByTimeStart(t, 0).size() - 8);
   absl::Status err = absl::OkStatus();

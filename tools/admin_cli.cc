@@ -388,6 +388,7 @@ int main(int argc, char** argv) {
     else if (is("--raw")) val(&o.raw);
     else if (a == "--json") o.json = true;
     else if (a == "-h" || a == "--help") { Usage(stdout); return 0; }
+    else if (a == "--help-markdown") { std::fputs(fmq::admin::CommandsMarkdown().c_str(), stdout); return 0; }
     else if (a.rfind("--", 0) == 0) Die(2, "unknown option " + a);
     else rest.push_back(a);
   }

@@ -4,6 +4,9 @@
 //       certificate under DIR/pki (keys mode 0600); existing files are kept.
 //   fleetmq-pki issue --dir DIR --tenant T --device ID --csr FILE
 //       a device certificate from a CSR, PEM on stdout.
+//   fleetmq-pki issue --dir DIR --tenant T --operator NAME --out OUTDIR
+//       an operator certificate of the tenant with a new key:
+//       OUTDIR/NAME.crt (with the tenant CA) and OUTDIR/NAME.key (0600).
 //   fleetmq-pki revoke --dir DIR --tenant T --serial HEX
 //       records the revocation in the broker's store (DIR/db); the broker
 //       refuses the certificate from its next start. Offline: the broker
@@ -86,6 +89,18 @@ int main(int argc, char** argv) {
   if (cmd == "init") return Init(dir, tenant, opt.count("server-name") ? opt["server-name"] : "localhost");
   auto ca = LoadCa(dir + "/pki/tenants/" + tenant + "/ca");
   if (!ca.ok()) return Die(std::string(ca.status().message()));
+  if (cmd == "issue" && !opt["operator"].empty()) {
+    if (opt["out"].empty()) return Die("issue --operator needs --out"), 2;
+    std::string key;
+    auto cert = ca->IssueWithNewKey(rng, {tenant, opt["operator"], Role::kOperator}, Now(), kDeviceValidity, &key);
+    if (!cert.ok()) return Die(std::string(cert.status().message()));
+    const std::string base = opt["out"] + "/" + opt["operator"];
+    if (auto s = fmq::pki::WriteFileAtomic(base + ".key", key, 0600); !s.ok()) return Die(std::string(s.message()));
+    if (auto s = fmq::pki::WriteFileAtomic(base + ".crt", cert->pem + ca->cert().pem, 0644); !s.ok()) {
+      return Die(std::string(s.message()));
+    }
+    return 0;
+  }
   if (cmd == "issue") {
     if (opt["device"].empty() || opt["csr"].empty()) return Die("issue needs --device and --csr"), 2;
     if (!Exists(opt["csr"])) return Die("no such file " + opt["csr"]);

@@ -83,6 +83,15 @@ void AdminModule::ThreadMain() {
     Job job = std::move(jobs_.front());
     jobs_.pop_front();
     if (std::holds_alternative<Request>(job)) --queued_requests_;
+    if (auto* ev = std::get_if<std::vector<admin::ConnEvent>>(&job)) {
+      // Coalesce a run of event jobs (a reconnect storm) into one batch.
+      while (!jobs_.empty() && ev->size() < 4096) {
+        auto* next = std::get_if<std::vector<admin::ConnEvent>>(&jobs_.front());
+        if (next == nullptr) break;
+        ev->insert(ev->end(), std::make_move_iterator(next->begin()), std::make_move_iterator(next->end()));
+        jobs_.pop_front();
+      }
+    }
     l.unlock();
     if (auto* r = std::get_if<Request>(&job)) {
       Completion c;
@@ -200,7 +209,9 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
   }
   events_.push_back(admin::ConnEvent{tenant, info.identity->name, std::string(reason), std::string(info.peer),
                                      connected, now});
-  if (events_.size() >= 512) FlushEvents();
+  // Handed over at once, so an admin request that follows sees it; the
+  // thread coalesces consecutive event jobs into one write batch.
+  FlushEvents();
 }
 
 void AdminModule::FlushEvents() {

@@ -843,7 +843,7 @@ namespace {
 std::unique_ptr<Client> TenantClient(Fixture& f, const char* tenant, const char* name, Version v = V5,
                                      bool device = true) {
   auto c = f.NewClient(v);
-  c->conn.set_identity(PeerIdentity{tenant, name, device});
+  c->conn.set_identity(PeerIdentity{tenant, name, device, false, ""});
   return c;
 }
 
@@ -929,7 +929,7 @@ TEST_CASE("a device is bound to its certificate's id") {
   CHECK(ack.reason == ReasonCode::kSuccess);
   CHECK(ack.props.assigned_client_id == "dev-1");
   auto op = f.NewClient(V5);
-  op->conn.set_identity(PeerIdentity{"acme", "admin", false});
+  op->conn.set_identity(PeerIdentity{"acme", "admin", false, false, ""});
   CHECK(op->Connect("any-id").reason == ReasonCode::kSuccess);  // operators choose their id
   auto v3 = TenantClient(f, "acme", "dev-3", V3);
   CHECK(v3->Connect("").reason == ReasonCode::kSuccess);
@@ -945,7 +945,7 @@ namespace {
 TEST_CASE("ACLs on the wire: v5 PUBACK/SUBACK 0x87, 3.1.1 dropped and counted, wills checked at CONNECT") {
   Fixture f;
   auto watcher = TenantClient(f, "acme", "admin");
-  watcher->conn.set_identity(PeerIdentity{"acme", "admin", false});  // operator
+  watcher->conn.set_identity(PeerIdentity{"acme", "admin", false, false, ""});  // operator
   watcher->Connect("ops");
   Subscribe(*watcher, "#", 0);
   auto d5 = TenantClient(f, "acme", "d1");

@@ -157,8 +157,8 @@ TEST_CASE("device indexes follow every change in the same batch") {
     ++index_entries;
     return true;
   }).ok());
-  // d1: g2 + g2/2.0 + status + fw + model = 5; d2: 2 groups x 2 + 3 = 7; d3: 5.
-  CHECK(index_entries == 17);
+  // d1: g2 + g2/2.0 + status + fw + model + serial = 6; d2: 2 groups x 2 + 4 = 8; d3: 6.
+  CHECK(index_entries == 20);
 }
 
 TEST_CASE("pagination: stable order, no duplicates, no gaps, with or without a filter") {

