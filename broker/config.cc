@@ -109,6 +109,11 @@ const std::vector<OptionDef>& Options() {
          c.tls_server_name = v;
          return absl::OkStatus();
        }},
+      {"tls_crl_dir", "", "Directory of externally supplied CRLs (*.crl, *.pem, *.der; DER or PEM), each signed by a tenant CA; empty = data_dir/crl. Reloaded when its files change (checked every 5 s) and on SIGHUP; new connections keep being served during a reload.",
+       [](Config& c, const std::string& v) -> absl::Status {
+         c.tls_crl_dir = v;
+         return absl::OkStatus();
+       }},
       {"data_dir", "./data", "Directory for persistent state (created if missing; locked against a second broker).",
        [](Config& c, const std::string& v) -> absl::Status {
          if (v.empty()) return Bad("data_dir", "must not be empty");
@@ -174,7 +179,7 @@ const std::vector<OptionDef>& Options() {
       {"storage.min_free_bytes", "67108864", "Free disk space kept in reserve: below it writes are refused as if the disk were full (QoS 1/2 refused, retried), so RocksDB never runs out of space mid-write.",
        UintSetter("storage.min_free_bytes", 0, std::numeric_limits<uint64_t>::max(),
                   [](Config& c, uint64_t n) { c.rocks.min_free_bytes = n; })},
-      {"acl.device", "readwrite devices/%c/#", "Topic rules for every tenant's devices (certificate clients with OU=device), comma-separated '<read|write|readwrite> <filter>', %c = client id, %u = user name. Operators may use their whole tenant tree. Also acl.tenant.<tenant> = extra device rules for one tenant.",
+      {"acl.device", "readwrite devices/%c/#,read groups/%g/#", "Topic rules for every tenant's devices (certificate clients with OU=device), comma-separated '<read|write|readwrite> <filter>', %c = client id, %u = user name, %g = each group of the device in the registry. Operators may use their whole tenant tree. Also acl.tenant.<tenant> = extra device rules for one tenant.",
        [](Config& c, const std::string& v) -> absl::Status {
          auto rules = ParseAclRules("acl.device", v);
          if (!rules.ok()) return rules.status();

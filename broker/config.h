@@ -25,6 +25,7 @@ struct Config {
   storage::RocksOptions rocks;
   std::string data_dir = "./data";
   std::string tls_server_name = "localhost";
+  std::string tls_crl_dir;  // empty: DATA_DIR/crl
   LogLevel log_level = LogLevel::kInfo;
   std::string config_file;  // empty = none
 };

@@ -14,6 +14,7 @@
 #include "mgmt/admin/service.h"
 #include "broker/net/server.h"
 #include "broker/store/broker_store.h"
+#include "broker/tls/crl_dir.h"
 #include "broker/tls/tls.h"
 #include "mgmt/pki/pki_dir.h"
 #include "storage/kv_store.h"
@@ -110,7 +111,7 @@ int main(int argc, char** argv) {
     aopts.mqtt_endpoint = "mqtts://" + (l.host == "0.0.0.0" ? cfg.tls_server_name : l.host) + ":" + std::to_string(l.port);
   }
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
-  fmq::AdminModule admin_module(&admin_service, &clock);
+  fmq::AdminModule admin_module(&admin_service, kv->get(), &clock);
   // Declared before the server: its clients' TLS sessions use this context.
   fmq::Server server(cfg.server, cfg.broker, &admin_module, &store);
   admin_module.Attach(&server.broker(), tls.get(), server.Notifier());
@@ -132,6 +133,18 @@ int main(int argc, char** argv) {
     FMQ_LOG_INFO("%zu revoked certificate%s loaded", revoked, revoked == 1 ? "" : "s");
   }
   server.broker().SetAcl(&cfg.acl);
+  // External CRL files, merged into the revocation set and reloaded live.
+  std::unique_ptr<fmq::tls::CrlDir> crls;
+  if (tls) {
+    const std::string crl_dir = cfg.tls_crl_dir.empty() ? cfg.data_dir + "/crl" : cfg.tls_crl_dir;
+    mkdir(crl_dir.c_str(), 0700);
+    crls = std::make_unique<fmq::tls::CrlDir>(crl_dir, tls.get());
+    crls->Poll(true);
+    server.AddTickHook([c = crls.get(), n = 0]() mutable {
+      if (++n % 20 == 0) c->Poll();  // every 5 s
+    });
+    server.SetReloadHook([c = crls.get()] { c->Poll(true); });
+  }
   // Declared after the server: destroyed first, while the loop handle it
   // notifies still exists.
   fmq::StorageWriter writer(kv->get(), cfg.storage, server.Notifier());

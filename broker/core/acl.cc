@@ -6,13 +6,16 @@
 namespace fmq {
 namespace {
 
-// Substitutes %c and %u; fails when a value could widen the rule (it holds
-// a level separator or a wildcard), as mosquitto does.
-bool Expand(std::string_view pattern, std::string_view client_id, std::string_view username, std::string* out) {
+// Substitutes %c, %u and %g (one group of the device); fails when a value
+// could widen the rule (it holds a level separator or a wildcard), as
+// mosquitto does.
+bool Expand(std::string_view pattern, std::string_view client_id, std::string_view username, std::string* out,
+            std::string_view group = {}) {
   out->clear();
   for (size_t i = 0; i < pattern.size(); ++i) {
-    if (pattern[i] == '%' && i + 1 < pattern.size() && (pattern[i + 1] == 'c' || pattern[i + 1] == 'u')) {
-      std::string_view v = pattern[i + 1] == 'c' ? client_id : username;
+    if (pattern[i] == '%' && i + 1 < pattern.size() &&
+        (pattern[i + 1] == 'c' || pattern[i + 1] == 'u' || pattern[i + 1] == 'g')) {
+      std::string_view v = pattern[i + 1] == 'c' ? client_id : pattern[i + 1] == 'u' ? username : group;
       if (v.empty() || v.find_first_of("/+#") != std::string_view::npos) return false;
       out->append(v);
       ++i;
@@ -37,7 +40,7 @@ absl::StatusOr<AclRule> ParseAclRule(std::string_view text) {
   else if (access == "readwrite") r.read = r.write = true;
   else return absl::InvalidArgumentError("ACL access '" + std::string(access) + "' is not read, write or readwrite");
   std::string probe;
-  if (!Expand(pattern, "c", "u", &probe) || !mqtt::ValidateTopicFilter(probe, {}).ok() || probe[0] == '$') {
+  if (!Expand(pattern, "c", "u", &probe, "g") || !mqtt::ValidateTopicFilter(probe, {}).ok() || probe[0] == '$') {
     return absl::InvalidArgumentError("ACL pattern '" + std::string(pattern) + "' is not a valid topic filter");
   }
   r.pattern.assign(pattern);
@@ -59,7 +62,10 @@ bool FilterCovers(std::string_view pattern, std::string_view filter) {
   return f.size() == p.size() || (f.size() + 1 == p.size() && p.back() == "#");
 }
 
-AclPolicy::AclPolicy() { device_rules_.push_back(*ParseAclRule("readwrite devices/%c/#")); }
+AclPolicy::AclPolicy() {
+  device_rules_.push_back(*ParseAclRule("readwrite devices/%c/#"));
+  device_rules_.push_back(*ParseAclRule("read groups/%g/#"));
+}
 
 template <class F>
 bool AclPolicy::Any(const PeerIdentity& who, std::string_view client_id, std::string_view username, bool write,
@@ -69,6 +75,12 @@ bool AclPolicy::Any(const PeerIdentity& who, std::string_view client_id, std::st
   auto check = [&](const std::vector<AclRule>& rules) {
     for (const AclRule& r : rules) {
       if (write ? !r.write : !r.read) continue;
+      if (r.pattern.find("%g") != std::string::npos) {
+        for (const std::string& g : who.groups) {  // one rule per group of the device
+          if (Expand(r.pattern, client_id, username, &expanded, g) && test(expanded)) return true;
+        }
+        continue;
+      }
       if (Expand(r.pattern, client_id, username, &expanded) && test(expanded)) return true;
     }
     return false;

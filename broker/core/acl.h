@@ -1,9 +1,11 @@
 // Topic access control for clients with a certificate identity, in the
 // spirit of mosquitto's pattern ACLs: rules "read|write|readwrite <filter>"
-// where %c is the client id and %u the user name. Operators may use their
+// where %c is the client id, %u the user name and %g each of the device's
+// groups (from the registry, resolved at CONNECT). Operators may use their
 // whole tenant tree (tenant isolation itself is the mount point, see
 // doc/architecture.md); devices get the device rules plus their tenant's
-// rules. The default device policy is `readwrite devices/%c/#`. Anonymous
+// rules. The default device policy is `readwrite devices/%c/#` and
+// `read groups/%g/#`. Anonymous
 // plain-TCP clients are not subject to these rules (their namespace is
 // separate). Built at start-up, then read-only: any thread.
 #pragma once

@@ -264,6 +264,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     keep_alive = opts_.max_keepalive;  // [MQTT-3.2.2-21] the client must use it
     server_keep_alive = true;
   }
+  if (c.identity_ != nullptr) hooks_->ResolveIdentity(*c.identity_);
   ReasonCode auth = hooks_->Authenticate(ck, InfoOf(c));
   if (auth != ReasonCode::kSuccess) {
     RefuseConnect(c, auth, "auth refused by the authentication hook");

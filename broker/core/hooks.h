@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "broker/core/message.h"
 #include "broker/mqtt/packet.h"
@@ -33,6 +34,7 @@ struct PeerIdentity {
   bool device = true;
   bool admin = false;   // platform admin (tenant commands); never a device
   std::string serial;   // certificate serial, lowercase hex (live revocation)
+  std::vector<std::string> groups;  // device groups (ACL %g), from ResolveIdentity
 };
 
 struct ClientInfo {
@@ -54,6 +56,9 @@ class BrokerHooks {
   virtual mqtt::ReasonCode Authenticate(const mqtt::Connect&, const ClientInfo& /*info*/) {
     return mqtt::ReasonCode::kSuccess;
   }
+  // Completes a certificate identity at CONNECT, before ACLs use it (the
+  // management module adds the device's groups).
+  virtual void ResolveIdentity(PeerIdentity&) {}
   virtual void OnConnected(const ClientInfo&) {}
   virtual void OnDisconnected(const ClientInfo&, DisconnectReason) {}
   // A client published under BrokerOptions::control_prefix. Returns the

@@ -66,10 +66,11 @@ void RetainedStore::Walk(Node* n, const std::vector<std::string_view>& f, size_t
     Take(n, now_ms, fn);
     return;
   }
-  const bool first = i == 0;
+  // The first level a client sees: 0, or 2 inside a tenant mount.
+  const bool first = i == 0 || (i == 2 && f[0] == "$T");
   if (f[i] == "#") {
     // "a/#" matches "a" itself and everything below [MQTT-4.7.1-2].
-    if (!first) Take(n, now_ms, fn);
+    if (i != 0) Take(n, now_ms, fn);
     VisitAll(n, first, now_ms, fn);
     return;
   }

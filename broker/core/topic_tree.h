@@ -87,8 +87,11 @@ void TopicTree::MatchLevel(Node* n, const std::vector<std::string_view>& levels,
     for (SharedGroup& g : m->groups) on_group(g);
   };
   if (n->children.empty() && i < levels.size()) return;
-  // [MQTT-4.7.2-1] wildcards at the first level never match '$' topics.
-  const bool dollar = i == 0 && !levels.empty() && !levels[0].empty() && levels[0][0] == '$';
+  // [MQTT-4.7.2-1] wildcards at the first level never match '$' topics;
+  // inside a tenant mount ("$T/<tenant>/...") the first level the tenant's
+  // clients see is level 2, so the rule applies there too.
+  const bool dollar = i < levels.size() && !levels[i].empty() && levels[i][0] == '$' &&
+                      (i == 0 || (i == 2 && levels[0] == "$T"));
   if (!dollar) {
     if (auto it = n->children.find("#"); it != n->children.end()) visit(it->second.get());
   }

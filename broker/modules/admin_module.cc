@@ -27,8 +27,8 @@ admin::Actor ActorOf(const ClientInfo& info) {
 
 }  // namespace
 
-AdminModule::AdminModule(admin::Service* svc, const Clock* clock, AdminModuleOptions opts)
-    : svc_(svc), clock_(clock), opts_(opts) {}
+AdminModule::AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, AdminModuleOptions opts)
+    : svc_(svc), reader_(kv), clock_(clock), opts_(opts) {}
 
 AdminModule::~AdminModule() { Stop(); }
 
@@ -168,6 +168,15 @@ void AdminModule::Apply(admin::Effects& fx) {
   for (auto& p : fx.publishes) {
     broker_->PublishInternal(MountOf(p.tenant) + p.topic, std::move(p.payload), p.retain);
   }
+}
+
+void AdminModule::ResolveIdentity(PeerIdentity& id) {
+  if (!id.device) return;
+  // One point read per device CONNECT (from RocksDB's block cache; small
+  // beside the TLS handshake that preceded it). Unregistered devices (a
+  // certificate from fleetmq-pki) simply have no groups.
+  fb::DeviceT d;
+  if (reader_.GetDevice(storage::TenantId::FromAuthenticated(id.tenant), id.name, &d).ok()) id.groups = d.group_ids;
 }
 
 mqtt::ReasonCode AdminModule::Authenticate(const mqtt::Connect&, const ClientInfo& info) {

@@ -38,7 +38,8 @@ struct AdminModuleOptions {
 
 class AdminModule : public BrokerHooks {
  public:
-  AdminModule(admin::Service* svc, const Clock* clock, AdminModuleOptions opts = {});
+  // `kv`: read-only device lookups on the loop thread (groups at CONNECT).
+  AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, AdminModuleOptions opts = {});
   ~AdminModule() override;
 
   // Before the loop runs: the broker and TLS context it acts on, and a
@@ -51,6 +52,7 @@ class AdminModule : public BrokerHooks {
   // Loop thread: replies and effects of finished work.
   void RunCompletions();
 
+  void ResolveIdentity(PeerIdentity& id) override;
   mqtt::ReasonCode Authenticate(const mqtt::Connect&, const ClientInfo& info) override;
   void OnConnected(const ClientInfo& info) override;
   void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
@@ -95,6 +97,7 @@ class AdminModule : public BrokerHooks {
   static std::string BlockKey(std::string_view tenant, std::string_view device);
 
   admin::Service* svc_;
+  storage::Registry reader_;  // loop thread: reads only
   const Clock* clock_;
   AdminModuleOptions opts_;
   Broker* broker_ = nullptr;

@@ -123,7 +123,7 @@ class TcpClient final : public Transport {
     if (tls_->state() == tls::TlsSession::State::kOpen && conn_.identity() == nullptr) {
       const pki::Identity& id = tls_->identity();
       conn_.set_identity(PeerIdentity{id.tenant, id.name, id.role == pki::Role::kDevice,
-                                      id.role == pki::Role::kAdmin, tls_->peer_serial()});
+                                      id.role == pki::Role::kAdmin, tls_->peer_serial(), {}});
     }
     std::string plain = tls_->TakePlaintext();
     if (!plain.empty()) conn_.OnBytes(plain);
@@ -218,6 +218,8 @@ Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHoo
   sigint_.data = this;
   uv_signal_init(&loop_, &sigterm_);
   sigterm_.data = this;
+  uv_signal_init(&loop_, &sighup_);
+  sighup_.data = this;
   uv_async_init(&loop_, &wake_, OnWake);
   wake_.data = this;
   uv_unref(reinterpret_cast<uv_handle_t*>(&wake_));  // never keeps the loop alive by itself
@@ -360,7 +362,10 @@ void Server::OnTick(uv_timer_t* t) {
     uv_timer_stop(t);  // nothing left to drain: let the loop end
     return;
   }
-  if (!self->stopping_) self->broker_.Tick();
+  if (!self->stopping_) {
+    self->broker_.Tick();
+    for (auto& hook : self->tick_hooks_) hook();
+  }
   const int64_t now = self->clock_.NowMs();
   std::vector<TcpClient*> overdue;
   for (TcpClient* c : self->closing_) {
@@ -371,6 +376,11 @@ void Server::OnTick(uv_timer_t* t) {
 
 void Server::OnSignal(uv_signal_t* s, int signum) {
   auto* self = static_cast<Server*>(s->data);
+  if (signum == SIGHUP) {
+    FMQ_LOG_INFO("SIGHUP: reloading");
+    if (self->reload_hook_) self->reload_hook_();
+    return;
+  }
   FMQ_LOG_INFO("signal %d: shutting down", signum);
   self->Stop();
 }
@@ -388,6 +398,7 @@ void Server::Stop() {
   uv_check_stop(&check_);
   uv_signal_stop(&sigint_);
   uv_signal_stop(&sigterm_);
+  uv_signal_stop(&sighup_);
   // Remaining clients close when their output drains or their close
   // deadline passes (checked by the tick, which then stops itself); the loop
   // then runs out of active handles and Run() returns.
@@ -398,6 +409,7 @@ void Server::Run() {
   uv_timer_start(&tick_, OnTick, 250, 250);
   uv_signal_start(&sigint_, OnSignal, SIGINT);
   uv_signal_start(&sigterm_, OnSignal, SIGTERM);
+  uv_signal_start(&sighup_, OnSignal, SIGHUP);
   uv_run(&loop_, UV_RUN_DEFAULT);
 }
 

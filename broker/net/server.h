@@ -63,6 +63,10 @@ class Server {
   // Another function run on the loop thread after Notifier() (management
   // modules' completions). Before Run().
   void AddWakeHook(std::function<void()> wake);
+  // Run on every 250 ms tick, and on SIGHUP (reload what can be reloaded,
+  // e.g. external CRL files). Before Run().
+  void AddTickHook(std::function<void()> tick) { tick_hooks_.push_back(std::move(tick)); }
+  void SetReloadHook(std::function<void()> reload) { reload_hook_ = std::move(reload); }
 
   // TLS context for the TLS listeners (owned by the caller).
   void SetTls(tls::TlsServerContext* ctx) { tls_ = ctx; }
@@ -103,6 +107,9 @@ class Server {
   uv_async_t wake_;
   std::function<void()> turn_end_hook_;
   std::vector<std::function<void()>> wake_hooks_;
+  std::vector<std::function<void()>> tick_hooks_;
+  std::function<void()> reload_hook_;
+  uv_signal_t sighup_;
   uint32_t handshaking_ = 0;
   uint64_t flood_logged_ = 0;
   std::vector<TcpClient*> dirty_;

@@ -92,7 +92,8 @@ absl::Status TlsServerContext::AddTrustedCa(std::string_view ca_pem) {
 void TlsServerContext::Revoke(std::string_view tenant, std::string_view serial) { revoked_.insert(Key(tenant, serial)); }
 void TlsServerContext::Unrevoke(std::string_view tenant, std::string_view serial) { revoked_.erase(Key(tenant, serial)); }
 bool TlsServerContext::IsRevoked(std::string_view tenant, std::string_view serial) const {
-  return revoked_.contains(Key(tenant, serial));
+  const std::string k = Key(tenant, serial);
+  return revoked_.contains(k) || external_revoked_.contains(k);
 }
 
 TlsSession::TlsSession(TlsServerContext* ctx) : server_(ctx) {

@@ -46,6 +46,9 @@ class TlsServerContext {
   void Revoke(std::string_view tenant, std::string_view serial_hex);
   void Unrevoke(std::string_view tenant, std::string_view serial_hex);
   bool IsRevoked(std::string_view tenant, std::string_view serial_hex) const;
+  // Serials from external CRL files ("tenant\0serial"), replaced whole on
+  // each reload (CrlDir).
+  void SetExternalRevoked(absl::flat_hash_set<std::string> s) { external_revoked_ = std::move(s); }
 
   // Trusts one more tenant CA (a tenant created at run time). Appends to the
   // chain the config already points at; handshakes in progress keep theirs.
@@ -65,6 +68,7 @@ class TlsServerContext {
   mbedtls_x509_crt trust_;
   mbedtls_pk_context own_key_;
   absl::flat_hash_set<std::string> revoked_;  // tenant + '\0' + serial
+  absl::flat_hash_set<std::string> external_revoked_;
   TlsCounters counters_;
   bool ready_ = false;
 };

@@ -7,6 +7,7 @@ and the CRL checked with the openssl CLI."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -16,6 +17,7 @@ import paho.mqtt.client as mqtt
 
 from harness import Broker, FLEETMQ, run_cli
 
+PKI = os.environ.get("FLEETMQ_PKI_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-pki"))
 ADMIN = os.environ.get("FLEETMQ_ADMIN_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-admin"))
 
 
@@ -257,7 +259,7 @@ class Tenants(AdminBase):
         self.admin("tenant.create", "tenant_id=rival")
         # An operator certificate of the new tenant, from its CA.
         sys_pki = self.pki
-        r = run_cli([os.path.join(os.path.dirname(ADMIN), "fleetmq-pki"), "issue", "--dir", self.broker.data_dir,
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir,
                      "--tenant", "rival", "--operator", "eve", "--out", self.tmp])
         if r.returncode != 0:
             self.skipTest("fleetmq-pki cannot issue operator certificates: " + r.stderr)
@@ -295,21 +297,24 @@ class Tenants(AdminBase):
         audit = self.admin("audit.query", "device_id=", "limit=1000")["entries"] if False else \
             self.admin("audit.query", "limit=1000")["entries"]
         self.assertTrue(any(e["actor"] == "device:dev-1" and e["result"].startswith("denied") for e in audit), audit)
-        # And devices cannot read management topics.
+        # Devices cannot read management topics; they read their groups' topics
+        # (from the registry at CONNECT) and no other group's.
         c, st = self.connect(crt, key, "dev-1")
         granted = []
-        c.on_subscribe = lambda cl, u, mid, codes, p=None: granted.extend(codes)
-        c.subscribe("$SYS/fleetmq/events/v1/connectivity/#", qos=0)
-        deadline = time.time() + 3
-        while not granted and time.time() < deadline:
-            time.sleep(0.02)
-        self.assertTrue(granted and granted[0].value >= 0x80, granted)
+        c.on_subscribe = lambda cl, u, mid, codes, p=None: granted.append(codes[0].value)
+        for topic in ("$SYS/fleetmq/events/v1/connectivity/#", "groups/g1/#", "groups/g2/#"):
+            n = len(granted)
+            c.subscribe(topic, qos=0)
+            deadline = time.time() + 3
+            while len(granted) == n and time.time() < deadline:
+                time.sleep(0.02)
+        self.assertEqual(granted, [0x87, 0, 0x87])
         c.disconnect()
         c.loop_stop()
 
     def test_tenant_connection_quota(self):
         self.admin("tenant.create", "tenant_id=small", "max_connections=1")
-        r = run_cli([os.path.join(os.path.dirname(ADMIN), "fleetmq-pki"), "issue", "--dir", self.broker.data_dir,
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir,
                      "--tenant", "small", "--operator", "ops", "--out", self.tmp])
         if r.returncode != 0:
             self.skipTest("fleetmq-pki cannot issue operator certificates: " + r.stderr)
@@ -367,6 +372,67 @@ class Revocation(AdminBase):
         with open(crl, "rb") as f:
             self.assertEqual(ws["msgs"][-1][1], f.read())
         watcher.loop_stop()
+
+
+class ExternalCrl(AdminBase):
+    def issue(self, name):
+        key, csr = self.csr(name)
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--tenant", "default", "--device", name, "--csr", csr])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        crt = os.path.join(self.tmp, name + ".crt")
+        with open(crt, "w") as f:
+            f.write(r.stdout)
+        serial = run_cli(["openssl", "x509", "-in", crt, "-noout", "-serial"]).stdout.strip().split("=")[1]
+        return crt, key, serial
+
+    def test_load_and_reload_without_restart(self):
+        crl_dir = os.path.join(self.broker.data_dir, "crl")
+        good = self.issue("dev-good")
+        bad = self.issue("dev-bad")
+        # Garbage and a CRL signed by another CA: refused with a log line, no effect.
+        with open(os.path.join(crl_dir, "junk.crl"), "wb") as f:
+            f.write(b"not a crl at all")
+        self.broker.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        self.assertIn("junk.crl refused", self.broker.read_log())
+        c, st = self.connect(good[0], good[1], "dev-good")
+        self.assertEqual(st["rc"], 0)
+        c.disconnect()
+        c.loop_stop()
+        # A CRL of the tenant CA revoking dev-bad, dropped into the directory:
+        # picked up within the 5 s poll, no restart, no SIGHUP.
+        r = subprocess.run([PKI, "crl", "--dir", self.broker.data_dir, "--tenant", "default", "--serial", bad[2]],
+                           stdout=subprocess.PIPE, timeout=10)
+        self.assertEqual(r.returncode, 0)
+        with open(os.path.join(crl_dir, "ops.tmp"), "wb") as f:
+            f.write(r.stdout)
+        os.rename(os.path.join(crl_dir, "ops.tmp"), os.path.join(crl_dir, "ops.crl"))
+        # Connections keep working while the reload happens.
+        deadline = time.time() + 8
+        refused = False
+        ok_during = 0
+        while time.time() < deadline and not refused:
+            c, st = self.connect(good[0], good[1], "dev-good")
+            ok_during += st["rc"] == 0
+            c.disconnect()
+            c.loop_stop()
+            b, sb = self.connect(bad[0], bad[1], "dev-bad")
+            refused = sb["rc"] != 0
+            b.loop_stop()
+        self.assertTrue(refused, "external CRL not applied")
+        self.assertGreater(ok_during, 0)
+        c, st = self.connect(good[0], good[1], "dev-good")
+        self.assertEqual(st["rc"], 0)
+        c.disconnect()
+        c.loop_stop()
+        # Removing the file lifts the revocation on reload.
+        os.remove(os.path.join(crl_dir, "ops.crl"))
+        self.broker.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        b, sb = self.connect(bad[0], bad[1], "dev-bad")
+        self.assertEqual(sb["rc"], 0)
+        b.disconnect()
+        b.loop_stop()
 
 
 class Connectivity(AdminBase):

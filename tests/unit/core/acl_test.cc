@@ -33,19 +33,27 @@ TEST_CASE("ACL rules: parsing, the default device policy, operators, tenant rule
   CHECK(ParseAclRule("read fleet/%u/+").ok());
 
   AclPolicy acl;
-  PeerIdentity dev{"acme", "d1", true, false, ""};
+  PeerIdentity dev{"acme", "d1", true, false, "", {}};
   CHECK(acl.CanPublish(dev, "d1", "", "devices/d1/telemetry"));
   CHECK_FALSE(acl.CanPublish(dev, "d1", "", "devices/d2/telemetry"));
   CHECK(acl.CanSubscribe(dev, "d1", "", "devices/d1/#"));
   CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "devices/+/cmd"));
   CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "#"));
-  PeerIdentity op{"acme", "admin", false, false, ""};
+  // The device's groups: read-only, each group its own subtree.
+  PeerIdentity grouped{"acme", "d1", true, false, "", {"lobby", "floor-2"}};
+  CHECK(acl.CanSubscribe(grouped, "d1", "", "groups/lobby/#"));
+  CHECK(acl.CanSubscribe(grouped, "d1", "", "groups/floor-2/config"));
+  CHECK_FALSE(acl.CanSubscribe(grouped, "d1", "", "groups/floor-3/#"));
+  CHECK_FALSE(acl.CanSubscribe(grouped, "d1", "", "groups/+/config"));
+  CHECK_FALSE(acl.CanPublish(grouped, "d1", "", "groups/lobby/config"));
+  CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "groups/lobby/#"));  // no groups
+  PeerIdentity op{"acme", "admin", false, false, "", {}};
   CHECK(acl.CanPublish(op, "admin", "", "devices/d2/cmd"));
   CHECK(acl.CanSubscribe(op, "admin", "", "#"));
 
   acl.SetTenantRules("acme", {*ParseAclRule("read fleet/broadcast/#"), *ParseAclRule("write users/%u/in")});
   CHECK(acl.CanSubscribe(dev, "d1", "", "fleet/broadcast/#"));
-  CHECK_FALSE(acl.CanSubscribe(PeerIdentity{"other", "d1", true, false, ""}, "d1", "", "fleet/broadcast/#"));
+  CHECK_FALSE(acl.CanSubscribe(PeerIdentity{"other", "d1", true, false, "", {}}, "d1", "", "fleet/broadcast/#"));
   CHECK_FALSE(acl.CanPublish(dev, "d1", "", "fleet/broadcast/x"));  // read only
   CHECK(acl.CanPublish(dev, "d1", "bob", "users/bob/in"));
   // A user name with level separators or wildcards never widens a rule.

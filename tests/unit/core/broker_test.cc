@@ -843,7 +843,7 @@ namespace {
 std::unique_ptr<Client> TenantClient(Fixture& f, const char* tenant, const char* name, Version v = V5,
                                      bool device = true) {
   auto c = f.NewClient(v);
-  c->conn.set_identity(PeerIdentity{tenant, name, device, false, ""});
+  c->conn.set_identity(PeerIdentity{tenant, name, device, false, "", {}});
   return c;
 }
 
@@ -929,7 +929,7 @@ TEST_CASE("a device is bound to its certificate's id") {
   CHECK(ack.reason == ReasonCode::kSuccess);
   CHECK(ack.props.assigned_client_id == "dev-1");
   auto op = f.NewClient(V5);
-  op->conn.set_identity(PeerIdentity{"acme", "admin", false, false, ""});
+  op->conn.set_identity(PeerIdentity{"acme", "admin", false, false, "", {}});
   CHECK(op->Connect("any-id").reason == ReasonCode::kSuccess);  // operators choose their id
   auto v3 = TenantClient(f, "acme", "dev-3", V3);
   CHECK(v3->Connect("").reason == ReasonCode::kSuccess);
@@ -945,7 +945,7 @@ namespace {
 TEST_CASE("ACLs on the wire: v5 PUBACK/SUBACK 0x87, 3.1.1 dropped and counted, wills checked at CONNECT") {
   Fixture f;
   auto watcher = TenantClient(f, "acme", "admin");
-  watcher->conn.set_identity(PeerIdentity{"acme", "admin", false, false, ""});  // operator
+  watcher->conn.set_identity(PeerIdentity{"acme", "admin", false, false, "", {}});  // operator
   watcher->Connect("ops");
   Subscribe(*watcher, "#", 0);
   auto d5 = TenantClient(f, "acme", "d1");
@@ -978,6 +978,43 @@ TEST_CASE("ACLs on the wire: v5 PUBACK/SUBACK 0x87, 3.1.1 dropped and counted, w
   ck.client_id = "d4";
   ck.will = mqtt::Will{"devices/d1/status", "gone", 0, false, {}};  // someone else's subtree
   CHECK(w->Connect(ck).reason == ReasonCode::kNotAuthorized);
+}
+
+}  // namespace
+}  // namespace fmq
+
+namespace fmq {
+namespace {
+
+TEST_CASE("tenant management topics: '$' rule inside the mount, operators only, own reply topic only") {
+  Fixture f;
+  auto op = TenantOperator(f, "acme", "alice");
+  op->Connect("ops");
+  Subscribe(*op, "#", 0);        // must not see $SYS/... of its tenant [MQTT-4.7.2-1]
+  Subscribe(*op, "+/fleetmq/#", 0);
+  Subscribe(*op, "$SYS/fleetmq/events/#", 0);
+  auto dev = TenantClient(f, "acme", "d1");
+  dev->Connect("d1");
+  dev->Send(Sub("$SYS/fleetmq/events/#", 0));
+  auto sa = Only<mqtt::SubAck>(dev->Recv());
+  REQUIRE(sa.size() == 1);
+  CHECK(sa[0].codes[0] == ReasonCode::kNotAuthorized);  // devices read no management topics
+  op->Send(Sub("$SYS/fleetmq/control/v1/reply/someone-else", 0));
+  auto sb = Only<mqtt::SubAck>(op->Recv());
+  REQUIRE(sb.size() == 1);
+  CHECK(sb[0].codes[0] == ReasonCode::kNotAuthorized);
+  op->Send(Sub("$SYS/fleetmq/control/v1/reply/ops", 0));
+  auto sc = Only<mqtt::SubAck>(op->Recv());
+  REQUIRE(sc.size() == 1);
+  CHECK(sc[0].codes[0] == ReasonCode::kSuccess);
+  f.broker.PublishInternal(MountOf("acme") + "$SYS/fleetmq/events/v1/connectivity/d1", "{}", false);
+  f.broker.PublishInternal(MountOf("acme") + "$SYS/fleetmq/crl/v1", "der", true);
+  auto got = Only<mqtt::Publish>(op->Recv());
+  REQUIRE(got.size() == 1);  // once, through the explicit $SYS filter only
+  CHECK(got[0].topic == "$SYS/fleetmq/events/v1/connectivity/d1");
+  // The retained CRL is not sent to '#' or '+/...' subscribers either.
+  op->Send(Sub("#", 0));
+  CHECK(Only<mqtt::Publish>(op->Recv()).empty());
 }
 
 }  // namespace

@@ -360,11 +360,11 @@ TEST_CASE("tenant sessions and retained messages are stored under their tenant a
   {
     Stack s(&kv, &clock);
     Client a(s.broker, Version::kV5, 1);
-    a.conn.set_identity(PeerIdentity{"acme", "dev-1", false, false, ""});  // operators: tenant-wide topics
+    a.conn.set_identity(PeerIdentity{"acme", "dev-1", false, false, "", {}});  // operators: tenant-wide topics
     a.Connect(Persistent("dev-1"));
     Subscribe(a, "cfg/#", 1);
     Client b(s.broker, Version::kV5, 2);
-    b.conn.set_identity(PeerIdentity{"other", "dev-1", false, false, ""});
+    b.conn.set_identity(PeerIdentity{"other", "dev-1", false, false, "", {}});
     b.Connect(Persistent("dev-1"));
     b.Send(Pub("cfg/x", "other's retained", 1, 1, true));
     s.Settle();
@@ -382,12 +382,12 @@ TEST_CASE("tenant sessions and retained messages are stored under their tenant a
   REQUIRE(sa != nullptr);
   CHECK(sa->subscriptions.contains("$T/acme/cfg/#"));
   Client a(s.broker, Version::kV5, 3);
-  a.conn.set_identity(PeerIdentity{"acme", "dev-1", false, false, ""});
+  a.conn.set_identity(PeerIdentity{"acme", "dev-1", false, false, "", {}});
   CHECK(a.Connect(Persistent("dev-1")).session_present);
   Subscribe(a, "cfg/#", 1);
   CHECK(Only<mqtt::Publish>(a.Recv()).empty());  // other's retained stays other's
   Client b(s.broker, Version::kV5, 4);
-  b.conn.set_identity(PeerIdentity{"other", "dev-2", false, false, ""});
+  b.conn.set_identity(PeerIdentity{"other", "dev-2", false, false, "", {}});
   b.Connect("dev-2");
   Subscribe(b, "cfg/#", 1);
   auto got = Only<mqtt::Publish>(b.Recv());
