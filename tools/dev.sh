@@ -37,7 +37,7 @@ case "${1:-}" in
     shift
     install_packages
     [ -f build-release/build.ninja ] || meson setup build-release --buildtype=release
-    ninja -C build-release broker/fleetmq bench/fleetmq-bench tools/fleetmq-pki
+    ninja -C build-release broker/fleetmq bench/fleetmq-bench tools/fleetmq-pki tools/fleetmq-admin
     exec ./build-release/broker/fleetmq --data_dir=./data "$@"
     ;;
   test)

@@ -166,6 +166,18 @@ class Commands(AdminBase):
         self.assertEqual(st3["rc"], 0)
         c3.disconnect()
         c3.loop_stop()
+        # Register first, provision later (and again: the old certificate is revoked).
+        self.assertEqual(self.admin("device.register", "serial_number=SN-p", "model_id=m1", "device_id=dev-p")["status"],
+                         "registered")
+        self.assertEqual(self.error_code(self.admin("device.activate", "device_id=dev-p", ok=False)), "invalid_transition")
+        pkey, pcsr = self.csr("dev-p")
+        p1 = self.admin("device.provision", "device_id=dev-p", "csr=@" + pcsr)
+        self.assertEqual(p1["status"], "provisioned")
+        p2 = self.admin("device.provision", "device_id=dev-p", "csr=@" + pcsr)
+        certs = {c["serial"]: c["revoked_at_ms"] for c in self.admin("cert.list", "device_id=dev-p")["certificates"]}
+        self.assertGreater(certs[p1["certificate_serial"]], 0)
+        self.assertEqual(certs[p2["certificate_serial"]], 0)
+        self.assertEqual(self.admin("device.activate", "device_id=dev-p")["status"], "active")
         # Replace by a newcomer, then decommission: certificates revoked.
         self.admin("device.register", "serial_number=SN-new", "model_id=m1", "device_id=dev-new")
         rep = self.admin("device.replace", "device_id=dev-1", "new_device_id=dev-new")
