@@ -58,11 +58,13 @@ def main():
     ap.add_argument("--pki-tool", required=True)
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--share", type=int, default=50, help="the broker's tls_handshake_share")
     args = ap.parse_args()
     data = tempfile.mkdtemp(prefix="fleetmq-flood-")
     log = open(os.path.join(data, "broker.log"), "w+")
     broker = subprocess.Popen(["taskset", "-c", "0", args.broker, "--data_dir=" + data, "--listen=127.0.0.1:0",
-                               "--tls_listen=127.0.0.1:0", "--log_level=warning"], stdout=log, stderr=subprocess.STDOUT)
+                               "--tls_listen=127.0.0.1:0", "--log_level=warning",
+                               "--tls_handshake_share=%d" % args.share], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 10
         ports = None
@@ -98,6 +100,7 @@ def main():
                  for _ in range(args.procs)]
         for p in procs:
             p.start()
+            os.sched_setaffinity(p.pid, {1})  # the load side's CPU
         time.sleep(1)
         during = bench(args, plain)
         for p in procs:

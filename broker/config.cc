@@ -103,6 +103,9 @@ const std::vector<OptionDef>& Options() {
       {"tls_max_handshakes", "256", "TLS handshakes in progress at once; new TLS connections beyond it are closed at accept and counted ($SYS/broker/connections/tls_refused).",
        UintSetter("tls_max_handshakes", 1, 1000000,
                   [](Config& c, uint64_t n) { c.server.max_pending_handshakes = static_cast<uint32_t>(n); })},
+      {"tls_handshake_share", "50", "Percent of the event loop's time TLS handshakes may use (measured, a token bucket holding 10 ms worth); beyond it handshake input waits until the budget refills, so a handshake flood cannot starve established connections (100 = no limit).",
+       UintSetter("tls_handshake_share", 1, 100,
+                  [](Config& c, uint64_t n) { c.server.handshake_share_percent = static_cast<uint32_t>(n); })},
       {"tls_server_name", "localhost", "Host name in the broker's certificate when the PKI is first created.",
        [](Config& c, const std::string& v) -> absl::Status {
          if (v.empty()) return Bad("tls_server_name", "must not be empty");

@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "common/log.h"
@@ -139,9 +140,50 @@ class TcpClient final : public Transport {
     *buf = uv_buf_init(self->server_->read_buf_, sizeof self->server_->read_buf_);
   }
 
+  // Handshake work spends the window's handshake budget; over it, the
+  // bytes wait (reading stopped) until the next tick window, so
+  // established connections keep most of the loop whatever the flood.
+  bool HandshakeStep(std::string_view ciphertext) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool ok = OnTlsBytes(ciphertext);
+    server_->handshake_tokens_ns_ -= std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::steady_clock::now() - t0).count();
+    return ok;
+  }
+
+  void Defer(std::string_view ciphertext) {
+    deferred_.append(ciphertext);
+    if (!deferred_listed_) {
+      deferred_listed_ = true;
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
+      server_->DeferHandshake(this);
+    }
+  }
+
+  // Next window: the bytes that waited, then reading again. False when the
+  // handshake failed and the client is gone.
+  bool ResumeDeferred() {
+    deferred_listed_ = false;
+    if (closing_ || closed_) return true;
+    std::string bytes;
+    bytes.swap(deferred_);
+    if (!bytes.empty() && !HandshakeStep(bytes)) return false;
+    if (!closing_ && !closed_) {
+      uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
+    }
+    return true;
+  }
+
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     auto* self = static_cast<TcpClient*>(s->data);
-    if (n > 0 && self->tls_) {
+    if (n > 0 && self->tls_ && self->in_handshake_) {
+      const std::string_view bytes(buf->base, static_cast<size_t>(n));
+      if (self->server_->HandshakeBudgetLeft()) {
+        self->HandshakeStep(bytes);
+      } else {
+        self->Defer(bytes);
+      }
+    } else if (n > 0 && self->tls_) {
       if (!self->OnTlsBytes(std::string_view(buf->base, static_cast<size_t>(n)))) return;
     } else if (n > 0) {
       self->conn_.OnBytes(std::string_view(buf->base, static_cast<size_t>(n)));
@@ -203,6 +245,8 @@ class TcpClient final : public Transport {
   bool closed_ = false;
   bool read_paused_ = false;
   bool in_handshake_ = false;
+  std::string deferred_;  // handshake bytes waiting for the next budget window
+  bool deferred_listed_ = false;
   int64_t close_deadline_ = 0;
 };
 
@@ -220,6 +264,8 @@ Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHoo
   sigterm_.data = this;
   uv_signal_init(&loop_, &sighup_);
   sighup_.data = this;
+  uv_timer_init(&loop_, &handshake_timer_);
+  handshake_timer_.data = this;
   uv_async_init(&loop_, &wake_, OnWake);
   wake_.data = this;
   uv_unref(reinterpret_cast<uv_handle_t*>(&wake_));  // never keeps the loop alive by itself
@@ -349,7 +395,49 @@ void Server::Flush() {
   for (TcpClient* c : batch) c->FlushOutput();
 }
 
+namespace {
+constexpr int64_t kHandshakeWindowNs = 10'000'000;  // 10 ms
+}
+
+bool Server::HandshakeBudgetLeft() {
+  if (sopts_.handshake_share_percent >= 100) return true;
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  // A token bucket of handshake time: it fills at the allowed share of wall
+  // time, holds at most one window's worth, and each step takes what it
+  // measured (so a long step is paid back before the next one runs).
+  const int64_t cap = kHandshakeWindowNs * sopts_.handshake_share_percent / 100;
+  handshake_tokens_ns_ = std::min(cap, handshake_tokens_ns_ + (now - handshake_refill_ns_) *
+                                                                  sopts_.handshake_share_percent / 100);
+  handshake_refill_ns_ = now;
+  return handshake_tokens_ns_ > 0;
+}
+
+void Server::OnHandshakeTimer(uv_timer_t* t) {
+  auto* self = static_cast<Server*>(t->data);
+  self->ResumeDeferredHandshakes();
+  if (self->deferred_.empty()) uv_timer_stop(t);
+}
+
+void Server::DeferHandshake(TcpClient* c) {
+  deferred_.push_back(c);
+  deferred_handshakes_++;
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&handshake_timer_))) {
+    uv_timer_start(&handshake_timer_, OnHandshakeTimer, 2, 2);
+  }
+}
+
+void Server::ResumeDeferredHandshakes() {
+  std::vector<TcpClient*> waiting;
+  waiting.swap(deferred_);
+  size_t i = 0;
+  for (; i < waiting.size() && HandshakeBudgetLeft(); ++i) waiting[i]->ResumeDeferred();
+  // Still over budget: the rest wait for the next window, in order.
+  deferred_.insert(deferred_.begin(), waiting.begin() + static_cast<long>(i), waiting.end());
+}
+
 void Server::Forget(TcpClient* c) {
+  deferred_.erase(std::remove(deferred_.begin(), deferred_.end(), c), deferred_.end());
   dirty_.erase(std::remove(dirty_.begin(), dirty_.end(), c), dirty_.end());
   closing_.erase(std::remove(closing_.begin(), closing_.end(), c), closing_.end());
 }

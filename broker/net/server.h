@@ -31,6 +31,11 @@ struct ServerOptions {
   // TLS handshakes in progress at once; beyond it new TLS connections are
   // closed at accept (counted), so a flood cannot queue unbounded work.
   uint32_t max_pending_handshakes = 256;
+  // Share of the loop's time TLS handshakes may take (a token bucket of
+  // handshake time holding at most 10 ms worth); beyond it handshake input
+  // waits (reading stopped) until the bucket refills, so a flood of
+  // handshakes cannot starve established connections. 100 = no limit.
+  uint32_t handshake_share_percent = 50;
   // Disable Nagle on client sockets: MQTT packets are small and latency
   // matters more than a few saved segments (mosquitto's set_tcp_nodelay).
   bool tcp_nodelay = true;
@@ -87,6 +92,10 @@ class Server {
   void CountTlsFailure(const std::string& peer, const std::string& why);
   void Flush();
   void Forget(TcpClient* c);
+  bool HandshakeBudgetLeft();
+  void DeferHandshake(TcpClient* c);
+  void ResumeDeferredHandshakes();
+  static void OnHandshakeTimer(uv_timer_t* t);
 
   ServerOptions sopts_;
   SystemClock clock_;
@@ -111,6 +120,11 @@ class Server {
   std::function<void()> reload_hook_;
   uv_signal_t sighup_;
   uint32_t handshaking_ = 0;
+  int64_t handshake_tokens_ns_ = 0;     // handshake time budget (token bucket)
+  int64_t handshake_refill_ns_ = 0;
+  uv_timer_t handshake_timer_;          // resumes deferred handshakes while any wait
+  std::vector<TcpClient*> deferred_;    // handshakes waiting for the next window
+  uint64_t deferred_handshakes_ = 0;
   uint64_t flood_logged_ = 0;
   std::vector<TcpClient*> dirty_;
   std::vector<TcpClient*> closing_;
