@@ -180,7 +180,18 @@ void AdminModule::ResolveIdentity(PeerIdentity& id) {
 }
 
 mqtt::ReasonCode AdminModule::Authenticate(const mqtt::Connect&, const ClientInfo& info) {
-  if (info.identity == nullptr || !info.identity->device) return ReasonCode::kSuccess;
+  if (info.identity == nullptr) return ReasonCode::kSuccess;
+  if (!info.identity->device) {
+    // Operators choose their client id, but never a device's: that would
+    // take over the device's session.
+    fb::DeviceT d;
+    if (reader_.GetDevice(storage::TenantId::FromAuthenticated(info.identity->tenant), info.client_id, &d).ok()) {
+      FMQ_LOG_INFO("operator '%s' of tenant '%s' refused: client id '%.*s' is a device's", info.identity->name.c_str(),
+                   info.identity->tenant.c_str(), static_cast<int>(info.client_id.size()), info.client_id.data());
+      return ReasonCode::kClientIdentifierNotValid;
+    }
+    return ReasonCode::kSuccess;
+  }
   if (!IsBlocked(info.identity->tenant, info.identity->name)) return ReasonCode::kSuccess;
   counters_.blocked_connects++;
   FMQ_LOG_INFO("device '%s' of tenant '%s' refused: suspended or retired", info.identity->name.c_str(),

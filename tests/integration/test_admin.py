@@ -323,6 +323,10 @@ class Tenants(AdminBase):
         self.assertEqual(granted, [0x87, 0, 0x87])
         c.disconnect()
         c.loop_stop()
+        # An operator may not take a device's client id (and so its session).
+        o, so = self.connect(*self.op_cert(), "dev-1")
+        self.assertEqual(so["rc"], 0x85)
+        o.loop_stop()
 
     def test_tenant_connection_quota(self):
         self.admin("tenant.create", "tenant_id=small", "max_connections=1")
