@@ -4,6 +4,12 @@
 //            every message); closed loop: each publisher keeps at most
 //            --window messages in flight end to end (counted at subscriber 0)
 //   fanout : 1 publisher -> S subscribers on one topic (same closed loop)
+//   push   : S devices, each subscribed (QoS 1) to its own topic push/<i>; one
+//            dispatcher publishes one QoS 1 message to every device (at most
+//            --window unacknowledged by the broker); reports the time until
+//            every device received (and acknowledged) it, as devices/s — the
+//            seed's config push. Devices connect --window at a time, from
+//            source addresses spread over 127.0.0.1-127.0.0.8.
 // Payloads carry a send timestamp: end-to-end latency percentiles are
 // measured. Bounded by --duration; loopback only (the target host must be
 // 127.0.0.0/8). Prints a live line every second and a final JSON line.
@@ -87,8 +93,14 @@ class Bench {
   explicit Bench(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
 
   int Run() {
-    if (o_.scenario == "fanout") o_.pubs = 1;
-    for (int i = 0; i < o_.subs; ++i) Add(false, i);
+    if (o_.scenario == "fanout" || push()) o_.pubs = 1;
+    if (push()) {
+      o_.qos = 1;
+      for (int i = 0; i < std::min(o_.subs, o_.window); ++i) Add(false, i);  // paced connects
+      next_sub_ = std::min(o_.subs, o_.window);
+    } else {
+      for (int i = 0; i < o_.subs; ++i) Add(false, i);
+    }
     uv_timer_init(&loop_, &timer_);
     timer_.data = this;
     uv_timer_start(&timer_, OnTimer, 100, 100);
@@ -104,7 +116,16 @@ class Bench {
     return rc;
   }
 
+  bool push() const { return o_.scenario == "push"; }
+
   void OnReady(Client* c) {
+    if (push() && !c->publisher && next_sub_ < o_.subs) Add(false, next_sub_++);
+    if (push() && c->publisher) {
+      push_start_ns_ = NowNs();
+      cpu_start_ = BrokerCpuSeconds(o_.broker_pid);
+      PumpPush(c);
+      return;
+    }
     ++ready_;
     if (ready_ == o_.subs && !pubs_started_) {
       pubs_started_ = true;
@@ -113,7 +134,39 @@ class Bench {
     if (c->publisher) Pump(c);
   }
 
+  // push: the dispatcher keeps --window messages unacknowledged by the broker.
+  void PumpPush(Client* c) {
+    while (c->inflight < o_.window && next_target_ < o_.subs) {
+      mqtt::Publish p;
+      const std::string topic = "push/" + std::to_string(next_target_++);
+      p.topic = topic;
+      p.qos = 1;
+      p.packet_id = c->next_id++;
+      if (c->next_id == 0) c->next_id = 1;
+      p.payload = "{\"config_version\":2}";
+      mqtt::Encode(p, c->version, &c->out);
+      ++c->inflight;
+      ++sent_;
+    }
+    Flush(c);
+  }
+
+  void OnPushAck(Client* c) {
+    --c->inflight;
+    PumpPush(c);
+  }
+
   void OnPublishReceived(Client* sub, const mqtt::Publish& p) {
+    if (push()) {
+      if (++received_ == static_cast<uint64_t>(o_.subs)) {
+        measure_ns_ = NowNs() - push_start_ns_;
+        cpu_end_ = BrokerCpuSeconds(o_.broker_pid);
+        Flush(sub);  // its PUBACK
+        stopping_ = true;
+        uv_stop(&loop_);
+      }
+      return;
+    }
     if (p.payload.size() < 12) return;
     int64_t sent;
     uint32_t pub_index;
@@ -176,9 +229,14 @@ class Bench {
     c->index = i;
     c->publisher = publisher;
     c->version = o_.version == 5 ? mqtt::Version::kV5 : mqtt::Version::kV311;
-    c->topic = o_.scenario == "fanout" ? "bench/all" : "bench/" + std::to_string(i);
+    c->topic = o_.scenario == "fanout" ? "bench/all" : push() ? "push/" + std::to_string(i) : "bench/" + std::to_string(i);
     uv_tcp_init(&loop_, &c->tcp);
     uv_tcp_nodelay(&c->tcp, 1);
+    if (push()) {  // spread over source addresses: 8 x ~28k ephemeral ports
+      sockaddr_in src;
+      uv_ip4_addr(("127.0.0." + std::to_string(1 + i % 8)).c_str(), 0, &src);
+      uv_tcp_bind(&c->tcp, reinterpret_cast<sockaddr*>(&src), 0);
+    }
     c->tcp.data = c.get();
     c->connect_req.data = c.get();
     sockaddr_in addr;
@@ -212,7 +270,9 @@ class Bench {
     if (!c->publisher) {
       mqtt::Subscribe s;
       s.packet_id = 1;
-      s.entries.push_back({c->bench->o_.scenario == "fanout" ? "bench/all" : "bench/#",
+      s.entries.push_back({c->bench->o_.scenario == "fanout" ? "bench/all"
+                           : c->bench->push()                ? c->topic
+                                                             : std::string("bench/#"),
                            static_cast<uint8_t>(c->bench->o_.qos)});
       mqtt::Encode(s, c->version, &c->out);
     }
@@ -249,6 +309,8 @@ class Bench {
           mqtt::Encode(a, c->version, &c->out);
         }
         b->OnPublishReceived(c, pub);
+      } else if (type == mqtt::PacketType::kPuback && c->publisher && b->push()) {
+        b->OnPushAck(c);
       } else if (type == mqtt::PacketType::kConnack && c->publisher) {
         c->ready = true;
         b->OnReady(c);
@@ -268,6 +330,15 @@ class Bench {
   static void OnTimer(uv_timer_t* t) {
     auto* b = static_cast<Bench*>(t->data);
     const double elapsed = static_cast<double>(NowNs() - b->start_ns_) / 1e9;
+    if (b->push()) {
+      std::fprintf(stderr, "\r%.1fs connected %d/%d, delivered %llu   ", elapsed, b->ready_, b->o_.subs,
+                   static_cast<unsigned long long>(b->received_));
+      if (elapsed > b->o_.duration + 60) {
+        std::fprintf(stderr, "\nfleetmq-bench: push did not finish in time\n");
+        std::exit(1);
+      }
+      return;
+    }
     if (!b->measuring_ && b->pubs_started_ && elapsed >= b->o_.warmup) {
       b->measuring_ = true;
       b->measure_start_ns_ = NowNs();
@@ -294,6 +365,14 @@ class Bench {
 
   int Report() {
     std::fprintf(stderr, "\n");
+    if (push()) {
+      const double secs = static_cast<double>(measure_ns_) / 1e9;
+      const double cpu = cpu_end_ - cpu_start_;
+      std::printf("{\"scenario\":\"push\",\"devices\":%d,\"window\":%d,\"mqtt\":%d,\"seconds\":%.3f,"
+                  "\"devices_per_s\":%.0f,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_device\":%.3f}\n",
+                  o_.subs, o_.window, o_.version, secs, o_.subs / secs, cpu, cpu * 1e6 / o_.subs);
+      return 0;
+    }
     std::sort(latencies_.begin(), latencies_.end());
     auto pct = [&](double q) -> unsigned {
       if (latencies_.empty()) return 0;
@@ -319,6 +398,9 @@ class Bench {
   std::vector<std::unique_ptr<Client>> clients_;
   std::vector<Client*> pubs_;
   int ready_ = 0;
+  int next_sub_ = 0;      // push: next device to connect
+  int next_target_ = 0;   // push: next device to publish to
+  int64_t push_start_ns_ = 0;
   bool pubs_started_ = false;
   bool measuring_ = false;
   bool stopping_ = false;
@@ -331,7 +413,7 @@ class Bench {
 
 void Usage() {
   std::fprintf(stderr,
-               "usage: fleetmq-bench [--scenario fanin|fanout] [--host 127.0.0.1] [--port 1883]\n"
+               "usage: fleetmq-bench [--scenario fanin|fanout|push] [--host 127.0.0.1] [--port 1883]\n"
                "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--duration S]\n"
                "  [--warmup S] [--mqtt 4|5] [--broker-pid PID] [--persistent]\n");
 }
@@ -377,7 +459,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fleetmq-bench: targets loopback (127.0.0.0/8) only\n");
     return 2;
   }
-  if (o.scenario != "fanin" && o.scenario != "fanout") {
+  if (o.scenario != "fanin" && o.scenario != "fanout" && o.scenario != "push") {
     std::fprintf(stderr, "fleetmq-bench: unknown scenario %s\n", o.scenario.c_str());
     return 2;
   }
