@@ -23,17 +23,6 @@ bool WantedName(const std::string& n) {
   return false;
 }
 
-std::string SerialHex(const mbedtls_x509_buf& s) {
-  static const char* d = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < s.len; ++i) {
-    out.push_back(d[s.p[i] >> 4]);
-    out.push_back(d[s.p[i] & 15]);
-  }
-  size_t nz = out.find_first_not_of('0');
-  return nz == std::string::npos ? "0" : out.substr(nz);
-}
-
 }  // namespace
 
 bool CrlDir::LoadFile(const std::string& path, absl::flat_hash_set<std::string>* out, std::string* why) {
@@ -50,14 +39,7 @@ bool CrlDir::LoadFile(const std::string& path, absl::flat_hash_set<std::string>*
   }
   for (const mbedtls_x509_crl* c = &crl; c != nullptr && c->raw.p != nullptr; c = c->next) {
     // The signer must be one of our tenant CAs; its tenant scopes the serials.
-    const mbedtls_x509_crt* issuer = nullptr;
-    for (const mbedtls_x509_crt* ca = ctx_->config()->ca_chain; ca != nullptr && ca->raw.p != nullptr; ca = ca->next) {
-      if (ca->subject_raw.len == c->issuer_raw.len &&
-          std::memcmp(ca->subject_raw.p, c->issuer_raw.p, ca->subject_raw.len) == 0) {
-        issuer = ca;
-        break;
-      }
-    }
+    const mbedtls_x509_crt* issuer = ctx_->FindTrustedIssuer(c->issuer_raw);
     if (issuer == nullptr) {
       *why = "issuer is not a trusted CA";
       return false;
@@ -78,7 +60,7 @@ bool CrlDir::LoadFile(const std::string& path, absl::flat_hash_set<std::string>*
     for (const mbedtls_x509_crl_entry* e = &c->entry; e != nullptr && e->raw.p != nullptr; e = e->next) {
       std::string k = id->tenant;
       k.push_back('\0');
-      k += SerialHex(e->serial);
+      k += pki::SerialHex(e->serial);
       out->insert(std::move(k));
     }
   }

@@ -82,6 +82,15 @@ TlsServerContext::~TlsServerContext() {
   mbedtls_entropy_free(&entropy_);
 }
 
+const mbedtls_x509_crt* TlsServerContext::FindTrustedIssuer(const mbedtls_x509_buf& issuer_raw) const {
+  for (const mbedtls_x509_crt* c = &trust_; c != nullptr && c->raw.p != nullptr; c = c->next) {
+    if (c->subject_raw.len == issuer_raw.len && std::memcmp(c->subject_raw.p, issuer_raw.p, issuer_raw.len) == 0) {
+      return c;
+    }
+  }
+  return nullptr;
+}
+
 absl::Status TlsServerContext::AddTrustedCa(std::string_view ca_pem) {
   std::string pem(ca_pem);  // mbedTLS wants the terminating NUL counted
   int rc = mbedtls_x509_crt_parse(&trust_, reinterpret_cast<const unsigned char*>(pem.c_str()), pem.size() + 1);
@@ -168,14 +177,7 @@ bool TlsSession::CheckPeer() {
   }
   peer_serial_ = pki::SerialHex(*peer);
   // The tenant comes from the issuing CA and must agree with the subject.
-  const mbedtls_x509_crt* issuer = nullptr;
-  for (const mbedtls_x509_crt* c = server_->config()->ca_chain; c != nullptr && c->raw.p != nullptr; c = c->next) {
-    if (c->subject_raw.len == peer->issuer_raw.len &&
-        std::memcmp(c->subject_raw.p, peer->issuer_raw.p, c->subject_raw.len) == 0) {
-      issuer = c;
-      break;
-    }
-  }
+  const mbedtls_x509_crt* issuer = server_->FindTrustedIssuer(peer->issuer_raw);
   auto issuer_id = issuer ? pki::IdentityOf(*issuer) : absl::StatusOr<pki::Identity>(absl::NotFoundError("unknown issuer"));
   // A platform admin is issued by the root itself, under the reserved tenant.
   const bool issuer_ok =

@@ -54,6 +54,10 @@ class TlsServerContext {
   // chain the config already points at; handshakes in progress keep theirs.
   absl::Status AddTrustedCa(std::string_view ca_pem);
 
+  // The trusted CA whose subject is `issuer_raw` (a certificate's or a
+  // CRL's issuer field), or null.
+  const mbedtls_x509_crt* FindTrustedIssuer(const mbedtls_x509_buf& issuer_raw) const;
+
   TlsCounters& counters() { return counters_; }
   mbedtls_ssl_config* config() { return &conf_; }
 

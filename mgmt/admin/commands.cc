@@ -17,17 +17,9 @@ using Status = absl::Status;
 
 constexpr size_t kDefaultPage = 100;
 
-// Ids are MQTT topic levels and certificate names: letters, digits and
-// - _ . : @, 1..128 characters, not starting with '_' (reserved).
-bool ValidId(std::string_view s) {
-  if (s.empty() || s.size() > 128 || s[0] == '_') return false;
-  for (char c : s) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':' || c == '@')) {
-      return false;
-    }
-  }
-  return true;
-}
+// Ids are MQTT topic levels and certificate names: the certificate name
+// alphabet, and not starting with '_' (reserved, e.g. the platform tenant).
+bool ValidId(std::string_view s) { return pki::SafeName(s) && s[0] != '_'; }
 
 Status CheckId(const char* what, std::string_view s) {
   if (ValidId(s)) return absl::OkStatus();

@@ -16,17 +16,6 @@ absl::Status Fail(std::string_view what, int rc) {
   return absl::InternalError(std::string(what) + ": " + MbedError(rc));
 }
 
-// Names go into a DN string parsed by mbedtls_x509_string_to_names; only a
-// safe alphabet is allowed, so nothing needs escaping and nothing can
-// smuggle in another attribute.
-bool SafeName(std::string_view s) {
-  if (s.empty() || s.size() > 128) return false;
-  for (char c : s) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':' || c == '@')) return false;
-  }
-  return true;
-}
-
 std::string Dn(const Subject& s) {
   std::string dn = "CN=" + s.name + ",OU=" + std::string(RoleName(s.role));
   if (!s.tenant.empty()) dn += ",O=" + s.tenant;
@@ -165,6 +154,18 @@ std::string_view RoleName(Role r) {
 }
 
 std::string SerialHex(const mbedtls_x509_crt& crt) { return Hex(crt.serial.p, crt.serial.len); }
+std::string SerialHex(const mbedtls_x509_buf& serial) { return Hex(serial.p, serial.len); }
+
+// Names go into a DN string parsed by mbedtls_x509_string_to_names; only a
+// safe alphabet is allowed, so nothing needs escaping and nothing can
+// smuggle in another attribute.
+bool SafeName(std::string_view s) {
+  if (s.empty() || s.size() > 128) return false;
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':' || c == '@')) return false;
+  }
+  return true;
+}
 
 Rng::Rng() {
   mbedtls_entropy_init(&entropy_);

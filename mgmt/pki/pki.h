@@ -140,8 +140,14 @@ struct Identity {
 };
 absl::StatusOr<Identity> IdentityOf(const mbedtls_x509_crt& crt);
 
-// Serial of a parsed certificate, lowercase hex.
+// Serial of a parsed certificate (or of any serial field, e.g. a CRL
+// entry's), lowercase hex without leading zeros.
 std::string SerialHex(const mbedtls_x509_crt& crt);
+std::string SerialHex(const mbedtls_x509_buf& serial);
+
+// Names in certificates (CN, O): letters, digits and - _ . : @, 1..128
+// characters, so nothing needs escaping in a DN or a topic level.
+bool SafeName(std::string_view s);
 
 // "DNNAME" validity strings and small helpers exposed for tests.
 std::string MbedError(int rc);
