@@ -91,6 +91,7 @@ void AdminModule::ThreadMain() {
         ev->insert(ev->end(), std::make_move_iterator(next->begin()), std::make_move_iterator(next->end()));
         jobs_.pop_front();
       }
+      queued_events_ -= ev->size();
     }
     l.unlock();
     if (auto* r = std::get_if<Request>(&job)) {
@@ -101,9 +102,7 @@ void AdminModule::ThreadMain() {
       c.payload = svc_->Handle(r->actor, r->payload, &c.fx);
       Post(std::move(c));
     } else if (auto* ev = std::get_if<std::vector<admin::ConnEvent>>(&job)) {
-      Completion c;
-      svc_->OnConnectivity(*ev, &c.fx);
-      if (!c.fx.empty()) Post(std::move(c));
+      svc_->OnConnectivity(*ev);
     } else if (auto* d = std::get_if<Denied>(&job)) {
       svc_->AuditDenied(d->actor, d->action, d->device_id, d->why);
     }
@@ -221,27 +220,20 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
     broker_->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                              false);
   }
-  if (queued_events_ >= opts_.max_queued_events) {
-    if (counters_.events_dropped++ % 10000 == 0) {
-      FMQ_LOG_WARN("connectivity events dropped: the management thread is %zu events behind", queued_events_);
-    }
-    return;
-  }
-  events_.push_back(admin::ConnEvent{tenant, info.identity->name, std::string(reason), std::string(info.peer),
-                                     connected, now});
   // Handed over at once, so an admin request that follows sees it; the
-  // thread coalesces consecutive event jobs into one write batch.
-  FlushEvents();
-}
-
-void AdminModule::FlushEvents() {
-  if (events_.empty()) return;
-  queued_events_ += events_.size();
+  // thread coalesces runs of event jobs into one write batch.
   {
     std::lock_guard<std::mutex> l(mu_);
-    jobs_.push_back(std::move(events_));
+    if (queued_events_ >= opts_.max_queued_events) {
+      if (counters_.events_dropped++ % 10000 == 0) {
+        FMQ_LOG_WARN("connectivity events dropped: the management thread is %zu events behind", queued_events_);
+      }
+      return;
+    }
+    ++queued_events_;
+    jobs_.push_back(std::vector<admin::ConnEvent>{admin::ConnEvent{
+        tenant, info.identity->name, std::string(reason), std::string(info.peer), connected, now}});
   }
-  events_.clear();
   cv_.notify_one();
 }
 
@@ -249,17 +241,6 @@ void AdminModule::OnConnected(const ClientInfo& info) { Event(info, true, ""); }
 
 void AdminModule::OnDisconnected(const ClientInfo& info, DisconnectReason why) {
   Event(info, false, DisconnectReasonName(why));
-}
-
-void AdminModule::OnTick(int64_t) {
-  FlushEvents();
-  // The thread has drained what it took; an estimate good enough for a bound.
-  std::lock_guard<std::mutex> l(mu_);
-  size_t pending = 0;
-  for (const Job& j : jobs_) {
-    if (auto* ev = std::get_if<std::vector<admin::ConnEvent>>(&j)) pending += ev->size();
-  }
-  queued_events_ = pending;
 }
 
 mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Message& m) {

@@ -57,7 +57,6 @@ class AdminModule : public BrokerHooks {
   void OnConnected(const ClientInfo& info) override;
   void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
   mqtt::ReasonCode OnControlPublish(const ClientInfo& info, const Message& m) override;
-  void OnTick(int64_t now_ms) override;
 
   struct Counters {
     uint64_t requests = 0;
@@ -93,7 +92,6 @@ class AdminModule : public BrokerHooks {
   void Post(Completion c);
   void Apply(admin::Effects& fx);
   void Event(const ClientInfo& info, bool connected, std::string_view reason);
-  void FlushEvents();
   static std::string BlockKey(std::string_view tenant, std::string_view device);
 
   admin::Service* svc_;
@@ -107,8 +105,6 @@ class AdminModule : public BrokerHooks {
   // Loop-thread state.
   absl::flat_hash_set<std::string> blocked_;  // tenant \0 device
   StringMap<uint64_t> event_seq_;             // tenant → last sequence number
-  std::vector<admin::ConnEvent> events_;      // not yet handed to the thread
-  size_t queued_events_ = 0;                  // approximate, for the bound
   Counters counters_;
 
   // Shared with the management thread.
@@ -116,6 +112,7 @@ class AdminModule : public BrokerHooks {
   std::condition_variable cv_;
   std::deque<Job> jobs_;
   size_t queued_requests_ = 0;
+  size_t queued_events_ = 0;  // connectivity events not yet taken by the thread
   std::vector<Completion> done_;
   bool stop_ = false;
   std::thread thread_;

@@ -307,8 +307,7 @@ const Connectivity* Service::ConnectivityOf(const std::string& tenant, std::stri
   return d == t->second.end() ? nullptr : &d->second;
 }
 
-void Service::OnConnectivity(const std::vector<ConnEvent>& events, Effects* fx) {
-  (void)fx;
+void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
   WriteBatch b;
   struct Pending {
     fb::DeviceT rec;
@@ -362,8 +361,8 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events, Effects* fx) 
     if (absl::Status s = registry_.AppendAudit(t, std::move(e), &b); !s.ok()) err = s;
     touched.push_back(ev.tenant);
   }
-  for (auto& [key, p] : devices) {
-    (void)key;
+  for (auto& entry : devices) {
+    const Pending& p = entry.second;
     if (absl::Status s = registry_.PutDevice(TenantId::FromAuthenticated(p.tenant), p.rec, &b); !s.ok()) {
       err = s;
     }

@@ -110,7 +110,7 @@ class Service {
 
   // Connect/disconnect events, in order: first/last seen, provisioned →
   // active on first connect, an audit entry each, one batch for all.
-  void OnConnectivity(const std::vector<ConnEvent>& events, Effects* fx);
+  void OnConnectivity(const std::vector<ConnEvent>& events);
 
   // Hourly duties: CRLs close to their nextUpdate are re-signed.
   void Tick(Effects* fx);
