@@ -59,14 +59,12 @@ Broker::TenantState& Broker::StateOf(const std::string& tenant) {
     slot->tokens = slot->quota.max_publish_rate;
     slot->refill_ms = NowMs();
   }
-  if (!slot->own_quota) slot->quota = default_quota_;
   return *slot;
 }
 
 void Broker::SetTenantQuota(const std::string& tenant, TenantQuota q) {
   TenantState& t = StateOf(tenant);
   t.quota = q;
-  t.own_quota = true;
   t.tokens = std::min<double>(t.tokens, q.max_publish_rate);
 }
 

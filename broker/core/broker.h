@@ -83,15 +83,14 @@ class Broker {
   // or -1 when it is not connected.
   int64_t LastActivityMs(std::string_view tenant, std::string_view client_id) const;
 
-  // Per-tenant quotas (0 = unlimited). The default applies to tenants
-  // without their own. Connections over max_connections get CONNACK 0x97;
+  // Per-tenant quotas (0 = unlimited). BrokerOptions' quota_* apply to
+  // tenants without their own. Connections over max_connections get CONNACK 0x97;
   // PUBLISHes over max_publish_rate (a token bucket with one second of
   // burst) get PUBACK/PUBREC 0x97 (v5) or are dropped (3.1.1, QoS 0).
   struct TenantQuota {
     uint32_t max_connections = 0;
     uint32_t max_publish_rate = 0;  // messages per second
   };
-  void SetDefaultQuota(TenantQuota q) { default_quota_ = q; }
   void SetTenantQuota(const std::string& tenant, TenantQuota q);
   uint32_t TenantConnections(std::string_view tenant) const;
 
@@ -154,7 +153,6 @@ class Broker {
 
   struct TenantState {
     TenantQuota quota;
-    bool own_quota = false;  // set by SetTenantQuota, else follows the default
     uint32_t connections = 0;
     double tokens = 0;
     int64_t refill_ms = 0;

@@ -421,7 +421,6 @@ void Server::OnHandshakeTimer(uv_timer_t* t) {
 
 void Server::DeferHandshake(TcpClient* c) {
   deferred_.push_back(c);
-  deferred_handshakes_++;
   if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&handshake_timer_))) {
     uv_timer_start(&handshake_timer_, OnHandshakeTimer, 2, 2);
   }

@@ -124,7 +124,6 @@ class Server {
   int64_t handshake_refill_ns_ = 0;
   uv_timer_t handshake_timer_;          // resumes deferred handshakes while any wait
   std::vector<TcpClient*> deferred_;    // handshakes waiting for the next window
-  uint64_t deferred_handshakes_ = 0;
   uint64_t flood_logged_ = 0;
   std::vector<TcpClient*> dirty_;
   std::vector<TcpClient*> closing_;
