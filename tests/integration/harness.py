@@ -212,3 +212,35 @@ class BrokerTest(unittest.TestCase):
         c = PahoClient(self.port, **kw)
         self.clients.append(c)
         return c
+
+
+PKI = os.environ.get("FLEETMQ_PKI_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-pki"))
+
+
+class TlsBase(unittest.TestCase):
+    flags = ()
+
+    def setUp(self):
+        self.broker = Broker("--tls_listen=127.0.0.1:0", "--sys_interval=1", *self.flags).start()
+        self.pki = os.path.join(self.broker.data_dir, "pki")
+        self.tmp = tempfile.mkdtemp(prefix="fleetmq-tls-")
+        self.assertIsNotNone(self.broker.tls_port)
+
+    def tearDown(self):
+        self.broker.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def device(self, name, tenant="default"):
+        key, csr, crt = (os.path.join(self.tmp, name + ext) for ext in (".key", ".csr", ".crt"))
+        r = run_cli(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-keyout", key, "-subj", "/CN=%s/O=%s" % (name, tenant), "-out", csr])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--tenant", tenant, "--device", name, "--csr", csr])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(crt, "w") as f:
+            f.write(r.stdout)
+        return crt, key
+
+    def tls_args(self, cert, key):
+        return ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),
+                "--cert", cert, "--key", key]

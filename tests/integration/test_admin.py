@@ -6,33 +6,19 @@ tenant quotas, the MQTT 3.1.1 reply topic, bad requests from real clients,
 and the CRL checked with the openssl CLI."""
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import unittest
 
 import paho.mqtt.client as mqtt
 
-from harness import Broker, FLEETMQ, run_cli
+from harness import FLEETMQ, PKI, TlsBase, run_cli
 
-PKI = os.environ.get("FLEETMQ_PKI_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-pki"))
 ADMIN = os.environ.get("FLEETMQ_ADMIN_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-admin"))
 
 
-class AdminBase(unittest.TestCase):
-    flags = ()
-
-    def setUp(self):
-        self.broker = Broker("--tls_listen=127.0.0.1:0", "--sys_interval=1", *self.flags).start()
-        self.pki = os.path.join(self.broker.data_dir, "pki")
-        self.tmp = tempfile.mkdtemp(prefix="fleetmq-admin-")
-
-    def tearDown(self):
-        self.broker.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
+class AdminBase(TlsBase):
     def admin(self, *args, cert=None, ok=True):
         cmd = [ADMIN, "--data_dir", self.broker.data_dir, "--port", str(self.broker.tls_port), "--json"]
         if cert:
@@ -392,12 +378,7 @@ class Revocation(AdminBase):
 
 class ExternalCrl(AdminBase):
     def issue(self, name):
-        key, csr = self.csr(name)
-        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--tenant", "default", "--device", name, "--csr", csr])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        crt = os.path.join(self.tmp, name + ".crt")
-        with open(crt, "w") as f:
-            f.write(r.stdout)
+        crt, key = self.device(name)
         serial = run_cli(["openssl", "x509", "-in", crt, "-noout", "-serial"]).stdout.strip().split("=")[1]
         return crt, key, serial
 
