@@ -1019,3 +1019,46 @@ TEST_CASE("tenant management topics: '$' rule inside the mount, operators only, 
 
 }  // namespace
 }  // namespace fmq
+
+namespace fmq {
+namespace {
+
+TEST_CASE("tenant quotas: connections get CONNACK 0x97, publishes over the rate PUBACK 0x97, per tenant") {
+  BrokerOptions o;
+  o.quota_max_publish_rate = 3;  // the default for tenants without their own
+  Fixture f(o);
+  f.broker.SetTenantQuota("small", {1, 0});
+  auto a = TenantOperator(f, "small", "a");
+  REQUIRE(a->Connect("a").reason == ReasonCode::kSuccess);
+  auto b = TenantOperator(f, "small", "b");
+  CHECK(b->Connect("b").reason == ReasonCode::kQuotaExceeded);
+  auto again = TenantOperator(f, "small", "a");  // a takeover frees its own slot
+  CHECK(again->Connect("a").reason == ReasonCode::kSuccess);
+  CHECK(f.broker.TenantConnections("small") == 1);
+  CHECK(f.broker.stats().quota_connections_refused == 1);
+
+  auto p = TenantOperator(f, "busy", "p");
+  REQUIRE(p->Connect("p").reason == ReasonCode::kSuccess);
+  for (uint16_t id = 1; id <= 5; ++id) p->Send(Pub("t", "x", 1, id));
+  auto acks = Only<mqtt::Ack>(p->Recv());
+  REQUIRE(acks.size() == 5);
+  for (int i = 0; i < 5; ++i) {
+    CAPTURE(i);
+    CHECK((acks[i].reason == ReasonCode::kQuotaExceeded) == (i >= 3));  // one second of burst
+  }
+  CHECK(f.broker.stats().quota_publish_refused == 2);
+  f.Advance(1000);  // refilled
+  p->Send(Pub("t", "x", 1, 6));
+  auto later = Only<mqtt::Ack>(p->Recv());
+  REQUIRE(later.size() == 1);
+  CHECK(later[0].reason != ReasonCode::kQuotaExceeded);
+  // Another tenant's budget is its own; the tenant with its own quota is unlimited for rate.
+  again->Send(Pub("t", "x", 1, 1));
+  again->Send(Pub("t", "x", 1, 2));
+  again->Send(Pub("t", "x", 1, 3));
+  again->Send(Pub("t", "x", 1, 4));
+  for (const auto& k : Only<mqtt::Ack>(again->Recv())) CHECK(k.reason != ReasonCode::kQuotaExceeded);
+}
+
+}  // namespace
+}  // namespace fmq
