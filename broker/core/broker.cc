@@ -42,8 +42,61 @@ Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks
 
 Broker::~Broker() = default;
 
+void Broker::SetCluster(Cluster* cluster, uint32_t index) {
+  cluster_ = cluster;
+  index_ = index;
+  // Session ids are compared across workers (No Local): give each worker
+  // its own range.
+  next_session_id_ = (uint64_t{index} << 56) + 1;
+  tree_.set_group_observer([this](TopicTree::SharedGroup& g, std::string_view filter, bool joined) {
+    OnSharedGroup(g, filter, joined);
+  });
+}
+
+void Broker::OnSharedGroup(TopicTree::SharedGroup& g, std::string_view filter, bool joined) {
+  if (!MultiWorker()) return;
+  if (joined) {
+    std::string key = g.name;
+    key.push_back('\0');
+    key.append(filter);
+    g.workers = cluster_->JoinShared(key, index_);
+  } else if (g.workers != nullptr) {
+    cluster_->LeaveShared(g.workers, index_);
+  }
+}
+
+void Broker::Detach(Connection& c) {
+  conns_.erase(c.id());
+  stats_.connections_accepted--;
+  c.state_ = Connection::State::kClosed;
+  c.transport_ = nullptr;
+}
+
+std::string Broker::AssignClientId(std::string_view tenant) {
+  while (true) {
+    std::string id = opts_.assigned_id_prefix + std::to_string(NowMs()) + "-" + std::to_string(++assigned_ids_);
+    if (!MultiWorker() || cluster_->HomeOf(tenant, id) == index_) return id;
+  }
+}
+
+bool Broker::CountConnection(TenantState& t, const std::string& tenant, uint32_t max) {
+  if (MultiWorker()) return cluster_->AddConnection(tenant, max);
+  if (max != 0 && t.connections >= max) return false;
+  t.connections++;
+  return true;
+}
+
+void Broker::UncountConnection(TenantState& t, const std::string& tenant) {
+  if (MultiWorker()) {
+    cluster_->RemoveConnection(tenant);
+  } else {
+    t.connections--;
+  }
+}
+
 ClientInfo Broker::InfoOf(const Connection& c) const {
-  return ClientInfo{c.id(), c.client_id(), c.username(), c.peer(), c.version(), c.tenant(), c.identity()};
+  return ClientInfo{c.id(),      c.client_id(), c.username(), c.peer(), c.version(), c.tenant(), c.identity(),
+                    const_cast<Broker*>(this)};
 }
 
 const Session* Broker::FindSession(std::string_view client_id, std::string_view tenant) const {
@@ -69,16 +122,19 @@ void Broker::SetTenantQuota(const std::string& tenant, TenantQuota q) {
 }
 
 uint32_t Broker::TenantConnections(std::string_view tenant) const {
+  if (MultiWorker()) return cluster_->Connections(tenant);
   auto it = tenants_.find(tenant);
   return it == tenants_.end() ? 0 : it->second->connections;
 }
 
 bool Broker::TakePublishToken(TenantState& t) {
-  const uint32_t rate = t.quota.max_publish_rate;
-  if (rate == 0) return true;
+  if (t.quota.max_publish_rate == 0) return true;
+  // Several workers: each admits its share (a tenant's clients are spread
+  // over the workers by the hash of their client ids).
+  const double rate = static_cast<double>(t.quota.max_publish_rate) / (MultiWorker() ? cluster_->size() : 1);
   const int64_t now = NowMs();
   if (now > t.refill_ms) {
-    t.tokens = std::min<double>(rate, t.tokens + (now - t.refill_ms) * (rate / 1000.0));
+    t.tokens = std::min<double>(std::max(rate, 1.0), t.tokens + (now - t.refill_ms) * (rate / 1000.0));
     t.refill_ms = now;
   }
   if (t.tokens < 1.0) return false;
@@ -212,8 +268,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
                     "MQTT-3.1.3-8 empty client id with clean session 0");
       return;
     }
-    c.client_id_ = opts_.assigned_id_prefix + std::to_string(NowMs()) + "-" +
-                   std::to_string(++assigned_ids_);
+    c.client_id_ = AssignClientId(c.tenant());
     assigned = true;
   } else if (ck.client_id.size() > opts_.max_client_id_length) {
     RefuseConnect(c, ReasonCode::kClientIdentifierNotValid, "limit client id longer than max_client_id_length");
@@ -280,16 +335,18 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   if (ck.will) ck.will->topic = c.mount_ + ck.will->topic;  // the tenant's namespace
   const std::string key = SessionKey(c.tenant(), c.client_id_);
   TenantState* ts = c.identity() != nullptr ? &StateOf(c.tenant()) : nullptr;
-  if (ts != nullptr && ts->quota.max_connections != 0 && ts->connections >= ts->quota.max_connections) {
+  if (ts != nullptr) {
     auto it = sessions_.find(key);
     const bool takeover = it != sessions_.end() && it->second->conn != nullptr;
-    if (!takeover) {  // a takeover frees the slot it takes
+    // A takeover frees the slot it takes (the old connection closes below).
+    if (!CountConnection(*ts, c.tenant(), takeover ? 0 : ts->quota.max_connections)) {
       stats_.quota_connections_refused++;
       FMQ_LOG_WARN("client '%s' of tenant '%s' refused: tenant at max_connections %u", c.client_id_.c_str(),
                    c.tenant().c_str(), ts->quota.max_connections);
       RefuseConnect(c, ReasonCode::kQuotaExceeded, "quota tenant max_connections reached");
       return;
     }
+    c.tenant_state_ = ts;  // counted from here: Close uncounts
   }
   // Takeover [MQTT-3.1.4-3]: the existing connection is closed first.
   if (auto it = sessions_.find(key); it != sessions_.end() && it->second->conn) {
@@ -362,10 +419,6 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     }
   }
   c.Write(ack);
-  if (ts != nullptr) {
-    ts->connections++;
-    c.tenant_state_ = ts;
-  }
   stats_.clients_connected++;
   stats_.clients_maximum = std::max(stats_.clients_maximum, stats_.clients_connected);
   if (keep_alive > 0) {
@@ -441,7 +494,7 @@ void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const cha
   if (connected) {
     stats_.clients_connected--;
     if (c.tenant_state_ != nullptr) {
-      static_cast<TenantState*>(c.tenant_state_)->connections--;
+      UncountConnection(*static_cast<TenantState*>(c.tenant_state_), c.tenant());
       c.tenant_state_ = nullptr;
     }
     if (why == DisconnectReason::kAdministrative) stats_.admin_disconnects++;
@@ -627,6 +680,7 @@ void Broker::Tick() {
     last_sys_ms_ = now;
     PublishSys(now);
   }
+  if (MultiWorker()) cluster_->Report(index_, stats_, sessions_.size());
   hooks_->OnTick(now);
 }
 

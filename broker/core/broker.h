@@ -2,9 +2,10 @@
 // retained store, the deadline wheel and the statistics, driven by the
 // Connections it accepts. I/O-free (time from an injected Clock, bytes
 // through Transports), so every behaviour is unit-testable without sockets.
-// Single-threaded: one Broker per worker loop. Delivery to a connection on
-// another worker goes through the net layer's cross-worker queue (see
-// doc/architecture.md); nothing here assumes it is the only worker.
+// Single-threaded: one Broker per worker loop. With several workers, the
+// Cluster (cluster.h) says which worker owns each session, and every
+// message routed here is also forwarded to the other workers, which route
+// it against their own subscriptions (doc/architecture.md).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include "common/string_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "broker/core/acl.h"
+#include "broker/core/cluster.h"
 #include "broker/core/connection.h"
 #include "broker/core/hooks.h"
 #include "broker/core/message.h"
@@ -43,6 +45,22 @@ class Broker {
   // A new network connection; the caller owns `c` and keeps it alive until
   // after OnTransportClosed(). Arms the connect timeout.
   void Accept(Connection* c);
+
+  // Joins a multi-worker broker as worker `index` (before any connection,
+  // session or subscription). Without it the broker is the only worker.
+  void SetCluster(Cluster* cluster, uint32_t index);
+  Cluster* cluster() const { return cluster_; }
+  uint32_t worker_index() const { return index_; }
+  // A message another worker routed (Cluster::Link::Forward): delivered to
+  // this worker's subscribers; its retained copy updated here too.
+  void RouteFromPeer(const MessagePtr& msg);
+  // The net layer hands a connection that has not sent its CONNECT yet to
+  // its session's home worker: forget it here without a trace (no close,
+  // no hooks, not counted); the home worker Accepts it again.
+  void Detach(Connection& c);
+  // The client id the broker would give a CONNECT with an empty one, chosen
+  // so that its session is homed on this worker.
+  std::string AssignClientId(std::string_view tenant);
 
   // Periodic duties, called by the worker every ~250 ms:
   //  1. advance the deadline wheel: connect timeouts, keep alive (1.5x),
@@ -135,7 +153,11 @@ class Broker {
   void AckWhenDurable(Connection& c, mqtt::Packet ack);
   void OnDurable(uint64_t conn_id, uint64_t ticket, bool ok);
   void DrainAcks(Connection& c);
+  // Routes a message originating on this worker: here, then (several
+  // workers) on every other worker. Returns the local matches.
   size_t Route(const MessagePtr& msg);
+  size_t RouteLocal(const MessagePtr& msg, bool from_peer);
+  bool MultiWorker() const { return cluster_ != nullptr && cluster_->size() > 1; }
   void Deliver(Session& s, Delivery&& d);
   void Enqueue(Session& s, Delivery&& d);
   void SendNew(Session& s, Connection& c, Delivery&& d);
@@ -150,6 +172,7 @@ class Broker {
 
   // $SYS (sys.cc).
   void PublishSys(int64_t now);
+  void PublishDrops();
 
   struct TenantState {
     TenantQuota quota;
@@ -159,9 +182,15 @@ class Broker {
   };
   TenantState& StateOf(const std::string& tenant);
   bool TakePublishToken(TenantState& t);
+  // Counts a connection of `tenant` unless `max` (0 = none) is reached.
+  bool CountConnection(TenantState& t, const std::string& tenant, uint32_t max);
+  void UncountConnection(TenantState& t, const std::string& tenant);
+  void OnSharedGroup(TopicTree::SharedGroup& g, std::string_view filter, bool joined);
 
   BrokerOptions opts_;
   const Clock* clock_;
+  Cluster* cluster_ = nullptr;
+  uint32_t index_ = 0;
   TenantQuota default_quota_;
   StringMap<std::unique_ptr<TenantState>> tenants_;
   Persistence* persistence_;

@@ -1,7 +1,8 @@
 // The small interface management modules plug into: authentication of a
 // CONNECT, connect/disconnect events, publishes to the reserved control
 // prefix and a periodic tick. Called on the worker thread that owns the
-// connection; implementations must not block.
+// connection (with several workers, from several threads at once: shared
+// state needs locking); implementations must not block.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,8 @@
 #include "broker/mqtt/packet.h"
 
 namespace fmq {
+
+class Broker;
 
 // Why a network connection ended; reported to hooks and logs.
 enum class DisconnectReason : uint8_t {
@@ -45,6 +48,9 @@ struct ClientInfo {
   mqtt::Version version = mqtt::Version::kV5;
   std::string_view tenant;  // empty: anonymous (plain TCP)
   const PeerIdentity* identity = nullptr;  // null: anonymous (plain TCP)
+  // The broker of the worker calling the hook (the one to publish through
+  // from inside a hook: hooks run on that worker's thread).
+  Broker* broker = nullptr;
 };
 
 class BrokerHooks {

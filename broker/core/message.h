@@ -1,6 +1,6 @@
 // An application message as routed by the broker: immutable once created and
-// shared (by reference count) between the retained store and every queue
-// holding it. Created and released on the worker that owns it.
+// shared (by reference count, atomic) between the retained store and every
+// queue holding it, on every worker it was forwarded to.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +25,11 @@ struct Message {
   bool has_expiry = false;
   int64_t expiry_at_ms = 0;  // monotonic ms; valid when has_expiry
   uint64_t origin_session = 0;  // for No Local; 0 = the broker itself
+  // Several workers: set once by the worker routing it first, before any
+  // other thread sees the message (monotonic ns << 6 | worker). Orders
+  // retained updates of one topic across workers (newest wins everywhere)
+  // and spreads shared-subscription picks. 0 with one worker.
+  mutable uint64_t stamp = 0;
 
   size_t Footprint() const { return sizeof(Message) + topic.size() + payload.size(); }
   bool Expired(int64_t now_ms) const { return has_expiry && now_ms >= expiry_at_ms; }

@@ -2,6 +2,7 @@
 // subscription tree, per-session delivery with inflight windows and bounded
 // queues, and the outbound PUBLISH encoder.
 #include <algorithm>
+#include <chrono>
 
 #include "broker/core/broker.h"
 #include "broker/mqtt/utf8.h"
@@ -220,7 +221,9 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     return;
   }
   size_t matched = Route(m);
-  reply(matched == 0 && v5 ? ReasonCode::kNoMatchingSubscribers : ReasonCode::kSuccess);
+  // With several workers the others' matches are not known here: 0x10 is
+  // only said when this is the only worker.
+  reply(matched == 0 && v5 && !MultiWorker() ? ReasonCode::kNoMatchingSubscribers : ReasonCode::kSuccess);
 }
 
 void Broker::HandleAck(Connection& c, const mqtt::Ack& a) {
@@ -300,9 +303,26 @@ size_t Broker::PublishReply(std::string topic, std::string payload, std::string_
 }
 
 size_t Broker::Route(const MessagePtr& msg) {
+  if (!MultiWorker()) return RouteLocal(msg, false);
+  msg->stamp = (static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::steady_clock::now().time_since_epoch())
+                                          .count())
+                << 6) |
+               index_;
+  const size_t n = RouteLocal(msg, false);
+  cluster_->link()->Forward(index_, msg);
+  return n;
+}
+
+void Broker::RouteFromPeer(const MessagePtr& msg) { RouteLocal(msg, true); }
+
+size_t Broker::RouteLocal(const MessagePtr& msg, bool from_peer) {
   if (msg->retain) {
-    retained_.Set(msg);
-    if (persistence_ != nullptr) persistence_->SaveRetained(*msg);
+    // Every worker keeps the retained messages (a SUBSCRIBE is answered
+    // locally); one worker per topic stores them, in stamp order.
+    const bool stored = retained_.Set(msg);
+    const bool writer = MultiWorker() ? cluster_->HomeOfTopic(msg->topic) == index_ : !from_peer;
+    if (stored && writer && persistence_ != nullptr) persistence_->SaveRetained(*msg);
   }
   matches_.clear();
   groups_.clear();
@@ -344,6 +364,10 @@ size_t Broker::Route(const MessagePtr& msg) {
   for (TopicTree::SharedGroup* g : groups) {
     const size_t n = g->members.size();
     if (n == 0) continue;
+    // Several workers with members: the stamp picks one, the same on each.
+    if (g->workers != nullptr && PickWorker(g->workers->load(std::memory_order_relaxed), msg->stamp) != index_) {
+      continue;
+    }
     size_t pick = g->next % n;
     for (size_t k = 0; k < n; ++k) {
       size_t idx = (g->next + k) % n;

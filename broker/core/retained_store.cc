@@ -7,7 +7,7 @@ namespace fmq {
 RetainedStore::RetainedStore() : root_(std::make_unique<Node>()) {}
 RetainedStore::~RetainedStore() = default;
 
-void RetainedStore::Set(const MessagePtr& msg) {
+bool RetainedStore::Set(const MessagePtr& msg) {
   std::vector<std::string_view> levels;
   SplitLevels(msg->topic, &levels);
   const bool clear = msg->payload.empty();
@@ -15,7 +15,7 @@ void RetainedStore::Set(const MessagePtr& msg) {
   for (std::string_view level : levels) {
     auto it = n->children.find(level);
     if (it == n->children.end()) {
-      if (clear) return;
+      if (clear) return true;
       auto child = std::make_unique<Node>();
       child->parent = n;
       child->level.assign(level);
@@ -26,6 +26,7 @@ void RetainedStore::Set(const MessagePtr& msg) {
       n = it->second.get();
     }
   }
+  if (n->msg && n->msg->stamp > msg->stamp) return false;  // an older update, seen late
   if (clear) {
     if (n->msg) --count_;
     n->msg.reset();
@@ -34,10 +35,11 @@ void RetainedStore::Set(const MessagePtr& msg) {
       parent->children.erase(n->level);
       n = parent;
     }
-    return;
+    return true;
   }
   if (!n->msg) ++count_;
   n->msg = msg;
+  return true;
 }
 
 bool RetainedStore::Take(Node* n, int64_t now_ms,

@@ -23,7 +23,10 @@ class RetainedStore {
   ~RetainedStore();
 
   // Stores `msg` for its topic; an empty payload clears it [MQTT-3.3.1-6].
-  void Set(const MessagePtr& msg);
+  // A message older (Message::stamp) than the one held is ignored, so
+  // workers applying the same updates in different orders agree. Returns
+  // whether it took effect.
+  bool Set(const MessagePtr& msg);
   // Calls fn(const MessagePtr&) for each unexpired retained message
   // matching `filter` (already validated, no $share prefix).
   void Match(std::string_view filter, int64_t now_ms,

@@ -60,8 +60,9 @@ bool TopicTree::Add(std::string_view filter, std::string_view group, Session* se
     auto g = std::find_if(n->groups.begin(), n->groups.end(),
                           [&](const SharedGroup& sg) { return sg.name == group; });
     if (g == n->groups.end()) {
-      n->groups.push_back(SharedGroup{std::string(group), {}, 0});
+      n->groups.push_back(SharedGroup{std::string(group), {}, 0, nullptr});
       g = n->groups.end() - 1;
+      if (observer_) observer_(*g, filter, true);
     }
     list = &g->members;
   }
@@ -95,7 +96,10 @@ bool TopicTree::Remove(std::string_view filter, std::string_view group, Session*
     for (size_t i = 0; i < n->groups.size(); ++i) {
       if (n->groups[i].name != group) continue;
       drop(n->groups[i].members);
-      if (n->groups[i].members.empty()) n->groups.erase(n->groups.begin() + static_cast<long>(i));
+      if (n->groups[i].members.empty()) {
+        if (observer_) observer_(n->groups[i], filter, false);
+        n->groups.erase(n->groups.begin() + static_cast<long>(i));
+      }
       break;
     }
   }

@@ -5,7 +5,9 @@
 // one worker's Broker; single-threaded.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,7 +29,13 @@ class TopicTree {
     std::string name;
     std::vector<Subscriber> members;
     size_t next = 0;  // round-robin cursor
+    // Several workers: which of them hold members (Cluster::JoinShared).
+    std::atomic<uint64_t>* workers = nullptr;
   };
+  // Told when a shared group gets its first member here (joined) and just
+  // before it loses its last one (left); `filter` without the $share prefix.
+  using GroupObserver = std::function<void(SharedGroup&, std::string_view filter, bool joined)>;
+  void set_group_observer(GroupObserver o) { observer_ = std::move(o); }
 
   TopicTree();
   ~TopicTree();
@@ -64,6 +72,7 @@ class TopicTree {
                   G& on_group);
 
   std::unique_ptr<Node> root_;
+  GroupObserver observer_;
   size_t nodes_ = 1;
   std::vector<std::string_view> scratch_levels_;
 };

@@ -1,0 +1,96 @@
+// What the workers of one broker process share (see doc/architecture.md,
+// "Threading model"). Each worker runs its own Broker on its own loop; this
+// object is the only state they touch together, and none of it is on the
+// per-message path except one relaxed atomic load per matched shared group:
+//  - the home worker of every session (tenant, client id), so a session
+//    lives on exactly one worker and takeover is always local;
+//  - which workers hold members of each shared subscription group;
+//  - the tenants' connection counts (quotas are per tenant, not per worker);
+//  - statistics snapshots summed for $SYS;
+//  - the link to the net layer that carries messages and work between
+//    workers (batched queues woken by uv_async; broker/net/workers.h).
+// I/O-free and thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "broker/core/message.h"
+#include "broker/core/stats.h"
+#include "common/string_map.h"
+
+namespace fmq {
+
+class Broker;
+
+class Cluster {
+ public:
+  static constexpr uint32_t kMaxWorkers = 64;  // one bit per worker in shared-group masks
+
+  // Carries work between workers; implemented by the net layer (or inline
+  // in unit tests). Both calls may be made from any worker thread.
+  class Link {
+   public:
+    virtual ~Link() = default;
+    // Every worker except `from` routes `m` (batched, FIFO per pair of workers).
+    virtual void Forward(uint32_t from, const MessagePtr& m) = 0;
+    // Runs `fn` on worker `to`'s thread, after what was forwarded before.
+    virtual void Post(uint32_t to, std::function<void(Broker&)> fn) = 0;
+  };
+
+  explicit Cluster(uint32_t workers);
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  uint32_t size() const { return workers_; }
+  void set_link(Link* link) { link_ = link; }
+  Link* link() const { return link_; }
+
+  // The worker that owns the session of (tenant, client id). Stable for the
+  // life of the process; every worker computes the same answer.
+  uint32_t HomeOf(std::string_view tenant, std::string_view client_id) const;
+  // The worker that persists the retained message of a (mounted) topic, so
+  // one writer orders the stored updates of each topic.
+  uint32_t HomeOfTopic(std::string_view topic) const;
+
+  // Runs fn on every worker (its own thread each).
+  void PostAll(const std::function<void(Broker&)>& fn);
+
+  // Shared subscription groups ("group\0mounted filter"): a bit per worker
+  // holding at least one member. The pointer stays valid for the life of
+  // the Cluster.
+  std::atomic<uint64_t>* JoinShared(std::string_view key, uint32_t worker);
+  void LeaveShared(std::atomic<uint64_t>* mask, uint32_t worker);
+
+  // Tenant connection counts (CONNECT and close only). AddConnection
+  // refuses when `max` (0 = no limit) is reached.
+  bool AddConnection(const std::string& tenant, uint32_t max);
+  void RemoveConnection(const std::string& tenant);
+  uint32_t Connections(std::string_view tenant) const;
+
+  // Each worker reports its counters at its tick; $SYS shows the sum.
+  void Report(uint32_t worker, const BrokerStats& s, uint64_t sessions);
+  BrokerStats Sum(uint64_t* sessions) const;
+  BrokerStats Snapshot(uint32_t worker) const;
+
+ private:
+  const uint32_t workers_;
+  Link* link_ = nullptr;
+  mutable std::mutex mu_;
+  StringMap<std::unique_ptr<std::atomic<uint64_t>>> shared_;
+  StringMap<uint32_t> connections_;
+  std::vector<BrokerStats> stats_;
+  std::vector<uint64_t> sessions_;
+};
+
+// Which worker of `mask` delivers a shared-group message stamped `stamp`:
+// the same answer on every worker that reads the same mask.
+uint32_t PickWorker(uint64_t mask, uint64_t stamp);
+
+}  // namespace fmq
