@@ -128,6 +128,8 @@ const std::vector<OptionDef>& Options() {
          if (!ParseLogLevel(v.c_str(), &c.log_level)) return Bad("log_level", "'" + v + "' is not debug/info/warning/error/none");
          return absl::OkStatus();
        }},
+      {"workers", "0", "Event loops (threads) serving clients, each owning the sessions homed on it; 0 = one per CPU the process may run on (at most 64). See doc/architecture.md.",
+       UintSetter("workers", 0, 64, [](Config& c, uint64_t n) { c.workers = static_cast<uint32_t>(n); })},
       {"tcp_nodelay", "true", "Disable Nagle's algorithm on client sockets.",
        [](Config& c, const std::string& v) -> absl::Status {
          if (v != "true" && v != "false") return Bad("tcp_nodelay", "'" + v + "' is not true or false");

@@ -24,6 +24,7 @@ struct Config {
   AclPolicy acl;
   storage::RocksOptions rocks;
   std::string data_dir = "./data";
+  uint32_t workers = 0;  // 0: one per usable CPU
   std::string tls_server_name = "localhost";
   std::string tls_crl_dir;  // empty: DATA_DIR/crl
   LogLevel log_level = LogLevel::kInfo;

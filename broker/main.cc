@@ -1,5 +1,5 @@
 // fleetmq entry point: load the configuration, prepare the data dir, run
-// the worker loop until SIGINT/SIGTERM.
+// the worker loops until SIGINT/SIGTERM.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -12,7 +12,7 @@
 #include "broker/config.h"
 #include "broker/modules/admin_module.h"
 #include "mgmt/admin/service.h"
-#include "broker/net/server.h"
+#include "broker/net/workers.h"
 #include "broker/store/broker_store.h"
 #include "broker/tls/crl_dir.h"
 #include "broker/tls/tls.h"
@@ -79,7 +79,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   fmq::SystemClock clock;
-  fmq::BrokerStore store(&clock);
+  const uint32_t nworkers = fmq::Workers::Resolve(cfg.workers);
+  // One store (the batch of one loop turn) per worker; they share RocksDB.
+  std::vector<std::unique_ptr<fmq::BrokerStore>> stores;
+  std::vector<fmq::Persistence*> persistence;
+  for (uint32_t i = 0; i < nworkers; ++i) {
+    stores.push_back(std::make_unique<fmq::BrokerStore>(&clock));
+    persistence.push_back(stores.back().get());
+  }
   std::unique_ptr<fmq::tls::TlsServerContext> tls;
   if (!cfg.server.tls_listeners.empty()) {
     auto files = fmq::pki::EnsurePki(cfg.data_dir + "/pki", "default", cfg.tls_server_name, clock.WallMs());
@@ -112,12 +119,13 @@ int main(int argc, char** argv) {
   }
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock);
-  // Declared before the server: its clients' TLS sessions use this context.
-  fmq::Server server(cfg.server, cfg.broker, &admin_module, &store);
-  admin_module.Attach(&server.broker(), tls.get(), server.Notifier());
+  // Declared before the workers: their clients' TLS sessions use this context.
+  fmq::Workers workers(nworkers, cfg.server, cfg.broker, &admin_module, persistence);
+  fmq::Server& server = workers.main();  // signals, management completions, CRL polling
+  admin_module.Attach(&server.broker(), &workers.cluster(), tls.get(), server.Notifier());
   server.AddWakeHook([&admin_module] { admin_module.RunCompletions(); });
   if (tls) {
-    server.SetTls(tls.get());
+    workers.SetTls(tls.get());
     // The revocation set: every revoked serial of every tenant, checked on
     // each handshake in O(1).
     fmq::storage::Registry registry(kv->get());
@@ -132,7 +140,7 @@ int main(int argc, char** argv) {
     }
     FMQ_LOG_INFO("%zu revoked certificate%s loaded", revoked, revoked == 1 ? "" : "s");
   }
-  server.broker().SetAcl(&cfg.acl);
+  for (fmq::Broker* b : workers.brokers()) b->SetAcl(&cfg.acl);
   // External CRL files, merged into the revocation set and reloaded live.
   std::unique_ptr<fmq::tls::CrlDir> crls;
   if (tls) {
@@ -145,15 +153,22 @@ int main(int argc, char** argv) {
     });
     server.SetReloadHook([c = crls.get()] { c->Poll(true); });
   }
-  // Declared after the server: destroyed first, while the loop handle it
-  // notifies still exists.
-  fmq::StorageWriter writer(kv->get(), cfg.storage, server.Notifier());
-  store.set_writer(&writer);
-  server.SetStorageHooks([&store] { store.FlushIfDirty(); }, [&writer] { writer.RunCompletions(); });
+  // Declared after the workers: destroyed first, while the loop handles they
+  // notify still exist. One writer thread per worker (RocksDB takes
+  // concurrent batches and commits them as a group).
+  std::vector<std::unique_ptr<fmq::StorageWriter>> writers;
+  for (uint32_t i = 0; i < nworkers; ++i) {
+    fmq::Server& w = workers.worker(i);
+    writers.push_back(std::make_unique<fmq::StorageWriter>(kv->get(), cfg.storage, w.Notifier()));
+    fmq::BrokerStore* store = stores[i].get();
+    fmq::StorageWriter* writer = writers.back().get();
+    store->set_writer(writer);
+    w.SetStorageHooks([store] { store->FlushIfDirty(); }, [writer] { writer->RunCompletions(); });
+  }
 
   const int64_t t0 = clock.NowMs();
   fmq::LoadStats loaded;
-  st = store.Load(**kv, server.broker(), &loaded);
+  st = stores[0]->Load(**kv, workers.brokers(), &loaded);
   if (!st.ok()) {
     std::fprintf(stderr, "fleetmq: storage: %s\n", std::string(st.message()).c_str());
     return 1;
@@ -168,16 +183,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fleetmq: management: %s\n", std::string(st.message()).c_str());
     return 1;
   }
-  err = server.Listen();
+  err = workers.Listen();
   if (!err.empty()) {
     std::fprintf(stderr, "fleetmq: %s\n", err.c_str());
     return 1;
   }
-  FMQ_LOG_INFO("fleetmq %s started (data dir %s)", FMQ_VERSION, cfg.data_dir.c_str());
-  server.Run();
+  FMQ_LOG_INFO("fleetmq %s started (data dir %s, %u worker%s)", FMQ_VERSION, cfg.data_dir.c_str(), nworkers,
+               nworkers == 1 ? "" : "s");
+  workers.Run();
   admin_module.Stop();
-  store.FlushIfDirty();  // sessions saved while shutting down
-  writer.Drain();
+  for (uint32_t i = 0; i < nworkers; ++i) {
+    stores[i]->FlushIfDirty();  // sessions saved while shutting down
+    writers[i]->Drain();
+  }
   FMQ_LOG_INFO("fleetmq stopped");
   close(lock_fd);
   return 0;

@@ -32,8 +32,9 @@ AdminModule::AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock*
 
 AdminModule::~AdminModule() { Stop(); }
 
-void AdminModule::Attach(Broker* broker, tls::TlsServerContext* tls, std::function<void()> wake) {
+void AdminModule::Attach(Broker* broker, Cluster* cluster, tls::TlsServerContext* tls, std::function<void()> wake) {
   broker_ = broker;
+  cluster_ = cluster;
   tls_ = tls;
   wake_ = std::move(wake);
 }
@@ -64,6 +65,7 @@ std::string AdminModule::BlockKey(std::string_view tenant, std::string_view devi
 }
 
 bool AdminModule::IsBlocked(std::string_view tenant, std::string_view device) const {
+  std::lock_guard<std::mutex> l(gate_mu_);
   return blocked_.contains(BlockKey(tenant, device));
 }
 
@@ -144,24 +146,43 @@ void AdminModule::Apply(admin::Effects& fx) {
   for (const auto& [tenant, serial] : fx.revoked) {
     if (tls_ != nullptr) tls_->Revoke(tenant, serial);
   }
-  for (const auto& b : fx.blocks) {
-    if (b.blocked) blocked_.insert(BlockKey(b.tenant, b.device_id));
-    else blocked_.erase(BlockKey(b.tenant, b.device_id));
+  {
+    std::lock_guard<std::mutex> l(gate_mu_);
+    for (const auto& b : fx.blocks) {
+      if (b.blocked) blocked_.insert(BlockKey(b.tenant, b.device_id));
+      else blocked_.erase(BlockKey(b.tenant, b.device_id));
+    }
   }
   if (broker_ == nullptr) return;
   for (const auto& q : fx.quotas) {
     // 0/0 in the tenant record: the broker-wide default applies.
     if (q.max_connections != 0 || q.max_publish_rate != 0) {
-      broker_->SetTenantQuota(q.tenant, {q.max_connections, q.max_publish_rate});
+      const Broker::TenantQuota quota{q.max_connections, q.max_publish_rate};
+      if (cluster_ == nullptr) {
+        broker_->SetTenantQuota(q.tenant, quota);
+      } else {
+        cluster_->PostAll([tenant = q.tenant, quota](Broker& b) { b.SetTenantQuota(tenant, quota); });
+      }
     }
   }
   for (const auto& k : fx.kicks) {
-    bool closed = false;
-    if (!k.device_id.empty()) closed = broker_->Kick(k.tenant, k.device_id, k.serial);
-    if (!closed && !k.serial.empty()) closed = broker_->KickSerial(k.tenant, k.serial) > 0;
-    if (closed) {
-      FMQ_LOG_INFO("tenant '%s': closed the connection of '%s' (administrative action)", k.tenant.c_str(),
-                   k.device_id.empty() ? k.serial.c_str() : k.device_id.c_str());
+    // A device's connection is on its home worker; an operator certificate
+    // may be in use on any worker.
+    auto kick = [k](Broker& b) {
+      bool closed = false;
+      if (!k.device_id.empty()) closed = b.Kick(k.tenant, k.device_id, k.serial);
+      if (!closed && !k.serial.empty()) closed = b.KickSerial(k.tenant, k.serial) > 0;
+      if (closed) {
+        FMQ_LOG_INFO("tenant '%s': closed the connection of '%s' (administrative action)", k.tenant.c_str(),
+                     k.device_id.empty() ? k.serial.c_str() : k.device_id.c_str());
+      }
+    };
+    if (cluster_ == nullptr) {
+      kick(*broker_);
+    } else if (!k.device_id.empty()) {
+      cluster_->link()->Post(cluster_->HomeOf(k.tenant, k.device_id), kick);
+    } else {
+      cluster_->PostAll(kick);
     }
   }
   for (auto& p : fx.publishes) {
@@ -192,7 +213,7 @@ mqtt::ReasonCode AdminModule::Authenticate(const mqtt::Connect&, const ClientInf
     return ReasonCode::kSuccess;
   }
   if (!IsBlocked(info.identity->tenant, info.identity->name)) return ReasonCode::kSuccess;
-  counters_.blocked_connects++;
+  counters_.blocked_connects.fetch_add(1, std::memory_order_relaxed);
   FMQ_LOG_INFO("device '%s' of tenant '%s' refused: suspended or retired", info.identity->name.c_str(),
                info.identity->tenant.c_str());
   Denied d{ActorOf(info), "device.connect", info.identity->name, "device is suspended or retired"};
@@ -206,18 +227,24 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
   if (info.identity == nullptr || !info.identity->device) return;
   const int64_t now = clock_->WallMs();
   const std::string& tenant = info.identity->tenant;
-  uint64_t seq = ++event_seq_[tenant];
+  uint64_t seq;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    seq = ++event_seq_[tenant];
+  }
   nlohmann::json ev{{"seq", seq},
                     {"time_ms", now},
                     {"device_id", info.identity->name},
                     {"event", connected ? "connected" : "disconnected"},
                     {"peer", std::string(info.peer)}};
   if (!connected) ev["reason"] = std::string(reason);
-  if (broker_ != nullptr) {
+  // Published by the worker the device is on (this thread), which forwards
+  // it to the others.
+  if (Broker* b = info.broker != nullptr ? info.broker : broker_; b != nullptr) {
     std::string topic = MountOf(tenant);
     topic += kConnectivityTopicPrefix;
     topic += info.identity->name;
-    broker_->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+    b->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                              false);
   }
   // Handed over at once, so an admin request that follows sees it; the
@@ -225,7 +252,7 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
   {
     std::lock_guard<std::mutex> l(mu_);
     if (queued_events_ >= opts_.max_queued_events) {
-      if (counters_.events_dropped++ % 10000 == 0) {
+      if (counters_.events_dropped.fetch_add(1, std::memory_order_relaxed) % 10000 == 0) {
         FMQ_LOG_WARN("connectivity events dropped: the management thread is %zu events behind", queued_events_);
       }
       return;
@@ -250,11 +277,11 @@ mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Mes
   if (topic.substr(0, mount.size()) == mount) topic.remove_prefix(mount.size());
   admin::Actor actor = ActorOf(info);
   if (topic != kControlRequestTopic) {
-    counters_.refused_role++;
+    counters_.refused_role.fetch_add(1, std::memory_order_relaxed);
     return ReasonCode::kTopicNameInvalid;
   }
   if (actor.role == admin::Role::kDevice) {
-    counters_.refused_role++;
+    counters_.refused_role.fetch_add(1, std::memory_order_relaxed);
     FMQ_LOG_INFO("device '%s' of tenant '%s' sent an admin request: denied", actor.name.c_str(), actor.tenant.c_str());
     std::lock_guard<std::mutex> l(mu_);
     jobs_.push_back(Denied{std::move(actor), "request", "", "devices may not use the control topic"});
@@ -279,13 +306,13 @@ mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Mes
   {
     std::lock_guard<std::mutex> l(mu_);
     if (queued_requests_ >= opts_.max_queued_requests) {
-      counters_.refused_busy++;
+      counters_.refused_busy.fetch_add(1, std::memory_order_relaxed);
       return ReasonCode::kQuotaExceeded;
     }
     ++queued_requests_;
     jobs_.push_back(std::move(r));
   }
-  counters_.requests++;
+  counters_.requests.fetch_add(1, std::memory_order_relaxed);
   cv_.notify_one();
   return ReasonCode::kSuccess;
 }

@@ -1,11 +1,12 @@
 // The management module plugged into the broker's hooks: the admin control
 // topic, connectivity events, and the device gate at CONNECT. The hooks run
-// on the loop thread and never block: requests and connectivity events go
+// on the worker threads (several at once) and never block: requests and connectivity events go
 // to one management thread (admin::Service: registry, PKI, audit), whose
 // replies and effects come back through a queue drained on the loop thread
 // when the server's uv_async wakes it. Topic names: doc/admin-api.md.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -42,9 +43,11 @@ class AdminModule : public BrokerHooks {
   AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, AdminModuleOptions opts = {});
   ~AdminModule() override;
 
-  // Before the loop runs: the broker and TLS context it acts on, and a
-  // thread-safe function that wakes the loop to call RunCompletions().
-  void Attach(Broker* broker, tls::TlsServerContext* tls, std::function<void()> wake);
+  // Before the loop runs: the broker whose loop runs the completions (the
+  // first worker's), the cluster that routes effects to the worker owning a
+  // connection (null: `broker` is the only one), the TLS context, and a
+  // thread-safe function that wakes that loop to call RunCompletions().
+  void Attach(Broker* broker, Cluster* cluster, tls::TlsServerContext* tls, std::function<void()> wake);
   // Runs Service::Init here (start-up, single-threaded), applies what it
   // returns, then starts the management thread.
   absl::Status Start();
@@ -58,12 +61,12 @@ class AdminModule : public BrokerHooks {
   void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
   mqtt::ReasonCode OnControlPublish(const ClientInfo& info, const Message& m) override;
 
-  struct Counters {
-    uint64_t requests = 0;
-    uint64_t refused_busy = 0;
-    uint64_t refused_role = 0;
-    uint64_t events_dropped = 0;
-    uint64_t blocked_connects = 0;
+  struct Counters {  // bumped by hooks on any worker thread
+    std::atomic<uint64_t> requests{0};
+    std::atomic<uint64_t> refused_busy{0};
+    std::atomic<uint64_t> refused_role{0};
+    std::atomic<uint64_t> events_dropped{0};
+    std::atomic<uint64_t> blocked_connects{0};
   };
   const Counters& counters() const { return counters_; }
   bool IsBlocked(std::string_view tenant, std::string_view device) const;
@@ -99,15 +102,17 @@ class AdminModule : public BrokerHooks {
   const Clock* clock_;
   AdminModuleOptions opts_;
   Broker* broker_ = nullptr;
+  Cluster* cluster_ = nullptr;
   tls::TlsServerContext* tls_ = nullptr;
   std::function<void()> wake_;
 
-  // Loop-thread state.
+  // Read by every worker's Authenticate, written by RunCompletions.
+  mutable std::mutex gate_mu_;
   absl::flat_hash_set<std::string> blocked_;  // tenant \0 device
-  StringMap<uint64_t> event_seq_;             // tenant → last sequence number
   Counters counters_;
 
-  // Shared with the management thread.
+  // Shared with the management thread and every worker (hooks).
+  StringMap<uint64_t> event_seq_;             // tenant → last sequence number
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;

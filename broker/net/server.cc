@@ -1,7 +1,10 @@
 #include "broker/net/server.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,15 +14,33 @@
 
 namespace fmq {
 
+// A connection on its way to its session's home worker: the socket (a
+// duplicate descriptor), the TLS session as it stands, the identity, and
+// the MQTT bytes read so far (the whole CONNECT, maybe more).
+struct HandedOff {
+  int fd = -1;
+  std::string peer;
+  std::unique_ptr<tls::TlsSession> tls;
+  std::unique_ptr<PeerIdentity> identity;
+  std::string bytes;
+  HandedOff() = default;
+  HandedOff(const HandedOff&) = delete;
+  HandedOff& operator=(const HandedOff&) = delete;
+  ~HandedOff() {
+    if (fd >= 0) close(fd);
+  }
+};
+
 // One accepted TCP connection: the Transport of its Connection.
 class TcpClient final : public Transport {
  public:
   TcpClient(Server* server, uint64_t id, std::string peer, tls::TlsServerContext* tls)
       : server_(server), conn_(&server->broker_, this, id, std::move(peer)) {
     handle_.data = this;
+    routed_ = server->cluster_ == nullptr || server->cluster_->size() == 1;
     if (tls != nullptr) {
       tls_ = std::make_unique<tls::TlsSession>(tls);
-      ++server_->handshaking_;
+      server_->handshaking_->fetch_add(1, std::memory_order_relaxed);
       in_handshake_ = true;
     }
   }
@@ -28,7 +49,7 @@ class TcpClient final : public Transport {
   void LeaveHandshake() {
     if (in_handshake_) {
       in_handshake_ = false;
-      --server_->handshaking_;
+      server_->handshaking_->fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
@@ -98,6 +119,73 @@ class TcpClient final : public Transport {
     }
     if (uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&handle_), &buf, 1, OnWrite) != 0) {
       delete w;
+      return;
+    }
+    ++writes_in_flight_;
+  }
+
+  // MQTT bytes in (plaintext). Several workers: until the first packet says
+  // which worker owns the session, the bytes are held; a CONNECT for a
+  // session homed on another worker moves the connection there.
+  void Feed(std::string_view bytes) {
+    if (routed_) {
+      conn_.OnBytes(bytes);
+      return;
+    }
+    pre_.append(bytes);
+    const int home = server_->HomeOfConnect(pre_, conn_.identity());
+    if (home < 0) return;  // the first packet is not complete yet
+    routed_ = true;
+    std::string held;
+    held.swap(pre_);
+    if (static_cast<uint32_t>(home) == server_->index_) {
+      conn_.OnBytes(held);
+      return;
+    }
+    pre_ = std::move(held);
+    handoff_to_ = home;
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
+    MaybeHandOff();
+  }
+
+  // Moves the connection to worker `handoff_to_` once nothing it wrote is
+  // still queued here (the TLS handshake's last flight).
+  void MaybeHandOff() {
+    if (handoff_to_ < 0 || closing_ || closed_) return;
+    if (tls_ && tls_->HasCiphertext()) WriteBytes(tls_->TakeCiphertext());
+    if (writes_in_flight_ > 0) return;  // OnWrite calls again
+    const auto to = static_cast<uint32_t>(handoff_to_);
+    handoff_to_ = -1;
+    uv_os_fd_t fd = -1;
+    int copy = -1;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&handle_), &fd) == 0) copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) {
+      FMQ_LOG_WARN("client from %s: cannot hand over to worker %u: %s", conn_.peer().c_str(), to, std::strerror(errno));
+      conn_.OnTransportClosed();
+      HardClose();
+      return;
+    }
+    auto h = std::make_shared<HandedOff>();
+    h->fd = copy;
+    h->peer = conn_.peer();
+    h->tls = std::move(tls_);
+    if (conn_.identity() != nullptr) h->identity = std::make_unique<PeerIdentity>(*conn_.identity());
+    h->bytes = std::move(pre_);
+    server_->broker_.Detach(conn_);
+    HardClose();  // closes our descriptor; the socket lives on in `copy`
+    server_->HandOff(to, std::move(h));
+  }
+
+  // The receiving side of a hand-over: the state moved here, the
+  // connection accepted by this worker's broker, the held bytes fed.
+  void Adopted(HandedOff& h) {
+    tls_ = std::move(h.tls);
+    routed_ = true;
+    if (h.identity) conn_.set_identity(std::move(*h.identity));
+    server_->broker_.Accept(&conn_);
+    conn_.OnBytes(h.bytes);
+    if (!closing_ && !closed_) {
+      uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
     }
   }
 
@@ -127,8 +215,8 @@ class TcpClient final : public Transport {
                                       id.role == pki::Role::kAdmin, tls_->peer_serial(), {}});
     }
     std::string plain = tls_->TakePlaintext();
-    if (!plain.empty()) conn_.OnBytes(plain);
-    if (tls_->HasCiphertext()) RequestFlush();
+    if (!plain.empty()) Feed(plain);
+    if (tls_ && tls_->HasCiphertext()) RequestFlush();  // (null once handed over)
     return true;
   }
 
@@ -186,7 +274,7 @@ class TcpClient final : public Transport {
     } else if (n > 0 && self->tls_) {
       if (!self->OnTlsBytes(std::string_view(buf->base, static_cast<size_t>(n)))) return;
     } else if (n > 0) {
-      self->conn_.OnBytes(std::string_view(buf->base, static_cast<size_t>(n)));
+      self->Feed(std::string_view(buf->base, static_cast<size_t>(n)));
       // Backpressure: a peer that sends but does not read its replies stops
       // being read until its output drains below half the limit.
       // Only bytes the kernel refused count: output produced by this read is
@@ -213,7 +301,9 @@ class TcpClient final : public Transport {
     auto* w = static_cast<WriteReq*>(req->data);
     auto* self = static_cast<TcpClient*>(req->handle->data);
     delete w;
+    --self->writes_in_flight_;
     self->MaybeResumeReading();
+    self->MaybeHandOff();
   }
 
   void MaybeResumeReading() {
@@ -245,6 +335,11 @@ class TcpClient final : public Transport {
   bool closed_ = false;
   bool read_paused_ = false;
   bool in_handshake_ = false;
+  // Several workers, before the first packet: where the connection belongs.
+  bool routed_ = true;
+  std::string pre_;        // MQTT bytes held until the CONNECT is complete
+  int handoff_to_ = -1;    // worker waiting for it (writes still queued)
+  uint32_t writes_in_flight_ = 0;
   std::string deferred_;  // handshake bytes waiting for the next budget window
   bool deferred_listed_ = false;
   int64_t close_deadline_ = 0;
@@ -269,6 +364,103 @@ Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHoo
   uv_async_init(&loop_, &wake_, OnWake);
   wake_.data = this;
   uv_unref(reinterpret_cast<uv_handle_t*>(&wake_));  // never keeps the loop alive by itself
+  uv_async_init(&loop_, &peer_wake_, OnPeerWake);
+  peer_wake_.data = this;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&peer_wake_));
+}
+
+void Server::SetCluster(Cluster* cluster, uint32_t index) {
+  cluster_ = cluster;
+  index_ = index;
+  next_conn_id_ = (uint64_t{index} << 48) + 1;  // unique across workers
+  broker_.SetCluster(cluster, index);
+}
+
+void Server::DeliverMessages(const std::vector<MessagePtr>& msgs) {
+  {
+    std::lock_guard<std::mutex> l(inbox_mu_);
+    for (const MessagePtr& m : msgs) inbox_.push_back(InboxItem{m, nullptr});
+  }
+  uv_async_send(&peer_wake_);
+}
+
+void Server::DeliverWork(std::function<void(Server&)> fn) {
+  {
+    std::lock_guard<std::mutex> l(inbox_mu_);
+    inbox_.push_back(InboxItem{nullptr, std::move(fn)});
+  }
+  uv_async_send(&peer_wake_);
+}
+
+void Server::OnPeerWake(uv_async_t* a) {
+  auto* self = static_cast<Server*>(a->data);
+  {
+    std::lock_guard<std::mutex> l(self->inbox_mu_);
+    self->inbox_work_.swap(self->inbox_);
+  }
+  for (InboxItem& item : self->inbox_work_) {
+    if (item.msg) {
+      self->broker_.RouteFromPeer(item.msg);
+    } else {
+      item.fn(*self);
+    }
+  }
+  self->inbox_work_.clear();
+}
+
+void Server::FlushOutbox() {
+  if (outbox_.empty()) return;
+  for (Server* peer : peers_) {
+    if (peer != this) peer->DeliverMessages(outbox_);
+  }
+  outbox_.clear();
+}
+
+int Server::HomeOfConnect(std::string_view b, const PeerIdentity* who) const {
+  const int local = static_cast<int>(index_);
+  if (b.empty()) return -1;
+  if (static_cast<uint8_t>(b[0]) != 0x10) return local;  // not a CONNECT: refused here
+  uint32_t len = 0;
+  size_t i = 1;
+  for (int shift = 0;; shift += 7, ++i) {
+    if (i > 4) return local;  // malformed length: refused here
+    if (i >= b.size()) return -1;
+    const auto byte = static_cast<uint8_t>(b[i]);
+    len |= static_cast<uint32_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) {
+      ++i;
+      break;
+    }
+  }
+  if (len > broker_.options().max_packet_size) return local;  // refused here
+  if (b.size() - i < len) return -1;
+  mqtt::Packet p;
+  if (!mqtt::Decode(static_cast<uint8_t>(b[0]), b.substr(i, len), mqtt::Version::kV5, &p).ok()) return local;
+  const auto* ck = std::get_if<mqtt::Connect>(&p);
+  if (ck == nullptr) return local;
+  // A device is bound to its certificate's name (Broker::HandleConnect);
+  // an empty client id is assigned one homed where the client is.
+  const std::string_view tenant = who != nullptr ? std::string_view(who->tenant) : std::string_view();
+  const std::string_view id = who != nullptr && who->device ? std::string_view(who->name) : ck->client_id;
+  if (id.empty()) return local;
+  return static_cast<int>(cluster_->HomeOf(tenant, id));
+}
+
+void Server::HandOff(uint32_t home, std::shared_ptr<HandedOff> h) {
+  peers_[home]->DeliverWork([h = std::move(h)](Server& to) { to.Adopt(*h); });
+}
+
+void Server::Adopt(HandedOff& h) {
+  if (stopping_) return;  // h closes the descriptor
+  auto* client = new TcpClient(this, next_conn_id_++, h.peer, nullptr);
+  uv_tcp_init(&loop_, client->handle());
+  if (uv_tcp_open(client->handle(), h.fd) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(client->handle()),
+             [](uv_handle_t* p) { delete static_cast<TcpClient*>(p->data); });
+    return;
+  }
+  h.fd = -1;  // the handle owns it now
+  client->Adopted(h);
 }
 
 void Server::SetStorageHooks(std::function<void()> turn_end, std::function<void()> wake) {
@@ -295,11 +487,14 @@ Server::~Server() {
   uv_loop_close(&loop_);
 }
 
-std::string Server::Listen() {
+std::string Server::Listen(const std::vector<uint16_t>* ports) {
   std::vector<std::pair<ListenAddress, bool>> all;
   for (const ListenAddress& a : sopts_.listeners) all.emplace_back(a, false);
   for (const ListenAddress& a : sopts_.tls_listeners) all.emplace_back(a, true);
-  for (const auto& [a, tls] : all) {
+  for (size_t n = 0; n < all.size(); ++n) {
+    ListenAddress& a = all[n].first;
+    const bool tls = all[n].second;
+    if (ports != nullptr && n < ports->size()) a.port = (*ports)[n];
     if (tls && tls_ == nullptr) return "listen: TLS listener without a TLS context";
     sockaddr_storage addr{};
     if (uv_ip4_addr(a.host.c_str(), a.port, reinterpret_cast<sockaddr_in*>(&addr)) != 0 &&
@@ -311,7 +506,23 @@ std::string Server::Listen() {
     l->tcp.data = l.get();
     l->server = this;
     l->tls = tls;
-    int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<sockaddr*>(&addr), 0);
+    int rc = 0;
+    if (sopts_.reuse_port) {
+      // Every worker binds the same port; the kernel spreads connections.
+      int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      const int one = 1;
+      if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+          setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+          bind(fd, reinterpret_cast<sockaddr*>(&addr),
+               addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in)) != 0) {
+        rc = uv_translate_sys_error(errno);
+        if (fd >= 0) close(fd);
+      } else {
+        rc = uv_tcp_open(&l->tcp, fd);
+      }
+    } else {
+      rc = uv_tcp_bind(&l->tcp, reinterpret_cast<sockaddr*>(&addr), 0);
+    }
     if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->tcp), sopts_.listen_backlog, OnConnection);
     if (rc != 0) {
       uv_close(reinterpret_cast<uv_handle_t*>(&l.release()->tcp),
@@ -324,7 +535,9 @@ std::string Server::Listen() {
     uint16_t port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
                                                 : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
     bound_ports_.push_back(port);
-    FMQ_LOG_INFO("listening for MQTT%s on %s:%u", tls ? " over mutual TLS" : "", a.host.c_str(), port);
+    if (index_ == 0) {
+      FMQ_LOG_INFO("listening for MQTT%s on %s:%u", tls ? " over mutual TLS" : "", a.host.c_str(), port);
+    }
     listeners_.push_back(std::move(l));
   }
   return "";
@@ -339,7 +552,7 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
   auto* l = static_cast<Listener*>(listener->data);
   Server* self = l->server;
   if (status < 0 || self->stopping_) return;
-  if (l->tls && self->handshaking_ >= self->sopts_.max_pending_handshakes) {
+  if (l->tls && self->handshaking_->load(std::memory_order_relaxed) >= self->sopts_.max_pending_handshakes) {
     // Accept and close at once: the socket leaves the backlog, the flood
     // gets no handshake work, established connections keep the loop.
     // Log and count before closing: uv_close closes the fd at once, and
@@ -387,6 +600,7 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
 void Server::MarkDirty(TcpClient* c) { dirty_.push_back(c); }
 
 void Server::Flush() {
+  FlushOutbox();
   if (turn_end_hook_) turn_end_hook_();
   // Writes may mark more clients dirty only through broker activity, which
   // does not happen inside FlushOutput; a plain loop suffices.
@@ -486,17 +700,20 @@ void Server::Stop() {
   uv_signal_stop(&sigint_);
   uv_signal_stop(&sigterm_);
   uv_signal_stop(&sighup_);
+  if (stop_hook_) stop_hook_();
   // Remaining clients close when their output drains or their close
   // deadline passes (checked by the tick, which then stops itself); the loop
   // then runs out of active handles and Run() returns.
 }
 
-void Server::Run() {
+void Server::Run(bool signals) {
   uv_check_start(&check_, OnCheck);
   uv_timer_start(&tick_, OnTick, 250, 250);
-  uv_signal_start(&sigint_, OnSignal, SIGINT);
-  uv_signal_start(&sigterm_, OnSignal, SIGTERM);
-  uv_signal_start(&sighup_, OnSignal, SIGHUP);
+  if (signals) {
+    uv_signal_start(&sigint_, OnSignal, SIGINT);
+    uv_signal_start(&sigterm_, OnSignal, SIGTERM);
+    uv_signal_start(&sighup_, OnSignal, SIGHUP);
+  }
   uv_run(&loop_, UV_RUN_DEFAULT);
 }
 

@@ -2,18 +2,22 @@
 // Transport for its Connection), the flush of all pending output once per
 // loop turn (a uv_check handle, like redis' beforeSleep), the 250 ms tick
 // that drives Broker::Tick, and graceful shutdown on SIGINT/SIGTERM.
-// Everything here runs on the worker's loop thread.
+// Everything here runs on the worker's loop thread, except the inbox
+// (Deliver*), which other workers fill (broker/net/workers.h).
 #pragma once
 
 #include <uv.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "broker/core/broker.h"
+#include "broker/core/cluster.h"
 #include "broker/tls/tls.h"
 #include "common/clock.h"
 
@@ -40,12 +44,16 @@ struct ServerOptions {
   // matters more than a few saved segments (mosquitto's set_tcp_nodelay).
   bool tcp_nodelay = true;
   int listen_backlog = 1024;
+  // Several workers listen on the same ports (SO_REUSEPORT: the kernel
+  // spreads new connections over them). Set by Workers.
+  bool reuse_port = false;
   // How long a closing connection may take to drain its output before the
   // socket is closed hard.
   uint32_t close_timeout_ms = 5000;
 };
 
 class TcpClient;
+struct HandedOff;
 
 class Server {
  public:
@@ -53,10 +61,16 @@ class Server {
          Persistence* persistence = nullptr);
   ~Server();
 
-  // Binds every listener; returns an error message or "".
-  std::string Listen();
-  // Runs the loop until Stop() or a termination signal.
-  void Run();
+  // Joins a multi-worker broker as worker `index` (Workers does this,
+  // before Listen).
+  void SetCluster(Cluster* cluster, uint32_t index);
+
+  // Binds every listener; returns an error message or "". `ports`, when
+  // given, replaces each listener's port (the other workers bind the ports
+  // the first one got, port 0 included).
+  std::string Listen(const std::vector<uint16_t>* ports = nullptr);
+  // Runs the loop until Stop() or, with `signals`, a termination signal.
+  void Run(bool signals = true);
   // Graceful stop: DISCONNECT 0x8B to everyone, flush, close. Loop-thread only.
   void Stop();
 
@@ -73,11 +87,26 @@ class Server {
   void AddTickHook(std::function<void()> tick) { tick_hooks_.push_back(std::move(tick)); }
   void SetReloadHook(std::function<void()> reload) { reload_hook_ = std::move(reload); }
 
+  // Called by Stop() (the first worker tells the others to stop too).
+  void SetStopHook(std::function<void()> hook) { stop_hook_ = std::move(hook); }
+
+  // Cross-worker inbox, filled from other workers' threads: messages they
+  // routed and work for this loop, run in arrival order when the loop wakes.
+  void DeliverMessages(const std::vector<MessagePtr>& msgs);
+  void DeliverWork(std::function<void(Server&)> fn);
+  // Outgoing side, loop thread only: a message this worker routed, handed
+  // to every other worker at the end of the loop turn, in one batch each.
+  void QueueForward(const MessagePtr& m) { outbox_.push_back(m); }
+  void set_peers(std::vector<Server*> peers) { peers_ = std::move(peers); }
+  void share_handshake_count(std::atomic<uint32_t>* n) { handshaking_ = n; }
+  std::atomic<uint32_t>& own_handshake_count() { return own_handshaking_; }
+
   // TLS context for the TLS listeners (owned by the caller).
   void SetTls(tls::TlsServerContext* ctx) { tls_ = ctx; }
 
   // The port actually bound for listener i (useful with port 0).
   uint16_t bound_port(size_t i) const { return bound_ports_[i]; }
+  size_t listener_count() const { return bound_ports_.size(); }
   Broker& broker() { return broker_; }
 
  private:
@@ -89,6 +118,13 @@ class Server {
   static void OnWake(uv_async_t* a);
 
   void MarkDirty(TcpClient* c);
+  // Several workers: the worker owning the session a CONNECT asks for, -1
+  // while `bytes` do not hold the whole first packet yet.
+  int HomeOfConnect(std::string_view bytes, const PeerIdentity* who) const;
+  void HandOff(uint32_t home, std::shared_ptr<HandedOff> h);
+  void Adopt(HandedOff& h);
+  static void OnPeerWake(uv_async_t* a);
+  void FlushOutbox();
   void CountTlsFailure(const std::string& peer, const std::string& why);
   void Flush();
   void Forget(TcpClient* c);
@@ -114,12 +150,28 @@ class Server {
   uv_signal_t sigint_;
   uv_signal_t sigterm_;
   uv_async_t wake_;
+  uv_async_t peer_wake_;
+  Cluster* cluster_ = nullptr;
+  uint32_t index_ = 0;
+  std::vector<Server*> peers_;          // every worker, this one included
+  std::vector<MessagePtr> outbox_;      // loop thread
+  struct InboxItem {
+    MessagePtr msg;                         // or
+    std::function<void(Server&)> fn;
+  };
+  std::mutex inbox_mu_;
+  std::vector<InboxItem> inbox_;        // guarded by inbox_mu_
+  std::vector<InboxItem> inbox_work_;   // loop thread: the batch being run
+  std::function<void()> stop_hook_;
   std::function<void()> turn_end_hook_;
   std::vector<std::function<void()>> wake_hooks_;
   std::vector<std::function<void()>> tick_hooks_;
   std::function<void()> reload_hook_;
   uv_signal_t sighup_;
-  uint32_t handshaking_ = 0;
+  // TLS handshakes in progress; with several workers, one count for all
+  // (max_pending_handshakes is a process-wide bound).
+  std::atomic<uint32_t> own_handshaking_{0};
+  std::atomic<uint32_t>* handshaking_ = &own_handshaking_;
   int64_t handshake_tokens_ns_ = 0;     // handshake time budget (token bucket)
   int64_t handshake_refill_ns_ = 0;
   uv_timer_t handshake_timer_;          // resumes deferred handshakes while any wait

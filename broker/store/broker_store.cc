@@ -176,6 +176,10 @@ void BrokerStore::Flush(std::function<void(bool ok)> done) {
 }
 
 absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* st) {
+  return Load(kv, std::vector<Broker*>{&broker}, st);
+}
+
+absl::Status BrokerStore::Load(storage::KvStore& kv, const std::vector<Broker*>& workers, LoadStats* st) {
   const std::string prefix;  // every tenant
   auto corrupt = [&](const absl::Status& s) {
     st->skipped_corrupt++;
@@ -284,9 +288,11 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
     return true;
   });
   if (!s.ok()) return s;
+  const Cluster* cluster = workers.size() > 1 ? workers[0]->cluster() : nullptr;
   for (auto& [id, sess] : sessions) {
     st->sessions++;
-    broker.RestoreSession(std::move(sess), offline[id]);
+    Broker* home = cluster != nullptr ? workers[cluster->HomeOf(sess->tenant, sess->client_id)] : workers[0];
+    home->RestoreSession(std::move(sess), offline[id]);
   }
   // Retained messages.
   return kv.ScanPrefix(Family::kRetained, prefix, [&](std::string_view k, std::string_view v) {
@@ -304,7 +310,7 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, Broker& broker, LoadStats* 
       mounted->topic = MountOf(tenant) + mounted->topic;
       m = std::move(mounted);
     }
-    broker.RestoreRetained(std::move(m));
+    for (Broker* b : workers) b->RestoreRetained(m);  // every worker answers SUBSCRIBEs
     st->retained++;
     return true;
   });

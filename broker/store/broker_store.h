@@ -58,6 +58,9 @@ class BrokerStore final : public Persistence {
 
   // Reads all stored MQTT state into `broker`. Corrupt records are logged,
   // counted and skipped; they never stop the broker.
+  // Several workers: each session goes to its home worker (Cluster::HomeOf),
+  // every retained message to every worker.
+  absl::Status Load(storage::KvStore& kv, const std::vector<Broker*>& workers, LoadStats* stats);
   absl::Status Load(storage::KvStore& kv, Broker& broker, LoadStats* stats);
 
  private:

@@ -83,6 +83,9 @@ TlsServerContext::~TlsServerContext() {
 }
 
 const mbedtls_x509_crt* TlsServerContext::FindTrustedIssuer(const mbedtls_x509_buf& issuer_raw) const {
+  // Nodes are never freed or moved before the context dies: the pointer
+  // stays valid after the lock is released.
+  std::shared_lock<std::shared_mutex> l(mu_);
   for (const mbedtls_x509_crt* c = &trust_; c != nullptr && c->raw.p != nullptr; c = c->next) {
     if (c->subject_raw.len == issuer_raw.len && std::memcmp(c->subject_raw.p, issuer_raw.p, issuer_raw.len) == 0) {
       return c;
@@ -93,15 +96,23 @@ const mbedtls_x509_crt* TlsServerContext::FindTrustedIssuer(const mbedtls_x509_b
 
 absl::Status TlsServerContext::AddTrustedCa(std::string_view ca_pem) {
   std::string pem(ca_pem);  // mbedTLS wants the terminating NUL counted
+  std::unique_lock<std::shared_mutex> l(mu_);
   int rc = mbedtls_x509_crt_parse(&trust_, reinterpret_cast<const unsigned char*>(pem.c_str()), pem.size() + 1);
   if (rc != 0) return absl::InvalidArgumentError("CA certificate: " + pki::MbedError(rc));
   return absl::OkStatus();
 }
 
-void TlsServerContext::Revoke(std::string_view tenant, std::string_view serial) { revoked_.insert(Key(tenant, serial)); }
-void TlsServerContext::Unrevoke(std::string_view tenant, std::string_view serial) { revoked_.erase(Key(tenant, serial)); }
+void TlsServerContext::Revoke(std::string_view tenant, std::string_view serial) {
+  std::unique_lock<std::shared_mutex> l(mu_);
+  revoked_.insert(Key(tenant, serial));
+}
+void TlsServerContext::Unrevoke(std::string_view tenant, std::string_view serial) {
+  std::unique_lock<std::shared_mutex> l(mu_);
+  revoked_.erase(Key(tenant, serial));
+}
 bool TlsServerContext::IsRevoked(std::string_view tenant, std::string_view serial) const {
   const std::string k = Key(tenant, serial);
+  std::shared_lock<std::shared_mutex> l(mu_);
   return revoked_.contains(k) || external_revoked_.contains(k);
 }
 
@@ -201,7 +212,13 @@ bool TlsSession::CheckPeer() {
 
 void TlsSession::Step() {
   if (state_ == State::kHandshake) {
-    int rc = mbedtls_ssl_handshake(&ssl_);
+    int rc;
+    if (server_ != nullptr) {
+      std::shared_lock<std::shared_mutex> l(server_->trust_mutex());
+      rc = mbedtls_ssl_handshake(&ssl_);
+    } else {
+      rc = mbedtls_ssl_handshake(&ssl_);
+    }
     if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) return;
     if (rc != 0) {
       Fail("handshake: " + pki::MbedError(rc));

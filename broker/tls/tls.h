@@ -18,6 +18,10 @@
 #include <string>
 #include <string_view>
 
+#include <atomic>
+#include <mutex>
+#include <shared_mutex>
+
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -25,11 +29,11 @@
 
 namespace fmq::tls {
 
-struct TlsCounters {
-  uint64_t handshakes = 0;
-  uint64_t resumed = 0;
-  uint64_t failed = 0;
-  uint64_t revoked_refused = 0;
+struct TlsCounters {  // bumped by every worker's handshakes
+  std::atomic<uint64_t> handshakes{0};
+  std::atomic<uint64_t> resumed{0};
+  std::atomic<uint64_t> failed{0};
+  std::atomic<uint64_t> revoked_refused{0};
 };
 
 class TlsServerContext {
@@ -48,7 +52,13 @@ class TlsServerContext {
   bool IsRevoked(std::string_view tenant, std::string_view serial_hex) const;
   // Serials from external CRL files ("tenant\0serial"), replaced whole on
   // each reload (CrlDir).
-  void SetExternalRevoked(absl::flat_hash_set<std::string> s) { external_revoked_ = std::move(s); }
+  void SetExternalRevoked(absl::flat_hash_set<std::string> s) {
+    std::unique_lock<std::shared_mutex> l(mu_);
+    external_revoked_ = std::move(s);
+  }
+  // Held (shared) by a server-side handshake step: the trusted chain it
+  // verifies against is only extended under the exclusive lock.
+  std::shared_mutex& trust_mutex() const { return mu_; }
 
   // Trusts one more tenant CA (a tenant created at run time). Appends to the
   // chain the config already points at; handshakes in progress keep theirs.
@@ -71,6 +81,11 @@ class TlsServerContext {
   mbedtls_x509_crt own_chain_;
   mbedtls_x509_crt trust_;
   mbedtls_pk_context own_key_;
+  // Used by every worker thread: the revocation sets and the trusted chain
+  // are read under a shared lock, changed under an exclusive one (never on
+  // the per-message path). The mbedTLS config, RNG (MBEDTLS_THREADING_C)
+  // and ticket keys are safe to share.
+  mutable std::shared_mutex mu_;
   absl::flat_hash_set<std::string> revoked_;  // tenant + '\0' + serial
   absl::flat_hash_set<std::string> external_revoked_;
   TlsCounters counters_;
