@@ -37,6 +37,11 @@ class Broker:
         self.log = open(self.log_path, "a+")
         port = self.port or 0
         tls = [] if any(f.startswith("--tls_listen") for f in self.flags) else ["--tls_listen="]
+        # Two workers unless a test says otherwise, whatever the machine's
+        # CPU count: every suite then runs through the cross-worker paths
+        # (hand-over to the session's home, forwarded messages).
+        if not any(f.startswith("--workers") for f in self.flags):
+            tls.append("--workers=2")
         args = [FLEETMQ, "--listen=127.0.0.1:%d" % port, "--data_dir=" + self.data_dir, "--log_level=info"] + tls + self.flags
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10

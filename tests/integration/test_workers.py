@@ -1,0 +1,173 @@
+"""Integration tests of the multi-worker broker (--workers 2): the real binary,
+paho clients, connections spread by the kernel (SO_REUSEPORT) and handed to
+their session's home worker. Client ids are chosen so that the sessions are
+homed on a given worker (the same hash as broker/core/cluster.cc); the
+$SYS/broker/workers/<i>/... counters confirm where they landed."""
+import time
+import unittest
+
+from harness import BrokerTest
+
+M = (1 << 64) - 1
+
+
+def _fnv(h, s):
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001b3) & M
+    return h
+
+
+def _mix(h):
+    h ^= h >> 33
+    h = (h * 0xff51afd7ed558ccd) & M
+    h ^= h >> 33
+    h = (h * 0xc4ceb9fe1a85ec53) & M
+    h ^= h >> 33
+    return h
+
+
+def home(client_id, tenant="", workers=2):
+    return _mix(_fnv(_fnv(0xcbf29ce484222325, tenant) ^ 0xff, client_id)) % workers
+
+
+def id_on(worker, base):
+    i = 0
+    while True:
+        cid = "%s-%d" % (base, i)
+        if home(cid) == worker:
+            return cid
+        i += 1
+
+
+class TwoWorkers(BrokerTest):
+    flags = ("--workers=2", "--sys_interval=1")
+
+    def sys_values(self, prefix, n, timeout=6):
+        """The latest retained $SYS values under `prefix` (n topics)."""
+        w = self.client(client_id="sys-watch-%f" % time.time())
+        w.subscribe(prefix + "#", 0)
+        vals = {}
+        deadline = time.time() + timeout
+        while time.time() < deadline and len(vals) < n:
+            m = w.nothing(0.2)
+            if m is not None:
+                vals[m.topic[len(prefix):]] = int(m.payload)
+        w.disconnect()
+        return vals
+
+    def wait_sys(self, topic, want, timeout=6):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            w = self.client(client_id="sys-%f" % time.time())
+            w.subscribe(topic, 0)
+            m = w.get(3)
+            w.disconnect()
+            last = int(m.payload)
+            if last == want:
+                return
+            time.sleep(0.5)
+        self.fail("%s = %s, wanted %s" % (topic, last, want))
+
+    def test_started_two_workers(self):
+        self.assertIn("2 workers", self.broker.read_log())
+
+    def test_publishers_on_both_workers_subscriber_on_one_every_message_in_order(self):
+        sub = self.client(client_id=id_on(1, "sub"))
+        sub.subscribe("o/#", 1)
+        pubs = [self.client(client_id=id_on(w, "pub%d" % w)) for w in (0, 1)]
+        # Both workers hold a client: the hand-over put each on its home.
+        vals = self.sys_values("$SYS/broker/workers/", 6)
+        self.assertGreaterEqual(vals.get("0/clients/connected", 0), 1, vals)
+        self.assertGreaterEqual(vals.get("1/clients/connected", 0), 2, vals)
+        n = 500
+        for i in range(n):
+            for k, p in enumerate(pubs):
+                p.publish("o/p%d" % k, b"%d" % i, qos=1, wait=False)
+        got = sub.get_all(2 * n, timeout=20)
+        self.assertEqual(len(got), 2 * n)
+        for k in range(2):
+            seq = [int(m.payload) for m in got if m.topic == "o/p%d" % k]
+            self.assertEqual(seq, list(range(n)), "publisher %d out of order or lossy" % k)
+
+    def test_takeover_of_a_client_id_across_workers(self):
+        # Each new connection lands on whichever worker the kernel picks and
+        # is handed to the session's home, where the takeover happens.
+        for i in range(6):
+            cid = "tk-%d" % i
+            a = self.client(client_id=cid, clean=False, session_expiry=300)
+            a.subscribe("tk/%d" % i, 1)
+            b = self.client(client_id=cid, clean=False, session_expiry=300)
+            self.assertEqual(a.disconnects.get(timeout=5), 142)  # 0x8E session taken over
+            a.c.loop_stop()  # no reconnect
+            self.assertEqual(b.flags.get("session present"), 1)
+            b.publish("tk/%d" % i, b"x", qos=1)
+            self.assertEqual(b.get(5).payload, b"x")  # the session (and its subscription) moved to b
+        self.wait_sys("$SYS/broker/connections/takeovers", 6)
+
+    def test_retained_messages_across_workers(self):
+        p0 = self.client(client_id=id_on(0, "rp"))
+        p0.publish("cfg/a", b"v1", qos=1, retain=True)
+        for w in (0, 1):
+            s = self.client(client_id=id_on(w, "rs%d" % w))
+            s.subscribe("cfg/#", 1)
+            self.assertEqual(s.get(5).payload, b"v1", "worker %d" % w)
+        p1 = self.client(client_id=id_on(1, "rp"))
+        p1.publish("cfg/a", b"v2", qos=1, retain=True)
+        time.sleep(0.2)
+        for w in (0, 1):
+            s = self.client(client_id=id_on(w, "rt%d" % w))
+            s.subscribe("cfg/#", 1)
+            self.assertEqual(s.get(5).payload, b"v2", "worker %d" % w)
+            self.assertIsNone(s.nothing(0.3))
+
+    def test_shared_subscription_members_on_both_workers_each_message_once(self):
+        members = [self.client(client_id=id_on(w, "sm%d" % w)) for w in (0, 1)]
+        for m in members:
+            m.subscribe("$share/g/jobs/#", 1)
+        pubs = [self.client(client_id=id_on(w, "sp%d" % w)) for w in (0, 1)]
+        n = 300
+        for i in range(n):
+            pubs[i % 2].publish("jobs/x", b"%d" % i, qos=1, wait=False)
+        time.sleep(1.5)
+        got = [[int(m.payload) for m in members[k].get_all(n, timeout=1)] for k in (0, 1)]
+        both = got[0] + got[1]
+        self.assertEqual(sorted(both), list(range(n)), "each message exactly once")
+        self.assertGreater(len(got[0]), n // 10)
+        self.assertGreater(len(got[1]), n // 10)
+
+    def test_persistent_session_survives_a_restart_on_its_home_worker(self):
+        cid = id_on(1, "durable")
+        s = self.client(client_id=cid, clean=False, v5=False)
+        s.subscribe("d/#", 1)
+        s.disconnect()
+        p = self.client(client_id=id_on(0, "dp"))
+        for i in range(5):
+            p.publish("d/x", b"%d" % i, qos=1)
+        p.disconnect()
+        self.assertEqual(self.broker.stop(), 0)
+        self.broker.log.close()
+        self.broker.start()
+        self.port = self.broker.port
+        s2 = self.client(client_id=cid, clean=False, v5=False)
+        got = [int(m.payload) for m in s2.get_all(5, timeout=5)]
+        self.assertEqual(got, list(range(5)))
+
+
+class OneWorker(BrokerTest):
+    flags = ("--workers=1",)
+
+    def test_one_worker_serves_everything(self):
+        self.assertIn("1 worker)", self.broker.read_log())
+        sub = self.client(client_id="s")
+        sub.subscribe("one/#", 1)
+        pub = self.client(client_id="p")
+        for i in range(200):
+            pub.publish("one/x", b"%d" % i, qos=1, wait=False)
+        got = [int(m.payload) for m in sub.get_all(200, timeout=10)]
+        self.assertEqual(got, list(range(200)))
+
+
+if __name__ == "__main__":
+    unittest.main()
