@@ -10,9 +10,21 @@
 //            every device received (and acknowledged) it, as devices/s — the
 //            seed's config push. Devices connect --window at a time, from
 //            source addresses spread over 127.0.0.1-127.0.0.8.
+//   conn   : hold --conns N idle connections (--window connecting at a time,
+//            from 127.0.0.1-127.0.0.8; --subscribe: each subscribes to its own
+//            topic); reports the connect rate and, with --broker-pid, the
+//            broker's resident memory per connection (VmRSS before and after).
+//   tls    : mutual-TLS connections, one after another on --conns parallel
+//            loops: TCP connect, handshake, CONNECT, CONNACK, close. Full
+//            handshakes, or resumed ones (session ticket) with --resume.
+//            Client certificate from --cert/--key, trust from --ca.
+// fanin/fanout run closed loop (--window), or at a fixed total --rate
+// messages/s (the window then only caps what may be outstanding).
 // Payloads carry a send timestamp: end-to-end latency percentiles are
 // measured. Bounded by --duration; loopback only (the target host must be
 // 127.0.0.0/8). Prints a live line every second and a final JSON line.
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include <algorithm>
@@ -26,6 +38,8 @@
 
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
+#include "broker/tls/tls.h"
+#include "mgmt/pki/pki.h"
 
 namespace {
 
@@ -45,7 +59,38 @@ struct Options {
   int version = 5;
   int broker_pid = 0;
   bool persistent = false;  // subscribers hold durable sessions: every message is stored
+  double rate = 0;          // fanin/fanout: fixed total messages/s (0 = closed loop)
+  int conns = 1000;         // conn: connections to hold; tls: parallel loops
+  bool subscribe = false;   // conn: each connection subscribes to its own topic
+  bool resume = false;      // tls: resumed handshakes (session tickets)
+  std::string ca, cert, key;  // tls: trust and client credentials (PEM files)
 };
+
+// Resident set of a process, bytes (0 when unknown).
+int64_t RssBytes(int pid) {
+  if (pid <= 0) return 0;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+  }
+  return 0;
+}
+
+// Binds `tcp` (created with uv_tcp_init_ex) to a loopback source address,
+// leaving the port to connect() (IP_BIND_ADDRESS_NO_PORT): ports are then
+// shared across destinations, so back-to-back runs are not slowed by the
+// previous run's TIME_WAIT sockets holding bound ports.
+void BindSource(uv_tcp_t* tcp, int i) {
+  uv_os_fd_t fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(tcp), &fd) == 0) {
+    const int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+  }
+  sockaddr_in src;
+  uv_ip4_addr(("127.0.0." + std::to_string(1 + i % 8)).c_str(), 0, &src);
+  uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&src), 0);
+}
 
 int64_t NowNs() {
   timespec ts;
@@ -94,7 +139,12 @@ class Bench {
 
   int Run() {
     if (o_.scenario == "fanout" || push()) o_.pubs = 1;
-    if (push()) {
+    if (conn()) {
+      o_.subs = o_.conns;
+      rss_before_ = RssBytes(o_.broker_pid);
+      for (int i = 0; i < std::min(o_.subs, o_.window); ++i) Add(false, i);  // paced connects
+      next_sub_ = std::min(o_.subs, o_.window);
+    } else if (push()) {
       o_.qos = 1;
       for (int i = 0; i < std::min(o_.subs, o_.window); ++i) Add(false, i);  // paced connects
       next_sub_ = std::min(o_.subs, o_.window);
@@ -117,8 +167,17 @@ class Bench {
   }
 
   bool push() const { return o_.scenario == "push"; }
+  bool conn() const { return o_.scenario == "conn"; }
 
   void OnReady(Client* c) {
+    if (conn()) {
+      if (next_sub_ < o_.subs) Add(false, next_sub_++);
+      if (++ready_ == o_.subs) {
+        connected_ns_ = NowNs();
+        measure_ns_ = connected_ns_ - start_ns_;
+      }
+      return;
+    }
     if (push() && !c->publisher && next_sub_ < o_.subs) Add(false, next_sub_++);
     if (push() && c->publisher) {
       push_start_ns_ = NowNs();
@@ -131,7 +190,32 @@ class Bench {
       pubs_started_ = true;
       for (int i = 0; i < o_.pubs; ++i) Add(true, i);
     }
-    if (c->publisher) Pump(c);
+    if (c->publisher && o_.rate <= 0) Pump(c);
+    if (c->publisher && o_.rate > 0 && ++pubs_ready_ == o_.pubs) {
+      rate_start_ns_ = NowNs();
+      uv_timer_init(&loop_, &rate_timer_);
+      rate_timer_.data = this;
+      uv_timer_start(&rate_timer_, OnRateTimer, 1, 1);
+    }
+  }
+
+  // Fixed rate: every millisecond, the messages due since the start, round
+  // robin over the publishers; a publisher with --window messages
+  // outstanding skips its turn (counted: the broker is not keeping up).
+  static void OnRateTimer(uv_timer_t* t) {
+    auto* b = static_cast<Bench*>(t->data);
+    if (b->stopping_) return;
+    const auto due = static_cast<uint64_t>(static_cast<double>(NowNs() - b->rate_start_ns_) * b->o_.rate / 1e9);
+    while (b->rate_sent_ < due) {
+      Client* c = b->pubs_[b->rate_sent_ % b->pubs_.size()];
+      ++b->rate_sent_;
+      if (c->inflight >= b->o_.window) {
+        ++b->rate_skipped_;
+        continue;
+      }
+      b->EncodeOne(c);
+    }
+    for (Client* c : b->pubs_) b->Flush(c);
   }
 
   // push: the dispatcher keeps --window messages unacknowledged by the broker.
@@ -184,8 +268,13 @@ class Bench {
   }
 
   void Pump(Client* c) {
-    if (stopping_) return;
-    while (c->inflight < o_.window) {
+    if (stopping_ || o_.rate > 0) return;
+    while (c->inflight < o_.window) EncodeOne(c);
+    Flush(c);
+  }
+
+  void EncodeOne(Client* c) {
+    {
       mqtt::Publish p;
       p.topic = c->topic;
       p.qos = static_cast<uint8_t>(o_.qos);
@@ -203,7 +292,6 @@ class Bench {
       ++c->inflight;
       if (measuring_) ++sent_;
     }
-    Flush(c);
   }
 
   void Flush(Client* c) {
@@ -230,13 +318,9 @@ class Bench {
     c->publisher = publisher;
     c->version = o_.version == 5 ? mqtt::Version::kV5 : mqtt::Version::kV311;
     c->topic = o_.scenario == "fanout" ? "bench/all" : push() ? "push/" + std::to_string(i) : "bench/" + std::to_string(i);
-    uv_tcp_init(&loop_, &c->tcp);
+    uv_tcp_init_ex(&loop_, &c->tcp, AF_INET);
     uv_tcp_nodelay(&c->tcp, 1);
-    if (push()) {  // spread over source addresses: 8 x ~28k ephemeral ports
-      sockaddr_in src;
-      uv_ip4_addr(("127.0.0." + std::to_string(1 + i % 8)).c_str(), 0, &src);
-      uv_tcp_bind(&c->tcp, reinterpret_cast<sockaddr*>(&src), 0);
-    }
+    if (push() || conn()) BindSource(&c->tcp, i);  // spread over 127.0.0.1-8
     c->tcp.data = c.get();
     c->connect_req.data = c.get();
     sockaddr_in addr;
@@ -267,7 +351,7 @@ class Bench {
       }
     }
     mqtt::Encode(ck, c->version, &c->out);
-    if (!c->publisher) {
+    if (!c->publisher && (!c->bench->conn() || c->bench->o_.subscribe)) {
       mqtt::Subscribe s;
       s.packet_id = 1;
       s.entries.push_back({c->bench->o_.scenario == "fanout" ? "bench/all"
@@ -311,7 +395,7 @@ class Bench {
         b->OnPublishReceived(c, pub);
       } else if (type == mqtt::PacketType::kPuback && c->publisher && b->push()) {
         b->OnPushAck(c);
-      } else if (type == mqtt::PacketType::kConnack && c->publisher) {
+      } else if (type == mqtt::PacketType::kConnack && (c->publisher || (b->conn() && !b->o_.subscribe))) {
         c->ready = true;
         b->OnReady(c);
       } else if (type == mqtt::PacketType::kSuback) {
@@ -330,6 +414,25 @@ class Bench {
   static void OnTimer(uv_timer_t* t) {
     auto* b = static_cast<Bench*>(t->data);
     const double elapsed = static_cast<double>(NowNs() - b->start_ns_) / 1e9;
+    if (b->conn()) {
+      if (b->connected_ns_ == 0) {
+        std::fprintf(stderr, "\r%.1fs connected %d/%d   ", elapsed, b->ready_, b->o_.subs);
+        if (elapsed > 120) {
+          std::fprintf(stderr, "\nfleetmq-bench: connections did not complete in time\n");
+          std::exit(1);
+        }
+        return;
+      }
+      // Idle for a second (the broker's allocator settles), then measured;
+      // held until --duration has passed since everything connected.
+      const double held = static_cast<double>(NowNs() - b->connected_ns_) / 1e9;
+      if (b->rss_after_ == 0 && held >= 1.0) b->rss_after_ = RssBytes(b->o_.broker_pid);
+      if (b->rss_after_ != 0 && held >= std::max(1.0, b->o_.duration)) {
+        b->stopping_ = true;
+        uv_stop(&b->loop_);
+      }
+      return;
+    }
     if (b->push()) {
       std::fprintf(stderr, "\r%.1fs connected %d/%d, delivered %llu   ", elapsed, b->ready_, b->o_.subs,
                    static_cast<unsigned long long>(b->received_));
@@ -365,6 +468,16 @@ class Bench {
 
   int Report() {
     std::fprintf(stderr, "\n");
+    if (conn()) {
+      const double secs = static_cast<double>(measure_ns_) / 1e9;
+      std::printf("{\"scenario\":\"conn\",\"conns\":%d,\"subscribe\":%s,\"mqtt\":%d,\"connect_s\":%.3f,"
+                  "\"connects_per_s\":%.0f,\"broker_rss_before\":%lld,\"broker_rss_after\":%lld,"
+                  "\"broker_rss_per_conn\":%.0f}\n",
+                  o_.subs, o_.subscribe ? "true" : "false", o_.version, secs, o_.subs / secs,
+                  static_cast<long long>(rss_before_), static_cast<long long>(rss_after_),
+                  rss_after_ > 0 ? static_cast<double>(rss_after_ - rss_before_) / o_.subs : 0.0);
+      return 0;
+    }
     if (push()) {
       const double secs = static_cast<double>(measure_ns_) / 1e9;
       const double cpu = cpu_end_ - cpu_start_;
@@ -383,12 +496,14 @@ class Bench {
     std::printf(
         "{\"scenario\":\"%s\",\"pubs\":%d,\"subs\":%d,\"qos\":%d,\"size\":%d,\"window\":%d,"
         "\"mqtt\":%d,\"persistent\":%s,\"seconds\":%.2f,\"sent\":%llu,\"received\":%llu,\"msgs_per_s\":%.0f,"
-        "\"p50_us\":%u,\"p99_us\":%u,\"p999_us\":%u,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_msg\":%.3f}\n",
+        "\"p50_us\":%u,\"p99_us\":%u,\"p999_us\":%u,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_msg\":%.3f,"
+        "\"rate\":%.0f,\"rate_skipped\":%llu}\n",
         o_.scenario.c_str(), o_.pubs, o_.subs, o_.qos, o_.size, o_.window, o_.version,
         o_.persistent ? "true" : "false", secs,
         static_cast<unsigned long long>(sent_), static_cast<unsigned long long>(received_),
         static_cast<double>(received_) / secs, pct(0.5), pct(0.99), pct(0.999), cpu,
-        received_ ? cpu * 1e6 / static_cast<double>(received_) : 0.0);
+        received_ ? cpu * 1e6 / static_cast<double>(received_) : 0.0, o_.rate,
+        static_cast<unsigned long long>(rate_skipped_));
     return 0;
   }
 
@@ -401,6 +516,12 @@ class Bench {
   int next_sub_ = 0;      // push: next device to connect
   int next_target_ = 0;   // push: next device to publish to
   int64_t push_start_ns_ = 0;
+  int64_t connected_ns_ = 0;        // conn: when the last CONNACK arrived
+  int64_t rss_before_ = 0, rss_after_ = 0;
+  uv_timer_t rate_timer_;
+  int pubs_ready_ = 0;
+  int64_t rate_start_ns_ = 0;
+  uint64_t rate_sent_ = 0, rate_skipped_ = 0;
   bool pubs_started_ = false;
   bool measuring_ = false;
   bool stopping_ = false;
@@ -411,11 +532,249 @@ class Bench {
   char read_buf_[256 * 1024];
 };
 
+// tls: --conns loops, each connecting, handshaking, sending CONNECT and
+// closing at CONNACK, then starting over.
+class TlsBench {
+ public:
+  explicit TlsBench(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
+
+  int Run() {
+    if (!LoadCredentials()) return 1;
+    mbedtls_ssl_session_init(&saved_);
+    uv_timer_init(&loop_, &timer_);
+    timer_.data = this;
+    uv_timer_start(&timer_, OnTimer, 100, 100);
+    start_ns_ = NowNs();
+    for (int i = 0; i < o_.conns; ++i) Start(new Conn(this, i));
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    Report();
+    uv_walk(&loop_, [](uv_handle_t* h, void*) {
+      if (!uv_is_closing(h)) uv_close(h, nullptr);
+    }, nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+    mbedtls_ssl_session_free(&saved_);
+    mbedtls_ssl_config_free(&conf_);
+    mbedtls_x509_crt_free(&trust_);
+    mbedtls_x509_crt_free(&chain_);
+    mbedtls_pk_free(&key_);
+    return failures_ == 0 ? 0 : 1;
+  }
+
+ private:
+  struct Conn {
+    Conn(TlsBench* b, int i) : bench(b), index(i) {}
+    TlsBench* bench;
+    int index;
+    uv_tcp_t tcp;
+    uv_connect_t req;
+    std::unique_ptr<tls::TlsSession> tls;
+    mqtt::Framer framer{1u << 20};
+    int64_t t0 = 0;
+    bool done = false;
+  };
+
+  static std::string ReadAll(const std::string& path) {
+    std::ifstream f(path);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  }
+
+  bool LoadCredentials() {
+    mbedtls_ssl_config_init(&conf_);
+    mbedtls_x509_crt_init(&trust_);
+    mbedtls_x509_crt_init(&chain_);
+    mbedtls_pk_init(&key_);
+    const std::string ca = ReadAll(o_.ca), cert = ReadAll(o_.cert), key = ReadAll(o_.key);
+    auto bytes = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.c_str()); };
+    if (ca.empty() || cert.empty() || key.empty() ||
+        mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
+        mbedtls_x509_crt_parse(&trust_, bytes(ca), ca.size() + 1) != 0 ||
+        mbedtls_x509_crt_parse(&chain_, bytes(cert), cert.size() + 1) != 0 ||
+        mbedtls_pk_parse_key(&key_, bytes(key), key.size() + 1, nullptr, 0) != 0) {
+      std::fprintf(stderr, "fleetmq-bench: tls needs readable PEM files --ca, --cert and --key\n");
+      return false;
+    }
+    mbedtls_ssl_conf_rng(&conf_, pki::Rng::Fill, &rng_);
+    mbedtls_ssl_conf_authmode(&conf_, MBEDTLS_SSL_VERIFY_REQUIRED);
+    mbedtls_ssl_conf_ca_chain(&conf_, &trust_, nullptr);
+    mbedtls_ssl_conf_session_tickets(&conf_, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+    return mbedtls_ssl_conf_own_cert(&conf_, &chain_, &key_) == 0;
+  }
+
+  void Start(Conn* c) {
+    if (stopping_) {
+      delete c;
+      return;
+    }
+    uv_tcp_init_ex(&loop_, &c->tcp, AF_INET);
+    uv_tcp_nodelay(&c->tcp, 1);
+    BindSource(&c->tcp, next_src_++);
+    c->tcp.data = c;
+    c->req.data = c;
+    c->t0 = NowNs();
+    c->done = false;
+    c->framer = mqtt::Framer(1u << 20);
+    c->tls = std::make_unique<tls::TlsSession>(&conf_, "localhost");
+    if (o_.resume && have_saved_ && !c->tls->SetSession(&saved_).ok()) have_saved_ = false;
+    sockaddr_in addr;
+    uv_ip4_addr(o_.host.c_str(), o_.port, &addr);
+    uv_tcp_connect(&c->req, &c->tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
+  }
+
+  void Send(Conn* c) {
+    std::string bytes = c->tls->TakeCiphertext();
+    if (bytes.empty()) return;
+    struct Req {
+      uv_write_t w;
+      std::string data;
+    };
+    auto* r = new Req;
+    r->data.swap(bytes);
+    uv_buf_t b = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
+    r->w.data = r;
+    if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1,
+                 [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
+      delete r;
+    }
+  }
+
+  static void OnConnect(uv_connect_t* req, int status) {
+    auto* c = static_cast<Conn*>(req->data);
+    TlsBench* b = c->bench;
+    if (status != 0) {
+      std::fprintf(stderr, "fleetmq-bench: connect: %s\n", uv_strerror(status));
+      std::exit(1);
+    }
+    mqtt::Connect ck;
+    ck.version = mqtt::Version::kV5;
+    ck.client_id = "bench-tls-" + std::to_string(c->index);
+    ck.keep_alive = 60;
+    std::string plain;
+    mqtt::Encode(ck, ck.version, &plain);
+    c->tls->Write(plain);        // held until the handshake is done
+    c->tls->OnCiphertext("");    // the ClientHello
+    b->Send(c);
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp),
+                  [](uv_handle_t* h, size_t, uv_buf_t* buf) {
+                    auto* cl = static_cast<Conn*>(h->data);
+                    *buf = uv_buf_init(cl->bench->read_buf_, sizeof cl->bench->read_buf_);
+                  },
+                  OnRead);
+  }
+
+  static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+    auto* c = static_cast<Conn*>(s->data);
+    TlsBench* b = c->bench;
+    if (n < 0) {
+      if (!c->done) b->Fail(c, std::string("connection closed before CONNACK: ") + uv_strerror(static_cast<int>(n)));
+      return;
+    }
+    c->tls->OnCiphertext(std::string_view(buf->base, static_cast<size_t>(n)));
+    if (c->tls->state() == tls::TlsSession::State::kFailed) {
+      b->Fail(c, "handshake: " + c->tls->error());
+      return;
+    }
+    b->Send(c);
+    std::string plain = c->tls->TakePlaintext();
+    bool connack = false;
+    c->framer.Feed(plain, [&](uint8_t first, std::string_view) {
+      if (static_cast<mqtt::PacketType>(first >> 4) == mqtt::PacketType::kConnack) connack = true;
+      return true;
+    });
+    if (!connack || c->done) return;
+    c->done = true;
+    const int64_t took = NowNs() - c->t0;
+    if (b->measuring_) {
+      ++b->count_;
+      b->latencies_.push_back(static_cast<uint32_t>(took / 1000));
+    }
+    if (b->o_.resume && !b->have_saved_ && c->tls->SaveSession(&b->saved_).ok()) b->have_saved_ = true;
+    uv_read_stop(s);
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
+      auto* cl = static_cast<Conn*>(h->data);
+      cl->tls.reset();
+      cl->bench->Start(cl);  // the next connection of this loop
+    });
+  }
+
+  void Fail(Conn* c, const std::string& why) {
+    if (failures_++ < 5) std::fprintf(stderr, "\nfleetmq-bench: tls connection %d: %s\n", c->index, why.c_str());
+    c->done = true;
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
+      auto* cl = static_cast<Conn*>(h->data);
+      cl->tls.reset();
+      if (cl->bench->failures_ > 100) {
+        std::fprintf(stderr, "fleetmq-bench: too many failed TLS connections\n");
+        std::exit(1);
+      }
+      cl->bench->Start(cl);
+    });
+  }
+
+  static void OnTimer(uv_timer_t* t) {
+    auto* b = static_cast<TlsBench*>(t->data);
+    const double elapsed = static_cast<double>(NowNs() - b->start_ns_) / 1e9;
+    if (!b->measuring_ && elapsed >= b->o_.warmup) {
+      b->measuring_ = true;
+      b->measure_start_ns_ = NowNs();
+      b->cpu_start_ = BrokerCpuSeconds(b->o_.broker_pid);
+    }
+    if (!b->measuring_) return;
+    const double m = static_cast<double>(NowNs() - b->measure_start_ns_) / 1e9;
+    std::fprintf(stderr, "\r%.1fs handshakes %llu (%.0f/s)   ", m, static_cast<unsigned long long>(b->count_),
+                 m > 0 ? b->count_ / m : 0);
+    if (m >= b->o_.duration) {
+      b->measure_ns_ = NowNs() - b->measure_start_ns_;
+      b->cpu_end_ = BrokerCpuSeconds(b->o_.broker_pid);
+      b->stopping_ = true;
+      uv_stop(&b->loop_);
+    }
+  }
+
+  void Report() {
+    std::fprintf(stderr, "\n");
+    std::sort(latencies_.begin(), latencies_.end());
+    auto pct = [&](double q) -> unsigned {
+      if (latencies_.empty()) return 0;
+      return latencies_[std::min(latencies_.size() - 1, static_cast<size_t>(q * static_cast<double>(latencies_.size())))];
+    };
+    const double secs = static_cast<double>(measure_ns_) / 1e9;
+    const double cpu = cpu_end_ - cpu_start_;
+    std::printf("{\"scenario\":\"tls\",\"resume\":%s,\"conns\":%d,\"seconds\":%.2f,\"handshakes\":%llu,"
+                "\"handshakes_per_s\":%.0f,\"p50_us\":%u,\"p99_us\":%u,\"failures\":%llu,"
+                "\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_handshake\":%.1f}\n",
+                o_.resume ? "true" : "false", o_.conns, secs, static_cast<unsigned long long>(count_),
+                static_cast<double>(count_) / secs, pct(0.5), pct(0.99),
+                static_cast<unsigned long long>(failures_), cpu,
+                count_ ? cpu * 1e6 / static_cast<double>(count_) : 0.0);
+  }
+
+  Options o_;
+  uv_loop_t loop_;
+  uv_timer_t timer_;
+  pki::Rng rng_;
+  mbedtls_ssl_config conf_;
+  mbedtls_x509_crt trust_, chain_;
+  mbedtls_pk_context key_;
+  mbedtls_ssl_session saved_;
+  bool have_saved_ = false;
+  bool measuring_ = false, stopping_ = false;
+  int next_src_ = 0;
+  uint64_t count_ = 0, failures_ = 0;
+  int64_t start_ns_ = 0, measure_start_ns_ = 0, measure_ns_ = 1;
+  double cpu_start_ = 0, cpu_end_ = 0;
+  std::vector<uint32_t> latencies_;
+  char read_buf_[64 * 1024];
+};
+
 void Usage() {
   std::fprintf(stderr,
-               "usage: fleetmq-bench [--scenario fanin|fanout|push] [--host 127.0.0.1] [--port 1883]\n"
-               "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--duration S]\n"
-               "  [--warmup S] [--mqtt 4|5] [--broker-pid PID] [--persistent]\n");
+               "usage: fleetmq-bench [--scenario fanin|fanout|push|conn|tls] [--host 127.0.0.1] [--port 1883]\n"
+               "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--rate MSG_PER_S]\n"
+               "  [--duration S] [--warmup S] [--mqtt 4|5] [--broker-pid PID] [--persistent]\n"
+               "  [--conns N] [--subscribe] [--resume] [--ca PEM] [--cert PEM] [--key PEM]\n");
 }
 
 }  // namespace
@@ -444,13 +803,20 @@ int main(int argc, char** argv) {
     else if (a == "--mqtt") o.version = std::atoi(next().c_str());
     else if (a == "--broker-pid") o.broker_pid = std::atoi(next().c_str());
     else if (a == "--persistent") o.persistent = true;
+    else if (a == "--rate") o.rate = std::atof(next().c_str());
+    else if (a == "--conns") o.conns = std::atoi(next().c_str());
+    else if (a == "--subscribe") o.subscribe = true;
+    else if (a == "--resume") o.resume = true;
+    else if (a == "--ca") o.ca = next();
+    else if (a == "--cert") o.cert = next();
+    else if (a == "--key") o.key = next();
     else {
       Usage();
       return 2;
     }
   }
   if (o.pubs < 1 || o.subs < 1 || o.qos < 0 || o.qos > 1 || o.window < 1 || o.duration <= 0 ||
-      (o.version != 4 && o.version != 5)) {
+      (o.version != 4 && o.version != 5) || o.conns < 1 || o.conns > 60000 || o.rate < 0) {
     Usage();
     return 2;
   }
@@ -459,9 +825,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fleetmq-bench: targets loopback (127.0.0.0/8) only\n");
     return 2;
   }
-  if (o.scenario != "fanin" && o.scenario != "fanout" && o.scenario != "push") {
+  if (o.scenario != "fanin" && o.scenario != "fanout" && o.scenario != "push" && o.scenario != "conn" &&
+      o.scenario != "tls") {
     std::fprintf(stderr, "fleetmq-bench: unknown scenario %s\n", o.scenario.c_str());
     return 2;
+  }
+  if (o.scenario == "tls") {
+    TlsBench t(o);
+    return t.Run();
   }
   Bench b(o);
   return b.Run();
