@@ -257,7 +257,7 @@ void Broker::RefuseConnect(Connection& c, ReasonCode rc, const char* rule) {
 void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   c.version_ = ck.version;
   c.client_id_ = ck.client_id;
-  if (ck.username) c.username_ = *ck.username;
+  if (ck.username) c.extras().username = *ck.username;
   const bool v5 = ck.version == Version::kV5;
   if (v5) c.problem_info_ = ck.props.request_problem_info != 0;
 
@@ -328,7 +328,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   expiry = std::min(expiry, opts_.max_session_expiry);
 
   if (ck.will && c.identity() != nullptr &&
-      !acl_->CanPublish(*c.identity(), c.client_id_, c.username_, ck.will->topic)) {
+      !acl_->CanPublish(*c.identity(), c.client_id_, c.username(), ck.will->topic)) {
     RefuseConnect(c, ReasonCode::kNotAuthorized, "acl will topic not writable by this client");
     return;
   }
@@ -528,8 +528,7 @@ void Broker::SessionOffline(Session& s, bool publish_will) {
     }
   }
   if (s.expiry_s != 0xFFFFFFFF) {
-    s.expire_at_ms = now + int64_t{s.expiry_s} * 1000;
-    wheel_.Schedule(s.expire_at_ms, s.id, kSessionExpiry);
+    wheel_.Schedule(s.expire_at_ms(), s.id, kSessionExpiry);
   }
   if (persistence_ != nullptr) {
     persistence_->SaveSession(s);  // expiry, disconnect time, pending will
@@ -621,9 +620,9 @@ void Broker::FireTimer(const TimerWheel::Entry& e, int64_t now) {
       auto it = sessions_by_id_.find(e.key);
       if (it == sessions_by_id_.end()) return;
       Session& s = *it->second;
-      if (s.conn || s.expiry_s == 0xFFFFFFFF || e.deadline_ms != s.expire_at_ms) return;  // stale
-      if (now < s.expire_at_ms) {
-        wheel_.Schedule(s.expire_at_ms, s.id, kSessionExpiry);
+      if (s.conn || s.expiry_s == 0xFFFFFFFF || e.deadline_ms != s.expire_at_ms()) return;  // stale
+      if (now < s.expire_at_ms()) {
+        wheel_.Schedule(s.expire_at_ms(), s.id, kSessionExpiry);
       } else {
         stats_.sessions_expired++;
         EndSession(s);
@@ -659,13 +658,12 @@ void Broker::RestoreSession(std::unique_ptr<Session> owned, int64_t offline_ms) 
     wheel_.Schedule(s.will_at_ms, s.id, kWillDelay);
   }
   if (s.expiry_s != 0xFFFFFFFF) {
-    s.expire_at_ms = s.disconnected_at_ms + int64_t{s.expiry_s} * 1000;
-    if (s.expire_at_ms <= now) {
+    if (s.expire_at_ms() <= now) {
       stats_.sessions_expired++;
       EndSession(s);  // expired while the broker was down
       return;
     }
-    wheel_.Schedule(s.expire_at_ms, s.id, kSessionExpiry);
+    wheel_.Schedule(s.expire_at_ms(), s.id, kSessionExpiry);
   }
 }
 

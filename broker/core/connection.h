@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,7 +58,10 @@ class Connection {
   const std::string& mount() const { return mount_; }
   const PeerIdentity* identity() const { return identity_.get(); }
   const std::string& client_id() const { return client_id_; }
-  const std::string& username() const { return username_; }
+  const std::string& username() const {
+    static const std::string kNone;
+    return extras_ ? extras_->username : kNone;
+  }
   mqtt::Version version() const { return version_; }
   Session* session() const { return session_; }
   Transport* transport() const { return transport_; }
@@ -72,27 +76,36 @@ class Connection {
   Transport* transport_;
   uint64_t id_;
   std::string peer_;
-  State state_ = State::kAwaitConnect;
   mqtt::Framer framer_;
   std::string out_;
 
-  // Negotiated at CONNECT.
-  mqtt::Version version_ = mqtt::Version::kV5;
+  // Negotiated at CONNECT. (Small fields together: an idle connection's
+  // size is a target, doc/performance.md.)
   std::string client_id_;
-  std::string username_;
   std::unique_ptr<PeerIdentity> identity_;  // null on plain TCP
   std::string mount_;
   void* tenant_state_ = nullptr;  // Broker::TenantState while connected (not anonymous)
   Session* session_ = nullptr;
-  uint16_t keep_alive_s_ = 0;
   int64_t last_rx_ms_ = 0;
-  uint16_t send_quota_ = 65535;         // min(client Receive Maximum, max_inflight)
   uint32_t client_max_packet_ = 0;      // 0 = no limit
+  uint16_t keep_alive_s_ = 0;
+  uint16_t send_quota_ = 65535;         // min(client Receive Maximum, max_inflight)
   uint16_t client_alias_max_ = 0;       // aliases we may use towards the client
+  State state_ = State::kAwaitConnect;
+  mqtt::Version version_ = mqtt::Version::kV5;
   bool problem_info_ = true;            // Request Problem Information
-  StringMap<uint16_t> out_aliases_;
-  std::vector<std::string> in_aliases_;  // index = alias
   bool will_on_close_ = true;
+  // What most connections never use, allocated on first use.
+  struct Extras {
+    std::string username;
+    StringMap<uint16_t> out_aliases;
+    std::vector<std::string> in_aliases;  // index = alias
+  };
+  std::unique_ptr<Extras> extras_;
+  Extras& extras() {
+    if (!extras_) extras_ = std::make_unique<Extras>();
+    return *extras_;
+  }
   // Acks waiting for durability, in PUBLISH order [MQTT-4.6.0-2].
   struct PendingAck {
     mqtt::Packet ack;  // PUBACK, PUBREC or SUBACK

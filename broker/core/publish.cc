@@ -110,15 +110,16 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
             "MQTT-3.3.2-9 topic alias above our Topic Alias Maximum");
       return;
     }
-    if (c.in_aliases_.size() <= alias) c.in_aliases_.resize(opts_.topic_alias_maximum + 1u);
+    std::vector<std::string>& aliases = c.extras().in_aliases;
+    if (aliases.size() <= alias) aliases.resize(opts_.topic_alias_maximum + 1u);
     if (!topic.empty()) {
-      c.in_aliases_[alias].assign(topic);
-    } else if (c.in_aliases_[alias].empty()) {
+      aliases[alias].assign(topic);
+    } else if (aliases[alias].empty()) {
       Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
             "MQTT-3.3.2-8 topic alias used before it was set");
       return;
     } else {
-      topic = c.in_aliases_[alias];
+      topic = aliases[alias];
     }
   }
   if (v5 && p.props.Has(PropertyId::kSubscriptionIdentifier)) {
@@ -206,7 +207,7 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     reply(hooks_->OnControlPublish(InfoOf(c), *m));
     return;
   }
-  if (c.identity() != nullptr && !acl_->CanPublish(*c.identity(), c.client_id_, c.username_, topic)) {
+  if (c.identity() != nullptr && !acl_->CanPublish(*c.identity(), c.client_id_, c.username(), topic)) {
     stats_.publish_denied++;
     FMQ_LOG_DEBUG("client '%s' publish to '%.*s' denied by ACL", c.client_id_.c_str(), static_cast<int>(topic.size()),
                   topic.data());
@@ -511,12 +512,13 @@ bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, b
   if (v5) {
     // Assign or reuse a topic alias towards the client [MQTT-3.3.2-10].
     if (c.client_alias_max_ > 0) {
-      auto it = c.out_aliases_.find(client_topic);
-      if (it != c.out_aliases_.end()) {
+      StringMap<uint16_t>& aliases = c.extras().out_aliases;
+      auto it = aliases.find(client_topic);
+      if (it != aliases.end()) {
         alias = it->second;
         topic = {};
-      } else if (c.out_aliases_.size() < c.client_alias_max_) {
-        alias = static_cast<uint16_t>(c.out_aliases_.size() + 1);
+      } else if (aliases.size() < c.client_alias_max_) {
+        alias = static_cast<uint16_t>(aliases.size() + 1);
         new_alias = true;
       }
     }
@@ -546,7 +548,7 @@ bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, b
     stats_.publish_dropped_too_large++;  // [MQTT-3.1.2-25] discard it
     return false;
   }
-  if (new_alias) c.out_aliases_.emplace(std::string(client_topic), alias);
+  if (new_alias) c.extras().out_aliases.emplace(std::string(client_topic), alias);
   const bool was_empty = c.out_.empty();
   std::string& out = c.out_;
   out.reserve(out.size() + total);

@@ -4,6 +4,7 @@
 // touched only on that worker's thread.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -57,35 +58,66 @@ inline std::string SessionKey(std::string_view tenant, std::string_view client_i
   return k;
 }
 
+// Packet ids of inbound QoS 2 messages awaiting PUBREL: at most Receive
+// Maximum of them and usually none, so a sorted vector (24 bytes) rather
+// than a hash set (40).
+class PacketIdSet {
+ public:
+  bool contains(uint16_t id) const { return std::binary_search(ids_.begin(), ids_.end(), id); }
+  bool insert(uint16_t id) {
+    auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
+    if (it != ids_.end() && *it == id) return false;
+    ids_.insert(it, id);
+    return true;
+  }
+  size_t erase(uint16_t id) {
+    auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
+    if (it == ids_.end() || *it != id) return 0;
+    ids_.erase(it);
+    return 1;
+  }
+  size_t size() const { return ids_.size(); }
+  bool empty() const { return ids_.empty(); }
+  std::vector<uint16_t>::const_iterator begin() const { return ids_.begin(); }
+  std::vector<uint16_t>::const_iterator end() const { return ids_.end(); }
+
+ private:
+  std::vector<uint16_t> ids_;
+};
+
+// Field order packs the small fields: an idle session's size is a target
+// (doc/performance.md, memory).
 struct Session {
   uint64_t id = 0;
   std::string client_id;
   // The tenant from the client's certificate; empty for the anonymous
   // (plain TCP) namespace. Its topics live under MountOf(tenant).
   std::string tenant;
-  mqtt::Version version = mqtt::Version::kV5;
-  // Seconds the session outlives its connection; 0 ends it at disconnect,
-  // 0xFFFFFFFF never expires.
-  uint32_t expiry_s = 0;
   Connection* conn = nullptr;  // set while a connection is attached
 
   StringMap<SubOptions> subscriptions;  // full filter text
 
   absl::flat_hash_map<uint16_t, Inflight> inflight;
   uint64_t next_seq = 1;
-  uint16_t next_packet_id = 1;
   SmallQueue<Delivery> queue;
   uint64_t queued_bytes = 0;
   uint64_t dropped = 0;  // messages lost at this session's bounds
 
-  absl::flat_hash_set<uint16_t> inbound_qos2;  // received, PUBREL pending
+  PacketIdSet inbound_qos2;  // received, PUBREL pending
 
   std::unique_ptr<mqtt::Will> will;  // by pointer: most sessions have none
   int64_t will_at_ms = 0;  // when a delayed will is due (while offline)
-  bool will_pending = false;
-  int64_t expire_at_ms = 0;  // when offline with a finite expiry
   int64_t disconnected_at_ms = 0;  // monotonic; when it went offline
+  // Seconds the session outlives its connection; 0 ends it at disconnect,
+  // 0xFFFFFFFF never expires.
+  uint32_t expiry_s = 0;
+  uint16_t next_packet_id = 1;
+  mqtt::Version version = mqtt::Version::kV5;
+  bool will_pending = false;
   bool persisted = false;  // has a stored copy to delete when it ends
+
+  // When an offline session with a finite expiry ends.
+  int64_t expire_at_ms() const { return disconnected_at_ms + int64_t{expiry_s} * 1000; }
 
   // Durable sessions outlive their connection and are persisted.
   bool durable() const { return expiry_s > 0; }

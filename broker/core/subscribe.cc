@@ -64,7 +64,7 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
     mqtt::ParseShared(e.filter, &raw_sf);
     const std::string_view raw_inner = raw_sf.shared ? raw_sf.filter : std::string_view(e.filter);
     const bool acl_ok = c.identity() == nullptr ||
-                        acl_->CanSubscribe(*c.identity(), c.client_id_, c.username_, raw_inner);
+                        acl_->CanSubscribe(*c.identity(), c.client_id_, c.username(), raw_inner);
     if (!acl_ok || !InternalFilter(c, e.filter, &filter)) {
       stats_.publish_denied++;
       ack.codes.push_back(ReasonCode::kNotAuthorized);

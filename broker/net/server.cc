@@ -132,18 +132,18 @@ class TcpClient final : public Transport {
       conn_.OnBytes(bytes);
       return;
     }
-    pre_.append(bytes);
-    const int home = server_->HomeOfConnect(pre_, conn_.identity());
+    held_.append(bytes);
+    const int home = server_->HomeOfConnect(held_, conn_.identity());
     if (home < 0) return;  // the first packet is not complete yet
     routed_ = true;
     std::string held;
-    held.swap(pre_);
+    held.swap(held_);
     if (static_cast<uint32_t>(home) == server_->index_) {
       conn_.OnBytes(held);
       return;
     }
-    pre_ = std::move(held);
-    handoff_to_ = home;
+    held_ = std::move(held);
+    handoff_to_ = static_cast<int8_t>(home);
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
     MaybeHandOff();
   }
@@ -170,7 +170,7 @@ class TcpClient final : public Transport {
     h->peer = conn_.peer();
     h->tls = std::move(tls_);
     if (conn_.identity() != nullptr) h->identity = std::make_unique<PeerIdentity>(*conn_.identity());
-    h->bytes = std::move(pre_);
+    h->bytes = std::move(held_);
     server_->broker_.Detach(conn_);
     HardClose();  // closes our descriptor; the socket lives on in `copy`
     server_->HandOff(to, std::move(h));
@@ -240,7 +240,7 @@ class TcpClient final : public Transport {
   }
 
   void Defer(std::string_view ciphertext) {
-    deferred_.append(ciphertext);
+    held_.append(ciphertext);
     if (!deferred_listed_) {
       deferred_listed_ = true;
       uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
@@ -254,7 +254,7 @@ class TcpClient final : public Transport {
     deferred_listed_ = false;
     if (closing_ || closed_) return true;
     std::string bytes;
-    bytes.swap(deferred_);
+    bytes.swap(held_);
     if (!bytes.empty() && !HandshakeStep(bytes)) return false;
     if (!closing_ && !closed_) {
       uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
@@ -326,23 +326,27 @@ class TcpClient final : public Transport {
     delete self;
   }
 
+  // Field order packs the flags: an idle connection's size is a target
+  // (doc/performance.md, memory).
   Server* server_;
   uv_tcp_t handle_;
   Connection conn_;
   std::unique_ptr<tls::TlsSession> tls_;
+  // Bytes waiting: TLS handshake input over the handshake budget (while
+  // deferred_listed_), or MQTT bytes held until the first packet says which
+  // worker owns the session (while !routed_). Never both: plaintext only
+  // exists once the handshake is over.
+  std::string held_;
+  int64_t close_deadline_ = 0;
+  uint32_t writes_in_flight_ = 0;
+  int8_t handoff_to_ = -1;    // worker waiting for it (writes still queued)
+  bool routed_ = true;        // several workers: the first packet has been seen
   bool dirty_ = false;
   bool closing_ = false;
   bool closed_ = false;
   bool read_paused_ = false;
   bool in_handshake_ = false;
-  // Several workers, before the first packet: where the connection belongs.
-  bool routed_ = true;
-  std::string pre_;        // MQTT bytes held until the CONNECT is complete
-  int handoff_to_ = -1;    // worker waiting for it (writes still queued)
-  uint32_t writes_in_flight_ = 0;
-  std::string deferred_;  // handshake bytes waiting for the next budget window
   bool deferred_listed_ = false;
-  int64_t close_deadline_ = 0;
 };
 
 Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks,
