@@ -42,11 +42,6 @@ uint32_t Cluster::HomeOf(std::string_view tenant, std::string_view client_id) co
   return static_cast<uint32_t>(Mix(h) % workers_);
 }
 
-uint32_t Cluster::HomeOfTopic(std::string_view topic) const {
-  if (workers_ == 1) return 0;
-  return static_cast<uint32_t>(Mix(Fnv(kFnvBasis, topic)) % workers_);
-}
-
 void Cluster::PostAll(const std::function<void(Broker&)>& fn) {
   for (uint32_t w = 0; w < workers_; ++w) link_->Post(w, fn);
 }

@@ -55,9 +55,6 @@ class Cluster {
   // The worker that owns the session of (tenant, client id). Stable for the
   // life of the process; every worker computes the same answer.
   uint32_t HomeOf(std::string_view tenant, std::string_view client_id) const;
-  // The worker that persists the retained message of a (mounted) topic, so
-  // one writer orders the stored updates of each topic.
-  uint32_t HomeOfTopic(std::string_view topic) const;
 
   // Runs fn on every worker (its own thread each).
   void PostAll(const std::function<void(Broker&)>& fn);

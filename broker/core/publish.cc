@@ -320,10 +320,10 @@ void Broker::RouteFromPeer(const MessagePtr& msg) { RouteLocal(msg, true); }
 size_t Broker::RouteLocal(const MessagePtr& msg, bool from_peer) {
   if (msg->retain) {
     // Every worker keeps the retained messages (a SUBSCRIBE is answered
-    // locally); one worker per topic stores them, in stamp order.
-    const bool stored = retained_.Set(msg);
-    const bool writer = MultiWorker() ? cluster_->HomeOfTopic(msg->topic) == index_ : !from_peer;
-    if (stored && writer && persistence_ != nullptr) persistence_->SaveRetained(*msg);
+    // locally). The worker the PUBLISH arrived on stores it, so its PUBACK
+    // waits for the write as with one worker.
+    const bool current = retained_.Set(msg);
+    if (current && !from_peer && persistence_ != nullptr) persistence_->SaveRetained(*msg);
   }
   matches_.clear();
   groups_.clear();
