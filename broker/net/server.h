@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "broker/core/broker.h"
 #include "broker/core/cluster.h"
 #include "broker/tls/tls.h"
@@ -178,7 +179,7 @@ class Server {
   std::vector<TcpClient*> deferred_;    // handshakes waiting for the next window
   uint64_t flood_logged_ = 0;
   std::vector<TcpClient*> dirty_;
-  std::vector<TcpClient*> closing_;
+  absl::flat_hash_set<TcpClient*> closing_;  // draining their output before the close
   uint64_t next_conn_id_ = 1;
   bool stopping_ = false;
   char read_buf_[64 * 1024];
