@@ -3,7 +3,8 @@
 // in-process over a null transport with a fake clock; each CONNECTs (v5,
 // keep alive K) and subscribes to its own topic, as devices do. Then:
 //   - memory: RSS growth per connection (engine only: Connection, Session,
-//     subscription; the socket layer adds a uv_tcp_t per connection);
+//     subscription; the socket layer adds a uv_tcp_t per connection), after
+//     connecting and again after the heartbeat rounds (steady state);
 //   - heartbeats: every connection sends PINGREQ each round while the clock
 //     advances through several keep-alive periods; cost per PINGREQ and the
 //     deadline wheel's cost per tick, with zero false timeouts;
@@ -114,6 +115,7 @@ int main(int argc, char** argv) {
     }
   }
   const uint64_t false_timeouts = broker.stats().keepalive_timeouts;
+  const long rss2 = RssBytes();  // steady state: after 4 keep-alive periods
 
   // Offline detection: odd devices stop; even ones keep pinging. Their last
   // packet was the PINGREQ of the last round, one keep-alive period ago.
@@ -135,10 +137,11 @@ int main(int argc, char** argv) {
   const uint64_t offline = broker.stats().keepalive_timeouts - false_timeouts;
   std::printf(
       "{\"connections\":%ld,\"keepalive_s\":%d,\"connect_subscribe_per_s\":%.0f,"
-      "\"rss_bytes_per_connection\":%.0f,\"pingreq_ns\":%.1f,\"pingreq_per_s\":%.0f,"
+      "\"rss_bytes_per_connection\":%.0f,\"rss_bytes_per_connection_after_heartbeats\":%.0f,\"pingreq_ns\":%.1f,\"pingreq_per_s\":%.0f,"
       "\"tick_us_avg\":%.1f,\"false_timeouts\":%llu,\"went_offline\":%llu,\"offline_expected\":%ld,"
       "\"all_offline_detected_ms_after_last_packet\":%lld,\"bound_ms\":%d,\"timers\":%zu}\n",
       n, keepalive, static_cast<double>(n) / connect_s, static_cast<double>(rss1 - rss0) / static_cast<double>(n),
+      static_cast<double>(rss2 - rss0) / static_cast<double>(n),
       ping_s * 1e9 / static_cast<double>(pings), static_cast<double>(pings) / ping_s, tick_s * 1e6 / static_cast<double>(ticks),
       static_cast<unsigned long long>(false_timeouts), static_cast<unsigned long long>(offline), n / 2,
       static_cast<long long>(detected_all_ms), keepalive * 1500, broker.timer_count());

@@ -36,6 +36,7 @@ class TimerWheel {
 
  private:
   int64_t SlotTime(int64_t t) const { return t / resolution_; }
+  static constexpr size_t kKeepCapacity = 64;
 
   int64_t resolution_;
   int64_t current_;  // slot time processed up to (exclusive)
@@ -53,6 +54,11 @@ void TimerWheel::Advance(int64_t now_ms, F&& fire) {
     if (slot.empty()) continue;
     firing_.clear();
     firing_.swap(slot);
+    // The slot now holds firing_'s old, emptied buffer. A large one is
+    // freed rather than parked: otherwise every slot a big batch passes
+    // through keeps that batch's capacity (measured: ~200 bytes per
+    // connection at 20k connections).
+    if (slot.capacity() > kKeepCapacity) std::vector<Entry>().swap(slot);
     size_ -= firing_.size();
     for (const Entry& e : firing_) fire(e);
   }
