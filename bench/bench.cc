@@ -116,6 +116,15 @@ double BrokerCpuSeconds(int pid) {
   return (std::stod(fields[11]) + std::stod(fields[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// Starts reading a connection (its handle's data is a T with a `bench`
+// owning one read buffer for the whole loop: reads never overlap).
+template <class T>
+void StartReading(uv_tcp_t* tcp, uv_read_cb on_read) {
+  uv_read_start(reinterpret_cast<uv_stream_t*>(tcp),
+                [](uv_handle_t* h, size_t, uv_buf_t* b) { *b = static_cast<T*>(h->data)->bench->ReadBuffer(); },
+                on_read);
+}
+
 class Bench;
 
 struct Client {
@@ -166,6 +175,7 @@ class Bench {
     return rc;
   }
 
+  uv_buf_t ReadBuffer() { return uv_buf_init(read_buf_, sizeof read_buf_); }
   bool push() const { return o_.scenario == "push"; }
   bool conn() const { return o_.scenario == "conn"; }
 
@@ -361,12 +371,7 @@ class Bench {
       mqtt::Encode(s, c->version, &c->out);
     }
     c->bench->Flush(c);
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp),
-                  [](uv_handle_t* h, size_t, uv_buf_t* b) {
-                    auto* cl = static_cast<Client*>(h->data);
-                    *b = uv_buf_init(cl->bench->read_buf_, sizeof cl->bench->read_buf_);
-                  },
-                  OnRead);
+    StartReading<Client>(&c->tcp, OnRead);
   }
 
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
@@ -537,6 +542,7 @@ class Bench {
 class TlsBench {
  public:
   explicit TlsBench(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
+  uv_buf_t ReadBuffer() { return uv_buf_init(read_buf_, sizeof read_buf_); }
 
   int Run() {
     if (!LoadCredentials()) return 1;
@@ -655,12 +661,7 @@ class TlsBench {
     c->tls->Write(plain);        // held until the handshake is done
     c->tls->OnCiphertext("");    // the ClientHello
     b->Send(c);
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp),
-                  [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-                    auto* cl = static_cast<Conn*>(h->data);
-                    *buf = uv_buf_init(cl->bench->read_buf_, sizeof cl->bench->read_buf_);
-                  },
-                  OnRead);
+    StartReading<Conn>(&c->tcp, OnRead);
   }
 
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {

@@ -80,6 +80,12 @@ struct TwoWorkers {
   std::unique_ptr<Client> On(uint32_t w, Version v = Version::kV5) {
     return std::make_unique<Client>(*brokers[w], v, next_id++);
   }
+  // A client connected on worker `w` under a client id homed there.
+  std::unique_ptr<Client> Connected(uint32_t w, const std::string& base) {
+    auto c = On(w);
+    REQUIRE(c->Connect(IdOn(w, base)).reason == ReasonCode::kSuccess);
+    return c;
+  }
   FakeClock clock;
   Cluster cluster;
   QueueLink link;
@@ -130,11 +136,9 @@ TEST_CASE("cluster: PickWorker gives one answer per mask and stamp, spread over 
 
 TEST_CASE("cluster: publisher on one worker, subscriber on the other: every message, in order") {
   TwoWorkers t;
-  auto sub = t.On(1);
-  REQUIRE(sub->Connect(t.IdOn(1, "sub")).reason == ReasonCode::kSuccess);
+  auto sub = t.Connected(1, "sub");
   Subscribe(*sub, "a/#", 1);
-  auto pub = t.On(0);
-  REQUIRE(pub->Connect(t.IdOn(0, "pub")).reason == ReasonCode::kSuccess);
+  auto pub = t.Connected(0, "pub");
   for (uint16_t i = 1; i <= 200; ++i) {
     pub->Send(Pub("a/b", std::to_string(i), 1, i));
     if (i % 7 == 0) t.link.Pump();  // batches of different sizes
@@ -161,10 +165,8 @@ TEST_CASE("cluster: publisher on one worker, subscriber on the other: every mess
 
 TEST_CASE("cluster: retained messages reach subscribers on every worker, newest wins everywhere") {
   TwoWorkers t;
-  auto p0 = t.On(0);
-  REQUIRE(p0->Connect(t.IdOn(0, "p")).reason == ReasonCode::kSuccess);
-  auto p1 = t.On(1);
-  REQUIRE(p1->Connect(t.IdOn(1, "p")).reason == ReasonCode::kSuccess);
+  auto p0 = t.Connected(0, "p");
+  auto p1 = t.Connected(1, "p");
   p0->Send(Pub("cfg/x", "first", 0, 0, true));
   t.clock.Advance(1);
   // Worker 1 publishes the newer value before it has seen worker 0's: each
@@ -173,8 +175,7 @@ TEST_CASE("cluster: retained messages reach subscribers on every worker, newest 
   t.link.Pump();
   for (uint32_t w = 0; w < 2; ++w) {
     CAPTURE(w);
-    auto s = t.On(w);
-    REQUIRE(s->Connect(t.IdOn(w, "s")).reason == ReasonCode::kSuccess);
+    auto s = t.Connected(w, "s");
     mqtt::Subscribe sb;
     sb.packet_id = 1;
     sb.entries.push_back({"cfg/#", 0});
@@ -196,10 +197,8 @@ TEST_CASE("cluster: a shared subscription with members on both workers gets each
       Subscribe(*members.back(), "$share/g/jobs/#", 0);
     }
   }
-  auto pub = t.On(0);
-  REQUIRE(pub->Connect(t.IdOn(0, "pub")).reason == ReasonCode::kSuccess);
-  auto pub1 = t.On(1);
-  REQUIRE(pub1->Connect(t.IdOn(1, "pub")).reason == ReasonCode::kSuccess);
+  auto pub = t.Connected(0, "pub");
+  auto pub1 = t.Connected(1, "pub");
   for (int i = 0; i < 400; ++i) {
     t.clock.Advance(0);
     (i % 2 ? pub1 : pub)->Send(Pub("jobs/1", std::to_string(i), 0));
@@ -258,11 +257,9 @@ TEST_CASE("cluster: assigned client ids are homed where they were assigned; sess
   }
   // No Local compares session ids across workers: a subscriber on worker 1
   // with no_local still gets worker 0's messages.
-  auto s = t.On(1);
-  REQUIRE(s->Connect(t.IdOn(1, "nl")).reason == ReasonCode::kSuccess);
+  auto s = t.Connected(1, "nl");
   Subscribe(*s, "x", 0 | 0x04);
-  auto p = t.On(0);
-  REQUIRE(p->Connect(t.IdOn(0, "nl")).reason == ReasonCode::kSuccess);
+  auto p = t.Connected(0, "nl");
   p->Send(Pub("x", "y", 0));
   t.link.Pump();
   CHECK(Only<mqtt::Publish>(s->Recv()).size() == 1);
@@ -270,10 +267,8 @@ TEST_CASE("cluster: assigned client ids are homed where they were assigned; sess
 
 TEST_CASE("cluster: $SYS statistics are the sum of every worker's report") {
   TwoWorkers t;
-  auto a = t.On(0);
-  REQUIRE(a->Connect(t.IdOn(0, "a")).reason == ReasonCode::kSuccess);
-  auto b = t.On(1);
-  REQUIRE(b->Connect(t.IdOn(1, "b")).reason == ReasonCode::kSuccess);
+  auto a = t.Connected(0, "a");
+  auto b = t.Connected(1, "b");
   t.clock.Advance(250);
   for (auto& br : t.brokers) br->Tick();
   uint64_t sessions = 0;
