@@ -66,6 +66,12 @@ struct Options {
   std::string ca, cert, key;  // tls: trust and client credentials (PEM files)
 };
 
+// The q-quantile of sorted samples (0 when there are none).
+unsigned Percentile(const std::vector<uint32_t>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  return sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * static_cast<double>(sorted.size())))];
+}
+
 // Resident set of a process, bytes (0 when unknown).
 int64_t RssBytes(int pid) {
   if (pid <= 0) return 0;
@@ -492,10 +498,7 @@ class Bench {
       return 0;
     }
     std::sort(latencies_.begin(), latencies_.end());
-    auto pct = [&](double q) -> unsigned {
-      if (latencies_.empty()) return 0;
-      return latencies_[std::min(latencies_.size() - 1, static_cast<size_t>(q * static_cast<double>(latencies_.size())))];
-    };
+    auto pct = [&](double q) { return Percentile(latencies_, q); };
     const double secs = static_cast<double>(measure_ns_) / 1e9;
     const double cpu = cpu_end_ - cpu_start_;
     std::printf(
@@ -737,10 +740,7 @@ class TlsBench {
   void Report() {
     std::fprintf(stderr, "\n");
     std::sort(latencies_.begin(), latencies_.end());
-    auto pct = [&](double q) -> unsigned {
-      if (latencies_.empty()) return 0;
-      return latencies_[std::min(latencies_.size() - 1, static_cast<size_t>(q * static_cast<double>(latencies_.size())))];
-    };
+    auto pct = [&](double q) { return Percentile(latencies_, q); };
     const double secs = static_cast<double>(measure_ns_) / 1e9;
     const double cpu = cpu_end_ - cpu_start_;
     std::printf("{\"scenario\":\"tls\",\"resume\":%s,\"conns\":%d,\"seconds\":%.2f,\"handshakes\":%llu,"
