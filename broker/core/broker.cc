@@ -3,6 +3,9 @@
 #include "broker/core/broker.h"
 
 #include <algorithm>
+#include <mutex>
+
+#include "absl/container/node_hash_set.h"
 
 #include "broker/mqtt/utf8.h"
 #include "common/log.h"
@@ -41,6 +44,15 @@ Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks
 }
 
 Broker::~Broker() = default;
+
+const std::string* InternTenant(std::string_view tenant) {
+  static const std::string kAnonymous;
+  if (tenant.empty()) return &kAnonymous;  // most sessions on plain TCP: no lock
+  static std::mutex mu;
+  static absl::node_hash_set<std::string> names;
+  std::lock_guard<std::mutex> l(mu);
+  return &*names.emplace(tenant).first;
+}
 
 void Broker::SetCluster(Cluster* cluster, uint32_t index) {
   cluster_ = cluster;
@@ -369,7 +381,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     s = owned.get();
     s->id = next_session_id_++;
     s->client_id = c.client_id_;
-    s->tenant = c.tenant();
+    s->set_tenant(c.tenant());
     sessions_by_id_[s->id] = s;
     sessions_.emplace(key, std::move(owned));
   }
@@ -566,7 +578,7 @@ void Broker::EndSession(Session& s) {
   stats_.queued_messages -= s.queue.size();
   drops_changed_.erase(s.id);
   sessions_by_id_.erase(s.id);
-  sessions_.erase(SessionKey(s.tenant, s.client_id));  // destroys s
+  sessions_.erase(SessionKey(s.tenant(), s.client_id));  // destroys s
 }
 
 void Broker::Shutdown() {
@@ -649,7 +661,7 @@ void Broker::RestoreSession(std::unique_ptr<Session> owned, int64_t offline_ms) 
   for (const Delivery& d : s.queue) s.queued_bytes += d.msg->Footprint();
   stats_.queued_messages += s.queue.size();
   sessions_by_id_[s.id] = &s;
-  std::string id = SessionKey(s.tenant, s.client_id);
+  std::string id = SessionKey(s.tenant(), s.client_id);
   sessions_.insert_or_assign(id, std::move(owned));
   if (s.will) {
     const uint32_t delay = std::min(s.will->props.will_delay, s.expiry_s);

@@ -58,6 +58,10 @@ inline std::string SessionKey(std::string_view tenant, std::string_view client_i
   return k;
 }
 
+// The one copy of a tenant name shared by every session of the tenant
+// (thread-safe; tenants are few and never forgotten while the process runs).
+const std::string* InternTenant(std::string_view tenant);
+
 // Packet ids of inbound QoS 2 messages awaiting PUBREL: at most Receive
 // Maximum of them and usually none, so a sorted vector (24 bytes) rather
 // than a hash set (40).
@@ -91,8 +95,10 @@ struct Session {
   uint64_t id = 0;
   std::string client_id;
   // The tenant from the client's certificate; empty for the anonymous
-  // (plain TCP) namespace. Its topics live under MountOf(tenant).
-  std::string tenant;
+  // (plain TCP) namespace. Its topics live under MountOf(tenant). Interned:
+  // one copy per tenant, not per session.
+  const std::string& tenant() const { return *tenant_; }
+  void set_tenant(std::string_view t) { tenant_ = InternTenant(t); }
   Connection* conn = nullptr;  // set while a connection is attached
 
   StringMap<SubOptions> subscriptions;  // full filter text
@@ -115,6 +121,7 @@ struct Session {
   mqtt::Version version = mqtt::Version::kV5;
   bool will_pending = false;
   bool persisted = false;  // has a stored copy to delete when it ends
+  const std::string* tenant_ = InternTenant({});
 
   // When an offline session with a finite expiry ends.
   int64_t expire_at_ms() const { return disconnected_at_ms + int64_t{expiry_s} * 1000; }

@@ -12,7 +12,7 @@ using mqtt::PropertyId;
 
 namespace {
 
-storage::TenantId TenantOf(const Session& s) { return storage::TenantId::FromAuthenticated(s.tenant); }
+storage::TenantId TenantOf(const Session& s) { return storage::TenantId::FromAuthenticated(s.tenant()); }
 
 // "$T/<tenant>/<topic>" -> (tenant, topic); anything else is anonymous.
 std::pair<std::string, std::string> SplitMount(const std::string& topic) {
@@ -204,7 +204,7 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, const std::vector<Broker*>&
     }
     auto sess = std::make_unique<Session>();
     sess->client_id = r.client_id;
-    sess->tenant = tenant;
+    sess->set_tenant(tenant);
     sess->version = r.version == 4 ? mqtt::Version::kV311 : mqtt::Version::kV5;
     sess->expiry_s = r.expiry_s;
     sess->next_seq = std::max<uint64_t>(r.next_seq, 1);
@@ -291,7 +291,7 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, const std::vector<Broker*>&
   const Cluster* cluster = workers.size() > 1 ? workers[0]->cluster() : nullptr;
   for (auto& [id, sess] : sessions) {
     st->sessions++;
-    Broker* home = cluster != nullptr ? workers[cluster->HomeOf(sess->tenant, sess->client_id)] : workers[0];
+    Broker* home = cluster != nullptr ? workers[cluster->HomeOf(sess->tenant(), sess->client_id)] : workers[0];
     home->RestoreSession(std::move(sess), offline[id]);
   }
   // Retained messages.
