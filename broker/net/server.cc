@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "broker/mqtt/framer.h"
 #include "common/log.h"
 
 namespace fmq {
@@ -429,30 +430,24 @@ int Server::HomeOfConnect(std::string_view b, const PeerIdentity* who) const {
   const int local = static_cast<int>(index_);
   if (b.empty()) return -1;
   if (static_cast<uint8_t>(b[0]) != 0x10) return local;  // not a CONNECT: refused here
-  uint32_t len = 0;
-  size_t i = 1;
-  for (int shift = 0;; shift += 7, ++i) {
-    if (i > 4) return local;  // malformed length: refused here
-    if (i >= b.size()) return -1;
-    const auto byte = static_cast<uint8_t>(b[i]);
-    len |= static_cast<uint32_t>(byte & 0x7f) << shift;
-    if ((byte & 0x80) == 0) {
-      ++i;
-      break;
-    }
-  }
-  if (len > broker_.options().max_packet_size) return local;  // refused here
-  if (b.size() - i < len) return -1;
-  mqtt::Packet p;
-  if (!mqtt::Decode(static_cast<uint8_t>(b[0]), b.substr(i, len), mqtt::Version::kV5, &p).ok()) return local;
-  const auto* ck = std::get_if<mqtt::Connect>(&p);
-  if (ck == nullptr) return local;
-  // A device is bound to its certificate's name (Broker::HandleConnect);
-  // an empty client id is assigned one homed where the client is.
-  const std::string_view tenant = who != nullptr ? std::string_view(who->tenant) : std::string_view();
-  const std::string_view id = who != nullptr && who->device ? std::string_view(who->name) : ck->client_id;
-  if (id.empty()) return local;
-  return static_cast<int>(cluster_->HomeOf(tenant, id));
+  // The connection's own framing rules (length encoding, max_packet_size):
+  // what they reject is refused here, by the worker that read it.
+  int home = -1;  // the first packet is not complete yet
+  mqtt::Framer framer(broker_.options().max_packet_size);
+  const mqtt::Error framing = framer.Feed(b, [&](uint8_t first, std::string_view body) {
+    mqtt::Packet p;
+    const mqtt::Connect* ck = nullptr;
+    if (mqtt::Decode(first, body, mqtt::Version::kV5, &p).ok()) ck = std::get_if<mqtt::Connect>(&p);
+    home = local;
+    if (ck == nullptr) return false;
+    // A device is bound to its certificate's name (Broker::HandleConnect);
+    // an empty client id is assigned one homed where the client is.
+    const std::string_view tenant = who != nullptr ? std::string_view(who->tenant) : std::string_view();
+    const std::string_view id = who != nullptr && who->device ? std::string_view(who->name) : ck->client_id;
+    if (!id.empty()) home = static_cast<int>(cluster_->HomeOf(tenant, id));
+    return false;  // only the first packet
+  });
+  return framing.ok() ? home : local;
 }
 
 void Server::HandOff(uint32_t home, std::shared_ptr<HandedOff> h) {

@@ -49,11 +49,7 @@ std::string Workers::Listen() {
   std::string err = servers_[0]->Listen();
   if (!err.empty()) return err;
   std::vector<uint16_t> ports;
-  for (size_t i = 0;; ++i) {
-    // bound_port() is known for every listener the first worker bound.
-    if (i >= servers_[0]->listener_count()) break;
-    ports.push_back(servers_[0]->bound_port(i));
-  }
+  for (size_t i = 0; i < servers_[0]->listener_count(); ++i) ports.push_back(servers_[0]->bound_port(i));
   for (size_t i = 1; i < servers_.size(); ++i) {
     err = servers_[i]->Listen(&ports);
     if (!err.empty()) return "worker " + std::to_string(i) + ": " + err;
