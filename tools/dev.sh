@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fleetmq developer entry point: the README's two commands.
 #   tools/dev.sh run   install packages, build, start fleetmq (127.0.0.1:1883, data under ./data)
-#   tools/dev.sh test  install packages, build, run the whole test suite (release + ASan/UBSan)
+#   tools/dev.sh test  install packages, build, run the whole test suite (debugoptimized, ASan/UBSan,
+#                      then the multi-worker suite under TSan)
 # Extra arguments after `run` go to fleetmq. Works as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
