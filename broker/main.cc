@@ -156,10 +156,12 @@ int main(int argc, char** argv) {
   // Declared after the workers: destroyed first, while the loop handles they
   // notify still exist. One writer thread per worker (RocksDB takes
   // concurrent batches and commits them as a group).
+  // They share one health: one database on one disk.
   std::vector<std::unique_ptr<fmq::StorageWriter>> writers;
+  auto health = std::make_shared<fmq::StorageHealth>();
   for (uint32_t i = 0; i < nworkers; ++i) {
     fmq::Server& w = workers.worker(i);
-    writers.push_back(std::make_unique<fmq::StorageWriter>(kv->get(), cfg.storage, w.Notifier()));
+    writers.push_back(std::make_unique<fmq::StorageWriter>(kv->get(), cfg.storage, w.Notifier(), health));
     fmq::BrokerStore* store = stores[i].get();
     fmq::StorageWriter* writer = writers.back().get();
     store->set_writer(writer);

@@ -6,8 +6,13 @@
 
 namespace fmq {
 
-StorageWriter::StorageWriter(storage::KvStore* kv, WriterOptions opts, std::function<void()> notify)
-    : kv_(kv), opts_(opts), notify_(std::move(notify)), thread_([this] { Loop(); }) {}
+StorageWriter::StorageWriter(storage::KvStore* kv, WriterOptions opts, std::function<void()> notify,
+                             std::shared_ptr<StorageHealth> health)
+    : kv_(kv),
+      opts_(opts),
+      notify_(std::move(notify)),
+      health_(health != nullptr ? std::move(health) : std::make_shared<StorageHealth>()),
+      thread_([this] { Loop(); }) {}
 
 StorageWriter::~StorageWriter() {
   {
@@ -16,6 +21,7 @@ StorageWriter::~StorageWriter() {
   }
   cv_.notify_all();
   thread_.join();
+  if (failing_) health_->failing_.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void StorageWriter::Submit(storage::WriteBatch batch, Done done) {
@@ -67,13 +73,22 @@ void StorageWriter::Loop() {
     absl::Status s = merged.empty() ? absl::OkStatus() : kv_->Write(merged, opts_.mode != SyncMode::kNone);
     const bool ok = s.ok();
     if (ok) {
-      if (!healthy_.exchange(true)) FMQ_LOG_WARN("storage: writes succeed again");
+      if (failing_) {
+        failing_ = false;
+        health_->failing_.fetch_sub(1, std::memory_order_relaxed);
+        FMQ_LOG_WARN("storage: writes succeed again");
+      }
       stats_.writes++;
       stats_.batches += items.size();
       stats_.bytes += bytes;
     } else {
       stats_.errors++;
-      if (healthy_.exchange(false) || stats_.errors % 100 == 0) {
+      const bool first = !failing_;
+      if (first) {
+        failing_ = true;
+        health_->failing_.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (first || stats_.errors % 100 == 0) {
         FMQ_LOG_ERROR("storage: write of %zu bytes failed (%s); retrying every %u ms", bytes,
                       std::string(s.message()).c_str(), opts_.retry_interval_ms);
       }

@@ -5,6 +5,11 @@
 // retry_interval_ms, in order, ahead of newer batches; while it fails the
 // writer reports unhealthy. Submit/RunCompletions: worker thread; the rest
 // is internal to the storage thread.
+//
+// Writers of one process share one StorageHealth: they write to one
+// database on one disk, so while any of them has a failed write pending,
+// every worker refuses QoS 1/2 (a worker whose writer had nothing to write
+// yet must not accept what it could not store).
 #pragma once
 
 #include <atomic>
@@ -12,6 +17,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -43,10 +49,24 @@ struct WriterStats {
   std::atomic<uint64_t> dropped_bytes{0};
 };
 
+// How many writers currently hold a failed write. Shared by the writers of
+// one database; read on any thread.
+class StorageHealth {
+ public:
+  bool healthy() const { return failing_.load(std::memory_order_relaxed) == 0; }
+
+ private:
+  friend class StorageWriter;
+  std::atomic<uint32_t> failing_{0};
+};
+
 class StorageWriter {
  public:
   using Done = std::function<void(bool ok)>;
-  StorageWriter(storage::KvStore* kv, WriterOptions opts, std::function<void()> notify);
+  // `health` may be shared with the other writers of the same database;
+  // null gives this writer its own.
+  StorageWriter(storage::KvStore* kv, WriterOptions opts, std::function<void()> notify,
+                std::shared_ptr<StorageHealth> health = nullptr);
   // Writes what is pending (one last attempt) and joins the thread.
   ~StorageWriter();
 
@@ -55,7 +75,9 @@ class StorageWriter {
   void RunCompletions();
   // Blocks until everything submitted so far was attempted (shutdown, tests).
   void Drain();
-  bool healthy() const { return healthy_.load(std::memory_order_relaxed); }
+  // False while this or any writer sharing its StorageHealth has a failed
+  // write pending.
+  bool healthy() const { return health_->healthy(); }
   const WriterStats& stats() const { return stats_; }
 
  private:
@@ -75,7 +97,8 @@ class StorageWriter {
   std::vector<std::pair<Done, bool>> completions_;
   bool stop_ = false;
   bool busy_ = false;
-  std::atomic<bool> healthy_{true};
+  std::shared_ptr<StorageHealth> health_;
+  bool failing_ = false;  // storage thread only
   WriterStats stats_;
   std::thread thread_;
 };

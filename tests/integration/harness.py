@@ -22,6 +22,40 @@ from paho.mqtt.properties import Properties
 FLEETMQ = os.environ.get("FLEETMQ_BIN", os.path.join(os.path.dirname(__file__), "../../build/broker/fleetmq"))
 
 
+# The worker a session is homed on with --workers N: the same hash as
+# Cluster::HomeOf in broker/core/cluster.cc.
+M = (1 << 64) - 1
+
+
+def _fnv(h, s):
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001b3) & M
+    return h
+
+
+def _mix(h):
+    h ^= h >> 33
+    h = (h * 0xff51afd7ed558ccd) & M
+    h ^= h >> 33
+    h = (h * 0xc4ceb9fe1a85ec53) & M
+    h ^= h >> 33
+    return h
+
+
+def home(client_id, tenant="", workers=2):
+    return _mix(_fnv(_fnv(0xcbf29ce484222325, tenant) ^ 0xff, client_id)) % workers
+
+
+def id_on(worker, base):
+    i = 0
+    while True:
+        cid = "%s-%d" % (base, i)
+        if home(cid) == worker:
+            return cid
+        i += 1
+
+
 class Broker:
     def __init__(self, *flags):
         self.data_dir = tempfile.mkdtemp(prefix="fleetmq-it-")

@@ -1,44 +1,12 @@
 """Integration tests of the multi-worker broker (--workers 2): the real binary,
 paho clients, connections spread by the kernel (SO_REUSEPORT) and handed to
 their session's home worker. Client ids are chosen so that the sessions are
-homed on a given worker (the same hash as broker/core/cluster.cc); the
+homed on a given worker (harness.id_on); the
 $SYS/broker/workers/<i>/... counters confirm where they landed."""
 import time
 import unittest
 
-from harness import BrokerTest
-
-M = (1 << 64) - 1
-
-
-def _fnv(h, s):
-    for b in s.encode():
-        h ^= b
-        h = (h * 0x100000001b3) & M
-    return h
-
-
-def _mix(h):
-    h ^= h >> 33
-    h = (h * 0xff51afd7ed558ccd) & M
-    h ^= h >> 33
-    h = (h * 0xc4ceb9fe1a85ec53) & M
-    h ^= h >> 33
-    return h
-
-
-def home(client_id, tenant="", workers=2):
-    return _mix(_fnv(_fnv(0xcbf29ce484222325, tenant) ^ 0xff, client_id)) % workers
-
-
-def id_on(worker, base):
-    i = 0
-    while True:
-        cid = "%s-%d" % (base, i)
-        if home(cid) == worker:
-            return cid
-        i += 1
-
+from harness import BrokerTest, id_on
 
 class TwoWorkers(BrokerTest):
     flags = ("--workers=2", "--sys_interval=1")

@@ -330,6 +330,32 @@ TEST_CASE("writer: a failing disk makes the store unhealthy; it recovers by itse
   CHECK(*kv.Get(storage::Family::kMeta, "k1") == "v1");  // the failed write was retried, not lost
 }
 
+TEST_CASE("writer: writers sharing a database share its health") {
+  // Worker A's write fails; worker B has written nothing yet and must
+  // refuse QoS 1/2 all the same (it is the same disk).
+  storage::MemKvStore kv;
+  WriterOptions o;
+  o.mode = SyncMode::kBatched;
+  o.sync_interval_ms = 1;
+  o.retry_interval_ms = 10;
+  auto health = std::make_shared<StorageHealth>();
+  StorageWriter a(&kv, o, nullptr, health);
+  StorageWriter b(&kv, o, nullptr, health);
+  StorageWriter alone(&kv, o, nullptr);
+  kv.FailWrites(absl::UnavailableError("no space left on device"));
+  storage::WriteBatch batch;
+  batch.Put(storage::Family::kMeta, "a", "1");
+  a.Submit(std::move(batch), nullptr);
+  a.Drain();
+  CHECK_FALSE(a.healthy());
+  CHECK_FALSE(b.healthy());
+  CHECK(alone.healthy());  // not sharing: it has not seen the failure
+  kv.FailWrites(absl::OkStatus());
+  for (int i = 0; i < 200 && !b.healthy(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(a.healthy());
+  CHECK(b.healthy());
+}
+
 TEST_CASE("writer: batches submitted together become one write") {
   storage::MemKvStore kv;
   WriterOptions o;
