@@ -52,8 +52,14 @@ class Broker {
   Cluster* cluster() const { return cluster_; }
   uint32_t worker_index() const { return index_; }
   // A message another worker routed (Cluster::Link::Forward): delivered to
-  // this worker's subscribers; its retained copy updated here too.
-  void RouteFromPeer(const MessagePtr& msg);
+  // this worker's subscribers; its retained copy updated here too. `ack`
+  // (may be null) is released once what the message changed here is
+  // durable; call FlushPeerWrites() after a batch of them.
+  void RouteFromPeer(const MessagePtr& msg, const AckBarrierPtr& ack = nullptr);
+  void FlushPeerWrites();
+  // The last part of one of this worker's AckBarriers was released on
+  // another worker (Cluster::Link::Acknowledge).
+  void OnPeerDurable(uint64_t conn_id, uint64_t ticket, bool ok) { OnDurable(conn_id, ticket, ok); }
   // The net layer hands a connection that has not sent its CONNECT yet to
   // its session's home worker: forget it here without a trace (no close,
   // no hooks, not counted); the home worker Accepts it again.
@@ -149,13 +155,15 @@ class Broker {
   void HandlePublish(Connection& c, mqtt::Publish& p);
   void HandleAck(Connection& c, const mqtt::Ack& a);
   void SendAck(Connection& c, mqtt::PacketType t, uint16_t id, mqtt::ReasonCode rc);
-  // Acknowledges a PUBLISH once whatever it changed is durable, in order.
-  void AckWhenDurable(Connection& c, mqtt::Packet ack);
+  // Acknowledges a PUBLISH once whatever it changed is durable, in order;
+  // with `barrier`, also once every other worker released it.
+  void AckWhenDurable(Connection& c, mqtt::Packet ack, const AckBarrierPtr& barrier = nullptr);
+  void ReleaseBarrier(const AckBarrierPtr& b, bool ok);
   void OnDurable(uint64_t conn_id, uint64_t ticket, bool ok);
   void DrainAcks(Connection& c);
   // Routes a message originating on this worker: here, then (several
   // workers) on every other worker. Returns the local matches.
-  size_t Route(const MessagePtr& msg);
+  size_t Route(const MessagePtr& msg, const AckBarrierPtr& ack = nullptr);
   size_t RouteLocal(const MessagePtr& msg, bool from_peer);
   bool MultiWorker() const { return cluster_ != nullptr && cluster_->size() > 1; }
   void Deliver(Session& s, Delivery&& d);
@@ -197,6 +205,7 @@ class Broker {
   AclPolicy default_acl_;
   const AclPolicy* acl_ = &default_acl_;
   uint64_t next_ticket_ = 1;
+  std::vector<AckBarrierPtr> peer_barriers_;  // routed from peers, waiting for FlushPeerWrites
   BrokerHooks* hooks_;
   BrokerHooks default_hooks_;
   int64_t start_ms_;

@@ -29,6 +29,32 @@ namespace fmq {
 
 class Broker;
 
+// The durability of one QoS 1/2 PUBLISH routed to several workers. Each
+// worker stores what it queued for the message with its own writer (a
+// durable subscriber's copy lives on the subscriber's home worker), so the
+// publisher's PUBACK/PUBREC waits until every worker has released the
+// barrier: the worker the PUBLISH arrived on once its own write is durable,
+// every other worker once it has routed the message and, if that changed
+// anything, its write is durable. The last release acknowledges, on the
+// origin worker (Link::Acknowledge). Released from worker threads only.
+struct AckBarrier {
+  AckBarrier(uint32_t origin_worker, uint64_t conn, uint64_t t, uint32_t parties)
+      : origin(origin_worker), conn_id(conn), ticket(t), pending(parties) {}
+  // True for the caller whose release was the last one.
+  bool Release(bool ok) {
+    if (!ok) failed.store(true, std::memory_order_relaxed);
+    return pending.fetch_sub(1, std::memory_order_acq_rel) == 1;
+  }
+  bool ok() const { return !failed.load(std::memory_order_relaxed); }
+
+  const uint32_t origin;   // the worker holding the publisher's connection
+  const uint64_t conn_id;  // the connection and its pending ack's ticket
+  const uint64_t ticket;
+  std::atomic<uint32_t> pending;
+  std::atomic<bool> failed{false};
+};
+using AckBarrierPtr = std::shared_ptr<AckBarrier>;
+
 class Cluster {
  public:
   static constexpr uint32_t kMaxWorkers = 64;  // one bit per worker in shared-group masks
@@ -38,8 +64,12 @@ class Cluster {
   class Link {
    public:
     virtual ~Link() = default;
-    // Every worker except `from` routes `m` (batched, FIFO per pair of workers).
-    virtual void Forward(uint32_t from, const MessagePtr& m) = 0;
+    // Every worker except `from` routes `m` (batched, FIFO per pair of
+    // workers) and then releases `ack` (may be null: nothing waits).
+    virtual void Forward(uint32_t from, const MessagePtr& m, const AckBarrierPtr& ack) = 0;
+    // Worker `from` released the last part of a barrier of worker `to`:
+    // `to` runs Broker::OnDurable(conn_id, ticket, ok) (batched like Forward).
+    virtual void Acknowledge(uint32_t from, uint32_t to, uint64_t conn_id, uint64_t ticket, bool ok) = 0;
     // Runs `fn` on worker `to`'s thread, after what was forwarded before.
     virtual void Post(uint32_t to, std::function<void(Broker&)> fn) = 0;
   };

@@ -48,7 +48,17 @@ void Broker::SendAck(Connection& c, PacketType t, uint16_t id, ReasonCode rc) {
   c.Write(a);
 }
 
-void Broker::AckWhenDurable(Connection& c, mqtt::Packet ack) {
+void Broker::AckWhenDurable(Connection& c, mqtt::Packet ack, const AckBarrierPtr& barrier) {
+  if (barrier != nullptr) {
+    // Routed to every worker: acknowledged when the last one is durable.
+    c.pending_acks_.push_back(Connection::PendingAck{std::move(ack), barrier->ticket, false});
+    if (persistence_ != nullptr && persistence_->dirty()) {
+      persistence_->Flush([this, barrier](bool ok) { ReleaseBarrier(barrier, ok); });
+    } else {
+      ReleaseBarrier(barrier, true);
+    }
+    return;
+  }
   if (persistence_ != nullptr && persistence_->dirty()) {
     const uint64_t ticket = next_ticket_++;
     c.pending_acks_.push_back(Connection::PendingAck{std::move(ack), ticket, false});
@@ -61,6 +71,15 @@ void Broker::AckWhenDurable(Connection& c, mqtt::Packet ack) {
     return;
   }
   c.Write(ack);
+}
+
+void Broker::ReleaseBarrier(const AckBarrierPtr& b, bool ok) {
+  if (!b->Release(ok)) return;
+  if (b->origin == index_) {
+    OnDurable(b->conn_id, b->ticket, b->ok());
+  } else {
+    cluster_->link()->Acknowledge(index_, b->origin, b->conn_id, b->ticket, b->ok());
+  }
 }
 
 void Broker::OnDurable(uint64_t conn_id, uint64_t ticket, bool ok) {
@@ -146,6 +165,9 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
       return;
     }
   }
+  // Set when a QoS 1/2 message goes to the other workers: its ack then
+  // also waits for their writes (AckBarrier).
+  AckBarrierPtr barrier;
   auto reply = [&](ReasonCode rc) {
     if (p.qos == 0) return;
     if (!v5 && mqtt::IsError(rc)) rc = ReasonCode::kSuccess;  // 3.1.1: ack and drop
@@ -157,7 +179,7 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     a.type = ack_type;
     a.packet_id = p.packet_id;
     a.reason = rc;
-    AckWhenDurable(c, std::move(a));  // [MQTT-4.3.2-2] acked once stored
+    AckWhenDurable(c, std::move(a), barrier);  // [MQTT-4.3.2-2] acked once stored
   };
   if (c.tenant_state_ != nullptr && !TakePublishToken(*static_cast<TenantState*>(c.tenant_state_))) {
     stats_.quota_publish_refused++;
@@ -221,7 +243,8 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     reply(ReasonCode::kNotAuthorized);
     return;
   }
-  size_t matched = Route(m);
+  if (p.qos > 0 && MultiWorker()) barrier = std::make_shared<AckBarrier>(index_, c.id(), next_ticket_++, cluster_->size());
+  size_t matched = Route(m, barrier);
   // With several workers the others' matches are not known here: 0x10 is
   // only said when this is the only worker.
   reply(matched == 0 && v5 && !MultiWorker() ? ReasonCode::kNoMatchingSubscribers : ReasonCode::kSuccess);
@@ -303,7 +326,7 @@ size_t Broker::PublishReply(std::string topic, std::string payload, std::string_
   return Route(m);
 }
 
-size_t Broker::Route(const MessagePtr& msg) {
+size_t Broker::Route(const MessagePtr& msg, const AckBarrierPtr& ack) {
   if (!MultiWorker()) return RouteLocal(msg, false);
   msg->stamp = (static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                           std::chrono::steady_clock::now().time_since_epoch())
@@ -311,11 +334,27 @@ size_t Broker::Route(const MessagePtr& msg) {
                 << 6) |
                index_;
   const size_t n = RouteLocal(msg, false);
-  cluster_->link()->Forward(index_, msg);
+  cluster_->link()->Forward(index_, msg, ack);
   return n;
 }
 
-void Broker::RouteFromPeer(const MessagePtr& msg) { RouteLocal(msg, true); }
+void Broker::RouteFromPeer(const MessagePtr& msg, const AckBarrierPtr& ack) {
+  RouteLocal(msg, true);
+  if (ack == nullptr) return;
+  if (persistence_ != nullptr && persistence_->dirty()) {
+    peer_barriers_.push_back(ack);  // released when this batch's write is durable
+  } else {
+    ReleaseBarrier(ack, true);  // nothing stored here for it
+  }
+}
+
+void Broker::FlushPeerWrites() {
+  if (peer_barriers_.empty()) return;
+  persistence_->Flush([this, waiting = std::move(peer_barriers_)](bool ok) {
+    for (const AckBarrierPtr& b : waiting) ReleaseBarrier(b, ok);
+  });
+  peer_barriers_.clear();
+}
 
 size_t Broker::RouteLocal(const MessagePtr& msg, bool from_peer) {
   if (msg->retain) {

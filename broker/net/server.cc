@@ -386,10 +386,10 @@ void Server::SetCluster(Cluster* cluster, uint32_t index) {
   broker_.SetCluster(cluster, index);
 }
 
-void Server::DeliverMessages(const std::vector<MessagePtr>& msgs) {
+void Server::DeliverMessages(const std::vector<Forwarded>& msgs) {
   {
     std::lock_guard<std::mutex> l(inbox_mu_);
-    for (const MessagePtr& m : msgs) inbox_.push_back(InboxItem{m, nullptr});
+    for (const Forwarded& f : msgs) inbox_.push_back(InboxItem{f, nullptr});
   }
   uv_async_send(&peer_wake_);
 }
@@ -397,9 +397,22 @@ void Server::DeliverMessages(const std::vector<MessagePtr>& msgs) {
 void Server::DeliverWork(std::function<void(Server&)> fn) {
   {
     std::lock_guard<std::mutex> l(inbox_mu_);
-    inbox_.push_back(InboxItem{nullptr, std::move(fn)});
+    inbox_.push_back(InboxItem{{}, std::move(fn)});
   }
   uv_async_send(&peer_wake_);
+}
+
+void Server::DeliverAcks(const std::vector<PeerAck>& acks) {
+  {
+    std::lock_guard<std::mutex> l(inbox_mu_);
+    inbox_acks_.insert(inbox_acks_.end(), acks.begin(), acks.end());
+  }
+  uv_async_send(&peer_wake_);
+}
+
+void Server::QueueAck(uint32_t to, PeerAck a) {
+  if (ack_outbox_.size() < peers_.size()) ack_outbox_.resize(peers_.size());
+  ack_outbox_[to].push_back(a);
 }
 
 void Server::OnPeerWake(uv_async_t* a) {
@@ -407,23 +420,35 @@ void Server::OnPeerWake(uv_async_t* a) {
   {
     std::lock_guard<std::mutex> l(self->inbox_mu_);
     self->inbox_work_.swap(self->inbox_);
+    self->inbox_acks_work_.swap(self->inbox_acks_);
   }
   for (InboxItem& item : self->inbox_work_) {
-    if (item.msg) {
-      self->broker_.RouteFromPeer(item.msg);
+    if (item.fwd.msg) {
+      self->broker_.RouteFromPeer(item.fwd.msg, item.fwd.ack);
     } else {
       item.fn(*self);
     }
   }
   self->inbox_work_.clear();
+  // One write for what the batch queued for durable sessions; the
+  // publishers' workers hear back when it is durable.
+  self->broker_.FlushPeerWrites();
+  for (const PeerAck& pa : self->inbox_acks_work_) self->broker_.OnPeerDurable(pa.conn_id, pa.ticket, pa.ok);
+  self->inbox_acks_work_.clear();
 }
 
 void Server::FlushOutbox() {
-  if (outbox_.empty()) return;
-  for (Server* peer : peers_) {
-    if (peer != this) peer->DeliverMessages(outbox_);
+  if (!outbox_.empty()) {
+    for (Server* peer : peers_) {
+      if (peer != this) peer->DeliverMessages(outbox_);
+    }
+    outbox_.clear();
   }
-  outbox_.clear();
+  for (size_t w = 0; w < ack_outbox_.size(); ++w) {
+    if (ack_outbox_[w].empty()) continue;
+    peers_[w]->DeliverAcks(ack_outbox_[w]);
+    ack_outbox_[w].clear();
+  }
 }
 
 int Server::HomeOfConnect(std::string_view b, const PeerIdentity* who) const {

@@ -91,13 +91,28 @@ class Server {
   // Called by Stop() (the first worker tells the others to stop too).
   void SetStopHook(std::function<void()> hook) { stop_hook_ = std::move(hook); }
 
+  // A message routed by another worker, with its AckBarrier (may be null).
+  struct Forwarded {
+    MessagePtr msg;
+    AckBarrierPtr ack;
+  };
+  // A barrier of this worker completed on another (Cluster::Link::Acknowledge).
+  struct PeerAck {
+    uint64_t conn_id;
+    uint64_t ticket;
+    bool ok;
+  };
   // Cross-worker inbox, filled from other workers' threads: messages they
-  // routed and work for this loop, run in arrival order when the loop wakes.
-  void DeliverMessages(const std::vector<MessagePtr>& msgs);
+  // routed and work for this loop, run in arrival order when the loop wakes;
+  // completed barriers.
+  void DeliverMessages(const std::vector<Forwarded>& msgs);
   void DeliverWork(std::function<void(Server&)> fn);
+  void DeliverAcks(const std::vector<PeerAck>& acks);
   // Outgoing side, loop thread only: a message this worker routed, handed
-  // to every other worker at the end of the loop turn, in one batch each.
-  void QueueForward(const MessagePtr& m) { outbox_.push_back(m); }
+  // to every other worker at the end of the loop turn, in one batch each;
+  // a completed barrier of worker `to`, the same way.
+  void QueueForward(const MessagePtr& m, const AckBarrierPtr& ack) { outbox_.push_back(Forwarded{m, ack}); }
+  void QueueAck(uint32_t to, PeerAck a);
   void set_peers(std::vector<Server*> peers) { peers_ = std::move(peers); }
   void share_handshake_count(std::atomic<uint32_t>* n) { handshaking_ = n; }
   std::atomic<uint32_t>& own_handshake_count() { return own_handshaking_; }
@@ -155,14 +170,17 @@ class Server {
   Cluster* cluster_ = nullptr;
   uint32_t index_ = 0;
   std::vector<Server*> peers_;          // every worker, this one included
-  std::vector<MessagePtr> outbox_;      // loop thread
+  std::vector<Forwarded> outbox_;       // loop thread
+  std::vector<std::vector<PeerAck>> ack_outbox_;  // loop thread, by worker
   struct InboxItem {
-    MessagePtr msg;                         // or
+    Forwarded fwd;                          // or
     std::function<void(Server&)> fn;
   };
   std::mutex inbox_mu_;
   std::vector<InboxItem> inbox_;        // guarded by inbox_mu_
+  std::vector<PeerAck> inbox_acks_;     // guarded by inbox_mu_
   std::vector<InboxItem> inbox_work_;   // loop thread: the batch being run
+  std::vector<PeerAck> inbox_acks_work_;
   std::function<void()> stop_hook_;
   std::function<void()> turn_end_hook_;
   std::vector<std::function<void()>> wake_hooks_;

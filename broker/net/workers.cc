@@ -66,7 +66,13 @@ void Workers::Run() {
   threads_.clear();
 }
 
-void Workers::Forward(uint32_t from, const MessagePtr& m) { servers_[from]->QueueForward(m); }
+void Workers::Forward(uint32_t from, const MessagePtr& m, const AckBarrierPtr& ack) {
+  servers_[from]->QueueForward(m, ack);
+}
+
+void Workers::Acknowledge(uint32_t from, uint32_t to, uint64_t conn_id, uint64_t ticket, bool ok) {
+  servers_[from]->QueueAck(to, Server::PeerAck{conn_id, ticket, ok});
+}
 
 void Workers::Post(uint32_t to, std::function<void(Broker&)> fn) {
   servers_[to]->DeliverWork([fn = std::move(fn)](Server& s) { fn(s.broker()); });

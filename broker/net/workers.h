@@ -38,7 +38,8 @@ class Workers final : public Cluster::Link {
   void Run();
 
   // Cluster::Link.
-  void Forward(uint32_t from, const MessagePtr& m) override;
+  void Forward(uint32_t from, const MessagePtr& m, const AckBarrierPtr& ack) override;
+  void Acknowledge(uint32_t from, uint32_t to, uint64_t conn_id, uint64_t ticket, bool ok) override;
   void Post(uint32_t to, std::function<void(Broker&)> fn) override;
 
   // The number of workers `configured` (0: one per CPU this process may use).

@@ -123,6 +123,26 @@ class TwoWorkers(BrokerTest):
         self.assertEqual(got, list(range(5)))
 
 
+    def test_acked_messages_for_a_durable_subscriber_on_another_worker_survive_kill9(self):
+        # A PUBACK promises the message is stored for the offline durable
+        # subscriber, whose queue is written by its own worker (1), not by
+        # the publisher's (0). Kill the broker right after the last PUBACK.
+        cid = id_on(1, "offline")
+        s = self.client(client_id=cid, clean=False, v5=False)
+        s.subscribe("k/#", 1)
+        s.disconnect()
+        p = self.client(client_id=id_on(0, "kp"))
+        n = 300
+        infos = [p.publish("k/x", b"%d" % i, qos=1, wait=False) for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(timeout=10)
+            self.assertTrue(info.is_published())
+        self.broker.kill9_and_restart()
+        self.port = self.broker.port
+        s2 = self.client(client_id=cid, clean=False, v5=False)
+        got = [int(m.payload) for m in s2.get_all(n, timeout=10)]
+        self.assertEqual(got, list(range(n)), "every acknowledged message, in order")
+
 class OneWorker(BrokerTest):
     flags = ("--workers=1",)
 

@@ -4,11 +4,13 @@
 
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "broker/core/broker.h"
+#include "broker/core/persistence.h"
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 
@@ -77,6 +79,31 @@ inline mqtt::Error DecodeWhole(const std::string& bytes, mqtt::Version v, mqtt::
   if (n == 0) return mqtt::Error::Malformed("incomplete");
   return derr;
 }
+
+// Records calls; Flush callbacks run when the test says so.
+class FakePersistence : public Persistence {
+ public:
+  void SaveSession(const Session&) override { ++changes; }
+  void DeleteSession(const Session&) override { ++changes; }
+  void SaveDelivery(const Session&, const Delivery&, DeliveryState, uint16_t) override { ++changes; }
+  void DeleteDelivery(const Session&, uint64_t) override { ++changes; }
+  void SaveInboundQos2(const Session&, uint16_t, bool) override { ++changes; }
+  void SaveRetained(const Message&) override { ++changes; }
+  bool dirty() const override { return changes > flushed; }
+  void Flush(std::function<void(bool)> done) override {
+    flushed = changes;
+    waiting.push_back(std::move(done));
+  }
+  bool healthy() const override { return is_healthy; }
+  void Complete(bool ok) {
+    auto w = std::move(waiting);
+    waiting.clear();
+    for (auto& d : w) d(ok);
+  }
+  int changes = 0, flushed = 0;
+  bool is_healthy = true;
+  std::vector<std::function<void(bool)>> waiting;
+};
 
 class FakeTransport : public Transport {
  public:

@@ -18,6 +18,7 @@ namespace {
 using mqtt::ReasonCode;
 using mqtt::Version;
 using test::Client;
+using test::FakePersistence;
 using test::Only;
 using test::Pub;
 
@@ -27,16 +28,23 @@ struct QueueLink : Cluster::Link {
   std::vector<Broker*> brokers;
   struct Item {
     MessagePtr msg;
+    AckBarrierPtr ack;
     std::function<void(Broker&)> fn;
   };
   std::vector<std::deque<Item>> inbox;
-  void Forward(uint32_t from, const MessagePtr& m) override {
+  void Forward(uint32_t from, const MessagePtr& m, const AckBarrierPtr& ack) override {
     for (uint32_t w = 0; w < inbox.size(); ++w) {
-      if (w != from) inbox[w].push_back({m, nullptr});
+      if (w != from) inbox[w].push_back({m, ack, nullptr});
     }
   }
-  void Post(uint32_t to, std::function<void(Broker&)> fn) override { inbox[to].push_back({nullptr, std::move(fn)}); }
-  // Delivers queued work, worker `only` alone when given.
+  void Acknowledge(uint32_t, uint32_t to, uint64_t conn_id, uint64_t ticket, bool ok) override {
+    Post(to, [=](Broker& b) { b.OnPeerDurable(conn_id, ticket, ok); });
+  }
+  void Post(uint32_t to, std::function<void(Broker&)> fn) override {
+    inbox[to].push_back({nullptr, nullptr, std::move(fn)});
+  }
+  // Delivers queued work, worker `only` alone when given; each worker's
+  // batch ends with FlushPeerWrites, as in the net layer.
   void Pump(int only = -1) {
     bool any = true;
     while (any) {
@@ -48,21 +56,23 @@ struct QueueLink : Cluster::Link {
           inbox[w].pop_front();
           any = true;
           if (it.msg) {
-            brokers[w]->RouteFromPeer(it.msg);
+            brokers[w]->RouteFromPeer(it.msg, it.ack);
           } else {
             it.fn(*brokers[w]);
           }
         }
+        brokers[w]->FlushPeerWrites();
       }
     }
   }
 };
 
 struct TwoWorkers {
-  explicit TwoWorkers(BrokerOptions o = {}) : cluster(2) {
+  // `stores[i]`: worker i's persistence (none by default).
+  explicit TwoWorkers(BrokerOptions o = {}, std::vector<Persistence*> stores = {nullptr, nullptr}) : cluster(2) {
     o.sys_interval_s = 0;
     for (uint32_t i = 0; i < 2; ++i) {
-      brokers.push_back(std::make_unique<Broker>(o, &clock, nullptr));
+      brokers.push_back(std::make_unique<Broker>(o, &clock, nullptr, stores[i]));
       brokers.back()->SetCluster(&cluster, i);
       link.brokers.push_back(brokers.back().get());
     }
@@ -225,6 +235,72 @@ TEST_CASE("cluster: a shared subscription with members on both workers gets each
   t.link.Pump();
   size_t after = Only<mqtt::Publish>(members[0]->Recv()).size() + Only<mqtt::Publish>(members[1]->Recv()).size();
   CHECK(after == 50);
+}
+
+// The PUBACK of a QoS 1 message promises it is stored for every durable
+// subscriber, and a durable subscriber's copy is written by its own worker.
+TEST_CASE("cluster: a PUBACK waits until the subscriber's worker has stored the message") {
+  FakePersistence store0, store1;
+  TwoWorkers w({}, {&store0, &store1});
+  auto sub = w.On(1);
+  mqtt::Connect ck;
+  ck.client_id = w.IdOn(1, "durable");
+  ck.clean_start = false;
+  ck.props.session_expiry = 3600;
+  ck.props.Mark(mqtt::PropertyId::kSessionExpiryInterval);
+  REQUIRE(sub->Connect(ck).reason == ReasonCode::kSuccess);
+  mqtt::Subscribe sb;
+  sb.packet_id = 1;
+  sb.entries.push_back({"t/#", 1});
+  sub->Send(sb);
+  store1.Complete(true);  // the SUBACK waits for the subscription's write
+  REQUIRE(Only<mqtt::SubAck>(sub->Recv()).size() == 1);
+  auto pub = w.Connected(0, "pub");
+  const int flushes_before = static_cast<int>(store1.waiting.size());
+
+  SUBCASE("acked once worker 1's write is durable") {
+    pub->Send(Pub("t/1", "x", 1, 7));
+    CHECK(Only<mqtt::Ack>(pub->Recv()).empty());  // worker 1 has not routed it yet
+    w.link.Pump();
+    REQUIRE(store1.waiting.size() == static_cast<size_t>(flushes_before + 1));
+    CHECK(Only<mqtt::Publish>(sub->Recv()).size() == 1);
+    CHECK(Only<mqtt::Ack>(pub->Recv()).empty());  // routed and sent, not yet durable
+    store1.Complete(true);
+    w.link.Pump();  // the completion travels back to worker 0
+    auto acks = Only<mqtt::Ack>(pub->Recv());
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0].packet_id == 7);
+    CHECK(acks[0].reason == ReasonCode::kSuccess);
+  }
+  SUBCASE("a failed write on worker 1 is a failed PUBACK (0x83), as with one worker") {
+    pub->Send(Pub("t/1", "x", 1, 8));
+    w.link.Pump();
+    store1.Complete(false);
+    w.link.Pump();
+    auto acks = Only<mqtt::Ack>(pub->Recv());
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0].reason == ReasonCode::kImplementationSpecificError);
+  }
+  SUBCASE("a message nobody on worker 1 stores is acked after worker 1 routed it, without a write") {
+    pub->Send(Pub("other/1", "x", 1, 9));
+    w.link.Pump();
+    CHECK(store1.waiting.size() == static_cast<size_t>(flushes_before));
+    auto acks = Only<mqtt::Ack>(pub->Recv());
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0].packet_id == 9);
+  }
+  SUBCASE("acks stay in PUBLISH order when a later message needs no write") {
+    pub->Send(Pub("t/1", "durable", 1, 10));
+    pub->Send(Pub("other/1", "not stored", 1, 11));
+    w.link.Pump();
+    CHECK(Only<mqtt::Ack>(pub->Recv()).empty());  // 11 is ready, but waits behind 10
+    store1.Complete(true);
+    w.link.Pump();
+    auto acks = Only<mqtt::Ack>(pub->Recv());
+    REQUIRE(acks.size() == 2);
+    CHECK(acks[0].packet_id == 10);
+    CHECK(acks[1].packet_id == 11);
+  }
 }
 
 TEST_CASE("cluster: tenant connection quota counts connections on every worker") {

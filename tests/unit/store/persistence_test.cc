@@ -17,33 +17,9 @@ using mqtt::PropertyId;
 using mqtt::ReasonCode;
 using mqtt::Version;
 using test::Client;
+using test::FakePersistence;
 using test::Only;
 using test::Pub;
-
-// Records calls; Flush callbacks run when the test says so.
-class FakePersistence : public Persistence {
- public:
-  void SaveSession(const Session&) override { ++changes; }
-  void DeleteSession(const Session&) override { ++changes; }
-  void SaveDelivery(const Session&, const Delivery&, DeliveryState, uint16_t) override { ++changes; }
-  void DeleteDelivery(const Session&, uint64_t) override { ++changes; }
-  void SaveInboundQos2(const Session&, uint16_t, bool) override { ++changes; }
-  void SaveRetained(const Message&) override { ++changes; }
-  bool dirty() const override { return changes > flushed; }
-  void Flush(std::function<void(bool)> done) override {
-    flushed = changes;
-    waiting.push_back(std::move(done));
-  }
-  bool healthy() const override { return is_healthy; }
-  void Complete(bool ok) {
-    auto w = std::move(waiting);
-    waiting.clear();
-    for (auto& d : w) d(ok);
-  }
-  int changes = 0, flushed = 0;
-  bool is_healthy = true;
-  std::vector<std::function<void(bool)>> waiting;
-};
 
 void Subscribe(Client& c, const std::string& filter, uint8_t qos) {
   mqtt::Subscribe s;
