@@ -58,8 +58,9 @@ void Broker::SetCluster(Cluster* cluster, uint32_t index) {
   cluster_ = cluster;
   index_ = index;
   // Session ids are compared across workers (No Local): give each worker
-  // its own range.
-  next_session_id_ = (uint64_t{index} << 56) + 1;
+  // its own range, below 2^54 like connection ids (deadline wheel keys
+  // have 56 bits).
+  next_session_id_ = (uint64_t{index} << 48) + 1;
   tree_.set_group_observer([this](TopicTree::SharedGroup& g, std::string_view filter, bool joined) {
     OnSharedGroup(g, filter, joined);
   });
@@ -112,8 +113,7 @@ ClientInfo Broker::InfoOf(const Connection& c) const {
 }
 
 const Session* Broker::FindSession(std::string_view client_id, std::string_view tenant) const {
-  auto it = sessions_.find(SessionKey(tenant, client_id));
-  return it == sessions_.end() ? nullptr : it->second.get();
+  return sessions_.Find(tenant, client_id);
 }
 
 Broker::TenantState& Broker::StateOf(const std::string& tenant) {
@@ -155,9 +155,9 @@ bool Broker::TakePublishToken(TenantState& t) {
 }
 
 bool Broker::Kick(std::string_view tenant, std::string_view client_id, std::string_view serial) {
-  auto it = sessions_.find(SessionKey(tenant, client_id));
-  if (it == sessions_.end() || it->second->conn == nullptr) return false;
-  Connection& c = *it->second->conn;
+  Session* found = sessions_.Find(tenant, client_id);
+  if (found == nullptr || found->conn == nullptr) return false;
+  Connection& c = *found->conn;
   if (!serial.empty() && (c.identity() == nullptr || c.identity()->serial != serial)) return false;
   Close(c, DisconnectReason::kAdministrative, ReasonCode::kAdministrativeAction,
         "administrative action (certificate revoked or device suspended)");
@@ -178,9 +178,9 @@ size_t Broker::KickSerial(std::string_view tenant, std::string_view serial) {
 }
 
 int64_t Broker::LastActivityMs(std::string_view tenant, std::string_view client_id) const {
-  auto it = sessions_.find(SessionKey(tenant, client_id));
-  if (it == sessions_.end() || it->second->conn == nullptr) return -1;
-  return it->second->conn->last_rx_ms_;
+  Session* found = sessions_.Find(tenant, client_id);
+  if (found == nullptr || found->conn == nullptr) return -1;
+  return found->conn->last_rx_ms_;
 }
 
 void Broker::Accept(Connection* c) {
@@ -345,11 +345,10 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     return;
   }
   if (ck.will) ck.will->topic = c.mount_ + ck.will->topic;  // the tenant's namespace
-  const std::string key = SessionKey(c.tenant(), c.client_id_);
   TenantState* ts = c.identity() != nullptr ? &StateOf(c.tenant()) : nullptr;
   if (ts != nullptr) {
-    auto it = sessions_.find(key);
-    const bool takeover = it != sessions_.end() && it->second->conn != nullptr;
+    const Session* existing = sessions_.Find(c.tenant(), c.client_id_);
+    const bool takeover = existing != nullptr && existing->conn != nullptr;
     // A takeover frees the slot it takes (the old connection closes below).
     if (!CountConnection(*ts, c.tenant(), takeover ? 0 : ts->quota.max_connections)) {
       stats_.quota_connections_refused++;
@@ -361,17 +360,17 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     c.tenant_state_ = ts;  // counted from here: Close uncounts
   }
   // Takeover [MQTT-3.1.4-3]: the existing connection is closed first.
-  if (auto it = sessions_.find(key); it != sessions_.end() && it->second->conn) {
+  if (Session* old = sessions_.Find(c.tenant(), c.client_id_); old != nullptr && old->conn) {
     stats_.takeovers++;
-    Close(*it->second->conn, DisconnectReason::kTakeover, ReasonCode::kSessionTakenOver,
+    Close(*old->conn, DisconnectReason::kTakeover, ReasonCode::kSessionTakenOver,
           "MQTT-3.1.4-3 session taken over by a new connection");
   }
   Session* s = nullptr;
-  if (auto it = sessions_.find(key); it != sessions_.end()) {
+  if (Session* old = sessions_.Find(c.tenant(), c.client_id_); old != nullptr) {
     if (ck.clean_start) {
-      EndSession(*it->second);  // [MQTT-3.1.2-4] discard the old session
+      EndSession(*old);  // [MQTT-3.1.2-4] discard the old session
     } else {
-      s = it->second.get();
+      s = old;
     }
   }
   const bool present = s != nullptr;
@@ -383,7 +382,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     s->client_id = c.client_id_;
     s->set_tenant(c.tenant());
     sessions_by_id_[s->id] = s;
-    sessions_.emplace(key, std::move(owned));
+    sessions_.Insert(std::move(owned));
   }
   // A pending delayed will is cancelled by the reconnect [MQTT-3.1.3-9].
   s->will_pending = false;
@@ -578,7 +577,7 @@ void Broker::EndSession(Session& s) {
   stats_.queued_messages -= s.queue.size();
   drops_changed_.erase(s.id);
   sessions_by_id_.erase(s.id);
-  sessions_.erase(SessionKey(s.tenant(), s.client_id));  // destroys s
+  sessions_.Erase(s);  // destroys s
 }
 
 void Broker::Shutdown() {
@@ -661,8 +660,7 @@ void Broker::RestoreSession(std::unique_ptr<Session> owned, int64_t offline_ms) 
   for (const Delivery& d : s.queue) s.queued_bytes += d.msg->Footprint();
   stats_.queued_messages += s.queue.size();
   sessions_by_id_[s.id] = &s;
-  std::string id = SessionKey(s.tenant(), s.client_id);
-  sessions_.insert_or_assign(id, std::move(owned));
+  sessions_.Insert(std::move(owned));
   if (s.will) {
     const uint32_t delay = std::min(s.will->props.will_delay, s.expiry_s);
     s.will_pending = true;

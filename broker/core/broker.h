@@ -214,7 +214,7 @@ class Broker {
   uint64_t assigned_ids_ = 0;
 
   absl::flat_hash_map<uint64_t, Connection*> conns_;
-  StringMap<std::unique_ptr<Session>> sessions_;
+  SessionTable sessions_;
   absl::flat_hash_map<uint64_t, Session*> sessions_by_id_;
   TopicTree tree_;
   RetainedStore retained_;

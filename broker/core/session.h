@@ -9,12 +9,15 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "common/small_queue.h"
 #include "common/string_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "broker/core/message.h"
 #include "broker/mqtt/packet.h"
 
@@ -128,6 +131,56 @@ struct Session {
 
   // Durable sessions outlive their connection and are persisted.
   bool durable() const { return expiry_s > 0; }
+};
+
+// The sessions of one worker, owned and found by (tenant, client id). The
+// key is read from the session itself: an 8-byte slot per session and no
+// copy of the client id (an idle connection's size is a target).
+class SessionTable {
+ public:
+  Session* Find(std::string_view tenant, std::string_view client_id) const {
+    auto it = set_.find(Name{tenant, client_id});
+    return it == set_.end() ? nullptr : it->get();
+  }
+  // Takes `s`; a session of the same name is replaced (and destroyed).
+  Session* Insert(std::unique_ptr<Session> s) {
+    Session* raw = s.get();
+    auto it = set_.find(Name{raw->tenant(), raw->client_id});
+    if (it != set_.end()) set_.erase(it);
+    set_.insert(std::move(s));
+    return raw;
+  }
+  // Destroys `s`.
+  void Erase(const Session& s) {
+    auto it = set_.find(Name{s.tenant(), s.client_id});
+    if (it != set_.end()) set_.erase(it);
+  }
+  size_t size() const { return set_.size(); }
+
+ private:
+  struct Name {
+    std::string_view tenant;
+    std::string_view client_id;
+  };
+  static Name NameOf(const std::unique_ptr<Session>& s) { return {s->tenant(), s->client_id}; }
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(const Name& n) const {
+      return absl::Hash<std::pair<std::string_view, std::string_view>>{}({n.tenant, n.client_id});
+    }
+    size_t operator()(const std::unique_ptr<Session>& s) const { return (*this)(NameOf(s)); }
+  };
+  struct Eq {
+    using is_transparent = void;
+    static bool Same(const Name& a, const Name& b) { return a.tenant == b.tenant && a.client_id == b.client_id; }
+    bool operator()(const Name& a, const Name& b) const { return Same(a, b); }
+    bool operator()(const std::unique_ptr<Session>& a, const Name& b) const { return Same(NameOf(a), b); }
+    bool operator()(const Name& a, const std::unique_ptr<Session>& b) const { return Same(a, NameOf(b)); }
+    bool operator()(const std::unique_ptr<Session>& a, const std::unique_ptr<Session>& b) const {
+      return Same(NameOf(a), NameOf(b));
+    }
+  };
+  absl::flat_hash_set<std::unique_ptr<Session>, Hash, Eq> set_;
 };
 
 }  // namespace fmq

@@ -13,16 +13,20 @@ namespace fmq {
 
 class TimerWheel {
  public:
+  // 16 bytes: an idle connection has two (connect timeout, keep alive)
+  // and their size is part of the per-connection memory target.
+  static constexpr uint64_t kMaxKey = (uint64_t{1} << 56) - 1;
   struct Entry {
-    uint64_t key;
-    uint8_t kind;
+    uint64_t key : 56;  // connection and session ids stay below 2^56
+    uint64_t kind : 8;
     int64_t deadline_ms;
   };
+  static_assert(sizeof(Entry) == 16);
 
   // `resolution_ms` is the slot width; the wheel spans slots * resolution.
   TimerWheel(int64_t now_ms, int64_t resolution_ms = 250, size_t slots = 4096);
 
-  // Schedules (key, kind) at `deadline_ms`. A deadline beyond the wheel's
+  // Schedules (key, kind) at `deadline_ms`; key <= kMaxKey. A deadline beyond the wheel's
   // span lands in the farthest slot and is handed back early; the owner
   // sees deadline_ms > now and re-schedules it.
   void Schedule(int64_t deadline_ms, uint64_t key, uint8_t kind);
