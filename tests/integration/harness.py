@@ -226,6 +226,19 @@ class PahoClient:
         self.c.socket().close()
 
 
+def sys_at_least(port, topic, want, timeout=8):
+    """Polls a retained $SYS counter until it reaches `want`; returns the
+    last value. With several workers $SYS shows the sum of reports made at
+    each worker's own tick, so a fresh count can take two intervals."""
+    deadline = time.time() + timeout
+    while True:
+        r = run_cli(["mosquitto_sub", "-p", str(port), "-t", topic, "-C", "1", "-W", "3"])
+        value = int(r.stdout.strip() or 0)
+        if value >= want or time.time() >= deadline:
+            return value
+        time.sleep(0.3)
+
+
 def run_cli(args, timeout=10, input=None):
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input)
 
