@@ -468,7 +468,7 @@ void Broker::Enqueue(Session& s, Delivery&& d) {
       s.queued_bytes + bytes > opts_.max_queued_bytes) {
     // The documented bound: the new message is dropped for this session,
     // counted per client (published under $SYS) and logged.
-    s.dropped++;
+    if (s.dropped != UINT32_MAX) s.dropped++;
     drops_changed_.insert(s.id);
     if (d.qos == 0) {
       stats_.publish_dropped_qos0++;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -66,30 +67,49 @@ inline std::string SessionKey(std::string_view tenant, std::string_view client_i
 const std::string* InternTenant(std::string_view tenant);
 
 // Packet ids of inbound QoS 2 messages awaiting PUBREL: at most Receive
-// Maximum of them and usually none, so a sorted vector (24 bytes) rather
-// than a hash set (40).
+// Maximum of them and usually none, so one pointer (8 bytes; null when
+// empty) to a block holding the count, the capacity and the sorted ids.
 class PacketIdSet {
  public:
-  bool contains(uint16_t id) const { return std::binary_search(ids_.begin(), ids_.end(), id); }
+  bool contains(uint16_t id) const { return std::binary_search(begin(), end(), id); }
   bool insert(uint16_t id) {
-    auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
-    if (it != ids_.end() && *it == id) return false;
-    ids_.insert(it, id);
+    const uint16_t* it = std::lower_bound(begin(), end(), id);
+    if (it != end() && *it == id) return false;
+    const size_t at = static_cast<size_t>(it - begin());
+    const size_t n = size();
+    if (n == capacity()) Grow();
+    uint16_t* ids = block_.get() + 2;
+    std::copy_backward(ids + at, ids + n, ids + n + 1);
+    ids[at] = id;
+    block_[0] = static_cast<uint16_t>(n + 1);
     return true;
   }
   size_t erase(uint16_t id) {
-    auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
-    if (it == ids_.end() || *it != id) return 0;
-    ids_.erase(it);
+    const uint16_t* it = std::lower_bound(begin(), end(), id);
+    if (it == end() || *it != id) return 0;
+    uint16_t* ids = block_.get() + 2;
+    const size_t at = static_cast<size_t>(it - begin());
+    std::copy(ids + at + 1, ids + size(), ids + at);
+    if (--block_[0] == 0) block_.reset();
     return 1;
   }
-  size_t size() const { return ids_.size(); }
-  bool empty() const { return ids_.empty(); }
-  std::vector<uint16_t>::const_iterator begin() const { return ids_.begin(); }
-  std::vector<uint16_t>::const_iterator end() const { return ids_.end(); }
+  size_t size() const { return block_ ? block_[0] : 0; }
+  bool empty() const { return size() == 0; }
+  const uint16_t* begin() const { return block_ ? block_.get() + 2 : nullptr; }
+  const uint16_t* end() const { return begin() + size(); }
 
  private:
-  std::vector<uint16_t> ids_;
+  size_t capacity() const { return block_ ? block_[1] : 0; }
+  void Grow() {
+    // 65,535 ids at most (16-bit packet ids, 0 is never used).
+    const size_t cap = std::min<size_t>(capacity() == 0 ? 4 : capacity() * 2, 65535);
+    std::unique_ptr<uint16_t[]> b(new uint16_t[cap + 2]);
+    b[0] = static_cast<uint16_t>(size());
+    b[1] = static_cast<uint16_t>(cap);
+    std::copy(begin(), end(), b.get() + 2);
+    block_ = std::move(b);
+  }
+  std::unique_ptr<uint16_t[]> block_;
 };
 
 // Field order packs the small fields: an idle session's size is a target
@@ -110,7 +130,6 @@ struct Session {
   uint64_t next_seq = 1;
   SmallQueue<Delivery> queue;
   uint64_t queued_bytes = 0;
-  uint64_t dropped = 0;  // messages lost at this session's bounds
 
   PacketIdSet inbound_qos2;  // received, PUBREL pending
 
@@ -119,12 +138,14 @@ struct Session {
   int64_t disconnected_at_ms = 0;  // monotonic; when it went offline
   // Seconds the session outlives its connection; 0 ends it at disconnect,
   // 0xFFFFFFFF never expires.
+  const std::string* tenant_ = InternTenant({});
   uint32_t expiry_s = 0;
+  // Messages lost at this session's bounds (stops at 2^32-1).
+  uint32_t dropped = 0;
   uint16_t next_packet_id = 1;
   mqtt::Version version = mqtt::Version::kV5;
   bool will_pending = false;
   bool persisted = false;  // has a stored copy to delete when it ends
-  const std::string* tenant_ = InternTenant({});
 
   // When an offline session with a finite expiry ends.
   int64_t expire_at_ms() const { return disconnected_at_ms + int64_t{expiry_s} * 1000; }
