@@ -105,12 +105,17 @@ class TwoWorkers(BrokerTest):
         self.assertGreater(len(got[0]), n // 10)
         self.assertGreater(len(got[1]), n // 10)
 
-    def test_persistent_session_survives_a_restart_on_its_home_worker(self):
-        cid = id_on(1, "durable")
+    def offline_subscriber_on_1_publisher_on_0(self, base, topic):
+        """A durable 3.1.1 session homed on worker 1, subscribed to `topic`
+        and then offline; a publisher connected on worker 0."""
+        cid = id_on(1, base)
         s = self.client(client_id=cid, clean=False, v5=False)
-        s.subscribe("d/#", 1)
+        s.subscribe(topic, 1)
         s.disconnect()
-        p = self.client(client_id=id_on(0, "dp"))
+        return cid, self.client(client_id=id_on(0, base + "-pub"))
+
+    def test_persistent_session_survives_a_restart_on_its_home_worker(self):
+        cid, p = self.offline_subscriber_on_1_publisher_on_0("durable", "d/#")
         for i in range(5):
             p.publish("d/x", b"%d" % i, qos=1)
         p.disconnect()
@@ -122,16 +127,11 @@ class TwoWorkers(BrokerTest):
         got = [int(m.payload) for m in s2.get_all(5, timeout=5)]
         self.assertEqual(got, list(range(5)))
 
-
     def test_acked_messages_for_a_durable_subscriber_on_another_worker_survive_kill9(self):
         # A PUBACK promises the message is stored for the offline durable
         # subscriber, whose queue is written by its own worker (1), not by
         # the publisher's (0). Kill the broker right after the last PUBACK.
-        cid = id_on(1, "offline")
-        s = self.client(client_id=cid, clean=False, v5=False)
-        s.subscribe("k/#", 1)
-        s.disconnect()
-        p = self.client(client_id=id_on(0, "kp"))
+        cid, p = self.offline_subscriber_on_1_publisher_on_0("offline", "k/#")
         n = 300
         infos = [p.publish("k/x", b"%d" % i, qos=1, wait=False) for i in range(n)]
         for info in infos:

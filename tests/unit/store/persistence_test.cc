@@ -283,12 +283,18 @@ TEST_CASE("corrupt stored records are skipped and counted, never fatal") {
   CHECK(st.sessions == 0);
 }
 
-TEST_CASE("writer: a failing disk makes the store unhealthy; it recovers by itself") {
-  storage::MemKvStore kv;
+// Batched writes that retry a failure every 10 ms.
+WriterOptions QuickRetries() {
   WriterOptions o;
   o.mode = SyncMode::kBatched;
   o.sync_interval_ms = 1;
   o.retry_interval_ms = 10;
+  return o;
+}
+
+TEST_CASE("writer: a failing disk makes the store unhealthy; it recovers by itself") {
+  storage::MemKvStore kv;
+  const WriterOptions o = QuickRetries();
   StorageWriter w(&kv, o, nullptr);
   kv.FailWrites(absl::UnavailableError("no space left on device"));
   storage::WriteBatch b;
@@ -310,10 +316,7 @@ TEST_CASE("writer: writers sharing a database share its health") {
   // Worker A's write fails; worker B has written nothing yet and must
   // refuse QoS 1/2 all the same (it is the same disk).
   storage::MemKvStore kv;
-  WriterOptions o;
-  o.mode = SyncMode::kBatched;
-  o.sync_interval_ms = 1;
-  o.retry_interval_ms = 10;
+  const WriterOptions o = QuickRetries();
   auto health = std::make_shared<StorageHealth>();
   StorageWriter a(&kv, o, nullptr, health);
   StorageWriter b(&kv, o, nullptr, health);
