@@ -410,11 +410,6 @@ void Server::DeliverAcks(const std::vector<PeerAck>& acks) {
   uv_async_send(&peer_wake_);
 }
 
-void Server::QueueAck(uint32_t to, PeerAck a) {
-  if (ack_outbox_.size() < peers_.size()) ack_outbox_.resize(peers_.size());
-  ack_outbox_[to].push_back(a);
-}
-
 void Server::OnPeerWake(uv_async_t* a) {
   auto* self = static_cast<Server*>(a->data);
   {

@@ -112,8 +112,11 @@ class Server {
   // to every other worker at the end of the loop turn, in one batch each;
   // a completed barrier of worker `to`, the same way.
   void QueueForward(const MessagePtr& m, const AckBarrierPtr& ack) { outbox_.push_back(Forwarded{m, ack}); }
-  void QueueAck(uint32_t to, PeerAck a);
-  void set_peers(std::vector<Server*> peers) { peers_ = std::move(peers); }
+  void QueueAck(uint32_t to, PeerAck a) { ack_outbox_[to].push_back(a); }
+  void set_peers(std::vector<Server*> peers) {
+    peers_ = std::move(peers);
+    ack_outbox_.resize(peers_.size());
+  }
   void share_handshake_count(std::atomic<uint32_t>* n) { handshaking_ = n; }
   std::atomic<uint32_t>& own_handshake_count() { return own_handshaking_; }
 
@@ -180,7 +183,7 @@ class Server {
   std::vector<InboxItem> inbox_;        // guarded by inbox_mu_
   std::vector<PeerAck> inbox_acks_;     // guarded by inbox_mu_
   std::vector<InboxItem> inbox_work_;   // loop thread: the batch being run
-  std::vector<PeerAck> inbox_acks_work_;
+  std::vector<PeerAck> inbox_acks_work_;  // loop thread
   std::function<void()> stop_hook_;
   std::function<void()> turn_end_hook_;
   std::vector<std::function<void()>> wake_hooks_;
