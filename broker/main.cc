@@ -146,7 +146,17 @@ int main(int argc, char** argv) {
   if (tls) {
     const std::string crl_dir = cfg.tls_crl_dir.empty() ? cfg.data_dir + "/crl" : cfg.tls_crl_dir;
     mkdir(crl_dir.c_str(), 0700);
-    crls = std::make_unique<fmq::tls::CrlDir>(crl_dir, tls.get());
+    // Serials newly revoked by a reload: every connection using one is
+    // closed, on every worker, as for a revocation through the admin API.
+    auto close_revoked = [&workers](std::vector<std::string> keys) {
+      workers.cluster().PostAll([keys = std::move(keys)](fmq::Broker& b) {
+        for (const std::string& k : keys) {
+          const size_t nul = k.find('\0');
+          b.KickSerial(std::string_view(k).substr(0, nul), std::string_view(k).substr(nul + 1));
+        }
+      });
+    };
+    crls = std::make_unique<fmq::tls::CrlDir>(crl_dir, tls.get(), close_revoked);
     crls->Poll(true);
     server.AddTickHook([c = crls.get(), n = 0]() mutable {
       if (++n % 20 == 0) c->Poll();  // every 5 s

@@ -79,7 +79,7 @@ void Broker::OnSharedGroup(TopicTree::SharedGroup& g, std::string_view filter, b
 }
 
 void Broker::Detach(Connection& c) {
-  conns_.erase(c.id());
+  Unregister(c);
   stats_.connections_accepted--;
   c.state_ = Connection::State::kClosed;
   c.transport_ = nullptr;
@@ -154,27 +154,43 @@ bool Broker::TakePublishToken(TenantState& t) {
   return true;
 }
 
-bool Broker::Kick(std::string_view tenant, std::string_view client_id, std::string_view serial) {
+bool Broker::Kick(std::string_view tenant, std::string_view client_id) {
   Session* found = sessions_.Find(tenant, client_id);
   if (found == nullptr || found->conn == nullptr) return false;
-  Connection& c = *found->conn;
-  if (!serial.empty() && (c.identity() == nullptr || c.identity()->serial != serial)) return false;
-  Close(c, DisconnectReason::kAdministrative, ReasonCode::kAdministrativeAction,
-        "administrative action (certificate revoked or device suspended)");
+  Close(*found->conn, DisconnectReason::kAdministrative, ReasonCode::kAdministrativeAction,
+        "administrative action (device suspended or retired)");
   return true;
 }
 
 size_t Broker::KickSerial(std::string_view tenant, std::string_view serial) {
-  std::vector<Connection*> hit;
-  for (const auto& [id, c] : conns_) {
-    const PeerIdentity* who = c->identity();
-    if (who != nullptr && who->tenant == tenant && who->serial == serial) hit.push_back(c);
-  }
+  auto it = by_serial_.find(SessionKey(tenant, serial));
+  if (it == by_serial_.end()) return 0;
+  const std::vector<Connection*> hit = it->second;  // Close() edits the index
   for (Connection* c : hit) {
+    // Before CONNECT (handshake done, nothing sent yet) Close sends no
+    // DISCONNECT [MQTT-3.14.0-1]: the socket is simply closed.
     Close(*c, DisconnectReason::kAdministrative, ReasonCode::kAdministrativeAction,
           "administrative action (certificate revoked)");
   }
   return hit.size();
+}
+
+void Broker::IndexSerial(Connection& c) {
+  const PeerIdentity* who = c.identity();
+  if (c.serial_indexed_ || who == nullptr || who->serial.empty() || !conns_.contains(c.id())) return;
+  by_serial_[SessionKey(who->tenant, who->serial)].push_back(&c);
+  c.serial_indexed_ = true;
+}
+
+void Broker::Unregister(Connection& c) {
+  conns_.erase(c.id());
+  if (!c.serial_indexed_) return;
+  c.serial_indexed_ = false;
+  auto it = by_serial_.find(SessionKey(c.identity()->tenant, c.identity()->serial));
+  if (it == by_serial_.end()) return;
+  std::vector<Connection*>& v = it->second;
+  v.erase(std::remove(v.begin(), v.end(), &c), v.end());
+  if (v.empty()) by_serial_.erase(it);
 }
 
 int64_t Broker::LastActivityMs(std::string_view tenant, std::string_view client_id) const {
@@ -185,6 +201,7 @@ int64_t Broker::LastActivityMs(std::string_view tenant, std::string_view client_
 
 void Broker::Accept(Connection* c) {
   conns_[c->id()] = c;
+  IndexSerial(*c);  // a connection handed over with its identity
   stats_.connections_accepted++;
   c->last_rx_ms_ = NowMs();
   wheel_.Schedule(NowMs() + opts_.connect_timeout_ms, c->id(), kConnectTimeout);
@@ -262,7 +279,7 @@ void Broker::RefuseConnect(Connection& c, ReasonCode rc, const char* rule) {
   }
   c.Write(ack);
   c.state_ = Connection::State::kClosed;
-  conns_.erase(c.id());
+  Unregister(c);
   if (c.transport_ != nullptr) c.transport_->Close();
 }
 
@@ -501,7 +518,7 @@ void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const cha
     c.Write(d);
   }
   c.state_ = Connection::State::kClosed;
-  conns_.erase(c.id());
+  Unregister(c);
   if (connected) {
     stats_.clients_connected--;
     if (c.tenant_state_ != nullptr) {

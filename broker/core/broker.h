@@ -96,13 +96,15 @@ class Broker {
   void SetAcl(const AclPolicy* acl) { acl_ = acl; }
 
   // Management actions (loop thread). Closes the connection of (tenant,
-  // client id) with DISCONNECT 0x98 (v5); when `serial` is given, only if it
-  // authenticated with that certificate. Returns whether one was closed.
-  bool Kick(std::string_view tenant, std::string_view client_id, std::string_view serial = {});
-  // Closes every connection of `tenant` that authenticated with `serial`
-  // (revocation of a certificate not bound to a device id). O(connections):
-  // an administrative path, never per message.
+  // client id) with DISCONNECT 0x98 (v5). Returns whether one was closed.
+  bool Kick(std::string_view tenant, std::string_view client_id);
+  // Closes every connection of `tenant` that authenticated with `serial`,
+  // whether it has sent CONNECT or not (a revoked certificate keeps no
+  // connection). O(1) per connection closed: connections with a certificate
+  // are indexed by (tenant, serial) from the handshake on.
   size_t KickSerial(std::string_view tenant, std::string_view serial);
+  // Connection::set_identity: index an accepted connection by its serial.
+  void IndexSerial(Connection& c);
   // Monotonic ms of the last packet of the connected (tenant, client id),
   // or -1 when it is not connected.
   int64_t LastActivityMs(std::string_view tenant, std::string_view client_id) const;
@@ -138,6 +140,8 @@ class Broker {
   void OnDecodeError(Connection& c, const mqtt::Error& e);
   void OnTransportClosed(Connection& c);
   void CountIn(Connection& c, size_t bytes);
+  // Forgets a connection that is closed or leaves this worker.
+  void Unregister(Connection& c);
 
   // Lifecycle (broker.cc).
   void HandleConnect(Connection& c, mqtt::Connect& ck);
@@ -214,6 +218,8 @@ class Broker {
   uint64_t assigned_ids_ = 0;
 
   absl::flat_hash_map<uint64_t, Connection*> conns_;
+  // Connections with a certificate, by "tenant\0serial" (usually one each).
+  absl::flat_hash_map<std::string, std::vector<Connection*>> by_serial_;
   SessionTable sessions_;
   absl::flat_hash_map<uint64_t, Session*> sessions_by_id_;
   TopicTree tree_;

@@ -13,6 +13,12 @@ Connection::Connection(Broker* broker, Transport* transport, uint64_t id, std::s
 
 Connection::~Connection() = default;
 
+void Connection::set_identity(PeerIdentity id) {
+  mount_ = MountOf(id.tenant);
+  identity_ = std::make_unique<PeerIdentity>(std::move(id));
+  if (broker_ != nullptr && state_ != State::kClosed) broker_->IndexSerial(*this);
+}
+
 void Connection::OnBytes(std::string_view data) {
   if (state_ == State::kClosed) return;
   broker_->CountIn(*this, data.size());

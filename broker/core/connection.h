@@ -48,11 +48,10 @@ class Connection {
   State state() const { return state_; }
   const std::string& peer() const { return peer_; }
   void set_peer(std::string peer) { peer_ = std::move(peer); }
-  // Set by a TLS transport after the handshake, before any MQTT byte.
-  void set_identity(PeerIdentity id) {
-    mount_ = MountOf(id.tenant);
-    identity_ = std::make_unique<PeerIdentity>(std::move(id));
-  }
+  // Set by a TLS transport after the handshake, before any MQTT byte. An
+  // accepted connection is indexed by its certificate at once, so a
+  // revocation reaches it before it has sent CONNECT (Broker::KickSerial).
+  void set_identity(PeerIdentity id);
   const std::string& tenant() const { static const std::string kNone; return identity_ ? identity_->tenant : kNone; }
   // Internal topic prefix of this connection's tenant ("" when anonymous).
   const std::string& mount() const { return mount_; }
@@ -95,6 +94,7 @@ class Connection {
   mqtt::Version version_ = mqtt::Version::kV5;
   bool problem_info_ = true;            // Request Problem Information
   bool will_on_close_ = true;
+  bool serial_indexed_ = false;         // in Broker::by_serial_
   // What most connections never use, allocated on first use.
   struct Extras {
     std::string username;

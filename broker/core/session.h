@@ -48,6 +48,12 @@ struct Inflight {
   bool released = false;      // QoS 2: PUBREC received, PUBREL sent
 };
 
+// The platform admin's tenant (mgmt/pki/pki.h kPlatformTenant): it sees
+// every tenant's statistics.
+inline constexpr std::string_view kPlatformTenantName = "_platform";
+// Statistics of a tenant's clients, inside the tenant's mount.
+inline constexpr std::string_view kStatsTopicPrefix = "$SYS/fleetmq/stats/v1/";
+
 // Internal topic prefix of a tenant: "$T/<tenant>/" ("" when anonymous).
 // Clients never see it; a tenant cannot name another tenant's topics
 // because client topics starting with '$' are refused before mounting.

@@ -21,7 +21,7 @@ bool InternalFilter(const Connection& c, const std::string& filter, std::string*
   if (!inner.empty() && inner[0] == '$') {
     // Tenants read no broker-wide '$' topics; anonymous clients may read
     // $SYS but never a tenant's mount. A tenant's operators may read the
-    // tenant's own management topics (events, CRL) and their own control
+    // tenant's own management topics (events, CRL, statistics) and their own control
     // replies, all inside the tenant's mount (doc/admin-api.md).
     if (inner.substr(0, 3) == "$T/") return false;
     if (!c.mount().empty()) {
@@ -29,7 +29,7 @@ bool InternalFilter(const Connection& c, const std::string& filter, std::string*
       if (who == nullptr || who->device) return false;
       const std::string own_reply = "$SYS/fleetmq/control/v1/reply/" + c.client_id();
       const bool ok = inner.substr(0, 20) == "$SYS/fleetmq/events/" || inner.substr(0, 17) == "$SYS/fleetmq/crl/" ||
-                      inner == own_reply;
+                      inner.substr(0, kStatsTopicPrefix.size()) == kStatsTopicPrefix || inner == own_reply;
       if (!ok || sf.shared) return false;
     }
   }

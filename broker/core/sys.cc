@@ -81,14 +81,29 @@ void Broker::PublishSys(int64_t now) {
 }
 
 void Broker::PublishDrops() {
-  // Per-client drop counters, only for sessions whose count moved.
+  // Per-client drop counters, only for sessions whose count moved. A
+  // tenant's clients are counted inside the tenant (its operators read
+  // $SYS/fleetmq/stats/v1/clients/<id>/dropped) and for the platform admin
+  // ($SYS/fleetmq/stats/v1/tenants/<tenant>/clients/<id>/dropped), never in
+  // the anonymous $SYS tree, which only shows anonymous clients.
   for (uint64_t id : drops_changed_) {
     auto it = sessions_by_id_.find(id);
     if (it == sessions_by_id_.end()) continue;
     const Session& s = *it->second;
-    std::string topic = "$SYS/broker/clients/" + s.client_id + "/dropped";
-    if (!mqtt::ValidateTopicName(topic, opts_.topic_limits).ok()) continue;
-    PublishInternal(std::move(topic), std::to_string(s.dropped), true);
+    const std::string value = std::to_string(s.dropped);
+    if (s.tenant().empty()) {
+      std::string topic = "$SYS/broker/clients/" + s.client_id + "/dropped";
+      if (mqtt::ValidateTopicName(topic, opts_.topic_limits).ok()) PublishInternal(std::move(topic), value, true);
+      continue;
+    }
+    const std::string tail = "clients/" + s.client_id + "/dropped";
+    if (!mqtt::ValidateTopicName(tail, opts_.topic_limits).ok()) continue;
+    PublishInternal(MountOf(s.tenant()) + std::string(kStatsTopicPrefix) + tail, value, true);
+    if (s.tenant() != kPlatformTenantName) {
+      PublishInternal(MountOf(kPlatformTenantName) + std::string(kStatsTopicPrefix) + "tenants/" + s.tenant() + "/" +
+                          tail,
+                      value, true);
+    }
   }
   drops_changed_.clear();
 }

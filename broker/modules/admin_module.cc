@@ -9,6 +9,8 @@ namespace fmq {
 
 using mqtt::ReasonCode;
 
+static_assert(kPlatformTenantName == pki::kPlatformTenant, "one name for the platform admin's tenant");
+
 namespace {
 
 admin::Role RoleOf(const PeerIdentity& id) {
@@ -37,6 +39,11 @@ void AdminModule::Attach(Broker* broker, Cluster* cluster, tls::TlsServerContext
   cluster_ = cluster;
   tls_ = tls;
   wake_ = std::move(wake);
+  if (tls_ != nullptr) {
+    tls_->SetRefusalObserver([this](const pki::Identity& id, std::string_view serial, std::string_view why) {
+      OnTlsRefused(id, serial, why);
+    });
+  }
 }
 
 absl::Status AdminModule::Start() {
@@ -64,6 +71,42 @@ std::string AdminModule::BlockKey(std::string_view tenant, std::string_view devi
   return k;
 }
 
+void AdminModule::Deny(Denied d) {
+  std::string key = BlockKey(d.actor.tenant, d.actor.name);
+  key.push_back('\0');
+  key += d.why;
+  std::lock_guard<std::mutex> l(mu_);
+  if (auto it = denied_.find(key); it != denied_.end()) {
+    it->second.more++;  // written as one entry when the window ends
+    return;
+  }
+  if (denied_.size() >= opts_.max_denied_tracked) {
+    counters_.denied_unaudited.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  denied_.emplace(std::move(key), DeniedWindow{d, 0, clock_->NowMs() + opts_.denied_audit_window_ms});
+  jobs_.push_back(std::move(d));
+  cv_.notify_one();
+}
+
+std::vector<AdminModule::Denied> AdminModule::TakeEndedDenials(int64_t now_ms) {
+  std::vector<Denied> out;
+  for (auto it = denied_.begin(); it != denied_.end();) {
+    if (it->second.ends_ms > now_ms) {
+      ++it;
+      continue;
+    }
+    if (it->second.more > 0) {
+      Denied d = std::move(it->second.first);
+      d.why += " (" + std::to_string(it->second.more) + " more attempt" + (it->second.more == 1 ? "" : "s") +
+               " within " + std::to_string(opts_.denied_audit_window_ms / 1000) + " s)";
+      out.push_back(std::move(d));
+    }
+    denied_.erase(it++);
+  }
+  return out;
+}
+
 bool AdminModule::IsBlocked(std::string_view tenant, std::string_view device) const {
   std::lock_guard<std::mutex> l(gate_mu_);
   return blocked_.contains(BlockKey(tenant, device));
@@ -71,17 +114,24 @@ bool AdminModule::IsBlocked(std::string_view tenant, std::string_view device) co
 
 void AdminModule::ThreadMain() {
   std::unique_lock<std::mutex> l(mu_);
+  int64_t next_duties_ms = clock_->NowMs() + 1000;
   while (true) {
     cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_ || !jobs_.empty(); });
     if (stop_) return;
-    if (jobs_.empty()) {  // idle second: periodic duties (CRL re-signing)
+    // Periodic duties, once a second whatever the load: denial windows that
+    // ended, then the service's own (CRL re-signing).
+    if (const int64_t now = clock_->NowMs(); now >= next_duties_ms) {
+      next_duties_ms = now + 1000;
+      std::vector<Denied> ended = TakeEndedDenials(now);
       l.unlock();
+      for (const Denied& d : ended) svc_->AuditDenied(d.actor, d.action, d.device_id, d.why);
       Completion c;
       svc_->Tick(&c.fx);
       if (!c.fx.empty()) Post(std::move(c));
       l.lock();
       continue;
     }
+    if (jobs_.empty()) continue;
     Job job = std::move(jobs_.front());
     jobs_.pop_front();
     if (std::holds_alternative<Request>(job)) --queued_requests_;
@@ -165,24 +215,36 @@ void AdminModule::Apply(admin::Effects& fx) {
       }
     }
   }
+  // Every connection using a revoked certificate, connected or still before
+  // its CONNECT, on every worker (a certificate may be used by several
+  // connections; a CONNECT still in flight is refused by Authenticate).
+  if (!fx.revoked.empty()) {
+    auto sweep = [revoked = fx.revoked](Broker& b) {
+      for (const auto& [tenant, serial] : revoked) {
+        if (const size_t n = b.KickSerial(tenant, serial); n > 0) {
+          FMQ_LOG_INFO("tenant '%s': closed %zu connection%s of revoked certificate %s", tenant.c_str(), n,
+                       n == 1 ? "" : "s", serial.c_str());
+        }
+      }
+    };
+    if (cluster_ == nullptr) {
+      sweep(*broker_);
+    } else {
+      cluster_->PostAll(sweep);
+    }
+  }
   for (const auto& k : fx.kicks) {
-    // A device's connection is on its home worker; an operator certificate
-    // may be in use on any worker.
+    // A device's session is on its home worker.
     auto kick = [k](Broker& b) {
-      bool closed = false;
-      if (!k.device_id.empty()) closed = b.Kick(k.tenant, k.device_id, k.serial);
-      if (!closed && !k.serial.empty()) closed = b.KickSerial(k.tenant, k.serial) > 0;
-      if (closed) {
+      if (b.Kick(k.tenant, k.device_id)) {
         FMQ_LOG_INFO("tenant '%s': closed the connection of '%s' (administrative action)", k.tenant.c_str(),
-                     k.device_id.empty() ? k.serial.c_str() : k.device_id.c_str());
+                     k.device_id.c_str());
       }
     };
     if (cluster_ == nullptr) {
       kick(*broker_);
-    } else if (!k.device_id.empty()) {
-      cluster_->link()->Post(cluster_->HomeOf(k.tenant, k.device_id), kick);
     } else {
-      cluster_->PostAll(kick);
+      cluster_->link()->Post(cluster_->HomeOf(k.tenant, k.device_id), kick);
     }
   }
   for (auto& p : fx.publishes) {
@@ -201,26 +263,43 @@ void AdminModule::ResolveIdentity(PeerIdentity& id) {
 
 mqtt::ReasonCode AdminModule::Authenticate(const mqtt::Connect&, const ClientInfo& info) {
   if (info.identity == nullptr) return ReasonCode::kSuccess;
-  if (!info.identity->device) {
+  const PeerIdentity& who = *info.identity;
+  // A certificate revoked after this connection's handshake (the sweep in
+  // Apply closes such connections; this catches a CONNECT that raced it or
+  // came with a hand-over between workers).
+  if (tls_ != nullptr && !who.serial.empty() && tls_->IsRevoked(who.tenant, who.serial)) {
+    counters_.revoked_connects.fetch_add(1, std::memory_order_relaxed);
+    FMQ_LOG_INFO("'%s' of tenant '%s' refused: certificate %s is revoked", who.name.c_str(), who.tenant.c_str(),
+                 who.serial.c_str());
+    Deny(Denied{ActorOf(info), "device.connect", who.device ? who.name : "", "certificate " + who.serial + " revoked"});
+    return ReasonCode::kBanned;
+  }
+  if (!who.device) {
     // Operators choose their client id, but never a device's: that would
     // take over the device's session.
     fb::DeviceT d;
-    if (reader_.GetDevice(storage::TenantId::FromAuthenticated(info.identity->tenant), info.client_id, &d).ok()) {
-      FMQ_LOG_INFO("operator '%s' of tenant '%s' refused: client id '%.*s' is a device's", info.identity->name.c_str(),
-                   info.identity->tenant.c_str(), static_cast<int>(info.client_id.size()), info.client_id.data());
+    if (reader_.GetDevice(storage::TenantId::FromAuthenticated(who.tenant), info.client_id, &d).ok()) {
+      FMQ_LOG_INFO("operator '%s' of tenant '%s' refused: client id '%.*s' is a device's", who.name.c_str(),
+                   who.tenant.c_str(), static_cast<int>(info.client_id.size()), info.client_id.data());
       return ReasonCode::kClientIdentifierNotValid;
     }
     return ReasonCode::kSuccess;
   }
-  if (!IsBlocked(info.identity->tenant, info.identity->name)) return ReasonCode::kSuccess;
+  if (!IsBlocked(who.tenant, who.name)) return ReasonCode::kSuccess;
   counters_.blocked_connects.fetch_add(1, std::memory_order_relaxed);
-  FMQ_LOG_INFO("device '%s' of tenant '%s' refused: suspended or retired", info.identity->name.c_str(),
-               info.identity->tenant.c_str());
-  Denied d{ActorOf(info), "device.connect", info.identity->name, "device is suspended or retired"};
-  std::lock_guard<std::mutex> l(mu_);
-  jobs_.push_back(std::move(d));
-  cv_.notify_one();
+  FMQ_LOG_INFO("device '%s' of tenant '%s' refused: suspended or retired", who.name.c_str(), who.tenant.c_str());
+  Deny(Denied{ActorOf(info), "device.connect", who.name, "device is suspended or retired"});
   return ReasonCode::kBanned;
+}
+
+void AdminModule::OnTlsRefused(const pki::Identity& id, std::string_view serial, std::string_view why) {
+  admin::Actor a;
+  a.tenant = id.tenant;
+  a.name = id.name;
+  a.role = id.role == pki::Role::kDevice ? admin::Role::kDevice
+                                         : id.role == pki::Role::kAdmin ? admin::Role::kAdmin : admin::Role::kOperator;
+  Deny(Denied{std::move(a), "device.connect", id.role == pki::Role::kDevice ? id.name : "",
+              "TLS handshake refused: " + std::string(why) + " (certificate " + std::string(serial) + ")"});
 }
 
 void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view reason) {
@@ -283,9 +362,7 @@ mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Mes
   if (actor.role == admin::Role::kDevice) {
     counters_.refused_role.fetch_add(1, std::memory_order_relaxed);
     FMQ_LOG_INFO("device '%s' of tenant '%s' sent an admin request: denied", actor.name.c_str(), actor.tenant.c_str());
-    std::lock_guard<std::mutex> l(mu_);
-    jobs_.push_back(Denied{std::move(actor), "request", "", "devices may not use the control topic"});
-    cv_.notify_one();
+    Deny(Denied{std::move(actor), "request", "", "devices may not use the control topic"});
     return ReasonCode::kNotAuthorized;
   }
   Request r;

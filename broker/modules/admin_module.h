@@ -35,6 +35,15 @@ inline constexpr std::string_view kConnectivityTopicPrefix = "$SYS/fleetmq/event
 struct AdminModuleOptions {
   size_t max_queued_requests = 1024;    // beyond: PUBACK 0x97
   size_t max_queued_events = 1 << 20;   // beyond: events dropped (counted, logged)
+  // Denied attempts (a revoked, suspended or retired device connecting, a
+  // device on the control topic) are audited at once the first time; more
+  // of the same (tenant, identity, reason) within this window are counted
+  // and written as one entry when it ends, so a device in a reconnect loop
+  // costs at most two audit writes per window, not one per attempt.
+  int64_t denied_audit_window_ms = 60'000;
+  // Distinct (tenant, identity, reason) tracked at once; beyond it denials
+  // are counted (denied_unaudited) but not audited until the windows drain.
+  size_t max_denied_tracked = 100'000;
 };
 
 class AdminModule : public BrokerHooks {
@@ -60,6 +69,9 @@ class AdminModule : public BrokerHooks {
   void OnConnected(const ClientInfo& info) override;
   void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
   mqtt::ReasonCode OnControlPublish(const ClientInfo& info, const Message& m) override;
+  // A worker's TLS handshake refused a certificate that verified but is
+  // revoked: audited like a denied CONNECT (aggregated).
+  void OnTlsRefused(const pki::Identity& id, std::string_view serial, std::string_view why);
 
   struct Counters {  // bumped by hooks on any worker thread
     std::atomic<uint64_t> requests{0};
@@ -67,6 +79,8 @@ class AdminModule : public BrokerHooks {
     std::atomic<uint64_t> refused_role{0};
     std::atomic<uint64_t> events_dropped{0};
     std::atomic<uint64_t> blocked_connects{0};
+    std::atomic<uint64_t> revoked_connects{0};   // CONNECT with a certificate revoked after its handshake
+    std::atomic<uint64_t> denied_unaudited{0};   // over max_denied_tracked
   };
   const Counters& counters() const { return counters_; }
   bool IsBlocked(std::string_view tenant, std::string_view device) const;
@@ -82,6 +96,12 @@ class AdminModule : public BrokerHooks {
     admin::Actor actor;
     std::string action, device_id, why;
   };
+  // A denial audited at the start of its window, and how many more came.
+  struct DeniedWindow {
+    Denied first;
+    uint64_t more = 0;
+    int64_t ends_ms = 0;
+  };
   using Job = std::variant<Request, std::vector<admin::ConnEvent>, Denied>;
   struct Completion {
     std::string tenant;
@@ -95,6 +115,10 @@ class AdminModule : public BrokerHooks {
   void Post(Completion c);
   void Apply(admin::Effects& fx);
   void Event(const ClientInfo& info, bool connected, std::string_view reason);
+  // Any thread: audits a denied attempt, aggregated per window (above).
+  void Deny(Denied d);
+  // Management thread, mu_ held: the windows that ended, as audit jobs.
+  std::vector<Denied> TakeEndedDenials(int64_t now_ms);
   static std::string BlockKey(std::string_view tenant, std::string_view device);
 
   admin::Service* svc_;
@@ -118,6 +142,7 @@ class AdminModule : public BrokerHooks {
   std::deque<Job> jobs_;
   size_t queued_requests_ = 0;
   size_t queued_events_ = 0;  // connectivity events not yet taken by the thread
+  StringMap<DeniedWindow> denied_;  // tenant \0 identity \0 reason
   std::vector<Completion> done_;
   bool stop_ = false;
   std::thread thread_;

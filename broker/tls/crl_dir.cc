@@ -103,7 +103,13 @@ bool CrlDir::Poll(bool force) {
   for (const auto& [name, s] : next) all.insert(s.begin(), s.end());
   revoked_ = all.size();
   by_file_ = std::move(next);
+  std::vector<std::string> added;
+  for (const std::string& k : all) {
+    if (!all_.contains(k)) added.push_back(k);
+  }
+  all_ = all;
   ctx_->SetExternalRevoked(std::move(all));
+  if (on_revoked_ && !added.empty()) on_revoked_(std::move(added));
   FMQ_LOG_INFO("external CRLs: %zu file%s, %zu revoked serials (%s)", by_file_.size(), by_file_.size() == 1 ? "" : "s",
                revoked_, dir_.c_str());
   return true;

@@ -9,7 +9,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -19,7 +21,12 @@ namespace fmq::tls {
 
 class CrlDir {
  public:
-  CrlDir(std::string dir, TlsServerContext* ctx) : dir_(std::move(dir)), ctx_(ctx) {}
+  // `on_revoked`, when given, is called after a reload with the serials
+  // ("tenant\0serial") that were not revoked before it, so connections
+  // still using them can be closed.
+  using OnRevoked = std::function<void(std::vector<std::string>)>;
+  CrlDir(std::string dir, TlsServerContext* ctx, OnRevoked on_revoked = nullptr)
+      : dir_(std::move(dir)), ctx_(ctx), on_revoked_(std::move(on_revoked)) {}
 
   // Reloads when the files changed since the last call (or `force`).
   // Returns true when the revocation set was replaced.
@@ -35,6 +42,8 @@ class CrlDir {
 
   std::string dir_;
   TlsServerContext* ctx_;
+  OnRevoked on_revoked_;
+  absl::flat_hash_set<std::string> all_;  // the last set handed to ctx_
   std::string signature_;  // names, sizes and mtimes of the last load
   absl::flat_hash_map<std::string, absl::flat_hash_set<std::string>> by_file_;
   uint64_t errors_ = 0;

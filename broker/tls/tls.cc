@@ -203,6 +203,7 @@ bool TlsSession::CheckPeer() {
   // verification, so this is where a revoked device is stopped.
   if (server_->IsRevoked(id->tenant, peer_serial_)) {
     server_->counters().revoked_refused++;
+    server_->ObserveRefusal(*id, peer_serial_, "certificate revoked");
     Fail("certificate " + peer_serial_ + " of tenant '" + id->tenant + "' is revoked");
     return false;
   }

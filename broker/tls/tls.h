@@ -3,7 +3,7 @@
 // over std::string buffers), so a full mutual-TLS handshake runs in a unit
 // test with no socket. TlsServerContext holds what all connections share
 // (certificates, trust anchors, session-ticket keys, the revoked-serial
-// set); one per worker thread. TlsSession is one connection's state, owned
+// set); one per process, shared by every worker thread. TlsSession is one connection's state, owned
 // by its transport on the worker thread.
 #pragma once
 
@@ -14,6 +14,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -68,6 +69,15 @@ class TlsServerContext {
   // CRL's issuer field), or null.
   const mbedtls_x509_crt* FindTrustedIssuer(const mbedtls_x509_buf& issuer_raw) const;
 
+  // Called (on the handshaking worker's thread) when a verified certificate
+  // is refused because it is revoked, so the refusal can be audited. Set
+  // before any handshake runs.
+  using RefusalObserver = std::function<void(const pki::Identity&, std::string_view serial, std::string_view why)>;
+  void SetRefusalObserver(RefusalObserver fn) { refusal_observer_ = std::move(fn); }
+  void ObserveRefusal(const pki::Identity& id, std::string_view serial, std::string_view why) const {
+    if (refusal_observer_) refusal_observer_(id, serial, why);
+  }
+
   TlsCounters& counters() { return counters_; }
   mbedtls_ssl_config* config() { return &conf_; }
 
@@ -89,6 +99,7 @@ class TlsServerContext {
   absl::flat_hash_set<std::string> revoked_;  // tenant + '\0' + serial
   absl::flat_hash_set<std::string> external_revoked_;
   TlsCounters counters_;
+  RefusalObserver refusal_observer_;
   bool ready_ = false;
 };
 

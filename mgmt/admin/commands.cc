@@ -191,7 +191,7 @@ Status RetireDevice(Service::Ctx& ctx, const fb::DeviceT& d) {
   }
   ctx.crl_tenants.push_back(ctx.actor.tenant);
   ctx.fx.blocks.push_back({ctx.actor.tenant, d.device_id, true});
-  ctx.fx.kicks.push_back({ctx.actor.tenant, d.device_id, ""});
+  ctx.fx.kicks.push_back({ctx.actor.tenant, d.device_id});
   return absl::OkStatus();
 }
 
@@ -409,8 +409,7 @@ Status DeviceProvision(Service::Ctx& ctx) {
   // Re-provisioning replaces the certificate: the old one is revoked.
   if (!d.cert_serial.empty()) {
     if (Status s = ctx.reg().RevokeCert(ctx.tenant(), d.cert_serial, ctx.now_ms, &ctx.batch); !s.ok()) return s;
-    ctx.fx.revoked.emplace_back(ctx.actor.tenant, d.cert_serial);
-    ctx.fx.kicks.push_back({ctx.actor.tenant, d.device_id, d.cert_serial});
+    ctx.fx.revoked.emplace_back(ctx.actor.tenant, d.cert_serial);  // closes what uses it
     ctx.crl_tenants.push_back(ctx.actor.tenant);
   }
   pki::Certificate cert;
@@ -433,7 +432,7 @@ Status Transition(Service::Ctx& ctx, std::string_view action, std::initializer_l
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
   if (to == fb::DeviceStatus::Suspended) {
     ctx.fx.blocks.push_back({ctx.actor.tenant, d.device_id, true});
-    ctx.fx.kicks.push_back({ctx.actor.tenant, d.device_id, ""});
+    ctx.fx.kicks.push_back({ctx.actor.tenant, d.device_id});
   } else if (action == "resume") {
     ctx.fx.blocks.push_back({ctx.actor.tenant, d.device_id, false});
   }
@@ -582,8 +581,7 @@ Status CertRevoke(Service::Ctx& ctx) {
     return absl::OkStatus();
   }
   if (Status s = ctx.reg().RevokeCert(ctx.tenant(), serial, ctx.now_ms, &ctx.batch); !s.ok()) return s;
-  ctx.fx.revoked.emplace_back(ctx.actor.tenant, serial);
-  ctx.fx.kicks.push_back({ctx.actor.tenant, c.device_id, serial});
+  ctx.fx.revoked.emplace_back(ctx.actor.tenant, serial);  // closes every connection using it
   ctx.crl_tenants.push_back(ctx.actor.tenant);
   ctx.data = Json{{"serial", serial}, {"device_id", c.device_id}, {"revoked_at_ms", ctx.now_ms}};
   return absl::OkStatus();

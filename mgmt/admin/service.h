@@ -41,8 +41,10 @@ struct Actor {
 
 // What the broker must do once a command committed (loop thread).
 struct Effects {
+  // Closes the device's session (suspended or retired). Connections using a
+  // revoked certificate are closed through `revoked`, connected or not.
   struct Kick {
-    std::string tenant, device_id, serial;  // device_id empty: by serial only
+    std::string tenant, device_id;
   };
   struct Block {
     std::string tenant, device_id;
@@ -59,7 +61,7 @@ struct Effects {
     bool retain = false;
   };
   std::vector<Kick> kicks;
-  std::vector<std::pair<std::string, std::string>> revoked;  // (tenant, serial)
+  std::vector<std::pair<std::string, std::string>> revoked;  // (tenant, serial): refused and closed everywhere
   std::vector<Block> blocks;
   std::vector<Quota> quotas;
   std::vector<std::string> trusted_cas;  // PEM of tenant CAs created at run time

@@ -47,11 +47,11 @@ def home(client_id, tenant="", workers=2):
     return _mix(_fnv(_fnv(0xcbf29ce484222325, tenant) ^ 0xff, client_id)) % workers
 
 
-def id_on(worker, base):
+def id_on(worker, base, tenant=""):
     i = 0
     while True:
         cid = "%s-%d" % (base, i)
-        if home(cid) == worker:
+        if home(cid, tenant) == worker:
             return cid
         i += 1
 

@@ -7,13 +7,15 @@ and the CRL checked with the openssl CLI."""
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import time
 import unittest
 
 import paho.mqtt.client as mqtt
 
-from harness import FLEETMQ, PKI, TlsBase, run_cli
+from harness import FLEETMQ, PKI, TlsBase, id_on, run_cli
 
 ADMIN = os.environ.get("FLEETMQ_ADMIN_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-admin"))
 
@@ -374,6 +376,124 @@ class Revocation(AdminBase):
         with open(crl, "rb") as f:
             self.assertEqual(ws["msgs"][-1][1], f.read())
         watcher.loop_stop()
+
+
+    def raw_tls(self, crt, key):
+        """A TLS connection whose handshake is complete and which has sent no
+        MQTT byte yet."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(os.path.join(self.pki, "root.crt"))
+        ctx.load_cert_chain(crt, key)
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5),
+                            server_hostname="localhost")
+        s.do_handshake()
+        return s
+
+    def closed_by_broker(self, s, within=3.0):
+        """True when the broker closes `s` (EOF or reset) within the bound."""
+        s.settimeout(within)
+        try:
+            return s.recv(16) == b""
+        except (ConnectionError, ssl.SSLError):
+            return True
+        except socket.timeout:
+            return False
+
+    def refused(self, crt, key):
+        """True when the broker refuses the certificate: the handshake fails,
+        or the broker closes the connection right after it (TLS 1.2 ends
+        with the server's Finished before the client certificate is judged)."""
+        try:
+            s = self.raw_tls(crt, key)
+        except (ssl.SSLError, ConnectionError):
+            return True
+        s.sendall(CONNECT_V311)
+        refused = self.closed_by_broker(s)
+        s.close()
+        return refused
+
+    def test_revocation_closes_connections_that_have_not_sent_connect(self):
+        # Several connections per worker (--workers 2): the handshake is done
+        # before the revocation, the CONNECT would come after it.
+        self.setup_fleet()
+        crt, key, d = self.register("dev-1")
+        held = [self.raw_tls(crt, key) for _ in range(6)]
+        # Control: a held connection is served (CONNECT answered) before the revocation.
+        probe = self.raw_tls(crt, key)
+        probe.sendall(CONNECT_V311)
+        probe.settimeout(5)
+        self.assertEqual(probe.recv(4), b"\x20\x02\x00\x00")  # CONNACK, accepted
+        probe.close()
+        c, st = self.connect(crt, key, "dev-1")  # and the device itself, connected
+        self.assertEqual(st["rc"], 0)
+        self.admin("cert.revoke", "serial=" + d["certificate_serial"])
+        for i, s in enumerate(held):
+            self.assertTrue(self.closed_by_broker(s), "held connection %d survived the revocation" % i)
+            s.close()
+        c.loop_stop()
+        # Nothing with that certificate gets in afterwards.
+        self.assertTrue(self.refused(crt, key))
+        # The six held connections and the device's own, each closed once.
+        self.assertEqual(self.broker.read_log().count("closed: administrative"), 7, self.broker.read_log()[-3000:])
+        self.assertEqual(st["disconnected"][1].value, 0x98)  # v5 DISCONNECT: administrative action
+
+    def test_operator_certificate_revoked_by_an_external_crl_on_every_worker(self):
+        # An operator certificate (not in the registry) is revoked by a CRL
+        # file dropped into the CRL directory: its connections on both
+        # workers are closed on the reload, not only new handshakes refused.
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--tenant", "default", "--operator", "carol",
+                     "--out", self.tmp])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        carol = (os.path.join(self.tmp, "carol.crt"), os.path.join(self.tmp, "carol.key"))
+        serial = run_cli(["openssl", "x509", "-in", carol[0], "-noout", "-serial"]).stdout.strip().split("=")[1]
+        conns = [self.connect(*carol, id_on(w, "carol", tenant="default")) for w in (0, 1)]
+        for _, st in conns:
+            self.assertEqual(st["rc"], 0)
+        held = self.raw_tls(*carol)  # and one that has not sent CONNECT
+        other, so = self.connect(*self.op_cert(), "ops-other")  # a control that must survive
+        self.assertEqual(so["rc"], 0)
+        r = subprocess.run([PKI, "crl", "--dir", self.broker.data_dir, "--tenant", "default", "--serial", serial],
+                           stdout=subprocess.PIPE, timeout=10)
+        self.assertEqual(r.returncode, 0)
+        with open(os.path.join(self.broker.data_dir, "crl", "ops.crl"), "wb") as f:
+            f.write(r.stdout)
+        self.broker.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 3
+        while any(st["disconnected"] is None for _, st in conns) and time.time() < deadline:
+            time.sleep(0.02)
+        for cl, st in conns:
+            self.assertIsNotNone(st["disconnected"], "operator connection survived the revocation")
+            self.assertEqual(st["disconnected"][1].value, 0x98)
+            cl.loop_stop()
+        self.assertTrue(self.closed_by_broker(held))
+        held.close()
+        self.assertIsNone(so["disconnected"])
+        self.assertTrue(self.refused(*carol))
+        other.disconnect()
+        other.loop_stop()
+
+    def test_refused_handshakes_of_a_revoked_device_are_audited_once_per_window(self):
+        self.setup_fleet()
+        crt, key, d = self.register("dev-1")
+        self.admin("device.decommission", "device_id=dev-1")
+        for _ in range(5):  # a device in a reconnect loop
+            self.assertTrue(self.refused(crt, key))
+        deadline = time.time() + 5
+        denied = []
+        while time.time() < deadline:
+            entries = self.admin("audit.query", "device_id=dev-1", "limit=1000")["entries"]
+            denied = [e for e in entries if e["action"] == "device.connect"]
+            if denied:
+                break
+            time.sleep(0.1)
+        self.assertEqual(len(denied), 1, denied)  # one entry, not one per attempt
+        self.assertIn("revoked", denied[0]["result"])
+        self.assertTrue(denied[0]["result"].startswith("denied"), denied[0])
+        self.assertTrue(self.admin("audit.verify")["valid"])
+
+
+# A minimal MQTT 3.1.1 CONNECT: client id "dev-1", clean session, keep alive 30.
+CONNECT_V311 = bytes([0x10, 17, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 5]) + b"dev-1"
 
 
 class ExternalCrl(AdminBase):

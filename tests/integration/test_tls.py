@@ -15,6 +15,8 @@ import time
 import unittest
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from harness import Broker, FLEETMQ, PKI, TlsBase, run_cli, sys_at_least
 
@@ -196,6 +198,65 @@ class DeviceAcl(TlsBase):
         out, _ = watcher.communicate(timeout=10)
         self.assertNotIn("forged", out)
         r = run_cli(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-7", "-t", "devices/+/cmd", "-W", "2", "-V", "mqttv5"])
+        self.assertIn("subscription requests were denied", r.stderr + r.stdout)
+
+
+class SysIsolation(TlsBase):
+    # Two queued messages per session: the third is dropped and counted.
+    flags = ("--limits.max_queued_messages=2",)
+
+    def persistent(self, port, client_id, topic, tls=None):
+        """A v5 session that outlives its connection, subscribed at QoS 1, then offline."""
+        c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5)
+        if tls:
+            c.tls_set(ca_certs=os.path.join(self.pki, "root.crt"), certfile=tls[0], keyfile=tls[1])
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 300
+        c.connect("localhost" if tls else "127.0.0.1", port, 30, clean_start=False, properties=props)
+        c.loop_start()
+        granted = []
+        c.on_subscribe = lambda cl, u, mid, codes, p=None: granted.extend(codes)
+        c.subscribe(topic, qos=1)
+        deadline = time.time() + 5
+        while not granted and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertEqual([g.value for g in granted], [1])
+        c.disconnect()
+        c.loop_stop()
+
+    def read(self, args, topic):
+        r = run_cli(["mosquitto_sub"] + args + ["-t", topic, "-v", "-W", "3"], timeout=10)
+        return sorted(r.stdout.split("\n")[:-1])
+
+    def test_per_client_statistics_stay_inside_the_tenant(self):
+        crt, key = self.device("dev-s")
+        op = self.tls_args(os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key"))
+        # The same client id in the tenant and in the anonymous namespace.
+        self.persistent(self.broker.tls_port, "dev-s", "devices/dev-s/#", tls=(crt, key))
+        self.persistent(self.broker.port, "dev-s", "t/#")
+        for i in range(5):  # tenant: 2 queued, 3 dropped
+            r = run_cli(["mosquitto_pub"] + op + ["-t", "devices/dev-s/in", "-m", str(i), "-q", "1"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        for i in range(3):  # anonymous: 2 queued, 1 dropped
+            r = run_cli(["mosquitto_pub", "-p", str(self.broker.port), "-t", "t/x", "-m", str(i), "-q", "1"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        plain = ["-p", str(self.broker.port)]
+        deadline = time.time() + 8
+        while time.time() < deadline:
+            tenant_view = self.read(op, "$SYS/fleetmq/stats/v1/clients/+/dropped")
+            anon_view = self.read(plain, "$SYS/broker/clients/+/dropped")
+            if tenant_view and anon_view:
+                break
+        # Each namespace sees its own client's count, and only that.
+        self.assertEqual(tenant_view, ["$SYS/fleetmq/stats/v1/clients/dev-s/dropped 3"])
+        self.assertEqual(anon_view, ["$SYS/broker/clients/dev-s/dropped 1"])
+        # The platform admin sees every tenant's, named by tenant.
+        adm = self.tls_args(os.path.join(self.pki, "admin.crt"), os.path.join(self.pki, "admin.key"))
+        self.assertEqual(self.read(adm, "$SYS/fleetmq/stats/v1/tenants/+/clients/+/dropped"),
+                         ["$SYS/fleetmq/stats/v1/tenants/default/clients/dev-s/dropped 3"])
+        # A device may not read its tenant's statistics.
+        r = run_cli(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-s", "-t", "$SYS/fleetmq/stats/v1/#",
+                                                                   "-W", "2", "-V", "mqttv5"])
         self.assertIn("subscription requests were denied", r.stderr + r.stdout)
 
 
