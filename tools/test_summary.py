@@ -1,35 +1,92 @@
 #!/usr/bin/env python3
 """Sums the test cases of every meson test log given (doctest cases,
-unittest tests, one per fuzz replay) and prints one line: 'N passed,
-N failed'. A suite that failed without reporting a failed case (a crash, a
-timeout, a sanitizer report) counts as one failure. Exits non-zero when
-anything failed or nothing ran."""
+unittest tests, one per fuzz replay input) and prints one line:
+'N passed, N failed, N skipped'.
+
+A green line must mean the suite ran. So, besides failed cases, these fail
+the run, each with a line naming the suite:
+- a suite that failed without reporting a failed case (a crash, a timeout,
+  a sanitizer report) counts as one failure;
+- an expected suite (EXPECTED below) missing from its log, or one that ran
+  fewer cases than its floor (a suite that silently ran nothing, e.g.
+  unittest's "Ran 0 tests", which exits 0);
+- a skipped case or suite, unless its suite is named in FMQ_ALLOWED_SKIPS
+  (comma-separated; tools/dev.sh sets it only for what cannot run as a
+  non-root user).
+Exits non-zero when any of these happened or nothing ran."""
 import json
+import os
 import re
 import sys
 
+# Suites each build directory must run, with the fewest cases each may
+# report. Floors sit a little under today's counts: a suite that loses a
+# whole class of tests, or all of them, fails here.
+ALL = {
+    "unit": 110,
+    "fuzz-replay-codec": 50, "fuzz-replay-broker": 50, "fuzz-replay-records": 4,
+    "fuzz-replay-csr": 3, "fuzz-replay-admin": 10,
+    "integration": 17, "integration-persistence": 1, "integration-disk-full": 1,
+    "integration-pki": 4, "integration-tls": 9, "integration-admin": 14, "integration-workers": 8,
+}
+EXPECTED = {"build": ALL, "build-asan": ALL, "build-tsan": {"integration-workers": 6}}
+
 
 def counts(out, ok):
-    m = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed", out)
+    """(passed, failed, skipped) as the suite's own runner reported them."""
+    m = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed \|\s*(\d+) skipped", out)
     if m:
-        return int(m.group(2)), int(m.group(3))
+        return int(m.group(2)), int(m.group(3)), int(m.group(4))
     u = re.search(r"Ran (\d+) tests?", out)
     if u:
         bad = sum(int(x) for x in re.findall(r"(?:failures|errors)=(\d+)", out))
-        return int(u.group(1)) - bad, bad
-    return (1, 0) if ok else (0, 1)
+        skipped = sum(int(x) for x in re.findall(r"skipped=(\d+)", out))
+        return int(u.group(1)) - bad - skipped, bad, skipped
+    r = re.search(r"replayed (\d+) inputs", out)
+    if r:
+        return (int(r.group(1)), 0, 0) if ok else (0, 1, 0)
+    return (1, 0, 0) if ok else (0, 1, 0)
 
 
-passed = failed = 0
-for path in sys.argv[1:]:
-    with open(path) as f:
-        for line in f:
-            t = json.loads(line)
-            ok = t.get("result") == "OK"
-            p, fl = counts((t.get("stdout") or "") + (t.get("stderr") or ""), ok)
-            if not ok and fl == 0:
-                fl = 1
-            passed += p
-            failed += fl
-print("%d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed or passed == 0 else 0)
+def main(paths):
+    allowed = {s for s in os.environ.get("FMQ_ALLOWED_SKIPS", "").split(",") if s}
+    passed = failed = skipped = 0
+    problems = []
+    for path in paths:
+        build = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+        seen = {}
+        with open(path) as f:
+            for line in f:
+                t = json.loads(line)
+                name = t.get("name", "?")
+                result = t.get("result")
+                out = (t.get("stdout") or "") + (t.get("stderr") or "")
+                if result == "SKIP":
+                    p, fl, sk = 0, 0, 1
+                else:
+                    p, fl, sk = counts(out, result == "OK")
+                    if result != "OK" and fl == 0:
+                        fl = 1
+                seen[name] = p
+                passed += p
+                failed += fl
+                skipped += sk
+                if fl:
+                    problems.append("%s/%s: %s" % (build, name, result))
+                if sk and name not in allowed:
+                    problems.append("%s/%s: %d skipped (not allowed: FMQ_ALLOWED_SKIPS)" % (build, name, sk))
+        for name, floor in EXPECTED.get(build, {}).items():
+            if name not in seen:
+                problems.append("%s/%s: did not run" % (build, name))
+                failed += 1
+            elif seen[name] < floor and name not in allowed:
+                problems.append("%s/%s: %d cases passed, expected at least %d" % (build, name, seen[name], floor))
+                failed += 1
+    for p in problems:
+        print("test_summary: " + p)
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    return 1 if problems or failed or passed == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,7 @@
 // Replays fuzz inputs through LLVMFuzzerTestOneInput without libFuzzer, so
 // the seed corpus runs under gcc in the normal test suite. Arguments are
-// files or directories; prints "replayed N inputs".
+// files or directories; prints "replayed N inputs". An argument that holds
+// no input fails the run: an emptied corpus must not pass as tested.
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -49,6 +50,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     int n = Run(argv[i]);
     if (n < 0) return 2;
+    if (n == 0) {
+      std::fprintf(stderr, "empty corpus: %s\n", argv[i]);
+      return 1;
+    }
     total += n;
   }
   std::printf("replayed %d inputs\n", total);

@@ -96,10 +96,24 @@ class Broker:
             return f.read()
 
     def kill9_and_restart(self):
+        """SIGKILL, then the same broker again. Fails when the broker had
+        already exited by itself (a crash, or a sanitizer's exit) or reported
+        anything before it was killed."""
         self.proc.kill()
-        self.proc.wait()
+        rc = self.proc.wait()
         self.log.close()
+        self.check_log()
+        if rc != -9:
+            raise AssertionError("broker exited with %s before SIGKILL:\n%s" % (rc, self.read_log()[-4000:]))
         return self.start()
+
+    SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
+
+    def check_log(self):
+        log = self.read_log()
+        for marker in self.SANITIZER_MARKERS:
+            if marker in log:
+                raise AssertionError("sanitizer report in broker log:\n" + log[-4000:])
 
     def stop(self, sig=15):
         if self.proc and self.proc.poll() is None:
@@ -117,10 +131,10 @@ class Broker:
         rc = self.stop()
         log = self.read_log()
         self.log.close()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
-            if marker in log:
-                raise AssertionError("sanitizer report in broker log:\n" + log[-4000:])
+        try:
+            self.check_log()
+        finally:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         if rc != 0:
             raise AssertionError("broker exited with %s:\n%s" % (rc, log[-4000:]))
 
