@@ -480,8 +480,12 @@ Status DeviceReplace(Service::Ctx& ctx) {
     return absl::FailedPreconditionError("the replacement '" + new_id + "' must be registered or provisioned; it is " +
                                          std::string(StatusName(new_d.status)));
   }
-  // The newcomer takes the old device's place: groups and configuration.
-  new_d.group_ids = old_d.group_ids;
+  // The newcomer takes the old device's place: groups (moved, so group
+  // listings and group jobs no longer reach the retired device) and
+  // configuration.
+  new_d.group_ids = std::move(old_d.group_ids);
+  old_d.group_ids.clear();
+  ctx.other_devices.push_back(new_id);
   new_d.config_version = old_d.config_version;
   fb::ConfigurationT cfg;
   st = ctx.reg().GetConfig(ctx.tenant(), false, old_d.device_id, 0, &cfg);
@@ -709,7 +713,7 @@ const std::vector<CommandSpec>& Commands() {
       {"device.decommission", kOp, true,
        "Revoke the device's certificates, disconnect it and archive the record", {kDevice}, DeviceDecommission},
       {"device.replace", kOp, true,
-       "A registered/provisioned device takes over another's groups and configuration; the old one is retired",
+       "A registered/provisioned device takes over another's groups (moved) and configuration; the old one is retired; audited in both histories",
        {kDevice, {"new_device_id", S, true, "the replacement"}},
        DeviceReplace},
       {"device.get", kOp, false, "Show a device with its live connectivity", {kDevice}, DeviceGet},

@@ -33,6 +33,7 @@ struct Service::Ctx {
   storage::WriteBatch& batch;
   int64_t now_ms;
   std::string device_id;       // the device the command is about (audit)
+  std::vector<std::string> other_devices;  // more devices it changed: an entry each (audit)
   std::vector<std::string> crl_tenants;  // tenants whose CRL changed
 
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }

@@ -232,7 +232,7 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
   Effects local;
   WriteBatch batch;
   const int64_t now = clock_->WallMs();
-  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}};
+  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}, {}};
   absl::Status st = spec->handler(ctx);
   if (!spec->mutating) {
     if (!st.ok()) return finish(ErrorJson(ErrorCodeOf(st), std::string(st.message())));
@@ -251,7 +251,17 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
   e.details_json = Dump(details);
   e.result = st.ok() ? "ok" : std::string(ErrorCodeOf(st)) + ": " + std::string(st.message());
   const TenantId t = TenantId::FromAuthenticated(actor.tenant);
+  // The same entry in the history of every other device the command
+  // changed (the newcomer of a replace), in the same batch.
+  std::vector<fb::AuditEntryT> more;
+  if (st.ok()) {
+    for (const std::string& other : ctx.other_devices) {
+      more.push_back(e);
+      more.back().device_id = other;
+    }
+  }
   absl::Status a = registry_.AppendAudit(t, std::move(e), &batch);
+  for (size_t i = 0; a.ok() && i < more.size(); ++i) a = registry_.AppendAudit(t, std::move(more[i]), &batch);
   if (a.ok()) a = registry_.Commit(batch);
   if (!a.ok()) {
     registry_.ForgetAuditHead(t);

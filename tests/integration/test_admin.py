@@ -206,6 +206,8 @@ class Commands(AdminBase):
         rep = self.admin("device.replace", "device_id=dev-1", "new_device_id=dev-new")
         self.assertEqual(rep["old"]["status"], "replaced")
         self.assertEqual(rep["new"]["group_ids"], ["g1"])
+        self.assertEqual([x["device_id"] for x in self.admin("device.list", "group_id=g1")["devices"]], ["dev-new"])
+        self.assertIn("device.replace", [e["action"] for e in self.admin("audit.query", "device_id=dev-new")["entries"]])
         self.assertTrue(self.refused(crt, key))  # its certificate is revoked: the handshake is refused
         certs = self.admin("cert.list", "device_id=dev-1")["certificates"]
         self.assertTrue(all(x["revoked_at_ms"] > 0 for x in certs))

@@ -185,7 +185,20 @@ TEST_CASE("admin: replace moves groups and configuration to the newcomer") {
   CHECK(r["data"]["old"]["status"] == "replaced");
   CHECK(r["data"]["old"]["replaced_by"] == "new");
   CHECK(r["data"]["new"]["group_ids"] == Json::array({"g1"}));
+  CHECK(r["data"]["old"]["group_ids"] == Json::array());  // moved, not copied
   CHECK(fx.revoked.size() == 1);
+  Json members = w.Run(w.acme, R"({"command":"device.list","group_id":"g1"})");
+  REQUIRE(members["data"]["devices"].size() == 1);
+  CHECK(members["data"]["devices"][0]["device_id"] == "new");
+  // The replace is in both devices' histories, and the chain still verifies.
+  for (const char* id : {"old", "new"}) {
+    CAPTURE(id);
+    Json h = w.Run(w.acme, std::string(R"({"command":"audit.query","device_id":")") + id + R"("})");
+    bool found = false;
+    for (const Json& e : h["data"]["entries"]) found |= e["action"] == "device.replace";
+    CHECK(found);
+  }
+  CHECK(w.Run(w.acme, R"({"command":"audit.verify"})")["data"]["valid"] == true);
   CHECK(World::Code(w.Run(w.acme, R"({"command":"device.replace","device_id":"new","new_device_id":"new"})")) ==
         "invalid_argument");
 }
