@@ -22,6 +22,16 @@ void Connection::set_identity(PeerIdentity id) {
 void Connection::OnBytes(std::string_view data) {
   if (state_ == State::kClosed) return;
   broker_->CountIn(*this, data.size());
+  if (!first_byte_seen_ && !data.empty()) {
+    first_byte_seen_ = true;
+    // The first byte decides [MQTT-3.1.0-1]: anything but CONNECT (an HTTP
+    // request on the MQTT port, TLS to the plain port) is closed at once,
+    // not after waiting for a frame its length byte made up.
+    if (static_cast<uint8_t>(data[0]) != 0x10) {
+      broker_->OnDecodeError(*this, mqtt::Error::Protocol("MQTT-3.1.0-1 first packet is not CONNECT"));
+      return;
+    }
+  }
   mqtt::Error err = framer_.Feed(data, [this](uint8_t first, std::string_view body) {
     return HandleFrame(first, body);
   });

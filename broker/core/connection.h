@@ -95,6 +95,7 @@ class Connection {
   bool problem_info_ = true;            // Request Problem Information
   bool will_on_close_ = true;
   bool serial_indexed_ = false;         // in Broker::by_serial_
+  bool first_byte_seen_ = false;
   // What most connections never use, allocated on first use.
   struct Extras {
     std::string username;

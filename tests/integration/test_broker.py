@@ -160,6 +160,28 @@ class BenchTool(BrokerTest):
         self.assertEqual(r.returncode, 2)  # loopback only
 
 
+class FirstByte(BrokerTest):
+    # The default connect timeout (10 s): what is tested is that the first
+    # byte alone closes a non-MQTT client.
+
+    def test_http_request_on_the_mqtt_port_is_closed_at_once(self):
+        for req in (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", b"\x16\x03\x01\x00\xa5"):  # HTTP, a TLS ClientHello
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            t0 = time.time()
+            s.sendall(req)
+            s.settimeout(3)
+            try:
+                self.assertEqual(s.recv(64), b"")  # closed, nothing sent (no CONNACK before CONNECT)
+            except ConnectionResetError:
+                pass
+            self.assertLess(time.time() - t0, 1.0, req)
+            s.close()
+        self.assertEqual(self.broker.read_log().count("MQTT-3.1.0-1 first packet is not CONNECT"), 2)
+        # The broker still serves MQTT.
+        c = self.client(client_id="after-http")
+        self.assertEqual(c.rc, 0)
+
+
 class BadInput(BrokerTest):
     flags = ("--limits.connect_timeout_ms=500", "--limits.max_packet_size=1024",
              "--limits.max_output_buffer=4096", "--sys_interval=1")

@@ -115,6 +115,13 @@ TEST_CASE("first packet must be CONNECT [MQTT-3.1.0-1]; a second CONNECT is a pr
   REQUIRE(pk.size() == 1);
   CHECK(pk[0].reason == ReasonCode::kProtocolError);
   CHECK(f.broker.stats().protocol_errors == 2);
+  // The first byte alone decides: an HTTP request is not waited on for the
+  // frame its second byte would announce (' ' = 32 bytes).
+  auto h = f.NewClient(V5);
+  h->SendRaw("G");
+  CHECK(h->transport.closed);
+  CHECK(h->conn.TakeOutput().empty());
+  CHECK(f.broker.stats().protocol_errors == 3);
 }
 
 TEST_CASE("QoS 0, 1 and 2 delivery with full acknowledgement flows") {
