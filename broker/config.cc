@@ -184,11 +184,18 @@ const std::vector<OptionDef>& Options() {
       {"storage.min_free_bytes", "67108864", "Free disk space kept in reserve: below it writes are refused as if the disk were full (QoS 1/2 refused, retried), so RocksDB never runs out of space mid-write.",
        UintSetter("storage.min_free_bytes", 0, std::numeric_limits<uint64_t>::max(),
                   [](Config& c, uint64_t n) { c.rocks.min_free_bytes = n; })},
-      {"acl.device", "readwrite devices/%c/#,read groups/%g/#", "Topic rules for every tenant's devices (certificate clients with OU=device), comma-separated '<read|write|readwrite> <filter>', %c = client id, %u = user name, %g = each group of the device in the registry. Operators may use their whole tenant tree. Also acl.tenant.<tenant> = extra device rules for one tenant.",
+      {"acl.device", "readwrite devices/%c/#,read groups/%g/#", "Topic rules for every tenant's devices (certificate clients with OU=device), comma-separated '<read|write|readwrite|deny> <filter>', %c = client id, %u = user name, %g = each group of the device in the registry. Operators may use their whole tenant tree. Also acl.tenant.<tenant> = extra device rules for one tenant.",
        [](Config& c, const std::string& v) -> absl::Status {
          auto rules = ParseAclRules("acl.device", v);
          if (!rules.ok()) return rules.status();
          c.acl.SetDeviceRules(std::move(*rules));
+         return absl::OkStatus();
+       }},
+      {"acl.anonymous", "readwrite #", "Topic rules for anonymous clients of the plain listeners, same syntax as acl.device plus 'deny <filter>' (wins over the other rules: no publish to a matching topic, no subscription inside it); %c and %u apply, %g never matches. Empty: they may use no topic. $SYS stays readable.",
+       [](Config& c, const std::string& v) -> absl::Status {
+         auto rules = ParseAclRules("acl.anonymous", v);
+         if (!rules.ok()) return rules.status();
+         c.acl.SetAnonymousRules(std::move(*rules));
          return absl::OkStatus();
        }},
       {"quota.max_connections", "0", "Default per-tenant connection quota (0 = unlimited); a tenant's own quota (tenant.create) overrides it. Over it: CONNACK 0x97, counted.",

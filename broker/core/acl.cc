@@ -38,7 +38,8 @@ absl::StatusOr<AclRule> ParseAclRule(std::string_view text) {
   if (access == "read") r.read = true;
   else if (access == "write") r.write = true;
   else if (access == "readwrite") r.read = r.write = true;
-  else return absl::InvalidArgumentError("ACL access '" + std::string(access) + "' is not read, write or readwrite");
+  else if (access == "deny") r.deny = true;
+  else return absl::InvalidArgumentError("ACL access '" + std::string(access) + "' is not read, write, readwrite or deny");
   std::string probe;
   if (!Expand(pattern, "c", "u", &probe, "g") || !mqtt::ValidateTopicFilter(probe, {}).ok() || probe[0] == '$') {
     return absl::InvalidArgumentError("ACL pattern '" + std::string(pattern) + "' is not a valid topic filter");
@@ -65,41 +66,67 @@ bool FilterCovers(std::string_view pattern, std::string_view filter) {
 AclPolicy::AclPolicy() {
   device_rules_.push_back(*ParseAclRule("readwrite devices/%c/#"));
   device_rules_.push_back(*ParseAclRule("read groups/%g/#"));
+  anonymous_rules_.push_back(*ParseAclRule("readwrite #"));
 }
 
 template <class F>
-bool AclPolicy::Any(const PeerIdentity& who, std::string_view client_id, std::string_view username, bool write,
-                    F&& test) const {
-  if (!who.device) return true;  // operators: the whole tenant tree
+bool AclPolicy::Any(const PeerIdentity* who, std::string_view client_id, std::string_view username, bool write,
+                    bool sub, F&& test) const {
+  if (who != nullptr && !who->device) return true;  // operators: the whole tenant tree
   std::string expanded;
+  // Patterns one rule stands for: itself, or one per group of the device (%g).
+  auto each = [&](const AclRule& r, auto&& fn) {
+    if (r.pattern.find("%g") != std::string::npos) {
+      if (who == nullptr) return false;
+      for (const std::string& g : who->groups) {
+        if (Expand(r.pattern, client_id, username, &expanded, g) && fn(expanded)) return true;
+      }
+      return false;
+    }
+    return Expand(r.pattern, client_id, username, &expanded) && fn(expanded);
+  };
   auto check = [&](const std::vector<AclRule>& rules) {
     for (const AclRule& r : rules) {
-      if (write ? !r.write : !r.read) continue;
-      if (r.pattern.find("%g") != std::string::npos) {
-        for (const std::string& g : who.groups) {  // one rule per group of the device
-          if (Expand(r.pattern, client_id, username, &expanded, g) && test(expanded)) return true;
-        }
-        continue;
-      }
-      if (Expand(r.pattern, client_id, username, &expanded) && test(expanded)) return true;
+      if (!r.deny) continue;
+      // A publish is denied on a match; a subscription when its filter lies
+      // inside the denied area (so a denied topic is never published, and
+      // a wider filter never receives it).
+      if (each(r, [&](const std::string& p) { return sub ? FilterCovers(p, test.target) : test(p); })) return -1;
     }
-    return false;
+    for (const AclRule& r : rules) {
+      if (r.deny || (write ? !r.write : !r.read)) continue;
+      if (each(r, test)) return 1;
+    }
+    return 0;
   };
-  if (check(device_rules_)) return true;
-  auto it = tenant_rules_.find(who.tenant);
-  return it != tenant_rules_.end() && check(it->second);
+  if (who == nullptr) return check(anonymous_rules_) == 1;
+  const int d = check(device_rules_);
+  if (d != 0) return d == 1;
+  auto it = tenant_rules_.find(who->tenant);
+  return it != tenant_rules_.end() && check(it->second) == 1;
 }
 
-bool AclPolicy::CanPublish(const PeerIdentity& who, std::string_view client_id, std::string_view username,
+namespace {
+// The test an allowing rule's pattern must pass, with the client's topic
+// or filter (deny rules look at it themselves).
+struct Matches {
+  std::string_view target;
+  bool operator()(const std::string& pattern) const { return mqtt::TopicMatches(pattern, target); }
+};
+struct Covers {
+  std::string_view target;
+  bool operator()(const std::string& pattern) const { return FilterCovers(pattern, target); }
+};
+}  // namespace
+
+bool AclPolicy::CanPublish(const PeerIdentity* who, std::string_view client_id, std::string_view username,
                            std::string_view topic) const {
-  return Any(who, client_id, username, true,
-             [&](const std::string& pattern) { return mqtt::TopicMatches(pattern, topic); });
+  return Any(who, client_id, username, true, false, Matches{topic});
 }
 
-bool AclPolicy::CanSubscribe(const PeerIdentity& who, std::string_view client_id, std::string_view username,
+bool AclPolicy::CanSubscribe(const PeerIdentity* who, std::string_view client_id, std::string_view username,
                              std::string_view filter) const {
-  return Any(who, client_id, username, false,
-             [&](const std::string& pattern) { return FilterCovers(pattern, filter); });
+  return Any(who, client_id, username, false, true, Covers{filter});
 }
 
 }  // namespace fmq

@@ -356,8 +356,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   uint32_t expiry = v5 ? ck.props.session_expiry : (ck.clean_start ? 0 : 0xFFFFFFFF);
   expiry = std::min(expiry, opts_.max_session_expiry);
 
-  if (ck.will && c.identity() != nullptr &&
-      !acl_->CanPublish(*c.identity(), c.client_id_, c.username(), ck.will->topic)) {
+  if (ck.will && !acl_->CanPublish(c.identity(), c.client_id_, c.username(), ck.will->topic)) {
     RefuseConnect(c, ReasonCode::kNotAuthorized, "acl will topic not writable by this client");
     return;
   }

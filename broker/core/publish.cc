@@ -229,7 +229,7 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     reply(hooks_->OnControlPublish(InfoOf(c), *m));
     return;
   }
-  if (c.identity() != nullptr && !acl_->CanPublish(*c.identity(), c.client_id_, c.username(), topic)) {
+  if (!acl_->CanPublish(c.identity(), c.client_id_, c.username(), topic)) {
     stats_.publish_denied++;
     FMQ_LOG_DEBUG("client '%s' publish to '%.*s' denied by ACL", c.client_id_.c_str(), static_cast<int>(topic.size()),
                   topic.data());

@@ -63,8 +63,10 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
     mqtt::SharedFilter raw_sf;
     mqtt::ParseShared(e.filter, &raw_sf);
     const std::string_view raw_inner = raw_sf.shared ? raw_sf.filter : std::string_view(e.filter);
-    const bool acl_ok = c.identity() == nullptr ||
-                        acl_->CanSubscribe(*c.identity(), c.client_id_, c.username(), raw_inner);
+    // Anonymous clients may always read $SYS (broker statistics; the '$'
+    // rules of InternalFilter apply); the rules cover their topics.
+    const bool anon_sys = c.identity() == nullptr && !raw_inner.empty() && raw_inner[0] == '$';
+    const bool acl_ok = anon_sys || acl_->CanSubscribe(c.identity(), c.client_id_, c.username(), raw_inner);
     if (!acl_ok || !InternalFilter(c, e.filter, &filter)) {
       stats_.publish_denied++;
       ack.codes.push_back(ReasonCode::kNotAuthorized);

@@ -182,6 +182,23 @@ class FirstByte(BrokerTest):
         self.assertEqual(c.rc, 0)
 
 
+class AnonymousAcl(BrokerTest):
+    flags = ("--acl.anonymous=readwrite #,deny test/nosubscribe", "--sys_interval=1")
+
+    def test_a_topic_denied_to_plain_port_clients(self):
+        c = self.client(client_id="anon")
+        self.assertEqual([g.value for g in c.subscribe("test/nosubscribe", 1)], [0x87])
+        self.assertEqual([g.value for g in c.subscribe("test/ok", 1)], [1])  # the control
+        info = c.publish("test/nosubscribe", b"x", qos=1)
+        self.assertEqual(info.rc, 0)
+        c.publish("test/ok", b"fine", qos=1)
+        self.assertEqual(c.get().payload, b"fine")
+        # 3.1.1 sees 0x80 (failure) in the SUBACK.
+        old = self.client(client_id="anon311", v5=False)
+        self.assertEqual(old.subscribe("test/nosubscribe", 1), [128])
+        self.assertEqual(sys_at_least(self.port, "$SYS/broker/publish/messages/denied", 3), 3)
+
+
 class BadInput(BrokerTest):
     flags = ("--limits.connect_timeout_ms=500", "--limits.max_packet_size=1024",
              "--limits.max_output_buffer=4096", "--sys_interval=1")

@@ -34,32 +34,65 @@ TEST_CASE("ACL rules: parsing, the default device policy, operators, tenant rule
 
   AclPolicy acl;
   PeerIdentity dev{"acme", "d1", true, false, "", {}};
-  CHECK(acl.CanPublish(dev, "d1", "", "devices/d1/telemetry"));
-  CHECK_FALSE(acl.CanPublish(dev, "d1", "", "devices/d2/telemetry"));
-  CHECK(acl.CanSubscribe(dev, "d1", "", "devices/d1/#"));
-  CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "devices/+/cmd"));
-  CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "#"));
+  CHECK(acl.CanPublish(&dev, "d1", "", "devices/d1/telemetry"));
+  CHECK_FALSE(acl.CanPublish(&dev, "d1", "", "devices/d2/telemetry"));
+  CHECK(acl.CanSubscribe(&dev, "d1", "", "devices/d1/#"));
+  CHECK_FALSE(acl.CanSubscribe(&dev, "d1", "", "devices/+/cmd"));
+  CHECK_FALSE(acl.CanSubscribe(&dev, "d1", "", "#"));
   // The device's groups: read-only, each group its own subtree.
   PeerIdentity grouped{"acme", "d1", true, false, "", {"lobby", "floor-2"}};
-  CHECK(acl.CanSubscribe(grouped, "d1", "", "groups/lobby/#"));
-  CHECK(acl.CanSubscribe(grouped, "d1", "", "groups/floor-2/config"));
-  CHECK_FALSE(acl.CanSubscribe(grouped, "d1", "", "groups/floor-3/#"));
-  CHECK_FALSE(acl.CanSubscribe(grouped, "d1", "", "groups/+/config"));
-  CHECK_FALSE(acl.CanPublish(grouped, "d1", "", "groups/lobby/config"));
-  CHECK_FALSE(acl.CanSubscribe(dev, "d1", "", "groups/lobby/#"));  // no groups
+  CHECK(acl.CanSubscribe(&grouped, "d1", "", "groups/lobby/#"));
+  CHECK(acl.CanSubscribe(&grouped, "d1", "", "groups/floor-2/config"));
+  CHECK_FALSE(acl.CanSubscribe(&grouped, "d1", "", "groups/floor-3/#"));
+  CHECK_FALSE(acl.CanSubscribe(&grouped, "d1", "", "groups/+/config"));
+  CHECK_FALSE(acl.CanPublish(&grouped, "d1", "", "groups/lobby/config"));
+  CHECK_FALSE(acl.CanSubscribe(&dev, "d1", "", "groups/lobby/#"));  // no groups
   PeerIdentity op{"acme", "admin", false, false, "", {}};
-  CHECK(acl.CanPublish(op, "admin", "", "devices/d2/cmd"));
-  CHECK(acl.CanSubscribe(op, "admin", "", "#"));
+  CHECK(acl.CanPublish(&op, "admin", "", "devices/d2/cmd"));
+  CHECK(acl.CanSubscribe(&op, "admin", "", "#"));
 
   acl.SetTenantRules("acme", {*ParseAclRule("read fleet/broadcast/#"), *ParseAclRule("write users/%u/in")});
-  CHECK(acl.CanSubscribe(dev, "d1", "", "fleet/broadcast/#"));
-  CHECK_FALSE(acl.CanSubscribe(PeerIdentity{"other", "d1", true, false, "", {}}, "d1", "", "fleet/broadcast/#"));
-  CHECK_FALSE(acl.CanPublish(dev, "d1", "", "fleet/broadcast/x"));  // read only
-  CHECK(acl.CanPublish(dev, "d1", "bob", "users/bob/in"));
+  CHECK(acl.CanSubscribe(&dev, "d1", "", "fleet/broadcast/#"));
+  const PeerIdentity other{"other", "d1", true, false, "", {}};
+  CHECK_FALSE(acl.CanSubscribe(&other, "d1", "", "fleet/broadcast/#"));
+  CHECK_FALSE(acl.CanPublish(&dev, "d1", "", "fleet/broadcast/x"));  // read only
+  CHECK(acl.CanPublish(&dev, "d1", "bob", "users/bob/in"));
   // A user name with level separators or wildcards never widens a rule.
-  CHECK_FALSE(acl.CanPublish(dev, "d1", "bob/in/x", "users/bob/in/x/in"));
-  CHECK_FALSE(acl.CanPublish(dev, "d1", "+", "users/+/in"));
-  CHECK_FALSE(acl.CanPublish(dev, "d1", "", "users//in"));
+  CHECK_FALSE(acl.CanPublish(&dev, "d1", "bob/in/x", "users/bob/in/x/in"));
+  CHECK_FALSE(acl.CanPublish(&dev, "d1", "+", "users/+/in"));
+  CHECK_FALSE(acl.CanPublish(&dev, "d1", "", "users//in"));
+}
+
+TEST_CASE("ACL rules for anonymous clients, and deny rules winning inside their list") {
+  AclPolicy acl;
+  // Default: anonymous clients use their whole namespace.
+  CHECK(acl.CanPublish(nullptr, "c", "", "test/nosubscribe"));
+  CHECK(acl.CanSubscribe(nullptr, "c", "", "#"));
+  REQUIRE(ParseAclRule("deny test/nosubscribe").ok());
+  CHECK_FALSE(ParseAclRule("allow x").ok());
+  acl.SetAnonymousRules({*ParseAclRule("readwrite #"), *ParseAclRule("deny test/nosubscribe"),
+                         *ParseAclRule("deny private/#"), *ParseAclRule("read users/%c/#")});
+  CHECK_FALSE(acl.CanSubscribe(nullptr, "c", "", "test/nosubscribe"));
+  CHECK_FALSE(acl.CanPublish(nullptr, "c", "", "test/nosubscribe"));
+  CHECK_FALSE(acl.CanSubscribe(nullptr, "c", "", "private/a/#"));
+  CHECK_FALSE(acl.CanPublish(nullptr, "c", "", "private/a"));
+  CHECK(acl.CanSubscribe(nullptr, "c", "", "test/other"));
+  CHECK(acl.CanSubscribe(nullptr, "c", "", "#"));  // wider: allowed; no one may publish inside the denied area
+  CHECK(acl.CanPublish(nullptr, "c", "", "test/other"));
+  // Without an allowing rule, nothing.
+  acl.SetAnonymousRules({*ParseAclRule("read users/%c/#")});
+  CHECK(acl.CanSubscribe(nullptr, "c", "", "users/c/#"));
+  CHECK_FALSE(acl.CanSubscribe(nullptr, "c", "", "users/d/#"));
+  CHECK_FALSE(acl.CanPublish(nullptr, "c", "", "users/c/x"));
+  acl.SetAnonymousRules({});
+  CHECK_FALSE(acl.CanPublish(nullptr, "c", "", "a"));
+  // Devices: a deny in the device rules beats the device's own subtree; the
+  // anonymous rules never apply to certificate clients.
+  const PeerIdentity dev{"acme", "d1", true, false, "", {}};
+  acl.SetDeviceRules({*ParseAclRule("readwrite devices/%c/#"), *ParseAclRule("deny devices/%c/secret")});
+  CHECK(acl.CanPublish(&dev, "d1", "", "devices/d1/up"));
+  CHECK_FALSE(acl.CanPublish(&dev, "d1", "", "devices/d1/secret"));
+  CHECK_FALSE(acl.CanSubscribe(&dev, "d1", "", "devices/d1/secret"));
 }
 
 }  // namespace
