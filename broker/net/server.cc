@@ -65,11 +65,17 @@ class TcpClient final : public Transport {
   }
   size_t Backlog() const override { return handle_.write_queue_size; }
 
+  // Graceful close: our output (a DISCONNECT or CONNACK with its reason)
+  // drains, then we shut down writing, and whatever the peer still sends is
+  // read and discarded until it closes too or the drain window ends.
+  // Closing a socket with unread input makes the kernel answer with RST,
+  // and a client whose next write then fails may never read the reason.
   void Close() override {
     if (closing_) return;
     closing_ = true;
     close_deadline_ = server_->clock_.NowMs() + server_->sopts_.close_timeout_ms;
-    uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
+    read_paused_ = false;
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);  // OnRead discards
     FlushOutput();
     if (tls_) {
       tls_->Close();  // close_notify
@@ -270,6 +276,13 @@ class TcpClient final : public Transport {
 
   static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     auto* self = static_cast<TcpClient*>(s->data);
+    if (self->closing_) {  // draining: input is discarded until the peer closes
+      if (n < 0) {
+        uv_read_stop(s);
+        self->HardClose();
+      }
+      return;
+    }
     if (n > 0 && self->tls_ && self->in_handshake_) {
       const std::string_view bytes(buf->base, static_cast<size_t>(n));
       if (self->server_->HandshakeBudgetLeft()) {
@@ -319,10 +332,17 @@ class TcpClient final : public Transport {
       uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
     }
   }
-  static void OnShutdown(uv_shutdown_t* req, int) {
+  static void OnShutdown(uv_shutdown_t* req, int status) {
     auto* self = static_cast<TcpClient*>(req->data);
     delete req;
-    self->HardClose();
+    if (status != 0) {
+      self->HardClose();
+      return;
+    }
+    // Our FIN is out: wait for the peer's close, at most the drain window
+    // (the tick closes overdue ones).
+    self->close_deadline_ = std::min<int64_t>(self->close_deadline_,
+                                              self->server_->clock_.NowMs() + self->server_->sopts_.close_drain_ms);
   }
   static void OnClosed(uv_handle_t* h) {
     auto* self = static_cast<TcpClient*>(h->data);

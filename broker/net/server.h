@@ -51,6 +51,11 @@ struct ServerOptions {
   // How long a closing connection may take to drain its output before the
   // socket is closed hard.
   uint32_t close_timeout_ms = 5000;
+  // After our output is sent and writing shut down, how long the peer's
+  // remaining input is read and discarded, waiting for its close, before the
+  // socket is closed (a close with unread input resets the connection, and
+  // the peer may lose our DISCONNECT's reason code). Ticks are 250 ms.
+  uint32_t close_drain_ms = 1000;
 };
 
 class TcpClient;

@@ -244,6 +244,28 @@ class BadInput(BrokerTest):
         rc = c.disconnects.get(timeout=5)
         self.assertEqual(int(rc.value) if hasattr(rc, "value") else rc, 0x95)
 
+    def test_reason_code_survives_bytes_still_in_flight(self):
+        """The broker refuses an oversize PUBLISH from its header and closes
+        while the client is still sending: the client must still be able to
+        finish writing and then read the DISCONNECT 0x95. Closing a socket
+        with unread input sends RST, and the client's next write fails
+        (EPIPE) before it reads the reason (Paho's test_flow_control2)."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        s.sendall(bytes([0x10, 13, 0, 4]) + b"MQTT" + bytes([5, 2, 0, 30, 0, 0, 0]))  # v5, empty id
+        self.assertEqual(s.recv(2)[0], 0x20)
+        s.recv(64)  # the rest of the CONNACK
+        body = bytes([0, 1]) + b"t" + bytes([0]) + b"x" * 10000  # a two-byte remaining length
+        n = len(body)
+        s.sendall(bytes([0x30, (n & 0x7f) | 0x80, n >> 7]) + body)
+        time.sleep(0.3)  # the broker has refused it and sent its DISCONNECT by now
+        s.sendall(b"x" * 1000)  # still in flight from the client's side: no reset
+        time.sleep(0.1)
+        s.sendall(b"x" * 1000)
+        data = s.recv(64)
+        self.assertEqual(data[:1], b"\xe0")
+        self.assertEqual(data[2:3], b"\x95")
+        s.close()
+
     def test_client_that_never_reads_is_paused_not_buffered(self):
         """A publisher flooding QoS 1 without reading its PUBACKs: the broker
         stops reading it (backpressure) instead of buffering acks without
