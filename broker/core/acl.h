@@ -1,7 +1,8 @@
 // Topic access control for clients with a certificate identity, in the
 // spirit of mosquitto's pattern ACLs: rules "read|write|readwrite <filter>"
 // where %c is the client id, %u the user name and %g each of the device's
-// groups (from the registry, resolved at CONNECT). Operators may use their
+// groups (from the registry at CONNECT, updated live by device.set_groups,
+// which also drops subscriptions the change revokes). Operators may use their
 // whole tenant tree (tenant isolation itself is the mount point, see
 // doc/architecture.md); devices get the device rules plus their tenant's
 // rules. The default device policy is `readwrite devices/%c/#` and

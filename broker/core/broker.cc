@@ -406,6 +406,9 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   s->version = ck.version;
   s->expiry_s = expiry;
   s->conn = &c;
+  // A resumed session keeps only what the client may read now (its groups
+  // or the rules may have changed while it was away).
+  if (present) DropRevokedSubscriptions(*s, nullptr, c.identity(), c.username());
   if (persistence_ != nullptr) {
     if (s->durable()) {
       persistence_->SaveSession(*s);

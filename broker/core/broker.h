@@ -105,6 +105,12 @@ class Broker {
   size_t KickSerial(std::string_view tenant, std::string_view serial);
   // Connection::set_identity: index an accepted connection by its serial.
   void IndexSerial(Connection& c);
+  // A device's groups changed (management): its live connection's identity
+  // is updated, and its session (connected or not) loses the subscriptions
+  // only the old groups allowed (ACL %g), so a removed member stops reading
+  // the group's topics at once.
+  void SetDeviceGroups(std::string_view tenant, std::string_view device_id, const std::vector<std::string>& old_groups,
+                       const std::vector<std::string>& groups);
   // Monotonic ms of the last packet of the connected (tenant, client id),
   // or -1 when it is not connected.
   int64_t LastActivityMs(std::string_view tenant, std::string_view client_id) const;
@@ -181,6 +187,10 @@ class Broker {
   void HandleSubscribe(Connection& c, const mqtt::Subscribe& sub);
   void HandleUnsubscribe(Connection& c, const mqtt::Unsubscribe& u);
   void RemoveAllSubscriptions(Session& s);
+  // Removes the subscriptions `now` may not read (null: anonymous) and, when
+  // `before` is given, `before` could; returns how many.
+  size_t DropRevokedSubscriptions(Session& s, const PeerIdentity* before, const PeerIdentity* now,
+                                  std::string_view username);
 
   // $SYS (sys.cc).
   void PublishSys(int64_t now);

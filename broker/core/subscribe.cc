@@ -148,6 +148,49 @@ void Broker::HandleUnsubscribe(Connection& c, const mqtt::Unsubscribe& u) {
   AckWhenDurable(c, ack);
 }
 
+size_t Broker::DropRevokedSubscriptions(Session& s, const PeerIdentity* before, const PeerIdentity* now,
+                                        std::string_view username) {
+  const std::string mount = MountOf(s.tenant());
+  std::vector<std::string> gone;
+  for (const auto& [f, o] : s.subscriptions) {
+    mqtt::SharedFilter sf;
+    mqtt::ParseShared(f, &sf);
+    std::string_view client = sf.shared ? sf.filter : std::string_view(f);
+    if (client.substr(0, mount.size()) != mount) continue;
+    client.remove_prefix(mount.size());
+    if (!client.empty() && client[0] == '$') continue;  // management topics: InternalFilter's rules, not the ACL
+    if (acl_->CanSubscribe(now, s.client_id, username, client)) continue;
+    if (before != nullptr && !acl_->CanSubscribe(before, s.client_id, username, client)) continue;
+    gone.push_back(f);
+  }
+  for (const std::string& f : gone) {
+    mqtt::SharedFilter sf;
+    mqtt::ParseShared(f, &sf);
+    if (tree_.Remove(sf.shared ? sf.filter : std::string_view(f), sf.group, &s)) stats_.subscriptions--;
+    s.subscriptions.erase(f);
+    FMQ_LOG_INFO("client '%s': subscription '%s' removed: no longer allowed by the ACL", s.client_id.c_str(),
+                 f.c_str());
+  }
+  return gone.size();
+}
+
+void Broker::SetDeviceGroups(std::string_view tenant, std::string_view device_id,
+                             const std::vector<std::string>& old_groups, const std::vector<std::string>& groups) {
+  Session* s = sessions_.Find(tenant, device_id);
+  if (s == nullptr) return;
+  PeerIdentity before{std::string(tenant), std::string(device_id), true, false, "", old_groups};
+  PeerIdentity now = before;
+  now.groups = groups;
+  std::string_view username;
+  if (s->conn != nullptr && s->conn->identity_ != nullptr && s->conn->identity_->device) {
+    s->conn->identity_->groups = groups;  // publishes and new subscriptions see it at once
+    username = s->conn->username();
+  }
+  if (DropRevokedSubscriptions(*s, &before, &now, username) > 0 && persistence_ != nullptr && s->durable()) {
+    persistence_->SaveSession(*s);
+  }
+}
+
 void Broker::RemoveAllSubscriptions(Session& s) {
   for (const auto& [f, o] : s.subscriptions) {
     mqtt::SharedFilter sf;

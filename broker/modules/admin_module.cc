@@ -233,6 +233,14 @@ void AdminModule::Apply(admin::Effects& fx) {
       cluster_->PostAll(sweep);
     }
   }
+  for (const auto& g : fx.regroups) {
+    auto regroup = [g](Broker& b) { b.SetDeviceGroups(g.tenant, g.device_id, g.old_groups, g.groups); };
+    if (cluster_ == nullptr) {
+      regroup(*broker_);
+    } else {
+      cluster_->link()->Post(cluster_->HomeOf(g.tenant, g.device_id), regroup);
+    }
+  }
   for (const auto& k : fx.kicks) {
     // A device's session is on its home worker.
     auto kick = [k](Broker& b) {

@@ -506,6 +506,24 @@ Status DeviceReplace(Service::Ctx& ctx) {
   return absl::OkStatus();
 }
 
+Status DeviceSetGroups(Service::Ctx& ctx) {
+  fb::DeviceT d;
+  if (Status s = LoadDevice(ctx, ctx.Str("device_id"), &d); !s.ok()) return s;
+  if (d.status == fb::DeviceStatus::Decommissioned || d.status == fb::DeviceStatus::Replaced) {
+    return BadTransition(d, "set_groups");
+  }
+  std::vector<std::string> groups = ctx.List("group_ids");
+  std::sort(groups.begin(), groups.end());
+  groups.erase(std::unique(groups.begin(), groups.end()), groups.end());
+  if (Status s = CheckGroups(ctx, groups); !s.ok()) return s;
+  std::vector<std::string> old_groups = std::move(d.group_ids);
+  d.group_ids = groups;
+  if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
+  ctx.fx.regroups.push_back({ctx.actor.tenant, d.device_id, std::move(old_groups), groups});
+  ctx.data = DeviceJson(ctx, d);
+  return absl::OkStatus();
+}
+
 Status DeviceGet(Service::Ctx& ctx) {
   fb::DeviceT d;
   if (Status s = LoadDevice(ctx, ctx.Str("device_id"), &d); !s.ok()) return s;
@@ -716,6 +734,10 @@ const std::vector<CommandSpec>& Commands() {
        "A registered/provisioned device takes over another's groups (moved) and configuration; the old one is retired; audited in both histories",
        {kDevice, {"new_device_id", S, true, "the replacement"}},
        DeviceReplace},
+      {"device.set_groups", kOp, true,
+       "Set a device's group membership (replaces it); a connected device's topic rules (%g) follow at once",
+       {kDevice, {"group_ids", L, true, "existing groups (empty list: none)"}},
+       DeviceSetGroups},
       {"device.get", kOp, false, "Show a device with its live connectivity", {kDevice}, DeviceGet},
       {"device.list", kOp, false, "List devices (filters combine)",
        {{"group_id", S, false, ""},

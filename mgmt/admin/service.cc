@@ -284,6 +284,7 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
   append(fx->kicks, local.kicks);
   append(fx->revoked, local.revoked);
   append(fx->blocks, local.blocks);
+  append(fx->regroups, local.regroups);
   append(fx->quotas, local.quotas);
   append(fx->trusted_cas, local.trusted_cas);
   append(fx->publishes, local.publishes);

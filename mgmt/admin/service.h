@@ -50,6 +50,11 @@ struct Effects {
     std::string tenant, device_id;
     bool blocked = true;  // suspended / decommissioned / replaced: CONNACK 0x8A
   };
+  // A device's group membership changed: its live session's ACL (%g).
+  struct Groups {
+    std::string tenant, device_id;
+    std::vector<std::string> old_groups, groups;
+  };
   struct Quota {
     std::string tenant;
     uint32_t max_connections = 0, max_publish_rate = 0;
@@ -63,12 +68,13 @@ struct Effects {
   std::vector<Kick> kicks;
   std::vector<std::pair<std::string, std::string>> revoked;  // (tenant, serial): refused and closed everywhere
   std::vector<Block> blocks;
+  std::vector<Groups> regroups;
   std::vector<Quota> quotas;
   std::vector<std::string> trusted_cas;  // PEM of tenant CAs created at run time
   std::vector<Publish> publishes;
   bool empty() const {
-    return kicks.empty() && revoked.empty() && blocks.empty() && quotas.empty() && trusted_cas.empty() &&
-           publishes.empty();
+    return kicks.empty() && revoked.empty() && blocks.empty() && regroups.empty() && quotas.empty() &&
+           trusted_cas.empty() && publishes.empty();
   }
 };
 

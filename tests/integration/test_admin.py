@@ -352,6 +352,54 @@ class Tenants(AdminBase):
         self.assertEqual(so["rc"], 0x85)
         o.loop_stop()
 
+    def test_group_membership_change_reaches_the_live_session(self):
+        self.setup_fleet()
+        self.admin("group.create", "group_id=g2")
+        crt, key, _ = self.register("dev-1")  # in g1
+        c, st = self.connect(crt, key, "dev-1")
+        self.assertEqual(st["rc"], 0)
+        granted = []
+        c.on_subscribe = lambda cl, u, mid, codes, p=None: granted.extend(x.value for x in codes)
+        c.subscribe([("groups/g1/#", 1), ("devices/dev-1/#", 1)])
+        deadline = time.time() + 3
+        while len(granted) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(granted, [1, 1])
+        op = ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),
+              "--cert", self.op_cert()[0], "--key", self.op_cert()[1], "-q", "1"]
+
+        def publish_then_sentinel(tag):
+            """Publishes to the group, then to the device's own topic; returns
+            the group messages the device got once the sentinel arrived."""
+            for topic, payload in (("groups/g1/cfg", tag), ("devices/dev-1/sentinel", tag)):
+                r = run_cli(["mosquitto_pub"] + op + ["-t", topic, "-m", payload])
+                self.assertEqual(r.returncode, 0, r.stderr)
+            deadline = time.time() + 5
+            while time.time() < deadline and not any(m[0] == "devices/dev-1/sentinel" and m[1] == tag.encode()
+                                                     for m in st["msgs"]):
+                time.sleep(0.02)
+            return [m[1] for m in st["msgs"] if m[0] == "groups/g1/cfg"]
+
+        self.assertEqual(publish_then_sentinel("one"), [b"one"])  # a member reads the group
+        d = self.admin("device.set_groups", "device_id=dev-1", "group_ids=g2")
+        self.assertEqual(d["group_ids"], ["g2"])
+        self.assertEqual(publish_then_sentinel("two"), [b"one"])  # removed: nothing more, still connected
+        self.assertIsNone(st["disconnected"])
+        self.assertIn("subscription '$T/default/groups/g1/#' removed", self.broker.read_log())
+        # Its new group is readable at once, without reconnecting; the old one is refused.
+        granted.clear()
+        c.subscribe([("groups/g2/#", 1), ("groups/g1/#", 1)])
+        deadline = time.time() + 3
+        while len(granted) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(granted, [1, 0x87])
+        self.assertEqual([x["device_id"] for x in self.admin("device.list", "group_id=g1")["devices"]], [])
+        self.assertIn("device.set_groups", [e["action"] for e in self.admin("audit.query", "device_id=dev-1")["entries"]])
+        self.assertEqual(self.error_code(self.admin("device.set_groups", "device_id=dev-1", "group_ids=nope", ok=False)),
+                         "not_found")
+        c.disconnect()
+        c.loop_stop()
+
     def test_tenant_connection_quota(self):
         self.admin("tenant.create", "tenant_id=small", "max_connections=1")
         r = run_cli([PKI, "issue", "--dir", self.broker.data_dir,

@@ -84,7 +84,7 @@ TEST_CASE("doc/configuration.md lists exactly the options table") {
   std::ifstream in(FMQ_TEST_DATA_DIR "/../../doc/configuration.md");
   std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK_MESSAGE(doc.find(OptionsHelp(true)) != std::string::npos,
-                "regenerate the table with: build/broker/fleetmq --help-markdown");
+                "regenerate the table with: tools/regen_docs.py");
 }
 
 }  // namespace

@@ -1067,5 +1067,64 @@ TEST_CASE("tenant quotas: connections get CONNACK 0x97, publishes over the rate 
   for (const auto& k : Only<mqtt::Ack>(again->Recv())) CHECK(k.reason != ReasonCode::kQuotaExceeded);
 }
 
+TEST_CASE("a group membership change reaches live and offline sessions; a resumed session is re-checked") {
+  Fixture f;
+  auto member = [&](const char* name, std::vector<std::string> groups) {
+    auto c = f.NewClient(V5);
+    c->conn.set_identity(PeerIdentity{"acme", name, true, false, "", std::move(groups)});
+    return c;
+  };
+  auto op = TenantOperator(f, "acme", "ops");
+  REQUIRE(op->Connect("ops").reason == ReasonCode::kSuccess);
+  auto live = member("live", {"g1"});
+  REQUIRE(live->Connect("live").reason == ReasonCode::kSuccess);
+  Subscribe(*live, "groups/g1/#", 1);
+  Subscribe(*live, "devices/live/#", 1);
+  mqtt::Connect persistent;
+  persistent.client_id = "away";
+  persistent.clean_start = false;
+  persistent.props.session_expiry = 3600;
+  persistent.props.Mark(PropertyId::kSessionExpiryInterval);
+  auto away = member("away", {"g1"});
+  REQUIRE(away->Connect(persistent).reason == ReasonCode::kSuccess);
+  Subscribe(*away, "groups/g1/#", 1);
+  away.reset();  // offline, session kept
+
+  op->Send(Pub("groups/g1/cfg", "before", 1, 1));
+  CHECK(Only<mqtt::Publish>(live->Recv()).size() == 1);  // control: members read the group
+  f.broker.SetDeviceGroups("acme", "live", {"g1"}, {"g2"});
+  f.broker.SetDeviceGroups("acme", "away", {"g1"}, {});
+  op->Send(Pub("groups/g1/cfg", "after", 1, 2));
+  op->Send(Pub("devices/live/x", "own", 1, 3));
+  auto got = Only<mqtt::Publish>(live->Recv());
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].topic == "devices/live/x");  // still connected, own topics kept
+  // The new group is readable at once (the live identity changed), the old not.
+  live->Send(Sub("groups/g2/#", 1, 5));
+  live->Send(Sub("groups/g1/#", 1, 6));
+  auto acks = Only<mqtt::SubAck>(live->Recv());
+  REQUIRE(acks.size() == 2);
+  CHECK(acks[0].codes[0] == ReasonCode::kGrantedQos1);
+  CHECK(acks[1].codes[0] == ReasonCode::kNotAuthorized);
+  // The offline session queued only what came while it was a member.
+  auto back = member("away", {});
+  REQUIRE(back->Connect(persistent).session_present);
+  auto queued = Only<mqtt::Publish>(back->Recv());
+  REQUIRE(queued.size() == 1);
+  CHECK(queued[0].payload == "before");
+  CHECK(f.broker.FindSession("away", "acme")->subscriptions.empty());
+
+  // Groups changed while the broker could not tell the session (e.g. across a
+  // restart): the resumed session keeps only what its identity allows now.
+  auto stale = member("stale", {"g3"});
+  persistent.client_id = "stale";
+  REQUIRE(stale->Connect(persistent).reason == ReasonCode::kSuccess);
+  Subscribe(*stale, "groups/g3/#", 1);
+  stale.reset();
+  auto fresh = member("stale", {});
+  REQUIRE(fresh->Connect(persistent).session_present);
+  CHECK(f.broker.FindSession("stale", "acme")->subscriptions.empty());
+}
+
 }  // namespace
 }  // namespace fmq

@@ -172,6 +172,29 @@ TEST_CASE("admin: suspend and decommission tell the broker to act") {
   CHECK(certs["data"]["certificates"][0]["revoked_at_ms"].get<int64_t>() > 0);
 }
 
+TEST_CASE("admin: set_groups replaces the membership and tells the broker old and new") {
+  World w;
+  w.Setup(w.acme);
+  REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));  // in g1
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"group.create","group_id":"g2"})")));
+  Effects fx;
+  Json r = w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1","group_ids":["g2","g2"]})", &fx);
+  REQUIRE(World::Ok(r));
+  CHECK(r["data"]["group_ids"] == Json::array({"g2"}));
+  REQUIRE(fx.regroups.size() == 1);
+  CHECK(fx.regroups[0].old_groups == std::vector<std::string>{"g1"});
+  CHECK(fx.regroups[0].groups == std::vector<std::string>{"g2"});
+  CHECK(w.Run(w.acme, R"({"command":"device.list","group_id":"g1"})")["data"]["devices"].empty());
+  Effects none;
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1","group_ids":["zz"]})", &none)) ==
+        "not_found");
+  CHECK(none.regroups.empty());
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1"})")) == "missing_argument");
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.decommission","device_id":"dev-1"})")));
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1","group_ids":[]})")) ==
+        "invalid_transition");
+}
+
 TEST_CASE("admin: replace moves groups and configuration to the newcomer") {
   World w;
   w.Setup(w.acme);
@@ -397,7 +420,7 @@ TEST_CASE("admin: doc/admin-api.md lists the command table") {
   const size_t b = doc.find(begin), e = doc.find(end);
   REQUIRE(b != std::string::npos);
   REQUIRE(e != std::string::npos);
-  // Regenerate with: build/tools/fleetmq-admin --help-markdown
+  // Regenerate with: tools/regen_docs.py
   CHECK(doc.substr(b + begin.size(), e - b - begin.size()) == CommandsMarkdown());
 }
 
