@@ -121,6 +121,31 @@ absl::Status Service::RegenerateCrl(const std::string& tenant, Effects* fx) {
   return absl::OkStatus();
 }
 
+absl::Status Service::LoadOrRegenerateCrl(const std::string& tenant, Effects* fx) {
+  // Start-up with thousands of tenants must not sign thousands of CRLs: the
+  // CRL on disk is kept when it lists exactly the tenant's revoked serials
+  // and is not yet due for re-signing (Tick's rule); otherwise it is re-signed.
+  const std::string path = opts_.pki_dir + "/tenants/" + tenant + "/crl.der";
+  const std::string der = pki::ReadFile(path);
+  auto info = der.empty() ? absl::StatusOr<pki::CrlInfo>(absl::NotFoundError(path)) : pki::ReadCrl(der);
+  const int64_t now = clock_->WallMs();
+  if (info.ok() && now >= info->this_update_ms && now - info->this_update_ms <= opts_.crl_validity_ms / 2 &&
+      now < info->next_update_ms) {
+    std::vector<std::string> revoked;
+    const TenantId t = TenantId::FromAuthenticated(tenant);
+    absl::Status s = registry_.ForEachRevoked(
+        [&](std::string_view, const fb::CertificateT& c) { revoked.push_back(c.serial); }, &t);
+    if (!s.ok()) return s;
+    std::sort(revoked.begin(), revoked.end());
+    if (revoked == info->serials) {
+      crl_signed_at_[tenant] = info->this_update_ms;
+      fx->publishes.push_back({tenant, "$SYS/fleetmq/crl/v1", der, true});
+      return absl::OkStatus();
+    }
+  }
+  return RegenerateCrl(tenant, fx);
+}
+
 absl::Status Service::Init(Effects* fx) {
   if (!rng_.status().ok()) return rng_.status();
   std::vector<std::string> tenants;
@@ -146,7 +171,7 @@ absl::Status Service::Init(Effects* fx) {
       return g;
     }
     fx->quotas.push_back({name, rec.max_connections, rec.max_publish_rate});
-    if (absl::Status s = RegenerateCrl(name, fx); !s.ok()) {
+    if (absl::Status s = LoadOrRegenerateCrl(name, fx); !s.ok()) {
       FMQ_LOG_ERROR("CRL of tenant '%s' not written: %s", name.c_str(), std::string(s.message()).c_str());
     }
     for (auto st : {fb::DeviceStatus::Suspended, fb::DeviceStatus::Decommissioned, fb::DeviceStatus::Replaced}) {

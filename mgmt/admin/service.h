@@ -108,9 +108,9 @@ class Service {
   Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts);
   ~Service();
 
-  // Start-up: a tenant record for every tenant CA in the PKI dir, a fresh
-  // CRL per tenant (file + $SYS publish), and the blocked devices and
-  // tenant quotas the broker must know.
+  // Start-up: a tenant record for every tenant CA in the PKI dir, each
+  // tenant's CRL (the file on disk when current, else re-signed; published
+  // on $SYS), and the blocked devices and tenant quotas the broker must know.
   absl::Status Init(Effects* fx);
 
   // One request (the JSON text of one MQTT message) → the JSON reply.
@@ -120,7 +120,9 @@ class Service {
   // active on first connect, an audit entry each, one batch for all.
   void OnConnectivity(const std::vector<ConnEvent>& events);
 
-  // Hourly duties: CRLs close to their nextUpdate are re-signed.
+  // Periodic duties (called about once a second; each runs on its own
+  // period): CRLs past half their validity are re-signed (checked once a
+  // minute).
   void Tick(Effects* fx);
 
   // A device refused at CONNECT (suspended...) or a denied admin attempt
@@ -140,6 +142,7 @@ class Service {
   absl::StatusOr<pki::CertificateAuthority*> TenantCa(const std::string& tenant);
   absl::StatusOr<pki::CertificateAuthority*> RootCa();
   absl::Status RegenerateCrl(const std::string& tenant, Effects* fx);
+  absl::Status LoadOrRegenerateCrl(const std::string& tenant, Effects* fx);
   absl::Status CreateTenantPki(const std::string& tenant, std::string* ca_pem);
 
   storage::KvStore* kv_;

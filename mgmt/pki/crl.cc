@@ -8,7 +8,9 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/sha1.h>
 #include <mbedtls/sha256.h>
+#include <mbedtls/x509_crl.h>
 
+#include <algorithm>
 #include <ctime>
 #include <vector>
 
@@ -185,6 +187,38 @@ absl::StatusOr<std::string> CertificateAuthority::WriteCrl(Rng& rng, const std::
   ADD(mbedtls_asn1_write_raw_buffer(&o, o_start, reinterpret_cast<const unsigned char*>(tbs.data()), tbs.size()));
   ADD(WriteSeqHeader(&o, o_start, len, kSeq));
   return std::string(reinterpret_cast<const char*>(o), len);
+}
+
+namespace {
+int64_t EpochMs(const mbedtls_x509_time& t) {
+  tm g{};
+  g.tm_year = t.year - 1900;
+  g.tm_mon = t.mon - 1;
+  g.tm_mday = t.day;
+  g.tm_hour = t.hour;
+  g.tm_min = t.min;
+  g.tm_sec = t.sec;
+  return static_cast<int64_t>(timegm(&g)) * 1000;
+}
+}  // namespace
+
+absl::StatusOr<CrlInfo> ReadCrl(std::string_view der) {
+  mbedtls_x509_crl crl;
+  mbedtls_x509_crl_init(&crl);
+  const int rc = mbedtls_x509_crl_parse_der(&crl, reinterpret_cast<const unsigned char*>(der.data()), der.size());
+  if (rc != 0) {
+    mbedtls_x509_crl_free(&crl);
+    return absl::InvalidArgumentError("CRL: " + MbedError(rc));
+  }
+  CrlInfo info;
+  info.this_update_ms = EpochMs(crl.this_update);
+  info.next_update_ms = EpochMs(crl.next_update);
+  for (const mbedtls_x509_crl_entry* e = &crl.entry; e != nullptr && e->raw.p != nullptr; e = e->next) {
+    info.serials.push_back(SerialHex(e->serial));
+  }
+  std::sort(info.serials.begin(), info.serials.end());
+  mbedtls_x509_crl_free(&crl);
+  return info;
 }
 
 }  // namespace fmq::pki

@@ -132,6 +132,15 @@ class CertificateAuthority {
   std::unique_ptr<mbedtls_x509_crt, CrtFree> parsed_;  // for subject_raw and the key id
 };
 
+// What a DER CRL says, read without checking its signature (for our own
+// CRL files in the data dir: whatever cannot be read is simply re-signed).
+struct CrlInfo {
+  int64_t this_update_ms = 0;
+  int64_t next_update_ms = 0;
+  std::vector<std::string> serials;  // SerialHex of each entry, sorted
+};
+absl::StatusOr<CrlInfo> ReadCrl(std::string_view der);
+
 // The identity a verified leaf certificate carries (subject fields).
 struct Identity {
   std::string tenant;

@@ -426,3 +426,71 @@ TEST_CASE("admin: doc/admin-api.md lists the command table") {
 
 }  // namespace
 }  // namespace fmq::admin
+
+namespace fmq::admin {
+namespace {
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A restarted Service over the same store and PKI directory.
+Effects Restart(World& w) {
+  ServiceOptions o;
+  o.pki_dir = w.dir + "/pki";
+  w.svc = std::make_unique<Service>(&w.kv, &w.clock, o);
+  Effects fx;
+  REQUIRE(w.svc->Init(&fx).ok());
+  return fx;
+}
+
+TEST_CASE("admin: start-up keeps current CRLs and re-signs only stale or due ones") {
+  World w;
+  w.Setup(w.acme);
+  Json reg = w.Register(w.acme, "dev-1");
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.decommission","device_id":"dev-1"})")));
+  const std::string acme = w.dir + "/pki/tenants/acme/crl.der", beta = w.dir + "/pki/tenants/beta/crl.der";
+  const std::string acme_crl = Slurp(acme), beta_crl = Slurp(beta);
+  auto info = pki::ReadCrl(acme_crl);
+  REQUIRE(info.ok());
+  CHECK(info->serials == std::vector<std::string>{reg["data"]["certificate_serial"].get<std::string>()});
+
+  // A restart a second later: nothing signed, the same CRLs published.
+  w.clock.Advance(1000);
+  Effects fx = Restart(w);
+  CHECK(Slurp(acme) == acme_crl);
+  CHECK(Slurp(beta) == beta_crl);
+  size_t published = 0;
+  for (const auto& p : fx.publishes) {
+    if (p.topic != "$SYS/fleetmq/crl/v1") continue;
+    ++published;
+    CHECK(p.payload == (p.tenant == "acme" ? acme_crl : beta_crl));
+  }
+  CHECK(published == 2);
+
+  // A CRL that does not list every revoked serial (a revocation committed
+  // but its CRL never written) is re-signed; so is an unreadable one.
+  REQUIRE(World::Ok(w.Register(w.acme, "dev-2")));
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.decommission","device_id":"dev-2"})")));
+  REQUIRE(pki::WriteFileAtomic(acme, acme_crl, 0644).ok());  // the older one, one serial short
+  REQUIRE(pki::WriteFileAtomic(beta, "garbage", 0644).ok());
+  w.clock.Advance(1000);
+  Restart(w);
+  auto fixed = pki::ReadCrl(Slurp(acme));
+  REQUIRE(fixed.ok());
+  CHECK(fixed->serials.size() == 2);
+  CHECK(pki::ReadCrl(Slurp(beta)).ok());
+
+  // Past half its validity a CRL is due: re-signed at start-up.
+  const std::string before = Slurp(beta);
+  w.clock.Advance(ServiceOptions{}.crl_validity_ms / 2 + 1000);
+  Restart(w);
+  CHECK(Slurp(beta) != before);
+  CHECK(pki::ReadCrl(Slurp(beta))->this_update_ms / 1000 == w.clock.WallMs() / 1000);
+}
+
+}  // namespace
+}  // namespace fmq::admin
