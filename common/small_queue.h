@@ -16,6 +16,7 @@ class SmallQueue {
  public:
   bool empty() const { return size_ == 0; }
   size_t size() const { return size_; }
+  size_t capacity() const { return cap_; }  // 0 while empty: nothing held
   T& front() { return buf_[head_]; }
   const T& front() const { return buf_[head_]; }
   T& operator[](size_t i) { return buf_[(head_ + i) & (cap_ - 1)]; }

@@ -36,9 +36,12 @@ TEST_CASE("SmallQueue behaves like std::deque for FIFO use, across growth and wr
 TEST_CASE("SmallQueue holds no memory while empty") {
   CHECK(sizeof(SmallQueue<std::string>) <= 24);
   SmallQueue<std::string> q;
+  CHECK(q.capacity() == 0);
   q.push_back("a");
+  CHECK(q.capacity() > 0);
   q.pop_front();
   CHECK(q.empty());
+  CHECK(q.capacity() == 0);  // the buffer was released
   q.push_back("b");  // usable again after releasing its buffer
   CHECK(q.front() == "b");
 }

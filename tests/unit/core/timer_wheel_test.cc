@@ -7,21 +7,31 @@
 namespace fmq {
 namespace {
 
-TEST_CASE("deadline wheel fires each entry at or after its deadline, never before its slot") {
+TEST_CASE("deadline wheel hands each entry back in its deadline's slot, never an earlier one") {
   TimerWheel w(0, 100, 16);  // 1.6 s span
   w.Schedule(250, 1, 0);
   w.Schedule(50, 2, 0);
   w.Schedule(10'000, 3, 0);  // beyond the span: handed back early
   std::map<uint64_t, int64_t> fired;
+  std::map<uint64_t, int> early;  // handed back before the deadline
   for (int64_t now = 0; now <= 12'000; now += 50) {
     w.Advance(now, [&](const TimerWheel::Entry& e) {
       if (now < e.deadline_ms) {
-        w.Schedule(e.deadline_ms, e.key, e.kind);  // the owner re-arms early entries
+        // Within the span an entry may come back at the start of its
+        // deadline's slot (the owner re-arms it), never in an earlier slot;
+        // beyond the span, once per lap.
+        if (e.key != 3) CHECK(now >= e.deadline_ms / 100 * 100);
+        early[e.key]++;
+        w.Schedule(e.deadline_ms, e.key, e.kind);
         return;
       }
       fired[e.key] = now;
     });
   }
+  CHECK(early[1] <= 1);
+  CHECK(early[2] <= 1);
+  CHECK(early[3] >= 1);
+  CHECK(early[3] <= 7);  // 10 s over a 1.6 s span
   CHECK(fired.size() == 3);
   CHECK(fired[2] >= 50);
   CHECK(fired[2] < 200);

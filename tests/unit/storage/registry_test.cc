@@ -227,13 +227,26 @@ TEST_CASE("a corrupt record is an error naming its key, never a crash") {
     Page<fb::DeviceT> p;
     CHECK(absl::IsDataLoss(r.ListDevices(t, By("g", "", "", std::nullopt), "", 10, &p)));
   }
-  // Every single-byte corruption of a valid record decodes or fails cleanly.
+  // A record written before the checksum (format 1: no CRC) is still read.
+  {
+    std::string legacy = good.substr(0, good.size() - 5);
+    legacy.push_back(static_cast<char>(kRecordFormatNoChecksum));
+    kv.Poke(Family::kDevices, keys::Device(t, "d1"), legacy);
+    fb::DeviceT d;
+    REQUIRE(r.GetDevice(t, "d1", &d).ok());
+    CHECK(d.device_id == "d1");
+  }
+  // Every single-byte corruption of a valid record fails cleanly.
   for (size_t i = 0; i < good.size(); ++i) {
     std::string bad = good;
     bad[i] = static_cast<char>(bad[i] ^ 0x5A);
     kv.Poke(Family::kDevices, keys::Device(t, "d1"), bad);
+    CAPTURE(i);
     fb::DeviceT d;
-    (void)r.GetDevice(t, "d1", &d);
+    absl::Status s = r.GetDevice(t, "d1", &d);
+    // The checksum catches every flip: a clear DataLoss, never another
+    // error and never a record with other content.
+    CHECK(absl::IsDataLoss(s));
   }
 }
 
