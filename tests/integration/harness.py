@@ -240,6 +240,92 @@ class PahoClient:
         self.c.socket().close()
 
 
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return len(b).to_bytes(2, "big") + b
+
+
+def mqtt5_connect(client_id, keepalive=30):
+    """CONNECT bytes, MQTT 5, clean start, no properties."""
+    body = _str("MQTT") + bytes([5, 2]) + keepalive.to_bytes(2, "big") + b"\x00" + _str(client_id)
+    return b"\x10" + _varint(len(body)) + body
+
+
+def mqtt5_publish(topic, payload, qos=1, packet_id=1):
+    body = _str(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + b"\x00" + payload
+    return bytes([0x30 | (qos << 1)]) + _varint(len(body)) + body
+
+
+def read_packet(sock):
+    """One MQTT packet from a blocking socket: (first byte, body)."""
+    def exact(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+    first = exact(1)[0]
+    n, shift = 0, 0
+    while True:
+        b = exact(1)[0]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return first, exact(n)
+
+
+class PahoTls:
+    """A paho client over mutual TLS with its loop in a thread: CONNACK code
+    (an int; "no CONNACK" when none came), messages, SUBACK codes waited for."""
+
+    def __init__(self, port, ca, cert, key, client_id, v5=True):
+        self.c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+        self.c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+        self.messages = queue.Queue()
+        self.connack = queue.Queue()
+        self.subacks = queue.Queue()
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+        self.c.on_connect = lambda c, u, f, rc, p=None: self.connack.put(rc.value if hasattr(rc, "value") else rc)
+        self.c.on_subscribe = lambda c, u, mid, g, p=None: self.subacks.put([x.value if hasattr(x, "value") else x
+                                                                             for x in g])
+        self.c.connect("localhost", port, 30)
+        self.c.loop_start()
+        try:
+            self.rc = self.connack.get(timeout=5)
+        except queue.Empty:
+            self.rc = "no CONNACK"
+
+    def subscribe(self, *filters, qos=1):
+        """Subscribes and returns the SUBACK's codes."""
+        self.c.subscribe([(f, qos) for f in filters])
+        return self.subacks.get(timeout=5)
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout=5)
+        return info
+
+    def get(self, timeout=5):
+        return self.messages.get(timeout=timeout)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
 def sys_at_least(port, topic, want, timeout=8):
     """Polls a retained $SYS counter until it reaches `want`; returns the
     last value. With several workers $SYS shows the sum of reports made at
@@ -251,6 +337,41 @@ def sys_at_least(port, topic, want, timeout=8):
         if value >= want or time.time() >= deadline:
             return value
         time.sleep(0.3)
+
+
+class SubProcess:
+    """mosquitto_sub started with -d and returned once its SUBACK arrived, so
+    what is published next is known to reach it. lines() are its output
+    without the debug lines."""
+
+    def __init__(self, args, timeout=5):
+        self.p = subprocess.Popen(["stdbuf", "-oL", "mosquitto_sub", "-d"] + list(args), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        self.head = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = self.p.stdout.readline()
+            if not line:
+                break
+            self.head.append(line)
+            if "received SUBACK" in line:
+                return
+        self.p.kill()
+        raise AssertionError("mosquitto_sub got no SUBACK:\n" + "".join(self.head))
+
+    def lines(self, timeout=15):
+        out, _ = self.p.communicate(timeout=timeout)
+        return [l for l in (out or "").split("\n") if l and not l.startswith("Client ") and not l.startswith("Subscribed")]
+
+
+def wait_for(cond, timeout=5, step=0.02):
+    """Polls cond() until it is true or the bound passes; returns its last value."""
+    deadline = time.time() + timeout
+    while True:
+        v = cond()
+        if v or time.time() >= deadline:
+            return v
+        time.sleep(step)
 
 
 def run_cli(args, timeout=10, input=None):
@@ -306,6 +427,13 @@ class TlsBase(unittest.TestCase):
         with open(crt, "w") as f:
             f.write(r.stdout)
         return crt, key
+
+    def paho(self, cert, key, client_id, v5=True):
+        """A paho client over mutual TLS, connected (CONNACK asserted 0)."""
+        c = PahoTls(self.broker.tls_port, os.path.join(self.pki, "root.crt"), cert, key, client_id, v5)
+        self.addCleanup(c.close)
+        self.assertEqual(c.rc, 0, "CONNACK %s" % c.rc)
+        return c
 
     def tls_args(self, cert, key):
         return ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),

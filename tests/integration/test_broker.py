@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-from harness import BrokerTest, Broker, PahoClient, run_cli, sys_at_least, FLEETMQ
+from harness import BrokerTest, Broker, PahoClient, SubProcess, mqtt5_connect, mqtt5_publish, read_packet, run_cli, sys_at_least, FLEETMQ
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -20,16 +20,13 @@ class PubSub(BrokerTest):
         for version in ("mqttv311", "mqttv5"):
             for qos in (0, 1, 2):
                 topic = "it/%s/%d" % (version, qos)
-                sub = subprocess.Popen(["mosquitto_sub", "-p", str(self.port), "-V", version, "-q", str(qos),
-                                        "-t", topic, "-C", "3", "-W", "10", "-v"],
-                                       stdout=subprocess.PIPE, text=True)
-                time.sleep(0.3)
+                sub = SubProcess(["-p", str(self.port), "-V", version, "-q", str(qos),
+                                  "-t", topic, "-C", "3", "-W", "10", "-v"])
                 for i in range(3):
                     r = run_cli(["mosquitto_pub", "-p", str(self.port), "-V", version, "-q", str(qos),
                                  "-t", topic, "-m", "m%d" % i])
                     self.assertEqual(r.returncode, 0, r.stderr)
-                out, _ = sub.communicate(timeout=15)
-                self.assertEqual(out.split("\n")[:3], ["%s m%d" % (topic, i) for i in range(3)], version)
+                self.assertEqual(sub.lines(), ["%s m%d" % (topic, i) for i in range(3)], version)
 
     def test_paho_qos_flows_v311_and_v5(self):
         for v5 in (False, True):
@@ -52,7 +49,11 @@ class PubSub(BrokerTest):
         self.assertEqual(s1.get().payload, b"")  # the clear is forwarded live
         s2 = self.client(client_id="r2")
         s2.subscribe("ret/#", 1)
-        self.assertIsNone(s2.nothing())
+        # Nothing retained is left: the first message s2 gets is a live one
+        # published after its SUBACK (a retained one would have come first).
+        pub.publish("ret/live", b"sentinel", qos=1)
+        m = s2.get()
+        self.assertEqual((m.topic, m.payload, m.retain), ("ret/live", b"sentinel", False))
         r = run_cli(["mosquitto_pub", "-p", str(self.port), "-t", "ret/b", "-m", "cli", "-r", "-q", "1"])
         self.assertEqual(r.returncode, 0)
         r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "ret/b", "-C", "1", "-W", "5", "--retained-only"])
@@ -67,7 +68,11 @@ class PubSub(BrokerTest):
         self.assertEqual((m.topic, m.payload), ("wills/dev", b"offline"))
         polite = PahoClient(self.port, client_id="polite", will=("wills/polite", b"offline", 1, False))
         polite.disconnect()
-        self.assertIsNone(watcher.nothing(0.5))
+        # A message published after the clean DISCONNECT is the next one the
+        # watcher gets: no will came before it.
+        self.client(client_id="sentinel").publish("wills/sentinel", b"after", qos=1)
+        m = watcher.get()
+        self.assertEqual((m.topic, m.payload), ("wills/sentinel", b"after"))
 
     def test_persistent_session_resume_with_queued_messages(self):
         for v5 in (False, True):
@@ -131,6 +136,35 @@ class PubSub(BrokerTest):
         self.assertEqual(m.properties.CorrelationData, b"\x01\x02")
         self.assertEqual(m.properties.UserProperty, [("k", "v")])
         self.assertEqual(m.properties.SubscriptionIdentifier, [42])
+
+    def test_receive_maximum_one_holds_the_next_publish_until_puback(self):
+        """A raw v5 subscriber with Receive Maximum 1 that withholds its
+        PUBACK gets exactly one PUBLISH; the next comes only after the ack."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        props = bytes([0x21, 0, 1])  # Receive Maximum = 1
+        body = bytes([0, 4]) + b"MQTT" + bytes([5, 2, 0, 30]) + bytes([len(props)]) + props + bytes([0, 2]) + b"rw"
+        s.sendall(bytes([0x10, len(body)]) + body)
+        first, _ = read_packet(s)
+        self.assertEqual(first, 0x20)
+        s.sendall(bytes([0x82, 10, 0, 1, 0, 0, 4]) + b"rw/t" + bytes([1]))  # SUBSCRIBE rw/t QoS 1
+        first, _ = read_packet(s)
+        self.assertEqual(first, 0x90)
+        pub = self.client(client_id="rwp")
+        for i in range(3):
+            pub.publish("rw/t", b"%d" % i, qos=1)
+        first, body = read_packet(s)
+        self.assertEqual(first & 0xF0, 0x30)
+        self.assertTrue(body.endswith(b"0"))
+        pid = body[6:8]  # after the topic (2 + 4 bytes)
+        s.settimeout(1.0)  # nothing more while the PUBACK is withheld
+        with self.assertRaises(socket.timeout):
+            s.recv(1)
+        s.settimeout(5)
+        s.sendall(b"\x40\x02" + pid)  # PUBACK
+        first, body = read_packet(s)
+        self.assertEqual(first & 0xF0, 0x30)
+        self.assertTrue(body.endswith(b"1"))
+        s.close()
 
     def test_sys_topics(self):
         r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "$SYS/broker/#", "-v", "-W", "3"])
@@ -299,11 +333,18 @@ class BadInput(BrokerTest):
         s.close()
 
     def test_publish_to_sys_is_refused(self):
-        c = self.client(client_id="sysp")
-        info = c.c.publish("$SYS/broker/uptime", b"fake", qos=1)
-        info.wait_for_publish(timeout=5)
-        r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "$SYS/broker/uptime", "-W", "2", "-C", "1"])
-        self.assertNotIn("fake", r.stdout)
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        s.sendall(mqtt5_connect("sysp"))
+        self.assertEqual(read_packet(s)[0], 0x20)
+        s.sendall(mqtt5_publish("$SYS/broker/fake", b"fake", qos=1, packet_id=3))
+        first, body = read_packet(s)
+        self.assertEqual((first, body[:2], body[2]), (0x40, b"\x00\x03", 0x87))  # PUBACK: not authorized
+        s.close()
+        # Nothing was stored under $SYS: the topic the broker never writes
+        # stays empty, while its own topics are there (the control).
+        r = run_cli(["mosquitto_sub", "-p", str(self.port), "-t", "$SYS/broker/fake", "-t", "$SYS/broker/version",
+                     "-W", "3", "-C", "1", "-v"])
+        self.assertTrue(r.stdout.startswith("$SYS/broker/version fleetmq"), r.stdout)
 
 
 class Lifecycle(unittest.TestCase):

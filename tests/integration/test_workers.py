@@ -82,24 +82,42 @@ class TwoWorkers(BrokerTest):
             s.subscribe("cfg/#", 1)
             self.assertEqual(s.get(5).payload, b"v1", "worker %d" % w)
         p1 = self.client(client_id=id_on(1, "rp"))
+        # The PUBACK waits until every worker has applied the update.
         p1.publish("cfg/a", b"v2", qos=1, retain=True)
-        time.sleep(0.2)
         for w in (0, 1):
             s = self.client(client_id=id_on(w, "rt%d" % w))
             s.subscribe("cfg/#", 1)
             self.assertEqual(s.get(5).payload, b"v2", "worker %d" % w)
-            self.assertIsNone(s.nothing(0.3))
+            # One retained message per topic: the next one is a live message
+            # published after the SUBACK, not a second (older) copy.
+            p1.publish("cfg/live", b"sentinel", qos=1)
+            self.assertEqual(s.get(5).payload, b"sentinel", "worker %d" % w)
 
     def test_shared_subscription_members_on_both_workers_each_message_once(self):
         members = [self.client(client_id=id_on(w, "sm%d" % w)) for w in (0, 1)]
-        for m in members:
+        for k, m in enumerate(members):
             m.subscribe("$share/g/jobs/#", 1)
+            m.subscribe("sentinel/%d" % k, 1)
         pubs = [self.client(client_id=id_on(w, "sp%d" % w)) for w in (0, 1)]
         n = 300
         for i in range(n):
             pubs[i % 2].publish("jobs/x", b"%d" % i, qos=1, wait=False)
-        time.sleep(1.5)
-        got = [[int(m.payload) for m in members[k].get_all(n, timeout=1)] for k in (0, 1)]
+        # Each publisher's messages arrive in order, so once a member has both
+        # publishers' sentinels it has everything the group sent it.
+        for p in pubs:
+            for k in (0, 1):
+                p.publish("sentinel/%d" % k, b"end", qos=1, wait=False)
+        got = [[], []]
+        for k in (0, 1):
+            ends = 0
+            deadline = time.time() + 20
+            while ends < 2 and time.time() < deadline:
+                m = members[k].get(max(0.1, deadline - time.time()))
+                if m.topic.startswith("sentinel/"):
+                    ends += 1
+                else:
+                    got[k].append(int(m.payload))
+            self.assertEqual(ends, 2, "member %d did not get both sentinels" % k)
         both = got[0] + got[1]
         self.assertEqual(sorted(both), list(range(n)), "each message exactly once")
         self.assertGreater(len(got[0]), n // 10)
