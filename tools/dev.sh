@@ -79,8 +79,8 @@ case "${1:-}" in
     ninja -C build-tsan broker/fleetmq tools/fleetmq-admin tools/fleetmq-pki
     TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp" \
       meson test -C build-tsan --no-rebuild --print-errorlogs integration-workers || status=1
-    # Skips fail the run, except the disk-full test as a non-root user (it
-    # needs a tmpfs mount).
+    # Skips fail the run, except the disk-full test as a non-root user on a
+    # machine without user namespaces (it needs to mount a tmpfs).
     [ "$(id -u)" -eq 0 ] || export FMQ_ALLOWED_SKIPS=integration-disk-full
     python3 tools/test_summary.py build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
       build-tsan/meson-logs/testlog.json || status=1
