@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "broker/core/acl.h"
 #include "broker/core/options.h"
+#include "broker/modules/admin_options.h"
 #include "broker/net/server.h"
 #include "broker/store/storage_writer.h"
 #include "storage/kv_store.h"
@@ -23,6 +24,7 @@ struct Config {
   WriterOptions storage;
   AclPolicy acl;
   storage::RocksOptions rocks;
+  AdminModuleOptions management;
   std::string data_dir = "./data";
   uint32_t workers = 0;  // 0: one per usable CPU
   std::string tls_server_name = "localhost";

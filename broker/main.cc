@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
     aopts.mqtt_endpoint = "mqtts://" + (l.host == "0.0.0.0" ? cfg.tls_server_name : l.host) + ":" + std::to_string(l.port);
   }
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
-  fmq::AdminModule admin_module(&admin_service, kv->get(), &clock);
+  fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.
   fmq::Workers workers(nworkers, cfg.server, cfg.broker, &admin_module, persistence);
   fmq::Server& server = workers.main();  // signals, management completions, CRL polling

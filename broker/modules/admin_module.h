@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "broker/core/broker.h"
 #include "broker/core/hooks.h"
+#include "broker/modules/admin_options.h"
 #include "broker/tls/tls.h"
 #include "common/clock.h"
 #include "common/string_map.h"
@@ -32,19 +33,6 @@ inline constexpr std::string_view kControlRequestTopic = "$SYS/fleetmq/control/v
 inline constexpr std::string_view kControlReplyPrefix = "$SYS/fleetmq/control/v1/reply/";
 inline constexpr std::string_view kConnectivityTopicPrefix = "$SYS/fleetmq/events/v1/connectivity/";
 
-struct AdminModuleOptions {
-  size_t max_queued_requests = 1024;    // beyond: PUBACK 0x97
-  size_t max_queued_events = 1 << 20;   // beyond: events dropped (counted, logged)
-  // Denied attempts (a revoked, suspended or retired device connecting, a
-  // device on the control topic) are audited at once the first time; more
-  // of the same (tenant, identity, reason) within this window are counted
-  // and written as one entry when it ends, so a device in a reconnect loop
-  // costs at most two audit writes per window, not one per attempt.
-  int64_t denied_audit_window_ms = 60'000;
-  // Distinct (tenant, identity, reason) tracked at once; beyond it denials
-  // are counted (denied_unaudited) but not audited until the windows drain.
-  size_t max_denied_tracked = 100'000;
-};
 
 class AdminModule : public BrokerHooks {
  public:

@@ -1,0 +1,25 @@
+// Limits of the management module (broker/modules/admin_module.h), set from
+// the options table (broker/config.cc: management.*). Plain data; read-only
+// after start-up.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fmq {
+
+struct AdminModuleOptions {
+  size_t max_queued_requests = 1024;    // beyond: PUBACK 0x97
+  size_t max_queued_events = 1 << 20;   // beyond: events dropped (counted, logged)
+  // Denied attempts (a revoked, suspended or retired device connecting, a
+  // device on the control topic) are audited at once the first time; more
+  // of the same (tenant, identity, reason) within this window are counted
+  // and written as one entry when it ends, so a device in a reconnect loop
+  // costs at most two audit writes per window, not one per attempt.
+  int64_t denied_audit_window_ms = 60'000;
+  // Distinct (tenant, identity, reason) tracked at once; beyond it denials
+  // are counted (denied_unaudited) but not audited until the windows drain.
+  size_t max_denied_tracked = 100'000;
+};
+
+}  // namespace fmq
