@@ -121,16 +121,27 @@ Broker::TenantState& Broker::StateOf(const std::string& tenant) {
   if (!slot) {
     slot = std::make_unique<TenantState>();
     slot->quota = default_quota_;
-    slot->tokens = slot->quota.max_publish_rate;
+    slot->tokens = BurstOf(slot->quota);  // a new tenant starts with a full second of burst
     slot->refill_ms = NowMs();
   }
   return *slot;
 }
 
+double Broker::BurstOf(const TenantQuota& q) const {
+  // Several workers: each admits its share (a tenant's clients are spread
+  // over the workers by the hash of their client ids).
+  const double rate = static_cast<double>(q.max_publish_rate) / (MultiWorker() ? cluster_->size() : 1);
+  return std::max(rate, 1.0);
+}
+
 void Broker::SetTenantQuota(const std::string& tenant, TenantQuota q) {
   TenantState& t = StateOf(tenant);
+  // A tenant that had no rate limit starts its new one with a full bucket;
+  // one that had a limit keeps what it has left (no new burst by changing it).
+  const bool was_unlimited = t.quota.max_publish_rate == 0;
   t.quota = q;
-  t.tokens = std::min<double>(t.tokens, q.max_publish_rate);
+  t.tokens = was_unlimited ? BurstOf(q) : std::min(t.tokens, BurstOf(q));
+  t.refill_ms = NowMs();
 }
 
 uint32_t Broker::TenantConnections(std::string_view tenant) const {
@@ -141,12 +152,10 @@ uint32_t Broker::TenantConnections(std::string_view tenant) const {
 
 bool Broker::TakePublishToken(TenantState& t) {
   if (t.quota.max_publish_rate == 0) return true;
-  // Several workers: each admits its share (a tenant's clients are spread
-  // over the workers by the hash of their client ids).
   const double rate = static_cast<double>(t.quota.max_publish_rate) / (MultiWorker() ? cluster_->size() : 1);
   const int64_t now = NowMs();
   if (now > t.refill_ms) {
-    t.tokens = std::min<double>(std::max(rate, 1.0), t.tokens + (now - t.refill_ms) * (rate / 1000.0));
+    t.tokens = std::min(BurstOf(t.quota), t.tokens + (now - t.refill_ms) * (rate / 1000.0));
     t.refill_ms = now;
   }
   if (t.tokens < 1.0) return false;

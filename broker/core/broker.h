@@ -203,6 +203,7 @@ class Broker {
     int64_t refill_ms = 0;
   };
   TenantState& StateOf(const std::string& tenant);
+  double BurstOf(const TenantQuota& q) const;  // this worker's bucket size
   bool TakePublishToken(TenantState& t);
   // Counts a connection of `tenant` unless `max` (0 = none) is reached.
   bool CountConnection(TenantState& t, const std::string& tenant, uint32_t max);

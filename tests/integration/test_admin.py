@@ -15,7 +15,9 @@ import unittest
 
 import paho.mqtt.client as mqtt
 
-from harness import FLEETMQ, PKI, TlsBase, id_on, run_cli, sys_at_least, wait_for
+from harness import FLEETMQ, PKI, TlsBase, id_on, mqtt5_connect, mqtt5_publish, read_packet, run_cli, sys_at_least, wait_for
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 ADMIN = os.environ.get("FLEETMQ_ADMIN_BIN", os.path.join(os.path.dirname(FLEETMQ), "..", "tools", "fleetmq-admin"))
 
@@ -289,6 +291,103 @@ class Commands(AdminBase):
         self.assertEqual(reply["responses"][0]["id"], 7)
 
 
+class LiveCuts(AdminBase):
+    def test_suspend_decommission_replace_cut_with_0x98_and_spare_the_others(self):
+        self.setup_fleet()
+        devs = {name: self.register(name) for name in ("d-sus", "d-dec", "d-rep", "d-by")}
+        self.admin("device.register", "serial_number=SN-d-new", "model_id=m1", "device_id=d-new")
+        conns = {}
+        for name, (crt, key, _) in devs.items():
+            c, st = self.connect(crt, key, name)
+            self.assertEqual(st["rc"], 0, name)
+            conns[name] = (c, st)
+        bystander, bst = conns["d-by"]
+        for cmd in (("device.suspend", "device_id=d-sus"), ("device.decommission", "device_id=d-dec"),
+                    ("device.replace", "device_id=d-rep", "new_device_id=d-new")):
+            self.admin(*cmd)
+        for name in ("d-sus", "d-dec", "d-rep"):
+            c, st = conns[name]
+            self.assertTrue(wait_for(lambda: st["disconnected"] is not None), name + " still connected")
+            self.assertEqual(st["disconnected"][1].value, 0x98, name)  # administrative action
+            c.loop_stop()  # no reconnect
+        # The bystander was never disconnected and is still served.
+        self.assertIsNone(bst["disconnected"])
+        subacked = []
+        bystander.on_subscribe = lambda cl, u, mid, codes, p=None: subacked.append(codes)
+        bystander.subscribe("devices/d-by/echo", qos=1)
+        self.assertTrue(wait_for(lambda: subacked))
+        bystander.publish("devices/d-by/echo", b"still here", qos=1)
+        self.assertTrue(wait_for(lambda: any(m[1] == b"still here" for m in bst["msgs"])))
+        bystander.disconnect()
+        bystander.loop_stop()
+
+
+class ControlTopic(AdminBase):
+    flags = ("--management.max_queued_requests=1",)
+
+    def test_anonymous_clients_cannot_use_the_control_topic(self):
+        s = socket.create_connection(("127.0.0.1", self.broker.port), timeout=5)
+        s.sendall(mqtt5_connect("anon-ctl"))
+        self.assertEqual(read_packet(s)[0], 0x20)
+        s.sendall(mqtt5_publish("$SYS/fleetmq/control/v1", b'{"commands":[{"command":"tenant.list"}]}', 1, 5))
+        first, body = read_packet(s)
+        self.assertEqual((first, body[:2], body[2]), (0x40, b"\x00\x05", 0x87))
+        s.close()
+
+    def test_v5_response_topic_and_correlation_data(self):
+        op = self.paho_op("ops-v5")
+        self.assertEqual(op.subscribe("replies/ops"), [1])
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "replies/ops"
+        props.CorrelationData = b"\x00corr-17"
+        op.c.publish("$SYS/fleetmq/control/v1", '{"commands":[{"command":"group.list"}]}', qos=1, properties=props)
+        m = op.get()
+        self.assertEqual(m.topic, "replies/ops")
+        self.assertEqual(m.properties.CorrelationData, b"\x00corr-17")
+        self.assertEqual(m.properties.ContentType, "application/json")
+        self.assertEqual(json.loads(m.payload)["responses"][0]["status"], "ok")
+        # A response topic under '$' other than its own reply topic is refused.
+        s = self.raw_tls(*self.op_cert())
+        s.sendall(mqtt5_connect("ops-raw"))
+        self.assertEqual(read_packet(s)[0], 0x20)
+        prop = b"\x08" + len(b"$SYS/x").to_bytes(2, "big") + b"$SYS/x"  # Response Topic
+        topic = b"$SYS/fleetmq/control/v1"
+        payload = b'{"commands":[{"command":"group.list"}]}'
+        body = len(topic).to_bytes(2, "big") + topic + b"\x00\x07" + bytes([len(prop)]) + prop + payload
+        s.sendall(b"\x32" + bytes([len(body)]) + body)
+        first, pb = read_packet(s)
+        self.assertEqual((first, pb[:2], pb[2]), (0x40, b"\x00\x07", 0x90))  # topic name invalid
+        s.close()
+
+    def test_full_management_queue_answers_0x97(self):
+        # 40 requests in one write, against a queue of one: some wait, the
+        # others are refused with 0x97 at once; each request gets its PUBACK.
+        s = self.raw_tls(*self.op_cert())
+        s.sendall(mqtt5_connect("ops-flood"))
+        self.assertEqual(read_packet(s)[0], 0x20)
+        req = b'{"commands":[{"command":"audit.verify"}]}'
+        s.sendall(b"".join(mqtt5_publish("$SYS/fleetmq/control/v1", req, 1, i) for i in range(1, 41)))
+        codes = {}
+        while len(codes) < 40:
+            first, body = read_packet(s)
+            if first == 0x40:
+                codes[int.from_bytes(body[:2], "big")] = body[2] if len(body) > 2 else 0
+        self.assertEqual(sorted(codes), list(range(1, 41)))
+        self.assertIn(0x97, codes.values())  # quota exceeded: the queue was full
+        self.assertIn(0, codes.values())     # and the queue did take work
+        self.assertEqual(set(codes.values()), {0, 0x97})
+        s.close()
+        # The broker still serves admin requests afterwards.
+        self.assertEqual(self.admin("audit.verify")["valid"], True)
+
+    def paho_op(self, client_id):
+        from harness import PahoTls
+        c = PahoTls(self.broker.tls_port, os.path.join(self.pki, "root.crt"), *self.op_cert(), client_id)
+        self.addCleanup(c.close)
+        self.assertEqual(c.rc, 0)
+        return c
+
+
 class Tenants(AdminBase):
     def test_cross_tenant_denial_for_every_command(self):
         self.setup_fleet()
@@ -399,6 +498,36 @@ class Tenants(AdminBase):
                          "not_found")
         c.disconnect()
         c.loop_stop()
+
+    def test_publish_rate_quota_across_two_workers(self):
+        # 10/s for the tenant: each of the two workers admits its half (a
+        # token bucket of 5 with one second of burst), so a burst of 20 from
+        # a client on each worker gets about 5 through on each, never more
+        # than the tenant's rate in total (plus what refills meanwhile).
+        self.admin("tenant.create", "tenant_id=rated", "max_publish_rate=10")
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--tenant", "rated", "--operator", "ops",
+                     "--out", self.tmp])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ops = (os.path.join(self.tmp, "ops.crt"), os.path.join(self.tmp, "ops.key"))
+        accepted = []
+        for w in (0, 1):
+            s = self.raw_tls(*ops)
+            s.sendall(mqtt5_connect(id_on(w, "rate", tenant="rated")))
+            self.assertEqual(read_packet(s)[:2][0], 0x20)
+            s.sendall(b"".join(mqtt5_publish("load/x", b"x", 1, i) for i in range(1, 21)))
+            codes = []
+            while len(codes) < 20:
+                first, body = read_packet(s)
+                if first == 0x40:
+                    codes.append(body[2] if len(body) > 2 else 0)
+            s.close()
+            self.assertEqual(set(codes) - {0, 0x97}, set(), codes)
+            accepted.append(codes.count(0))
+        for w, n in enumerate(accepted):
+            self.assertGreaterEqual(n, 4, "worker %d: %s" % (w, accepted))
+            self.assertLessEqual(n, 8, "worker %d: %s" % (w, accepted))
+        self.assertLessEqual(sum(accepted), 14)
+        self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/publish/messages/quota_refused", 24), 24)
 
     def test_tenant_connection_quota(self):
         self.admin("tenant.create", "tenant_id=small", "max_connections=1")
@@ -561,8 +690,16 @@ class ExternalCrl(AdminBase):
         # Garbage and a CRL signed by another CA: refused with a log line, no effect.
         with open(os.path.join(crl_dir, "junk.crl"), "wb") as f:
             f.write(b"not a crl at all")
+        other = os.path.join(self.tmp, "other-pki")
+        self.assertEqual(run_cli([PKI, "init", "--dir", other]).returncode, 0)
+        r = subprocess.run([PKI, "crl", "--dir", other, "--tenant", "default", "--serial", good[2]],
+                           stdout=subprocess.PIPE, timeout=10)
+        self.assertEqual(r.returncode, 0)
+        with open(os.path.join(crl_dir, "forged.crl"), "wb") as f:
+            f.write(r.stdout)  # names our tenant, signed by another CA
         self.broker.proc.send_signal(signal.SIGHUP)
         self.assertTrue(wait_for(lambda: "junk.crl refused" in self.broker.read_log()))
+        self.assertIn("forged.crl refused", self.broker.read_log())
         c, st = self.connect(good[0], good[1], "dev-good")
         self.assertEqual(st["rc"], 0)
         c.disconnect()

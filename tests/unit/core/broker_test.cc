@@ -1067,6 +1067,19 @@ TEST_CASE("tenant quotas: connections get CONNACK 0x97, publishes over the rate 
   auto other = Only<mqtt::Ack>(again->Recv());
   REQUIRE(other.size() == 4);  // every one acknowledged, none refused
   for (const auto& k : other) CHECK(k.reason != ReasonCode::kQuotaExceeded);
+  // A limit set at run time on a tenant that had none starts with a full
+  // second of burst (it used to start empty: everything refused at first).
+  auto late = TenantOperator(f, "late", "l");
+  REQUIRE(late->Connect("l").reason == ReasonCode::kSuccess);
+  late->Send(Pub("t", "x", 1, 1));
+  REQUIRE(Only<mqtt::Ack>(late->Recv()).size() == 1);
+  f.broker.SetTenantQuota("late", {0, 2});
+  for (uint16_t id = 2; id <= 4; ++id) late->Send(Pub("t", "x", 1, id));
+  auto late_acks = Only<mqtt::Ack>(late->Recv());
+  REQUIRE(late_acks.size() == 3);
+  CHECK(late_acks[0].reason != ReasonCode::kQuotaExceeded);
+  CHECK(late_acks[1].reason != ReasonCode::kQuotaExceeded);
+  CHECK(late_acks[2].reason == ReasonCode::kQuotaExceeded);
 }
 
 TEST_CASE("a group membership change reaches live and offline sessions; a resumed session is re-checked") {
