@@ -167,7 +167,10 @@ class Broker {
   void SendAck(Connection& c, mqtt::PacketType t, uint16_t id, mqtt::ReasonCode rc);
   // Acknowledges a PUBLISH once whatever it changed is durable, in order;
   // with `barrier`, also once every other worker released it.
-  void AckWhenDurable(Connection& c, mqtt::Packet ack, const AckBarrierPtr& barrier = nullptr);
+  // `record_after`: a QoS 2 PUBREC whose dedupe record is written once the
+  // barrier completes, before the PUBREC goes out.
+  void AckWhenDurable(Connection& c, mqtt::Packet ack, const AckBarrierPtr& barrier = nullptr,
+                      bool record_after = false);
   void ReleaseBarrier(const AckBarrierPtr& b, bool ok);
   void OnDurable(uint64_t conn_id, uint64_t ticket, bool ok);
   void DrainAcks(Connection& c);

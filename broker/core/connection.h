@@ -112,6 +112,9 @@ class Connection {
     mqtt::Packet ack;  // PUBACK, PUBREC or SUBACK
     uint64_t ticket = 0;
     bool ready = false;
+    // A PUBREC whose QoS 2 dedupe record is written only once the message
+    // is durable on every worker (Broker::OnDurable).
+    bool record_after = false;
   };
   SmallQueue<PendingAck> pending_acks_;
 };

@@ -48,10 +48,10 @@ void Broker::SendAck(Connection& c, PacketType t, uint16_t id, ReasonCode rc) {
   c.Write(a);
 }
 
-void Broker::AckWhenDurable(Connection& c, mqtt::Packet ack, const AckBarrierPtr& barrier) {
+void Broker::AckWhenDurable(Connection& c, mqtt::Packet ack, const AckBarrierPtr& barrier, bool record_after) {
   if (barrier != nullptr) {
     // Routed to every worker: acknowledged when the last one is durable.
-    c.pending_acks_.push_back(Connection::PendingAck{std::move(ack), barrier->ticket, false});
+    c.pending_acks_.push_back(Connection::PendingAck{std::move(ack), barrier->ticket, false, record_after});
     if (persistence_ != nullptr && persistence_->dirty()) {
       persistence_->Flush([this, barrier](bool ok) { ReleaseBarrier(barrier, ok); });
     } else {
@@ -88,6 +88,17 @@ void Broker::OnDurable(uint64_t conn_id, uint64_t ticket, bool ok) {
   Connection& c = *it->second;
   for (auto& pa : c.pending_acks_) {
     if (pa.ticket != ticket) continue;
+    if (ok && pa.record_after) {
+      // Every copy is durable: now the dedupe record, then the PUBREC.
+      pa.record_after = false;
+      const auto* a = std::get_if<mqtt::Ack>(&pa.ack);
+      if (a != nullptr && persistence_ != nullptr && c.session_ != nullptr) {
+        persistence_->SaveInboundQos2(*c.session_, a->packet_id, true);
+        pa.ticket = next_ticket_++;
+        persistence_->Flush([this, conn_id, t = pa.ticket](bool done) { OnDurable(conn_id, t, done); });
+        return;
+      }
+    }
     pa.ready = true;
     if (!ok) {
       if (auto* a = std::get_if<mqtt::Ack>(&pa.ack)) {
@@ -171,15 +182,27 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
   auto reply = [&](ReasonCode rc) {
     if (p.qos == 0) return;
     if (!v5 && mqtt::IsError(rc)) rc = ReasonCode::kSuccess;  // 3.1.1: ack and drop
+    // The QoS 2 dedupe record: with one worker it commits atomically with
+    // the message's copies (one batch). With several, the copies are written
+    // by several workers, so it is written only after all of them are
+    // durable: a crash in between can make a resent PUBLISH a duplicate,
+    // never lose an acknowledged one (doc/architecture.md).
+    bool record_after = false;
     if (p.qos == 2 && !mqtt::IsError(rc)) {
       s.inbound_qos2.insert(p.packet_id);
-      if (persistence_ != nullptr && s.durable()) persistence_->SaveInboundQos2(s, p.packet_id, true);
+      if (persistence_ != nullptr && s.durable()) {
+        if (barrier != nullptr) {
+          record_after = true;
+        } else {
+          persistence_->SaveInboundQos2(s, p.packet_id, true);
+        }
+      }
     }
     mqtt::Ack a;
     a.type = ack_type;
     a.packet_id = p.packet_id;
     a.reason = rc;
-    AckWhenDurable(c, std::move(a), barrier);  // [MQTT-4.3.2-2] acked once stored
+    AckWhenDurable(c, std::move(a), barrier, record_after);  // [MQTT-4.3.2-2] acked once stored
   };
   if (c.tenant_state_ != nullptr && !TakePublishToken(*static_cast<TenantState*>(c.tenant_state_))) {
     stats_.quota_publish_refused++;
