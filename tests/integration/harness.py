@@ -266,6 +266,31 @@ def mqtt5_publish(topic, payload, qos=1, packet_id=1):
     return bytes([0x30 | (qos << 1)]) + _varint(len(body)) + body
 
 
+def mqtt5_subscribe(topic_filter, qos=1, packet_id=1):
+    body = packet_id.to_bytes(2, "big") + b"\x00" + _str(topic_filter) + bytes([qos])
+    return b"\x82" + _varint(len(body)) + body
+
+
+def pipelined_session(sock, client_id, tag):
+    """CONNECT, SUBSCRIBE and a QoS 1 PUBLISH to the subscribed topic, all in
+    one write (a connection handed to another worker must carry what came
+    after its CONNECT); returns the packet types read back until both the
+    PUBACK and the message itself came back, and the payload."""
+    topic = "pipe/%s" % client_id
+    sock.sendall(mqtt5_connect(client_id) + mqtt5_subscribe(topic, 1, 1) + mqtt5_publish(topic, tag, 1, 2))
+    seen = []
+    payload = None
+    while payload is None or 0x40 not in seen or 0x90 not in seen:
+        first, body = read_packet(sock)
+        seen.append(first & 0xF0)
+        if first & 0xF0 == 0x30:
+            tlen = int.from_bytes(body[:2], "big")
+            plen = body[4 + tlen]
+            payload = body[5 + tlen + plen:]
+            sock.sendall(b"\x40\x02" + body[2 + tlen:4 + tlen])  # PUBACK
+    return seen, payload
+
+
 def read_packet(sock):
     """One MQTT packet from a blocking socket: (first byte, body)."""
     def exact(n):

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from harness import Broker, FLEETMQ, PKI, SubProcess, TlsBase, wait_for, mqtt5_connect, mqtt5_publish, read_packet, run_cli, sys_at_least
+from harness import Broker, FLEETMQ, PKI, SubProcess, TlsBase, id_on, pipelined_session, wait_for, mqtt5_connect, mqtt5_publish, read_packet, run_cli, sys_at_least
 
 class Tls(TlsBase):
     def test_first_run_pki_files(self):
@@ -85,6 +85,27 @@ class Tls(TlsBase):
         log = self.broker.read_log()
         self.assertIn("TLS from", log)
         self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/connections/tls_refused", 4), 4)
+
+
+class TlsHandOver(TlsBase):
+    def test_bytes_right_after_connect_survive_the_tls_hand_over(self):
+        # As in test_workers, over mutual TLS: the TLS session moves to the
+        # home worker with the plaintext that followed the CONNECT.
+        op = (os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key"))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(os.path.join(self.pki, "root.crt"))
+        ctx.load_cert_chain(*op)
+        for i in range(12):
+            cid = id_on(i % 2, "tpipe%d" % i, tenant="default")
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5),
+                                 server_hostname="localhost") as s:
+                seen, payload = pipelined_session(s, cid, b"t%d" % i)
+            self.assertEqual(payload, b"t%d" % i)
+            # CONNACK first; then SUBACK, PUBACK and our message, the SUBACK
+            # not necessarily before the message ([MQTT-3.8.4]: a server may
+            # send matching PUBLISHes before the SUBACK).
+            self.assertEqual(seen[0], 0x20, seen)
+            self.assertEqual(sorted(seen[1:]), [0x30, 0x40, 0x90], seen)
 
 
 class TwoTenants(TlsBase):
