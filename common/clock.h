@@ -3,6 +3,8 @@
 // thread-safe; FakeClock belongs to the test thread.
 #pragma once
 
+#include <atomic>
+
 #include <cstdint>
 #include <ctime>
 
@@ -32,16 +34,18 @@ class SystemClock final : public Clock {
   }
 };
 
+// A clock the test moves. Atomic, so a test may advance it while a thread
+// it started (the management thread) reads it.
 class FakeClock final : public Clock {
  public:
   explicit FakeClock(int64_t start_ms = 1'000'000) : now_(start_ms) {}
-  int64_t NowMs() const override { return now_; }
-  int64_t WallMs() const override { return now_ + kWallOffset; }
-  void Advance(int64_t ms) { now_ += ms; }
+  int64_t NowMs() const override { return now_.load(std::memory_order_relaxed); }
+  int64_t WallMs() const override { return NowMs() + kWallOffset; }
+  void Advance(int64_t ms) { now_.fetch_add(ms, std::memory_order_relaxed); }
   static constexpr int64_t kWallOffset = 1'700'000'000'000;
 
  private:
-  int64_t now_;
+  std::atomic<int64_t> now_;
 };
 
 }  // namespace fmq

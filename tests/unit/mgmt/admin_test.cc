@@ -507,3 +507,51 @@ TEST_CASE("admin: start-up keeps current CRLs and re-signs only stale or due one
 
 }  // namespace
 }  // namespace fmq::admin
+
+namespace fmq::admin {
+namespace {
+
+TEST_CASE("admin: Tick re-signs a CRL past half its validity, not before") {
+  World w;
+  const std::string path = w.dir + "/pki/tenants/acme/crl.der";
+  const std::string first = Slurp(path);
+  const int64_t half = ServiceOptions{}.crl_validity_ms / 2;
+  Effects fx;
+  w.clock.Advance(half - 120'000);  // still current (Tick checks once a minute)
+  w.svc->Tick(&fx);
+  CHECK(fx.publishes.empty());
+  CHECK(Slurp(path) == first);
+  w.clock.Advance(180'000);  // past half: re-signed, published, later nextUpdate
+  w.svc->Tick(&fx);
+  bool published = false;
+  for (const auto& p : fx.publishes) published |= p.tenant == "acme" && p.topic == "$SYS/fleetmq/crl/v1";
+  CHECK(published);
+  auto before = pki::ReadCrl(first), after = pki::ReadCrl(Slurp(path));
+  REQUIRE(before.ok());
+  REQUIRE(after.ok());
+  CHECK(after->next_update_ms > before->next_update_ms);
+  CHECK(after->next_update_ms - w.clock.WallMs() > half);
+}
+
+TEST_CASE("admin: audit.verify answers data_loss after the log was tampered with") {
+  World w;
+  w.Setup(w.acme);
+  REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));
+  REQUIRE(w.Run(w.acme, R"({"command":"audit.verify"})")["data"]["valid"] == true);
+  // Rewrite entry 2's result in place (a valid record, the chain broken).
+  const auto t = storage::TenantId::FromAuthenticated("acme");
+  auto raw = w.kv.Get(storage::Family::kAudit, storage::keys::Audit(t, 2));
+  REQUIRE(raw.ok());
+  fb::AuditEntryT e;
+  REQUIRE(storage::DecodeRecord<fb::AuditEntry>(storage::Family::kAudit, "", *raw, &e).ok());
+  e.result = "ok (edited)";
+  w.kv.Poke(storage::Family::kAudit, storage::keys::Audit(t, 2), storage::EncodeRecord<fb::AuditEntry>(e));
+  Json r = w.Run(w.acme, R"({"command":"audit.verify"})");
+  CHECK(World::Code(r) == "data_loss");
+  CHECK(r["error"]["message"].get<std::string>().find("2") != std::string::npos);  // names the entry
+  // The other tenant's chain is untouched.
+  CHECK(w.Run(w.beta, R"({"command":"audit.verify"})")["data"]["valid"] == true);
+}
+
+}  // namespace
+}  // namespace fmq::admin
