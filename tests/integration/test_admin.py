@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import unittest
 
@@ -320,6 +321,43 @@ class LiveCuts(AdminBase):
         self.assertTrue(wait_for(lambda: any(m[1] == b"still here" for m in bst["msgs"])))
         bystander.disconnect()
         bystander.loop_stop()
+
+
+class Concurrency(AdminBase):
+    def test_handshakes_on_both_workers_while_cas_are_added_and_crls_reloaded(self):
+        """What the TSan stage looks at: handshakes on every worker reading
+        the trust chain and the revocation sets while the management thread
+        adds tenant CAs and revokes, and the CRL directory is reloaded."""
+        self.setup_fleet()
+        crt, key, _ = self.register("dev-busy")
+        victim_crt, victim_key, victim = self.register("dev-victim")
+        results = []
+        stop = threading.Event()
+
+        def handshakes():
+            while not stop.is_set() and len(results) < 200:
+                try:
+                    s = self.raw_tls(crt, key)
+                    s.sendall(CONNECT_ANY)
+                    s.settimeout(5)
+                    results.append(s.recv(4)[:1] == b"\x20")
+                    s.close()
+                except Exception as e:  # noqa: BLE001 - every failure is counted
+                    results.append(repr(e))
+
+        threads = [threading.Thread(target=handshakes) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(3):
+            self.admin("tenant.create", "tenant_id=busy-%d" % i)
+            self.broker.proc.send_signal(signal.SIGHUP)
+        self.admin("cert.revoke", "serial=" + victim["certificate_serial"])
+        stop.set()
+        for t in threads:
+            t.join(30)
+        self.assertGreater(len(results), 10)
+        self.assertEqual([r for r in results if r is not True], [])
+        self.assertTrue(self.refused(victim_crt, victim_key))
 
 
 class ControlTopic(AdminBase):
