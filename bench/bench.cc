@@ -58,11 +58,11 @@ struct Options {
   double warmup = 1;
   int version = 5;
   int broker_pid = 0;
-  bool persistent = false;  // subscribers hold durable sessions: every message is stored
-  double rate = 0;          // fanin/fanout: fixed total messages/s (0 = closed loop)
-  int conns = 1000;         // conn: connections to hold; tls: parallel loops
-  bool subscribe = false;   // conn: each connection subscribes to its own topic
-  bool resume = false;      // tls: resumed handshakes (session tickets)
+  bool persistent = false;    // subscribers hold durable sessions: every message is stored
+  double rate = 0;            // fanin/fanout: fixed total messages/s (0 = closed loop)
+  int conns = 1000;           // conn: connections to hold; tls: parallel loops
+  bool subscribe = false;     // conn: each connection subscribes to its own topic
+  bool resume = false;        // tls: resumed handshakes (session tickets)
   std::string ca, cert, key;  // tls: trust and client credentials (PEM files)
 };
 
@@ -126,9 +126,9 @@ double BrokerCpuSeconds(int pid) {
 // owning one read buffer for the whole loop: reads never overlap).
 template <class T>
 void StartReading(uv_tcp_t* tcp, uv_read_cb on_read) {
-  uv_read_start(reinterpret_cast<uv_stream_t*>(tcp),
-                [](uv_handle_t* h, size_t, uv_buf_t* b) { *b = static_cast<T*>(h->data)->bench->ReadBuffer(); },
-                on_read);
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(tcp),
+      [](uv_handle_t* h, size_t, uv_buf_t* b) { *b = static_cast<T*>(h->data)->bench->ReadBuffer(); }, on_read);
 }
 
 class Bench;
@@ -173,9 +173,12 @@ class Bench {
     uv_run(&loop_, UV_RUN_DEFAULT);
     int rc = Report();
     // Close every handle so the loop (and LeakSanitizer) ends clean.
-    uv_walk(&loop_, [](uv_handle_t* h, void*) {
-      if (!uv_is_closing(h)) uv_close(h, nullptr);
-    }, nullptr);
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
+        nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
     return rc;
@@ -333,7 +336,9 @@ class Bench {
     c->index = i;
     c->publisher = publisher;
     c->version = o_.version == 5 ? mqtt::Version::kV5 : mqtt::Version::kV311;
-    c->topic = o_.scenario == "fanout" ? "bench/all" : push() ? "push/" + std::to_string(i) : "bench/" + std::to_string(i);
+    c->topic = o_.scenario == "fanout" ? "bench/all"
+               : push()                ? "push/" + std::to_string(i)
+                                       : "bench/" + std::to_string(i);
     uv_tcp_init_ex(&loop_, &c->tcp, AF_INET);
     uv_tcp_nodelay(&c->tcp, 1);
     if (push() || conn()) BindSource(&c->tcp, i);  // spread over 127.0.0.1-8
@@ -390,31 +395,31 @@ class Bench {
       }
       return;
     }
-    mqtt::Error e = c->framer.Feed(std::string_view(buf->base, static_cast<size_t>(n)),
-                                   [&](uint8_t first, std::string_view body) {
-      auto type = static_cast<mqtt::PacketType>(first >> 4);
-      if (type == mqtt::PacketType::kPublish) {
-        mqtt::Packet p;
-        if (!mqtt::Decode(first, body, c->version, &p).ok()) return false;
-        auto& pub = std::get<mqtt::Publish>(p);
-        if (pub.qos == 1) {
-          mqtt::Ack a;
-          a.type = mqtt::PacketType::kPuback;
-          a.packet_id = pub.packet_id;
-          mqtt::Encode(a, c->version, &c->out);
-        }
-        b->OnPublishReceived(c, pub);
-      } else if (type == mqtt::PacketType::kPuback && c->publisher && b->push()) {
-        b->OnPushAck(c);
-      } else if (type == mqtt::PacketType::kConnack && (c->publisher || (b->conn() && !b->o_.subscribe))) {
-        c->ready = true;
-        b->OnReady(c);
-      } else if (type == mqtt::PacketType::kSuback) {
-        c->ready = true;
-        b->OnReady(c);
-      }
-      return true;
-    });
+    mqtt::Error e =
+        c->framer.Feed(std::string_view(buf->base, static_cast<size_t>(n)), [&](uint8_t first, std::string_view body) {
+          auto type = static_cast<mqtt::PacketType>(first >> 4);
+          if (type == mqtt::PacketType::kPublish) {
+            mqtt::Packet p;
+            if (!mqtt::Decode(first, body, c->version, &p).ok()) return false;
+            auto& pub = std::get<mqtt::Publish>(p);
+            if (pub.qos == 1) {
+              mqtt::Ack a;
+              a.type = mqtt::PacketType::kPuback;
+              a.packet_id = pub.packet_id;
+              mqtt::Encode(a, c->version, &c->out);
+            }
+            b->OnPublishReceived(c, pub);
+          } else if (type == mqtt::PacketType::kPuback && c->publisher && b->push()) {
+            b->OnPushAck(c);
+          } else if (type == mqtt::PacketType::kConnack && (c->publisher || (b->conn() && !b->o_.subscribe))) {
+            c->ready = true;
+            b->OnReady(c);
+          } else if (type == mqtt::PacketType::kSuback) {
+            c->ready = true;
+            b->OnReady(c);
+          }
+          return true;
+        });
     if (!e.ok()) {
       std::fprintf(stderr, "fleetmq-bench: bad packet from broker: %s\n", e.rule);
       std::exit(1);
@@ -461,8 +466,8 @@ class Bench {
     if (b->measuring_) {
       const double m = static_cast<double>(NowNs() - b->measure_start_ns_) / 1e9;
       if (static_cast<int>(m * 10) % 10 == 0) {
-        std::fprintf(stderr, "\r%.0fs received %llu (%.0f msg/s)   ", m,
-                     static_cast<unsigned long long>(b->received_), m > 0 ? b->received_ / m : 0);
+        std::fprintf(stderr, "\r%.0fs received %llu (%.0f msg/s)   ", m, static_cast<unsigned long long>(b->received_),
+                     m > 0 ? b->received_ / m : 0);
       }
       if (m >= b->o_.duration) {
         b->measure_ns_ = NowNs() - b->measure_start_ns_;
@@ -481,20 +486,22 @@ class Bench {
     std::fprintf(stderr, "\n");
     if (conn()) {
       const double secs = static_cast<double>(measure_ns_) / 1e9;
-      std::printf("{\"scenario\":\"conn\",\"conns\":%d,\"subscribe\":%s,\"mqtt\":%d,\"connect_s\":%.3f,"
-                  "\"connects_per_s\":%.0f,\"broker_rss_before\":%lld,\"broker_rss_after\":%lld,"
-                  "\"broker_rss_per_conn\":%.0f}\n",
-                  o_.subs, o_.subscribe ? "true" : "false", o_.version, secs, o_.subs / secs,
-                  static_cast<long long>(rss_before_), static_cast<long long>(rss_after_),
-                  rss_after_ > 0 ? static_cast<double>(rss_after_ - rss_before_) / o_.subs : 0.0);
+      std::printf(
+          "{\"scenario\":\"conn\",\"conns\":%d,\"subscribe\":%s,\"mqtt\":%d,\"connect_s\":%.3f,"
+          "\"connects_per_s\":%.0f,\"broker_rss_before\":%lld,\"broker_rss_after\":%lld,"
+          "\"broker_rss_per_conn\":%.0f}\n",
+          o_.subs, o_.subscribe ? "true" : "false", o_.version, secs, o_.subs / secs,
+          static_cast<long long>(rss_before_), static_cast<long long>(rss_after_),
+          rss_after_ > 0 ? static_cast<double>(rss_after_ - rss_before_) / o_.subs : 0.0);
       return 0;
     }
     if (push()) {
       const double secs = static_cast<double>(measure_ns_) / 1e9;
       const double cpu = cpu_end_ - cpu_start_;
-      std::printf("{\"scenario\":\"push\",\"devices\":%d,\"window\":%d,\"mqtt\":%d,\"seconds\":%.3f,"
-                  "\"devices_per_s\":%.0f,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_device\":%.3f}\n",
-                  o_.subs, o_.window, o_.version, secs, o_.subs / secs, cpu, cpu * 1e6 / o_.subs);
+      std::printf(
+          "{\"scenario\":\"push\",\"devices\":%d,\"window\":%d,\"mqtt\":%d,\"seconds\":%.3f,"
+          "\"devices_per_s\":%.0f,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_device\":%.3f}\n",
+          o_.subs, o_.window, o_.version, secs, o_.subs / secs, cpu, cpu * 1e6 / o_.subs);
       return 0;
     }
     std::sort(latencies_.begin(), latencies_.end());
@@ -506,9 +513,8 @@ class Bench {
         "\"mqtt\":%d,\"persistent\":%s,\"seconds\":%.2f,\"sent\":%llu,\"received\":%llu,\"msgs_per_s\":%.0f,"
         "\"p50_us\":%u,\"p99_us\":%u,\"p999_us\":%u,\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_msg\":%.3f,"
         "\"rate\":%.0f,\"rate_skipped\":%llu}\n",
-        o_.scenario.c_str(), o_.pubs, o_.subs, o_.qos, o_.size, o_.window, o_.version,
-        o_.persistent ? "true" : "false", secs,
-        static_cast<unsigned long long>(sent_), static_cast<unsigned long long>(received_),
+        o_.scenario.c_str(), o_.pubs, o_.subs, o_.qos, o_.size, o_.window, o_.version, o_.persistent ? "true" : "false",
+        secs, static_cast<unsigned long long>(sent_), static_cast<unsigned long long>(received_),
         static_cast<double>(received_) / secs, pct(0.5), pct(0.99), pct(0.999), cpu,
         received_ ? cpu * 1e6 / static_cast<double>(received_) : 0.0, o_.rate,
         static_cast<unsigned long long>(rate_skipped_));
@@ -521,10 +527,10 @@ class Bench {
   std::vector<std::unique_ptr<Client>> clients_;
   std::vector<Client*> pubs_;
   int ready_ = 0;
-  int next_sub_ = 0;      // push: next device to connect
-  int next_target_ = 0;   // push: next device to publish to
+  int next_sub_ = 0;     // push: next device to connect
+  int next_target_ = 0;  // push: next device to publish to
   int64_t push_start_ns_ = 0;
-  int64_t connected_ns_ = 0;        // conn: when the last CONNACK arrived
+  int64_t connected_ns_ = 0;  // conn: when the last CONNACK arrived
   int64_t rss_before_ = 0, rss_after_ = 0;
   uv_timer_t rate_timer_;
   int pubs_ready_ = 0;
@@ -537,7 +543,7 @@ class Bench {
   uint64_t sent_ = 0, received_ = 0;
   double cpu_start_ = 0, cpu_end_ = 0;
   std::vector<uint32_t> latencies_;
-  char read_buf_[256 * 1024];
+  char read_buf_[256 * 1024] = {};
 };
 
 // tls: --conns loops, each connecting, handshaking, sending CONNECT and
@@ -557,9 +563,12 @@ class TlsBench {
     for (int i = 0; i < o_.conns; ++i) Start(new Conn(this, i));
     uv_run(&loop_, UV_RUN_DEFAULT);
     Report();
-    uv_walk(&loop_, [](uv_handle_t* h, void*) {
-      if (!uv_is_closing(h)) uv_close(h, nullptr);
-    }, nullptr);
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
+        nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
     mbedtls_ssl_session_free(&saved_);
@@ -661,8 +670,8 @@ class TlsBench {
     ck.keep_alive = 60;
     std::string plain;
     mqtt::Encode(ck, ck.version, &plain);
-    c->tls->Write(plain);        // held until the handshake is done
-    c->tls->OnCiphertext("");    // the ClientHello
+    c->tls->Write(plain);      // held until the handshake is done
+    c->tls->OnCiphertext("");  // the ClientHello
     b->Send(c);
     StartReading<Conn>(&c->tcp, OnRead);
   }
@@ -743,13 +752,13 @@ class TlsBench {
     auto pct = [&](double q) { return Percentile(latencies_, q); };
     const double secs = static_cast<double>(measure_ns_) / 1e9;
     const double cpu = cpu_end_ - cpu_start_;
-    std::printf("{\"scenario\":\"tls\",\"resume\":%s,\"conns\":%d,\"seconds\":%.2f,\"handshakes\":%llu,"
-                "\"handshakes_per_s\":%.0f,\"p50_us\":%u,\"p99_us\":%u,\"failures\":%llu,"
-                "\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_handshake\":%.1f}\n",
-                o_.resume ? "true" : "false", o_.conns, secs, static_cast<unsigned long long>(count_),
-                static_cast<double>(count_) / secs, pct(0.5), pct(0.99),
-                static_cast<unsigned long long>(failures_), cpu,
-                count_ ? cpu * 1e6 / static_cast<double>(count_) : 0.0);
+    std::printf(
+        "{\"scenario\":\"tls\",\"resume\":%s,\"conns\":%d,\"seconds\":%.2f,\"handshakes\":%llu,"
+        "\"handshakes_per_s\":%.0f,\"p50_us\":%u,\"p99_us\":%u,\"failures\":%llu,"
+        "\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_handshake\":%.1f}\n",
+        o_.resume ? "true" : "false", o_.conns, secs, static_cast<unsigned long long>(count_),
+        static_cast<double>(count_) / secs, pct(0.5), pct(0.99), static_cast<unsigned long long>(failures_), cpu,
+        count_ ? cpu * 1e6 / static_cast<double>(count_) : 0.0);
   }
 
   Options o_;
@@ -767,7 +776,7 @@ class TlsBench {
   int64_t start_ns_ = 0, measure_start_ns_ = 0, measure_ns_ = 1;
   double cpu_start_ = 0, cpu_end_ = 0;
   std::vector<uint32_t> latencies_;
-  char read_buf_[64 * 1024];
+  char read_buf_[64 * 1024] = {};
 };
 
 void Usage() {
@@ -791,26 +800,46 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--scenario") o.scenario = next();
-    else if (a == "--host") o.host = next();
-    else if (a == "--port") o.port = std::atoi(next().c_str());
-    else if (a == "--pubs") o.pubs = std::atoi(next().c_str());
-    else if (a == "--subs") o.subs = std::atoi(next().c_str());
-    else if (a == "--qos") o.qos = std::atoi(next().c_str());
-    else if (a == "--size") o.size = std::atoi(next().c_str());
-    else if (a == "--window") o.window = std::atoi(next().c_str());
-    else if (a == "--duration") o.duration = std::atof(next().c_str());
-    else if (a == "--warmup") o.warmup = std::atof(next().c_str());
-    else if (a == "--mqtt") o.version = std::atoi(next().c_str());
-    else if (a == "--broker-pid") o.broker_pid = std::atoi(next().c_str());
-    else if (a == "--persistent") o.persistent = true;
-    else if (a == "--rate") o.rate = std::atof(next().c_str());
-    else if (a == "--conns") o.conns = std::atoi(next().c_str());
-    else if (a == "--subscribe") o.subscribe = true;
-    else if (a == "--resume") o.resume = true;
-    else if (a == "--ca") o.ca = next();
-    else if (a == "--cert") o.cert = next();
-    else if (a == "--key") o.key = next();
+    if (a == "--scenario")
+      o.scenario = next();
+    else if (a == "--host")
+      o.host = next();
+    else if (a == "--port")
+      o.port = std::atoi(next().c_str());
+    else if (a == "--pubs")
+      o.pubs = std::atoi(next().c_str());
+    else if (a == "--subs")
+      o.subs = std::atoi(next().c_str());
+    else if (a == "--qos")
+      o.qos = std::atoi(next().c_str());
+    else if (a == "--size")
+      o.size = std::atoi(next().c_str());
+    else if (a == "--window")
+      o.window = std::atoi(next().c_str());
+    else if (a == "--duration")
+      o.duration = std::atof(next().c_str());
+    else if (a == "--warmup")
+      o.warmup = std::atof(next().c_str());
+    else if (a == "--mqtt")
+      o.version = std::atoi(next().c_str());
+    else if (a == "--broker-pid")
+      o.broker_pid = std::atoi(next().c_str());
+    else if (a == "--persistent")
+      o.persistent = true;
+    else if (a == "--rate")
+      o.rate = std::atof(next().c_str());
+    else if (a == "--conns")
+      o.conns = std::atoi(next().c_str());
+    else if (a == "--subscribe")
+      o.subscribe = true;
+    else if (a == "--resume")
+      o.resume = true;
+    else if (a == "--ca")
+      o.ca = next();
+    else if (a == "--cert")
+      o.cert = next();
+    else if (a == "--key")
+      o.key = next();
     else {
       Usage();
       return 2;

@@ -44,9 +44,7 @@ long RssBytes() {
   return rss * sysconf(_SC_PAGESIZE);
 }
 
-double Secs(Steady::time_point a, Steady::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
+double Secs(Steady::time_point a, Steady::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 }  // namespace
 
@@ -55,8 +53,10 @@ int main(int argc, char** argv) {
   int keepalive = 60;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--connections" && i + 1 < argc) n = std::atol(argv[++i]);
-    else if (a == "--keepalive" && i + 1 < argc) keepalive = std::atoi(argv[++i]);
+    if (a == "--connections" && i + 1 < argc)
+      n = std::atol(argv[++i]);
+    else if (a == "--keepalive" && i + 1 < argc)
+      keepalive = std::atoi(argv[++i]);
     else {
       std::fprintf(stderr, "usage: fleetmq-scale-sim [--connections N] [--keepalive S]\n");
       return 2;
@@ -137,12 +137,13 @@ int main(int argc, char** argv) {
   const uint64_t offline = broker.stats().keepalive_timeouts - false_timeouts;
   std::printf(
       "{\"connections\":%ld,\"keepalive_s\":%d,\"connect_subscribe_per_s\":%.0f,"
-      "\"rss_bytes_per_connection\":%.0f,\"rss_bytes_per_connection_after_heartbeats\":%.0f,\"pingreq_ns\":%.1f,\"pingreq_per_s\":%.0f,"
+      "\"rss_bytes_per_connection\":%.0f,\"rss_bytes_per_connection_after_heartbeats\":%.0f,\"pingreq_ns\":%.1f,"
+      "\"pingreq_per_s\":%.0f,"
       "\"tick_us_avg\":%.1f,\"false_timeouts\":%llu,\"went_offline\":%llu,\"offline_expected\":%ld,"
       "\"all_offline_detected_ms_after_last_packet\":%lld,\"bound_ms\":%d,\"timers\":%zu}\n",
       n, keepalive, static_cast<double>(n) / connect_s, static_cast<double>(rss1 - rss0) / static_cast<double>(n),
-      static_cast<double>(rss2 - rss0) / static_cast<double>(n),
-      ping_s * 1e9 / static_cast<double>(pings), static_cast<double>(pings) / ping_s, tick_s * 1e6 / static_cast<double>(ticks),
+      static_cast<double>(rss2 - rss0) / static_cast<double>(n), ping_s * 1e9 / static_cast<double>(pings),
+      static_cast<double>(pings) / ping_s, tick_s * 1e6 / static_cast<double>(ticks),
       static_cast<unsigned long long>(false_timeouts), static_cast<unsigned long long>(offline), n / 2,
       static_cast<long long>(detected_all_ms), keepalive * 1500, broker.timer_count());
   for (auto& c : conns) c->OnTransportClosed();

@@ -42,13 +42,19 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) std::exit(2);
       return argv[++i];
     };
-    if (a == "--dir") dir = next();
-    else if (a == "--devices") devices = std::atol(next());
-    else if (a == "--groups") groups = std::atol(next());
-    else if (a == "--sessions") sessions = std::atol(next());
-    else if (a == "--skip-fill") fill = false;
+    if (a == "--dir")
+      dir = next();
+    else if (a == "--devices")
+      devices = std::atol(next());
+    else if (a == "--groups")
+      groups = std::atol(next());
+    else if (a == "--sessions")
+      sessions = std::atol(next());
+    else if (a == "--skip-fill")
+      fill = false;
     else {
-      std::fprintf(stderr, "usage: fleetmq-storage-bench --dir DIR [--devices N] [--groups G] [--sessions S] [--skip-fill]\n");
+      std::fprintf(stderr,
+                   "usage: fleetmq-storage-bench --dir DIR [--devices N] [--groups G] [--sessions S] [--skip-fill]\n");
       return 2;
     }
   }
@@ -132,10 +138,11 @@ int main(int argc, char** argv) {
     found += page.items.size();
   }
   std::sort(q.begin(), q.end());
-  std::printf("{\"devices\":%ld,\"groups\":%ld,\"sessions\":%ld,\"fill_ms\":%.0f,\"open_ms\":%.1f,"
-              "\"load_sessions_ms\":%.1f,\"sessions_loaded\":%llu,\"query_first_page_ms_median\":%.2f,"
-              "\"query_first_page_ms_max\":%.2f,\"query_rows\":%zu}\n",
-              devices, groups, sessions, fill_ms, Ms(t1, t2), Ms(t2, t3),
-              static_cast<unsigned long long>(st.sessions), q[q.size() / 2], q.back(), found);
+  std::printf(
+      "{\"devices\":%ld,\"groups\":%ld,\"sessions\":%ld,\"fill_ms\":%.0f,\"open_ms\":%.1f,"
+      "\"load_sessions_ms\":%.1f,\"sessions_loaded\":%llu,\"query_first_page_ms_median\":%.2f,"
+      "\"query_first_page_ms_max\":%.2f,\"query_rows\":%zu}\n",
+      devices, groups, sessions, fill_ms, Ms(t1, t2), Ms(t2, t3), static_cast<unsigned long long>(st.sessions),
+      q[q.size() / 2], q.back(), found);
   return 0;
 }

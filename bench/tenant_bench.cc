@@ -31,9 +31,12 @@ int main(int argc, char** argv) {
   bool fill = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--dir" && i + 1 < argc) dir = argv[++i];
-    else if (a == "--tenants" && i + 1 < argc) tenants = std::atol(argv[++i]);
-    else if (a == "--skip-fill") fill = false;
+    if (a == "--dir" && i + 1 < argc)
+      dir = argv[++i];
+    else if (a == "--tenants" && i + 1 < argc)
+      tenants = std::atol(argv[++i]);
+    else if (a == "--skip-fill")
+      fill = false;
     else {
       std::fprintf(stderr, "usage: fleetmq-tenant-bench --dir DIR [--tenants N] [--skip-fill]\n");
       return 2;
@@ -78,8 +81,9 @@ int main(int argc, char** argv) {
     init_ms[run] = Ms(t0, Steady::now());
     published[run] = fx.publishes.size();
   }
-  std::printf("{\"tenants\":%ld,\"create_cas_ms\":%.0f,\"init_cold_ms\":%.0f,\"init_warm_ms\":%.0f,"
-              "\"crls_published\":[%zu,%zu]}\n",
-              tenants, fill_ms, init_ms[0], init_ms[1], published[0], published[1]);
+  std::printf(
+      "{\"tenants\":%ld,\"create_cas_ms\":%.0f,\"init_cold_ms\":%.0f,\"init_warm_ms\":%.0f,"
+      "\"crls_published\":[%zu,%zu]}\n",
+      tenants, fill_ms, init_ms[0], init_ms[1], published[0], published[1]);
   return 0;
 }

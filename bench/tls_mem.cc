@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
   auto root = pki::CertificateAuthority::CreateRoot(rng, "root", now);
   auto ca = root->CreateTenantCa(rng, "acme", now);
   std::string skey, dkey;
-  auto scert = ca->IssueWithNewKey(rng, {"acme", "localhost", pki::Role::kServer}, now, pki::kDay, &skey, {"localhost"});
+  auto scert =
+      ca->IssueWithNewKey(rng, {"acme", "localhost", pki::Role::kServer}, now, pki::kDay, &skey, {"localhost"});
   auto dcert = ca->IssueWithNewKey(rng, {"acme", "dev", pki::Role::kDevice}, now, pki::kDay, &dkey);
   auto ctx = tls::TlsServerContext::Create(scert->pem + ca->cert().pem, skey, root->cert().pem + ca->cert().pem);
   if (!ctx.ok()) return 1;
@@ -66,8 +67,9 @@ int main(int argc, char** argv) {
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const size_t heap1 = mallinfo2().uordblks;
-  std::printf("{\"sessions\":%d,\"heap_bytes_per_idle_tls_session\":%.0f,\"full_handshakes_per_s_both_sides_one_core\":%.0f}\n",
-              n, static_cast<double>(heap1 - heap0) / n, n / secs);
+  std::printf(
+      "{\"sessions\":%d,\"heap_bytes_per_idle_tls_session\":%.0f,\"full_handshakes_per_s_both_sides_one_core\":%.0f}\n",
+      n, static_cast<double>(heap1 - heap0) / n, n / secs);
   servers.clear();
   mbedtls_ssl_config_free(&conf);
   mbedtls_x509_crt_free(&trust);

@@ -1,10 +1,11 @@
 #include "broker/config.h"
 
+#include <toml++/toml.h>
+
 #include <charconv>
 #include <cstdlib>
 #include <functional>
 #include <limits>
-#include <toml++/toml.h>
 
 namespace fmq {
 namespace {
@@ -22,8 +23,7 @@ absl::Status Bad(const std::string& key, const std::string& why) {
   return absl::InvalidArgumentError("config key '" + key + "': " + why);
 }
 
-Setter UintSetter(const char* key, uint64_t min, uint64_t max,
-                  std::function<void(Config&, uint64_t)> assign) {
+Setter UintSetter(const char* key, uint64_t min, uint64_t max, std::function<void(Config&, uint64_t)> assign) {
   return [=](Config& c, const std::string& v) -> absl::Status {
     uint64_t n = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
@@ -43,9 +43,12 @@ Setter Uint(T BrokerOptions::*field, const char* key, uint64_t min, uint64_t max
 
 Setter Bool(bool BrokerOptions::*field, const char* key) {
   return [=](Config& c, const std::string& v) -> absl::Status {
-    if (v == "true") c.broker.*field = true;
-    else if (v == "false") c.broker.*field = false;
-    else return Bad(key, "'" + v + "' is not true or false");
+    if (v == "true")
+      c.broker.*field = true;
+    else if (v == "false")
+      c.broker.*field = false;
+    else
+      return Bad(key, "'" + v + "' is not true or false");
     return absl::OkStatus();
   };
 }
@@ -61,7 +64,8 @@ absl::Status ParseAddresses(const char* key, const std::string& v, std::vector<L
     if (colon == std::string::npos || colon == 0) return Bad(key, "'" + item + "' is not host:port");
     ListenAddress a;
     a.host = item.substr(0, colon);
-    if (a.host.size() > 2 && a.host.front() == '[' && a.host.back() == ']') a.host = a.host.substr(1, a.host.size() - 2);
+    if (a.host.size() > 2 && a.host.front() == '[' && a.host.back() == ']')
+      a.host = a.host.substr(1, a.host.size() - 2);
     std::string port = item.substr(colon + 1);
     unsigned p = 0;
     auto [e, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
@@ -97,13 +101,21 @@ absl::StatusOr<std::vector<AclRule>> ParseAclRules(const std::string& key, const
 const std::vector<OptionDef>& Options() {
   using B = BrokerOptions;
   static const std::vector<OptionDef> kOptions = {
-      {"listen", "127.0.0.1:1883", "Plain MQTT listeners, comma-separated host:port (port 0 = any free port).", ParseListen},
-      {"tls_listen", "127.0.0.1:8883", "MQTT over mutual TLS listeners, comma-separated host:port; empty disables TLS. The PKI under data_dir/pki is created on first start.",
+      {"listen", "127.0.0.1:1883", "Plain MQTT listeners, comma-separated host:port (port 0 = any free port).",
+       ParseListen},
+      {"tls_listen", "127.0.0.1:8883",
+       "MQTT over mutual TLS listeners, comma-separated host:port; empty disables TLS. The PKI under data_dir/pki is "
+       "created on first start.",
        [](Config& c, const std::string& v) { return ParseAddresses("tls_listen", v, &c.server.tls_listeners); }},
-      {"tls_max_handshakes", "256", "TLS handshakes in progress at once; new TLS connections beyond it are closed at accept and counted ($SYS/broker/connections/tls_refused).",
+      {"tls_max_handshakes", "256",
+       "TLS handshakes in progress at once; new TLS connections beyond it are closed at accept and counted "
+       "($SYS/broker/connections/tls_refused).",
        UintSetter("tls_max_handshakes", 1, 1000000,
                   [](Config& c, uint64_t n) { c.server.max_pending_handshakes = static_cast<uint32_t>(n); })},
-      {"tls_handshake_share", "50", "Percent of the event loop's time TLS handshakes may use (measured, a token bucket holding 10 ms worth); beyond it handshake input waits until the budget refills, so a handshake flood cannot starve established connections (100 = no limit).",
+      {"tls_handshake_share", "50",
+       "Percent of the event loop's time TLS handshakes may use (measured, a token bucket holding 10 ms worth); beyond "
+       "it handshake input waits until the budget refills, so a handshake flood cannot starve established connections "
+       "(100 = no limit).",
        UintSetter("tls_handshake_share", 1, 100,
                   [](Config& c, uint64_t n) { c.server.handshake_share_percent = static_cast<uint32_t>(n); })},
       {"tls_server_name", "localhost", "Host name in the broker's certificate when the PKI is first created.",
@@ -112,7 +124,10 @@ const std::vector<OptionDef>& Options() {
          c.tls_server_name = v;
          return absl::OkStatus();
        }},
-      {"tls_crl_dir", "", "Directory of externally supplied CRLs (*.crl, *.pem, *.der; DER or PEM), each signed by a tenant CA; empty = data_dir/crl. Reloaded when its files change (checked every 5 s) and on SIGHUP; new connections keep being served during a reload.",
+      {"tls_crl_dir", "",
+       "Directory of externally supplied CRLs (*.crl, *.pem, *.der; DER or PEM), each signed by a tenant CA; empty = "
+       "data_dir/crl. Reloaded when its files change (checked every 5 s) and on SIGHUP; new connections keep being "
+       "served during a reload.",
        [](Config& c, const std::string& v) -> absl::Status {
          c.tls_crl_dir = v;
          return absl::OkStatus();
@@ -125,10 +140,13 @@ const std::vector<OptionDef>& Options() {
        }},
       {"log_level", "info", "debug, info, warning, error or none.",
        [](Config& c, const std::string& v) -> absl::Status {
-         if (!ParseLogLevel(v.c_str(), &c.log_level)) return Bad("log_level", "'" + v + "' is not debug/info/warning/error/none");
+         if (!ParseLogLevel(v.c_str(), &c.log_level))
+           return Bad("log_level", "'" + v + "' is not debug/info/warning/error/none");
          return absl::OkStatus();
        }},
-      {"workers", "0", "Event loops (threads) serving clients, each owning the sessions homed on it; 0 = one per CPU the process may run on (at most 64). See doc/architecture.md.",
+      {"workers", "0",
+       "Event loops (threads) serving clients, each owning the sessions homed on it; 0 = one per CPU the process may "
+       "run on (at most 64). See doc/architecture.md.",
        UintSetter("workers", 0, 64, [](Config& c, uint64_t n) { c.workers = static_cast<uint32_t>(n); })},
       {"tcp_nodelay", "true", "Disable Nagle's algorithm on client sockets.",
        [](Config& c, const std::string& v) -> absl::Status {
@@ -136,24 +154,32 @@ const std::vector<OptionDef>& Options() {
          c.server.tcp_nodelay = v == "true";
          return absl::OkStatus();
        }},
-      {"limits.max_packet_size", "1048576", "Largest packet accepted, bytes (announced as Maximum Packet Size); larger is DISCONNECT 0x95.",
+      {"limits.max_packet_size", "1048576",
+       "Largest packet accepted, bytes (announced as Maximum Packet Size); larger is DISCONNECT 0x95.",
        Uint(&B::max_packet_size, "limits.max_packet_size", 64, 268435460)},
-      {"limits.receive_maximum", "100", "QoS 1/2 PUBLISHes a client may leave unacknowledged to us; more is DISCONNECT 0x93.",
+      {"limits.receive_maximum", "100",
+       "QoS 1/2 PUBLISHes a client may leave unacknowledged to us; more is DISCONNECT 0x93.",
        Uint(&B::receive_maximum, "limits.receive_maximum", 1, 65535)},
-      {"limits.max_inflight", "100", "QoS 1/2 messages in flight to one client (capped further by its Receive Maximum).",
+      {"limits.max_inflight", "100",
+       "QoS 1/2 messages in flight to one client (capped further by its Receive Maximum).",
        Uint(&B::max_inflight, "limits.max_inflight", 1, 65535)},
-      {"limits.max_queued_messages", "1000", "Messages queued per session (offline or window full); beyond it new messages are dropped and counted.",
+      {"limits.max_queued_messages", "1000",
+       "Messages queued per session (offline or window full); beyond it new messages are dropped and counted.",
        Uint(&B::max_queued_messages, "limits.max_queued_messages", 0, 100000000)},
       {"limits.max_queued_bytes", "16777216", "Bytes queued per session; same policy as max_queued_messages.",
        Uint(&B::max_queued_bytes, "limits.max_queued_bytes", 0, std::numeric_limits<uint64_t>::max())},
-      {"limits.queue_qos0", "false", "Queue QoS 0 messages for offline persistent sessions.", Bool(&B::queue_qos0, "limits.queue_qos0")},
+      {"limits.queue_qos0", "false", "Queue QoS 0 messages for offline persistent sessions.",
+       Bool(&B::queue_qos0, "limits.queue_qos0")},
       {"limits.topic_alias_maximum", "64", "Topic aliases a v5 client may use towards the broker.",
        Uint(&B::topic_alias_maximum, "limits.topic_alias_maximum", 0, 65535)},
-      {"limits.max_keepalive", "65535", "Server keep alive, seconds: v5 clients asking for more (or 0) are told this value; 3.1.1 clients are refused. 65535 = no limit.",
+      {"limits.max_keepalive", "65535",
+       "Server keep alive, seconds: v5 clients asking for more (or 0) are told this value; 3.1.1 clients are refused. "
+       "65535 = no limit.",
        Uint(&B::max_keepalive, "limits.max_keepalive", 1, 65535)},
       {"limits.connect_timeout_ms", "10000", "Time from TCP accept to a complete CONNECT.",
        Uint(&B::connect_timeout_ms, "limits.connect_timeout_ms", 100, 600000)},
-      {"limits.max_session_expiry", "4294967295", "Longest session expiry granted, seconds (4294967295 = never); 3.1.1 persistent sessions get this value.",
+      {"limits.max_session_expiry", "4294967295",
+       "Longest session expiry granted, seconds (4294967295 = never); 3.1.1 persistent sessions get this value.",
        Uint(&B::max_session_expiry, "limits.max_session_expiry", 0, 0xFFFFFFFFu)},
       {"limits.max_client_id_length", "256", "Longest client identifier accepted, bytes.",
        Uint(&B::max_client_id_length, "limits.max_client_id_length", 23, 65535)},
@@ -165,14 +191,21 @@ const std::vector<OptionDef>& Options() {
                   [](Config& c, uint64_t n) { c.broker.topic_limits.max_levels = static_cast<uint32_t>(n); })},
       {"limits.max_subscriptions_per_session", "1000", "Subscriptions one session may hold; more get SUBACK 0x97.",
        Uint(&B::max_subscriptions_per_session, "limits.max_subscriptions_per_session", 1, 10000000)},
-      {"limits.max_output_buffer", "8388608", "Unsent bytes per connection before QoS 0 messages to it are dropped (slow reader).",
+      {"limits.max_output_buffer", "8388608",
+       "Unsent bytes per connection before QoS 0 messages to it are dropped (slow reader).",
        Uint(&B::max_output_buffer, "limits.max_output_buffer", 4096, std::numeric_limits<uint64_t>::max())},
-      {"storage.sync", "batched", "When a QoS 1/2 message counts as stored, and so is acknowledged: always (fsync per write), batched (one fsync per storage.sync_interval_ms) or none (no fsync: survives a broker crash, not a power loss).",
+      {"storage.sync", "batched",
+       "When a QoS 1/2 message counts as stored, and so is acknowledged: always (fsync per write), batched (one fsync "
+       "per storage.sync_interval_ms) or none (no fsync: survives a broker crash, not a power loss).",
        [](Config& c, const std::string& v) -> absl::Status {
-         if (v == "always") c.storage.mode = SyncMode::kAlways;
-         else if (v == "batched") c.storage.mode = SyncMode::kBatched;
-         else if (v == "none") c.storage.mode = SyncMode::kNone;
-         else return Bad("storage.sync", "'" + v + "' is not always, batched or none");
+         if (v == "always")
+           c.storage.mode = SyncMode::kAlways;
+         else if (v == "batched")
+           c.storage.mode = SyncMode::kBatched;
+         else if (v == "none")
+           c.storage.mode = SyncMode::kNone;
+         else
+           return Bad("storage.sync", "'" + v + "' is not always, batched or none");
          return absl::OkStatus();
        }},
       {"storage.sync_interval_ms", "5", "Gathering window of storage.sync = batched, milliseconds.",
@@ -181,37 +214,55 @@ const std::vector<OptionDef>& Options() {
       {"storage.retry_interval_ms", "1000", "After a failed write (disk full, I/O error), how often it is retried.",
        UintSetter("storage.retry_interval_ms", 10, 600000,
                   [](Config& c, uint64_t n) { c.storage.retry_interval_ms = static_cast<uint32_t>(n); })},
-      {"storage.min_free_bytes", "67108864", "Free disk space kept in reserve: below it writes are refused as if the disk were full (QoS 1/2 refused, retried), so RocksDB never runs out of space mid-write.",
+      {"storage.min_free_bytes", "67108864",
+       "Free disk space kept in reserve: below it writes are refused as if the disk were full (QoS 1/2 refused, "
+       "retried), so RocksDB never runs out of space mid-write.",
        UintSetter("storage.min_free_bytes", 0, std::numeric_limits<uint64_t>::max(),
                   [](Config& c, uint64_t n) { c.rocks.min_free_bytes = n; })},
-      {"acl.device", "readwrite devices/%c/#,read groups/%g/#", "Topic rules for every tenant's devices (certificate clients with OU=device), comma-separated '<read|write|readwrite|deny> <filter>', %c = client id, %u = user name, %g = each group of the device in the registry. Operators may use their whole tenant tree. Also acl.tenant.<tenant> = extra device rules for one tenant.",
+      {"acl.device", "readwrite devices/%c/#,read groups/%g/#",
+       "Topic rules for every tenant's devices (certificate clients with OU=device), comma-separated "
+       "'<read|write|readwrite|deny> <filter>', %c = client id, %u = user name, %g = each group of the device in the "
+       "registry. Operators may use their whole tenant tree. Also acl.tenant.<tenant> = extra device rules for one "
+       "tenant.",
        [](Config& c, const std::string& v) -> absl::Status {
          auto rules = ParseAclRules("acl.device", v);
          if (!rules.ok()) return rules.status();
          c.acl.SetDeviceRules(std::move(*rules));
          return absl::OkStatus();
        }},
-      {"acl.anonymous", "readwrite #", "Topic rules for anonymous clients of the plain listeners, same syntax as acl.device plus 'deny <filter>' (wins over the other rules: no publish to a matching topic, no subscription inside it); %c and %u apply, %g never matches. Empty: they may use no topic. $SYS stays readable.",
+      {"acl.anonymous", "readwrite #",
+       "Topic rules for anonymous clients of the plain listeners, same syntax as acl.device plus 'deny <filter>' (wins "
+       "over the other rules: no publish to a matching topic, no subscription inside it); %c and %u apply, %g never "
+       "matches. Empty: they may use no topic. $SYS stays readable.",
        [](Config& c, const std::string& v) -> absl::Status {
          auto rules = ParseAclRules("acl.anonymous", v);
          if (!rules.ok()) return rules.status();
          c.acl.SetAnonymousRules(std::move(*rules));
          return absl::OkStatus();
        }},
-      {"quota.max_connections", "0", "Default per-tenant connection quota (0 = unlimited); a tenant's own quota (tenant.create) overrides it. Over it: CONNACK 0x97, counted.",
+      {"quota.max_connections", "0",
+       "Default per-tenant connection quota (0 = unlimited); a tenant's own quota (tenant.create) overrides it. Over "
+       "it: CONNACK 0x97, counted.",
        Uint(&B::quota_max_connections, "quota.max_connections", 0, 4294967295u)},
-      {"quota.max_publish_rate", "0", "Default per-tenant PUBLISH rate, messages per second with one second of burst (0 = unlimited); a tenant's own quota overrides it. Over it: PUBACK 0x97 (v5) or dropped, counted.",
+      {"quota.max_publish_rate", "0",
+       "Default per-tenant PUBLISH rate, messages per second with one second of burst (0 = unlimited); a tenant's own "
+       "quota overrides it. Over it: PUBACK 0x97 (v5) or dropped, counted.",
        Uint(&B::quota_max_publish_rate, "quota.max_publish_rate", 0, 4294967295u)},
-      {"management.max_queued_requests", "1024", "Admin requests waiting for the management thread; beyond it a request gets PUBACK 0x97 (quota exceeded), counted.",
+      {"management.max_queued_requests", "1024",
+       "Admin requests waiting for the management thread; beyond it a request gets PUBACK 0x97 (quota exceeded), "
+       "counted.",
        UintSetter("management.max_queued_requests", 1, 1000000,
                   [](Config& c, uint64_t n) { c.management.max_queued_requests = n; })},
-      {"management.max_queued_events", "1048576", "Connectivity events waiting for the management thread; beyond it events are dropped, counted and logged.",
+      {"management.max_queued_events", "1048576",
+       "Connectivity events waiting for the management thread; beyond it events are dropped, counted and logged.",
        UintSetter("management.max_queued_events", 1, 100000000,
                   [](Config& c, uint64_t n) { c.management.max_queued_events = n; })},
-      {"management.denied_audit_window_ms", "60000", "Denied attempts of one identity and reason are audited once, then counted and written as one entry per window.",
+      {"management.denied_audit_window_ms", "60000",
+       "Denied attempts of one identity and reason are audited once, then counted and written as one entry per window.",
        UintSetter("management.denied_audit_window_ms", 1000, 86400000,
                   [](Config& c, uint64_t n) { c.management.denied_audit_window_ms = static_cast<int64_t>(n); })},
-      {"management.max_denied_tracked", "100000", "Identities whose denials are being aggregated at once; beyond it denials are only counted.",
+      {"management.max_denied_tracked", "100000",
+       "Identities whose denials are being aggregated at once; beyond it denials are only counted.",
        UintSetter("management.max_denied_tracked", 1, 100000000,
                   [](Config& c, uint64_t n) { c.management.max_denied_tracked = n; })},
       {"sys_interval", "10", "Seconds between $SYS/broker statistics updates (0 = off).",
@@ -282,8 +333,7 @@ absl::Status LoadConfigFile(const std::string& path, Config* cfg) {
   try {
     t = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
-    return absl::InvalidArgumentError("config file " + path + ":" +
-                                      std::to_string(e.source().begin.line) + ": " +
+    return absl::InvalidArgumentError("config file " + path + ":" + std::to_string(e.source().begin.line) + ": " +
                                       std::string(e.description()));
   }
   return ApplyTable(t, "", cfg);
@@ -309,10 +359,11 @@ absl::Status LoadConfig(int argc, char** argv, Config* cfg, bool* exit_now, std:
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
       *exit_now = true;
-      *message = "usage: fleetmq [--config FILE] [--KEY=VALUE ...]\n\n"
-                 "Every option below may be given as a flag or in the TOML config file\n"
-                 "(dotted keys are tables: limits.max_packet_size = [limits] max_packet_size).\n\n" +
-                 OptionsHelp(false);
+      *message =
+          "usage: fleetmq [--config FILE] [--KEY=VALUE ...]\n\n"
+          "Every option below may be given as a flag or in the TOML config file\n"
+          "(dotted keys are tables: limits.max_packet_size = [limits] max_packet_size).\n\n" +
+          OptionsHelp(false);
       return absl::OkStatus();
     }
     if (a == "--version") {
@@ -330,7 +381,7 @@ absl::Status LoadConfig(int argc, char** argv, Config* cfg, bool* exit_now, std:
     size_t eq = key.find('=');
     if (eq != std::string::npos) {
       value = key.substr(eq + 1);
-      key = key.substr(0, eq);
+      key.resize(eq);
     } else if (i + 1 < argc) {
       value = argv[++i];
     } else {

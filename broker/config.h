@@ -13,8 +13,8 @@
 #include "broker/modules/admin_options.h"
 #include "broker/net/server.h"
 #include "broker/store/storage_writer.h"
-#include "storage/kv_store.h"
 #include "common/log.h"
+#include "storage/kv_store.h"
 
 namespace fmq {
 

@@ -11,15 +11,15 @@
 
 #include "broker/config.h"
 #include "broker/modules/admin_module.h"
-#include "mgmt/admin/service.h"
 #include "broker/net/workers.h"
 #include "broker/store/broker_store.h"
 #include "broker/tls/crl_dir.h"
 #include "broker/tls/tls.h"
+#include "common/log.h"
+#include "mgmt/admin/service.h"
 #include "mgmt/pki/pki_dir.h"
 #include "storage/kv_store.h"
 #include "storage/registry.h"
-#include "common/log.h"
 
 namespace {
 
@@ -115,7 +115,8 @@ int main(int argc, char** argv) {
   aopts.pki_dir = cfg.data_dir + "/pki";
   if (!cfg.server.tls_listeners.empty()) {
     const auto& l = cfg.server.tls_listeners.front();
-    aopts.mqtt_endpoint = "mqtts://" + (l.host == "0.0.0.0" ? cfg.tls_server_name : l.host) + ":" + std::to_string(l.port);
+    aopts.mqtt_endpoint =
+        "mqtts://" + (l.host == "0.0.0.0" ? cfg.tls_server_name : l.host) + ":" + std::to_string(l.port);
   }
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
@@ -185,11 +186,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fleetmq: storage: %s\n", std::string(st.message()).c_str());
     return 1;
   }
-  FMQ_LOG_INFO("restored %llu sessions, %llu queued/inflight messages, %llu retained messages in %lld ms"
-               " (%llu unreadable records skipped)",
-               static_cast<unsigned long long>(loaded.sessions), static_cast<unsigned long long>(loaded.messages),
-               static_cast<unsigned long long>(loaded.retained), static_cast<long long>(clock.NowMs() - t0),
-               static_cast<unsigned long long>(loaded.skipped_corrupt));
+  FMQ_LOG_INFO(
+      "restored %llu sessions, %llu queued/inflight messages, %llu retained messages in %lld ms"
+      " (%llu unreadable records skipped)",
+      static_cast<unsigned long long>(loaded.sessions), static_cast<unsigned long long>(loaded.messages),
+      static_cast<unsigned long long>(loaded.retained), static_cast<long long>(clock.NowMs() - t0),
+      static_cast<unsigned long long>(loaded.skipped_corrupt));
   st = admin_module.Start();
   if (!st.ok()) {
     std::fprintf(stderr, "fleetmq: management: %s\n", std::string(st.message()).c_str());

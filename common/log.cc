@@ -33,9 +33,9 @@ void Log(LogLevel level, const char* fmt, ...) {
   clock_gettime(CLOCK_REALTIME, &ts);
   tm t;
   gmtime_r(&ts.tv_sec, &t);
-  int n = std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
-                        t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
-                        ts.tv_nsec / 1000000, kNames[static_cast<int>(level)]);
+  int n =
+      std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ", t.tm_year + 1900, t.tm_mon + 1,
+                    t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, ts.tv_nsec / 1000000, kNames[static_cast<int>(level)]);
   va_list ap;
   va_start(ap, fmt);
   int m = std::vsnprintf(buf + n, sizeof buf - static_cast<size_t>(n) - 1, fmt, ap);

@@ -16,8 +16,10 @@ bool ParseLogLevel(const char* name, LogLevel* out);
 // printf-style; a newline is appended.
 void Log(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define FMQ_LOG_DEBUG(...) \
-  do { if (::fmq::GetLogLevel() <= ::fmq::LogLevel::kDebug) ::fmq::Log(::fmq::LogLevel::kDebug, __VA_ARGS__); } while (0)
+#define FMQ_LOG_DEBUG(...)                                                                                 \
+  do {                                                                                                     \
+    if (::fmq::GetLogLevel() <= ::fmq::LogLevel::kDebug) ::fmq::Log(::fmq::LogLevel::kDebug, __VA_ARGS__); \
+  } while (0)
 #define FMQ_LOG_INFO(...) ::fmq::Log(::fmq::LogLevel::kInfo, __VA_ARGS__)
 #define FMQ_LOG_WARN(...) ::fmq::Log(::fmq::LogLevel::kWarning, __VA_ARGS__)
 #define FMQ_LOG_ERROR(...) ::fmq::Log(::fmq::LogLevel::kError, __VA_ARGS__)

@@ -117,9 +117,7 @@ std::string DeviceIndexEntry(const TenantId& t, DeviceIndex ix, std::string_view
 std::string CertByDevice(const TenantId& t, std::string_view dev, std::string_view serial) {
   return Base(t, "cert.dev").Str(dev).Str(serial).Take();
 }
-std::string CertByDevicePrefix(const TenantId& t, std::string_view dev) {
-  return Base(t, "cert.dev").Str(dev).Take();
-}
+std::string CertByDevicePrefix(const TenantId& t, std::string_view dev) { return Base(t, "cert.dev").Str(dev).Take(); }
 std::string AuditByDevice(const TenantId& t, std::string_view dev, uint64_t seq) {
   return Base(t, "audit.dev").Str(dev).U64(seq).Take();
 }
@@ -129,9 +127,7 @@ std::string AuditByDevicePrefix(const TenantId& t, std::string_view dev) {
 std::string AuditByTime(const TenantId& t, int64_t time_ms, uint64_t seq) {
   return Base(t, "audit.time").I64(time_ms).U64(seq).Take();
 }
-std::string AuditByTimeStart(const TenantId& t, int64_t time_ms) {
-  return Base(t, "audit.time").I64(time_ms).Take();
-}
+std::string AuditByTimeStart(const TenantId& t, int64_t time_ms) { return Base(t, "audit.time").I64(time_ms).Take(); }
 
 }  // namespace keys
 }  // namespace fmq::storage

@@ -93,10 +93,9 @@ std::string AuditHead(const TenantId& t);  // Family::kMeta: last seq and hash
 // Secondary indexes (Family::kIndex). Each ends with the record id, so a
 // prefix scan lists ids in a stable order.
 enum class DeviceIndex : uint8_t { kGroup = 1, kStatus, kFirmware, kModel, kGroupFirmware, kSerial };
-std::string DeviceIndexPrefix(const TenantId& t, DeviceIndex ix, std::string_view v1,
-                              std::string_view v2 = {});
-std::string DeviceIndexEntry(const TenantId& t, DeviceIndex ix, std::string_view v1,
-                             std::string_view v2, std::string_view device_id);
+std::string DeviceIndexPrefix(const TenantId& t, DeviceIndex ix, std::string_view v1, std::string_view v2 = {});
+std::string DeviceIndexEntry(const TenantId& t, DeviceIndex ix, std::string_view v1, std::string_view v2,
+                             std::string_view device_id);
 std::string CertByDevice(const TenantId& t, std::string_view device_id, std::string_view serial);
 std::string CertByDevicePrefix(const TenantId& t, std::string_view device_id);
 std::string AuditByDevice(const TenantId& t, std::string_view device_id, uint64_t seq);

@@ -33,8 +33,8 @@ enum class Family : uint8_t {
   kJobs,
   kJobDevices,
   kAudit,
-  kIndex,            // secondary indexes (values empty or small)
-  kSessionQos2,      // inbound QoS 2 packet ids awaiting PUBREL, per session
+  kIndex,        // secondary indexes (values empty or small)
+  kSessionQos2,  // inbound QoS 2 packet ids awaiting PUBREL, per session
   kCount,
 };
 std::string_view FamilyName(Family f);
@@ -84,8 +84,7 @@ class KvStore {
   // NotFound when absent.
   virtual absl::StatusOr<std::string> Get(Family f, std::string_view key) = 0;
   // Keys in [start, limit) in order; an empty limit means "to the end".
-  virtual absl::Status Scan(Family f, std::string_view start, std::string_view limit,
-                            const ScanFn& fn) = 0;
+  virtual absl::Status Scan(Family f, std::string_view start, std::string_view limit, const ScanFn& fn) = 0;
   // Scans every key starting with `prefix`.
   absl::Status ScanPrefix(Family f, std::string_view prefix, const ScanFn& fn);
 };
@@ -97,8 +96,7 @@ class MemKvStore : public KvStore {
   ~MemKvStore() override;
   absl::Status Write(const WriteBatch& batch, bool sync) override;
   absl::StatusOr<std::string> Get(Family f, std::string_view key) override;
-  absl::Status Scan(Family f, std::string_view start, std::string_view limit,
-                    const ScanFn& fn) override;
+  absl::Status Scan(Family f, std::string_view start, std::string_view limit, const ScanFn& fn) override;
   // Fault injection: while set, every Write fails with this status.
   void FailWrites(absl::Status s);
   // Overwrites a stored value behind the schema's back (corruption tests).
@@ -122,8 +120,7 @@ struct RocksOptions {
 };
 
 // Opens (creating if needed) a RocksDB store with every column family.
-absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksKvStore(const std::string& dir,
-                                                          const RocksOptions& opts = {});
+absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksKvStore(const std::string& dir, const RocksOptions& opts = {});
 
 // The smallest key greater than every key starting with `prefix` ("" if none).
 std::string PrefixEnd(std::string_view prefix);

@@ -7,8 +7,8 @@ namespace fmq::storage {
 
 std::string_view FamilyName(Family f) {
   static constexpr std::string_view kNames[] = {
-      "meta", "sessions", "session_messages", "retained", "tenants", "devices", "models",
-      "groups", "configs", "certs", "jobs", "job_devices", "audit", "index", "session_qos2"};
+      "meta",  "sessions", "session_messages", "retained", "tenants", "devices",     "models", "groups", "configs",
+      "certs", "jobs",     "job_devices",      "audit",    "index",   "session_qos2"};
   return kNames[static_cast<size_t>(f)];
 }
 
@@ -63,8 +63,7 @@ absl::StatusOr<std::string> MemKvStore::Get(Family f, std::string_view key) {
   return it->second;
 }
 
-absl::Status MemKvStore::Scan(Family f, std::string_view start, std::string_view limit,
-                              const ScanFn& fn) {
+absl::Status MemKvStore::Scan(Family f, std::string_view start, std::string_view limit, const ScanFn& fn) {
   std::vector<std::pair<std::string, std::string>> rows;
   {
     std::lock_guard<std::mutex> l(impl_->mu);

@@ -38,8 +38,8 @@ uint32_t Crc32c(std::string_view data) {
 }
 
 absl::Status CorruptRecord(Family f, std::string_view key, std::string_view why) {
-  return absl::DataLossError("corrupt record in " + std::string(FamilyName(f)) + " at key '" +
-                             PrintableKey(key) + "': " + std::string(why));
+  return absl::DataLossError("corrupt record in " + std::string(FamilyName(f)) + " at key '" + PrintableKey(key) +
+                             "': " + std::string(why));
 }
 
 }  // namespace fmq::storage

@@ -74,8 +74,7 @@ absl::Status DecodeRecord(Family f, std::string_view key, std::string_view bytes
 
 // Reads and decodes one record; NotFound when absent.
 template <class Table>
-absl::Status ReadRecord(KvStore& kv, Family f, std::string_view key,
-                        typename Table::NativeTableType* out) {
+absl::Status ReadRecord(KvStore& kv, Family f, std::string_view key, typename Table::NativeTableType* out) {
   absl::StatusOr<std::string> v = kv.Get(f, key);
   if (!v.ok()) return v.status();
   return DecodeRecord<Table>(f, key, *v, out);

@@ -20,8 +20,8 @@ std::string After(std::string key) {
 // Lists records of one family under `prefix`, in key order, after the record
 // whose full key is `after_key` (empty: from the start).
 template <class Table, class IdFn>
-absl::Status ListRecords(KvStore& kv, Family f, const std::string& prefix, const std::string& after_key,
-                         size_t limit, Page<typename Table::NativeTableType>* out, IdFn id_of) {
+absl::Status ListRecords(KvStore& kv, Family f, const std::string& prefix, const std::string& after_key, size_t limit,
+                         Page<typename Table::NativeTableType>* out, IdFn id_of) {
   out->items.clear();
   out->next_cursor.clear();
   if (limit == 0) return absl::OkStatus();
@@ -138,8 +138,8 @@ absl::Status Registry::GetDevice(const TenantId& t, std::string_view id, fb::Dev
   return ReadRecord<fb::Device>(*kv_, Family::kDevices, keys::Device(t, id), out);
 }
 
-absl::Status Registry::ListDevices(const TenantId& t, const DeviceFilter& f, std::string_view cursor_in,
-                                   size_t limit, Page<fb::DeviceT>* out) {
+absl::Status Registry::ListDevices(const TenantId& t, const DeviceFilter& f, std::string_view cursor_in, size_t limit,
+                                   Page<fb::DeviceT>* out) {
   const std::string cursor(cursor_in);  // may alias out->next_cursor
   std::string prefix;
   if (!f.serial_number.empty()) {
@@ -239,18 +239,18 @@ absl::Status Registry::ForEachRevoked(const std::function<void(std::string_view,
   absl::Status err = absl::OkStatus();
   absl::Status s = kv_->ScanPrefix(Family::kCerts, only ? keys::TenantPrefix(*only) : std::string(),
                                    [&](std::string_view k, std::string_view v) {
-    std::string tenant;
-    KeyReader r(k);
-    fb::CertificateT c;
-    if (!r.Str(&tenant)) {
-      err = CorruptRecord(Family::kCerts, k, "bad key");
-      return false;
-    }
-    err = DecodeRecord<fb::Certificate>(Family::kCerts, k, v, &c);
-    if (!err.ok()) return false;
-    if (c.revoked_at_ms != 0) fn(tenant, c);
-    return true;
-  });
+                                     std::string tenant;
+                                     KeyReader r(k);
+                                     fb::CertificateT c;
+                                     if (!r.Str(&tenant)) {
+                                       err = CorruptRecord(Family::kCerts, k, "bad key");
+                                       return false;
+                                     }
+                                     err = DecodeRecord<fb::Certificate>(Family::kCerts, k, v, &c);
+                                     if (!err.ok()) return false;
+                                     if (c.revoked_at_ms != 0) fn(tenant, c);
+                                     return true;
+                                   });
   return s.ok() ? err : s;
 }
 absl::Status Registry::GetCert(const TenantId& t, std::string_view serial, fb::CertificateT* out) {
@@ -283,12 +283,11 @@ void Registry::PutJob(const TenantId& t, const fb::JobT& rec, WriteBatch* b) {
 absl::Status Registry::GetJob(const TenantId& t, std::string_view id, fb::JobT* out) {
   return ReadRecord<fb::Job>(*kv_, Family::kJobs, keys::Job(t, id), out);
 }
-void Registry::PutJobDevice(const TenantId& t, std::string_view job_id, const fb::JobDeviceT& rec,
-                            WriteBatch* b) {
+void Registry::PutJobDevice(const TenantId& t, std::string_view job_id, const fb::JobDeviceT& rec, WriteBatch* b) {
   b->Put(Family::kJobDevices, keys::JobDevice(t, job_id, rec.device_id), EncodeRecord<fb::JobDevice>(rec));
 }
-absl::Status Registry::ListJobDevices(const TenantId& t, std::string_view job_id, std::string_view cursor,
-                                      size_t limit, Page<fb::JobDeviceT>* out) {
+absl::Status Registry::ListJobDevices(const TenantId& t, std::string_view job_id, std::string_view cursor, size_t limit,
+                                      Page<fb::JobDeviceT>* out) {
   return ListRecords<fb::JobDevice>(*kv_, Family::kJobDevices, keys::JobDevicePrefix(t, job_id),
                                     cursor.empty() ? "" : keys::JobDevice(t, job_id, cursor), limit, out,
                                     [](const fb::JobDeviceT& r) { return r.device_id; });
@@ -397,7 +396,7 @@ absl::Status Registry::AuditInRange(const TenantId& t, int64_t from_ms, int64_t 
     std::from_chars(cursor.data() + colon + 1, cursor.data() + cursor.size(), cs);
     start = After(keys::AuditByTime(t, ct, cs));
   }
-  to_ms = std::min<int64_t>(to_ms, INT64_MAX - 1);  // "until the end" without overflow
+  to_ms = std::min<int64_t>(to_ms, INT64_MAX - 1);               // "until the end" without overflow
   std::string limit_key = keys::AuditByTimeStart(t, to_ms + 1);  // to_ms inclusive
   std::string prefix = keys::AuditByTimeStart(t, 0).substr(0, keys::AuditByTimeStart(t, 0).size() - 8);
   absl::Status err = absl::OkStatus();
@@ -438,8 +437,8 @@ absl::Status Registry::VerifyAudit(const TenantId& t, uint64_t* entries) {
     std::string stored_prev(e.prev_hash.begin(), e.prev_hash.end());
     std::string stored_hash(e.hash.begin(), e.hash.end());
     if (e.seq != expect || stored_prev != prev || AuditHash(prev, e) != stored_hash) {
-      err = absl::DataLossError("audit chain broken at entry " + std::to_string(expect) +
-                                " (found seq " + std::to_string(e.seq) + ")");
+      err = absl::DataLossError("audit chain broken at entry " + std::to_string(expect) + " (found seq " +
+                                std::to_string(e.seq) + ")");
       return false;
     }
     prev = stored_hash;

@@ -48,13 +48,11 @@ class Registry {
 
   void PutModel(const TenantId& t, const fb::DeviceModelT& rec, WriteBatch* b);
   absl::Status GetModel(const TenantId& t, std::string_view id, fb::DeviceModelT* out);
-  absl::Status ListModels(const TenantId& t, std::string_view cursor, size_t limit,
-                          Page<fb::DeviceModelT>* out);
+  absl::Status ListModels(const TenantId& t, std::string_view cursor, size_t limit, Page<fb::DeviceModelT>* out);
 
   void PutGroup(const TenantId& t, const fb::DeviceGroupT& rec, WriteBatch* b);
   absl::Status GetGroup(const TenantId& t, std::string_view id, fb::DeviceGroupT* out);
-  absl::Status ListGroups(const TenantId& t, std::string_view cursor, size_t limit,
-                          Page<fb::DeviceGroupT>* out);
+  absl::Status ListGroups(const TenantId& t, std::string_view cursor, size_t limit, Page<fb::DeviceGroupT>* out);
 
   // Adds the record and brings its index entries up to date (reading the
   // stored version to drop stale entries). One PutDevice per device per batch.
@@ -62,8 +60,8 @@ class Registry {
   absl::Status GetDevice(const TenantId& t, std::string_view id, fb::DeviceT* out);
   // Filtered listing in device-id order; `cursor` is the last id of the
   // previous page. Uses the most selective index; other criteria filter.
-  absl::Status ListDevices(const TenantId& t, const DeviceFilter& f, std::string_view cursor,
-                           size_t limit, Page<fb::DeviceT>* out);
+  absl::Status ListDevices(const TenantId& t, const DeviceFilter& f, std::string_view cursor, size_t limit,
+                           Page<fb::DeviceT>* out);
 
   void PutConfig(const TenantId& t, const fb::ConfigurationT& rec, WriteBatch* b);
   // version 0 = the latest.
@@ -72,8 +70,7 @@ class Registry {
 
   void PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b);
   absl::Status GetCert(const TenantId& t, std::string_view serial, fb::CertificateT* out);
-  absl::Status CertsOfDevice(const TenantId& t, std::string_view device_id,
-                             std::vector<fb::CertificateT>* out);
+  absl::Status CertsOfDevice(const TenantId& t, std::string_view device_id, std::vector<fb::CertificateT>* out);
   // Marks a serial revoked (creating a record for a serial issued outside
   // the registry). Idempotent: the first revocation time is kept.
   absl::Status RevokeCert(const TenantId& t, std::string_view serial, int64_t now_ms, WriteBatch* b);
@@ -85,8 +82,8 @@ class Registry {
   void PutJob(const TenantId& t, const fb::JobT& rec, WriteBatch* b);
   absl::Status GetJob(const TenantId& t, std::string_view id, fb::JobT* out);
   void PutJobDevice(const TenantId& t, std::string_view job_id, const fb::JobDeviceT& rec, WriteBatch* b);
-  absl::Status ListJobDevices(const TenantId& t, std::string_view job_id, std::string_view cursor,
-                              size_t limit, Page<fb::JobDeviceT>* out);
+  absl::Status ListJobDevices(const TenantId& t, std::string_view job_id, std::string_view cursor, size_t limit,
+                              Page<fb::JobDeviceT>* out);
 
   // Appends to the tenant's audit log: fills seq, prev_hash and hash
   // (SHA-256 over the previous hash and the entry's fields) and the
@@ -95,10 +92,10 @@ class Registry {
   // Called after the batch holding AppendAudit failed to commit, so the
   // cached chain head is reloaded from the store.
   void ForgetAuditHead(const TenantId& t) { audit_heads_.erase(t.str()); }
-  absl::Status AuditOfDevice(const TenantId& t, std::string_view device_id, std::string_view cursor,
-                             size_t limit, Page<fb::AuditEntryT>* out);
-  absl::Status AuditInRange(const TenantId& t, int64_t from_ms, int64_t to_ms, std::string_view cursor,
-                            size_t limit, Page<fb::AuditEntryT>* out);
+  absl::Status AuditOfDevice(const TenantId& t, std::string_view device_id, std::string_view cursor, size_t limit,
+                             Page<fb::AuditEntryT>* out);
+  absl::Status AuditInRange(const TenantId& t, int64_t from_ms, int64_t to_ms, std::string_view cursor, size_t limit,
+                            Page<fb::AuditEntryT>* out);
   // Recomputes the chain; returns DataLoss naming the first bad entry.
   absl::Status VerifyAudit(const TenantId& t, uint64_t* entries);
 

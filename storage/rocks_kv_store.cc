@@ -4,13 +4,12 @@
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
-
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include <atomic>
-#include <cstdarg>
 #include <cerrno>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 
@@ -52,8 +51,8 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
 
 class RocksKvStore final : public KvStore {
  public:
-  RocksKvStore(std::unique_ptr<rocksdb::DB> db, std::vector<rocksdb::ColumnFamilyHandle*> cfs,
-               std::string dir, uint64_t min_free_bytes)
+  RocksKvStore(std::unique_ptr<rocksdb::DB> db, std::vector<rocksdb::ColumnFamilyHandle*> cfs, std::string dir,
+               uint64_t min_free_bytes)
       : db_(std::move(db)), cfs_(std::move(cfs)), dir_(std::move(dir)), min_free_(min_free_bytes) {}
   ~RocksKvStore() override {
     for (auto* h : cfs_) db_->DestroyColumnFamilyHandle(h);
@@ -66,9 +65,8 @@ class RocksKvStore final : public KvStore {
       if (statvfs(dir_.c_str(), &fs) == 0) {
         const uint64_t free_bytes = uint64_t{fs.f_bavail} * fs.f_frsize;
         if (free_bytes < min_free_ + batch.bytes()) {
-          return absl::UnavailableError("disk almost full: " + std::to_string(free_bytes) +
-                                        " bytes free in " + dir_ + ", storage.min_free_bytes is " +
-                                        std::to_string(min_free_));
+          return absl::UnavailableError("disk almost full: " + std::to_string(free_bytes) + " bytes free in " + dir_ +
+                                        ", storage.min_free_bytes is " + std::to_string(min_free_));
         }
       }
     }
@@ -94,14 +92,13 @@ class RocksKvStore final : public KvStore {
 
   absl::StatusOr<std::string> Get(Family f, std::string_view key) override {
     std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cfs_[static_cast<size_t>(f)],
-                                 rocksdb::Slice(key.data(), key.size()), &value);
+    rocksdb::Status s =
+        db_->Get(rocksdb::ReadOptions(), cfs_[static_cast<size_t>(f)], rocksdb::Slice(key.data(), key.size()), &value);
     if (!s.ok()) return FromRocks(s, "get");
     return value;
   }
 
-  absl::Status Scan(Family f, std::string_view start, std::string_view limit,
-                    const ScanFn& fn) override {
+  absl::Status Scan(Family f, std::string_view start, std::string_view limit, const ScanFn& fn) override {
     rocksdb::ReadOptions ro;
     rocksdb::Slice upper(limit.data(), limit.size());
     if (!limit.empty()) ro.iterate_upper_bound = &upper;
@@ -123,8 +120,7 @@ class RocksKvStore final : public KvStore {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksKvStore(const std::string& dir,
-                                                          const RocksOptions& opts) {
+absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksKvStore(const std::string& dir, const RocksOptions& opts) {
   // Created here so RocksDB does not log a missing directory as an error.
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return absl::UnavailableError("cannot create " + dir + ": " + std::strerror(errno));
@@ -147,8 +143,7 @@ absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksKvStore(const std::string& dir
   cf_opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   std::vector<rocksdb::ColumnFamilyDescriptor> descs;
   for (size_t i = 0; i < static_cast<size_t>(Family::kCount); ++i) {
-    std::string name = i == 0 ? rocksdb::kDefaultColumnFamilyName
-                              : std::string(FamilyName(static_cast<Family>(i)));
+    std::string name = i == 0 ? rocksdb::kDefaultColumnFamilyName : std::string(FamilyName(static_cast<Family>(i)));
     descs.emplace_back(name, cf_opts);
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;

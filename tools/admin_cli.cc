@@ -14,17 +14,16 @@
 
 #include <algorithm>
 #include <chrono>
-#include <deque>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
@@ -89,7 +88,8 @@ Json ParseValue(const fmq::admin::ArgSpec& a, std::string v) {
     v.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   switch (a.type) {
-    case ArgType::kString: return v;
+    case ArgType::kString:
+      return v;
     case ArgType::kInt: {
       char* end = nullptr;
       long long n = std::strtoll(v.c_str(), &end, 10);
@@ -136,7 +136,8 @@ class Client {
     mbedtls_x509_crt_init(&chain_);
     mbedtls_pk_init(&key_);
     if (!rng_.status().ok()) Die(2, "no entropy");
-    mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                MBEDTLS_SSL_PRESET_DEFAULT);
     mbedtls_ssl_conf_rng(&conf_, fmq::pki::Rng::Fill, &rng_);
     mbedtls_ssl_conf_authmode(&conf_, MBEDTLS_SSL_VERIFY_REQUIRED);
     if (mbedtls_x509_crt_parse_file(&trust_, opts_.cafile.c_str()) != 0) Die(2, "cannot read CA file " + opts_.cafile);
@@ -201,7 +202,8 @@ class Client {
     if (!wait) return;
     pollfd pfd{fd_, POLLIN, 0};
     const int left_ms = static_cast<int>(deadline_ms_ - NowMs());
-    if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0) Die(2, "no reply within " + std::to_string(opts_.timeout_s) + " s");
+    if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
+      Die(2, "no reply within " + std::to_string(opts_.timeout_s) + " s");
     char buf[64 * 1024];
     ssize_t n = read(fd_, buf, sizeof buf);
     if (n <= 0) {
@@ -276,7 +278,8 @@ Json Request(Client& cl, const std::string& client_id, const std::string& body) 
   cl.Send(pub);
   while (true) {
     mqtt::Packet p = cl.Receive();
-    if (auto* a = std::get_if<mqtt::Ack>(&p); a != nullptr && a->type == mqtt::PacketType::kPuback && a->packet_id == 2) {
+    if (auto* a = std::get_if<mqtt::Ack>(&p);
+        a != nullptr && a->type == mqtt::PacketType::kPuback && a->packet_id == 2) {
       if (mqtt::IsError(a->reason)) {
         Die(1, "request refused: " + std::string(mqtt::ReasonName(a->reason)) +
                    (a->props.reason_string.empty() ? "" : " (" + a->props.reason_string + ")"));
@@ -326,7 +329,7 @@ void PrintTable(const Json& rows) {
   for (const auto& r : rows) {
     for (size_t i = 0; i < cols.size(); ++i) {
       std::string c = Cell(r.value(cols[i], Json()));
-      if (c.size() > 40) c = c.substr(0, 37) + "...";
+      if (c.size() > 40) c.replace(37, std::string::npos, "...");
       std::printf("%-*s  ", static_cast<int>(w[i]), c.c_str());
     }
     std::printf("\n");
@@ -344,7 +347,8 @@ void PrintHuman(const Json& data) {
   for (auto it = data.begin(); it != data.end(); ++it) {
     if (it.value().is_array() && (it.value().empty() || it.value()[0].is_object()) && it.key() != "group_ids") continue;
     if (it.key() == "next_cursor") {
-      if (!it.value().get<std::string>().empty()) std::printf("next_cursor: %s\n", it.value().get<std::string>().c_str());
+      if (!it.value().get<std::string>().empty())
+        std::printf("next_cursor: %s\n", it.value().get<std::string>().c_str());
       continue;
     }
     if (it.value().is_string() && it.value().get<std::string>().find('\n') != std::string::npos) {
@@ -377,20 +381,38 @@ int main(int argc, char** argv) {
     };
     auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
     std::string v;
-    if (is("--data_dir")) val(&o.data_dir);
-    else if (is("--host")) val(&o.host);
-    else if (is("--port")) { val(&v); o.port = std::atoi(v.c_str()); }
-    else if (is("--server_name")) val(&o.server_name);
-    else if (is("--cafile")) val(&o.cafile);
-    else if (is("--cert")) val(&o.cert);
-    else if (is("--key")) val(&o.key);
-    else if (is("--timeout")) { val(&v); o.timeout_s = std::atoi(v.c_str()); }
-    else if (is("--raw")) val(&o.raw);
-    else if (a == "--json") o.json = true;
-    else if (a == "-h" || a == "--help") { Usage(stdout); return 0; }
-    else if (a == "--help-markdown") { std::fputs(fmq::admin::CommandsMarkdown().c_str(), stdout); return 0; }
-    else if (a.rfind("--", 0) == 0) Die(2, "unknown option " + a);
-    else rest.push_back(a);
+    if (is("--data_dir"))
+      val(&o.data_dir);
+    else if (is("--host"))
+      val(&o.host);
+    else if (is("--port")) {
+      val(&v);
+      o.port = std::atoi(v.c_str());
+    } else if (is("--server_name"))
+      val(&o.server_name);
+    else if (is("--cafile"))
+      val(&o.cafile);
+    else if (is("--cert"))
+      val(&o.cert);
+    else if (is("--key"))
+      val(&o.key);
+    else if (is("--timeout")) {
+      val(&v);
+      o.timeout_s = std::atoi(v.c_str());
+    } else if (is("--raw"))
+      val(&o.raw);
+    else if (a == "--json")
+      o.json = true;
+    else if (a == "-h" || a == "--help") {
+      Usage(stdout);
+      return 0;
+    } else if (a == "--help-markdown") {
+      std::fputs(fmq::admin::CommandsMarkdown().c_str(), stdout);
+      return 0;
+    } else if (a.rfind("--", 0) == 0)
+      Die(2, "unknown option " + a);
+    else
+      rest.push_back(a);
   }
   if (rest.empty() && o.raw.empty()) {
     Usage(stderr);
@@ -419,7 +441,8 @@ int main(int argc, char** argv) {
       for (const auto& s : spec->args) {
         if (name == s.name) a = &s;
       }
-      if (a == nullptr) Die(2, "unknown argument '" + name + "' for " + spec->name + " (fleetmq-admin help " + spec->name + ")");
+      if (a == nullptr)
+        Die(2, "unknown argument '" + name + "' for " + spec->name + " (fleetmq-admin help " + spec->name + ")");
       cmd[name] = ParseValue(*a, rest[i].substr(eq + 1));
     }
   }
@@ -460,7 +483,8 @@ int main(int argc, char** argv) {
       continue;
     }
     if (o.json) {
-      std::printf("%s\n", (o.raw.empty() && reply["responses"].size() == 1 ? reply["responses"][0] : reply).dump(2).c_str());
+      std::printf("%s\n",
+                  (o.raw.empty() && reply["responses"].size() == 1 ? reply["responses"][0] : reply).dump(2).c_str());
     } else if (rc == 0) {
       for (const Json& r : reply["responses"]) PrintHuman(r.value("data", Json::object()));
     }

@@ -69,7 +69,8 @@ int Init(const std::string& dir, const std::string& tenant, const std::string& s
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: fleetmq-pki init|issue|crl --dir DIR [options] (see the header of tools/pki_tool.cc)\n");
+    std::fprintf(stderr,
+                 "usage: fleetmq-pki init|issue|crl --dir DIR [options] (see the header of tools/pki_tool.cc)\n");
     return 2;
   }
   std::string cmd = argv[1];
@@ -78,8 +79,10 @@ int main(int argc, char** argv) {
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k.rfind("--", 0) != 0) return Die("unexpected argument " + k), 2;
-    if (k == "--serial") serials.push_back(argv[i + 1]);
-    else opt[k.substr(2)] = argv[i + 1];
+    if (k == "--serial")
+      serials.push_back(argv[i + 1]);
+    else
+      opt[k.substr(2)] = argv[i + 1];
   }
   if (opt["dir"].empty()) return Die("--dir is required"), 2;
   const std::string dir = opt["dir"];
@@ -128,9 +131,11 @@ int main(int argc, char** argv) {
       if (!kv.ok()) return Die(std::string(kv.status().message()) + " (is the broker running? give --serial instead)");
       fmq::storage::Registry reg(kv->get());
       auto t = fmq::storage::TenantId::FromAuthenticated(tenant);
-      auto s = reg.ForEachRevoked([&](std::string_view, const fmq::fb::CertificateT& c) {
-        revoked.push_back({c.serial, c.revoked_at_ms});
-      }, &t);
+      auto s = reg.ForEachRevoked(
+          [&](std::string_view, const fmq::fb::CertificateT& c) {
+            revoked.push_back({c.serial, c.revoked_at_ms});
+          },
+          &t);
       if (!s.ok()) return Die(std::string(s.message()));
     }
     uint64_t number = opt.count("number") ? std::stoull(opt["number"]) : 1;

@@ -30,16 +30,22 @@ bool Expand(std::string_view pattern, std::string_view client_id, std::string_vi
 
 absl::StatusOr<AclRule> ParseAclRule(std::string_view text) {
   size_t sp = text.find(' ');
-  if (sp == std::string_view::npos) return absl::InvalidArgumentError("ACL rule '" + std::string(text) + "' is not '<access> <filter>'");
+  if (sp == std::string_view::npos)
+    return absl::InvalidArgumentError("ACL rule '" + std::string(text) + "' is not '<access> <filter>'");
   std::string_view access = text.substr(0, sp);
   std::string_view pattern = text.substr(sp + 1);
   while (!pattern.empty() && pattern.front() == ' ') pattern.remove_prefix(1);
   AclRule r;
-  if (access == "read") r.read = true;
-  else if (access == "write") r.write = true;
-  else if (access == "readwrite") r.read = r.write = true;
-  else if (access == "deny") r.deny = true;
-  else return absl::InvalidArgumentError("ACL access '" + std::string(access) + "' is not read, write, readwrite or deny");
+  if (access == "read")
+    r.read = true;
+  else if (access == "write")
+    r.write = true;
+  else if (access == "readwrite")
+    r.read = r.write = true;
+  else if (access == "deny")
+    r.deny = true;
+  else
+    return absl::InvalidArgumentError("ACL access '" + std::string(access) + "' is not read, write, readwrite or deny");
   std::string probe;
   if (!Expand(pattern, "c", "u", &probe, "g") || !mqtt::ValidateTopicFilter(probe, {}).ok() || probe[0] == '$') {
     return absl::InvalidArgumentError("ACL pattern '" + std::string(pattern) + "' is not a valid topic filter");

@@ -39,7 +39,9 @@ class AclPolicy {
  public:
   AclPolicy();  // the default device policy
   void SetDeviceRules(std::vector<AclRule> rules) { device_rules_ = std::move(rules); }
-  void SetTenantRules(const std::string& tenant, std::vector<AclRule> rules) { tenant_rules_[tenant] = std::move(rules); }
+  void SetTenantRules(const std::string& tenant, std::vector<AclRule> rules) {
+    tenant_rules_[tenant] = std::move(rules);
+  }
   void SetAnonymousRules(std::vector<AclRule> rules) { anonymous_rules_ = std::move(rules); }
 
   // `who` is null for an anonymous (plain TCP) client. `topic` and `filter`

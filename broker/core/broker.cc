@@ -6,7 +6,6 @@
 #include <mutex>
 
 #include "absl/container/node_hash_set.h"
-
 #include "broker/mqtt/utf8.h"
 #include "common/log.h"
 
@@ -19,29 +18,35 @@ using mqtt::Version;
 
 std::string_view DisconnectReasonName(DisconnectReason r) {
   switch (r) {
-    case DisconnectReason::kClean: return "clean";
-    case DisconnectReason::kKeepAliveTimeout: return "keepalive_timeout";
-    case DisconnectReason::kProtocolError: return "protocol_error";
-    case DisconnectReason::kTakeover: return "takeover";
-    case DisconnectReason::kServerShutdown: return "server_shutdown";
-    case DisconnectReason::kTransportClosed: return "connection_lost";
-    case DisconnectReason::kConnectTimeout: return "connect_timeout";
-    case DisconnectReason::kAdministrative: return "administrative";
+    case DisconnectReason::kClean:
+      return "clean";
+    case DisconnectReason::kKeepAliveTimeout:
+      return "keepalive_timeout";
+    case DisconnectReason::kProtocolError:
+      return "protocol_error";
+    case DisconnectReason::kTakeover:
+      return "takeover";
+    case DisconnectReason::kServerShutdown:
+      return "server_shutdown";
+    case DisconnectReason::kTransportClosed:
+      return "connection_lost";
+    case DisconnectReason::kConnectTimeout:
+      return "connect_timeout";
+    case DisconnectReason::kAdministrative:
+      return "administrative";
   }
   return "unknown";
 }
 
-Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks,
-               Persistence* persistence)
+Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks, Persistence* persistence)
     : opts_(opts),
       clock_(clock),
+      default_quota_{opts.quota_max_connections, opts.quota_max_publish_rate},
       persistence_(persistence),
       hooks_(hooks != nullptr ? hooks : &default_hooks_),
       start_ms_(clock->NowMs()),
       last_sys_ms_(clock->NowMs()),
-      wheel_(clock->NowMs()) {
-  default_quota_ = TenantQuota{opts.quota_max_connections, opts.quota_max_publish_rate};
-}
+      wheel_(clock->NowMs()) {}
 
 Broker::~Broker() = default;
 
@@ -61,9 +66,8 @@ void Broker::SetCluster(Cluster* cluster, uint32_t index) {
   // its own range, below 2^54 like connection ids (deadline wheel keys
   // have 56 bits).
   next_session_id_ = (uint64_t{index} << 48) + 1;
-  tree_.set_group_observer([this](TopicTree::SharedGroup& g, std::string_view filter, bool joined) {
-    OnSharedGroup(g, filter, joined);
-  });
+  tree_.set_group_observer(
+      [this](TopicTree::SharedGroup& g, std::string_view filter, bool joined) { OnSharedGroup(g, filter, joined); });
 }
 
 void Broker::OnSharedGroup(TopicTree::SharedGroup& g, std::string_view filter, bool joined) {
@@ -108,8 +112,8 @@ void Broker::UncountConnection(TenantState& t, const std::string& tenant) {
 }
 
 ClientInfo Broker::InfoOf(const Connection& c) const {
-  return ClientInfo{c.id(),      c.client_id(), c.username(), c.peer(), c.version(), c.tenant(), c.identity(),
-                    const_cast<Broker*>(this)};
+  return ClientInfo{c.id(),      c.client_id(), c.username(), c.peer(),
+                    c.version(), c.tenant(),    c.identity(), const_cast<Broker*>(this)};
 }
 
 const Session* Broker::FindSession(std::string_view client_id, std::string_view tenant) const {
@@ -235,18 +239,29 @@ void Broker::OnPacket(Connection& c, mqtt::Packet& p) {
     return;
   }
   switch (t) {
-    case PacketType::kPublish: HandlePublish(c, std::get<mqtt::Publish>(p)); return;
+    case PacketType::kPublish:
+      HandlePublish(c, std::get<mqtt::Publish>(p));
+      return;
     case PacketType::kPuback:
     case PacketType::kPubrec:
     case PacketType::kPubrel:
-    case PacketType::kPubcomp: HandleAck(c, std::get<mqtt::Ack>(p)); return;
-    case PacketType::kSubscribe: HandleSubscribe(c, std::get<mqtt::Subscribe>(p)); return;
-    case PacketType::kUnsubscribe: HandleUnsubscribe(c, std::get<mqtt::Unsubscribe>(p)); return;
-    case PacketType::kPingreq: c.Write(mqtt::Pingresp{}); return;
-    case PacketType::kDisconnect: HandleDisconnect(c, std::get<mqtt::Disconnect>(p)); return;
+    case PacketType::kPubcomp:
+      HandleAck(c, std::get<mqtt::Ack>(p));
+      return;
+    case PacketType::kSubscribe:
+      HandleSubscribe(c, std::get<mqtt::Subscribe>(p));
+      return;
+    case PacketType::kUnsubscribe:
+      HandleUnsubscribe(c, std::get<mqtt::Unsubscribe>(p));
+      return;
+    case PacketType::kPingreq:
+      c.Write(mqtt::Pingresp{});
+      return;
+    case PacketType::kDisconnect:
+      HandleDisconnect(c, std::get<mqtt::Disconnect>(p));
+      return;
     case PacketType::kConnect:
-      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
-            "MQTT-3.1.0-2 second CONNECT");
+      Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError, "MQTT-3.1.0-2 second CONNECT");
       return;
     case PacketType::kAuth:
       Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
@@ -260,8 +275,7 @@ void Broker::OnPacket(Connection& c, mqtt::Packet& p) {
 }
 
 void Broker::OnDecodeError(Connection& c, const mqtt::Error& e) {
-  if (c.state_ == Connection::State::kAwaitConnect &&
-      e.code == ReasonCode::kUnsupportedProtocolVersion) {
+  if (c.state_ == Connection::State::kAwaitConnect && e.code == ReasonCode::kUnsupportedProtocolVersion) {
     c.version_ = Version::kV311;  // answer in the 3.1.1 form [MQTT-3.1.2-2]
     RefuseConnect(c, e.code, e.rule);
     return;
@@ -302,8 +316,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   bool assigned = false;
   if (ck.client_id.empty()) {
     if (!v5 && !ck.clean_start) {
-      RefuseConnect(c, ReasonCode::kClientIdentifierNotValid,
-                    "MQTT-3.1.3-8 empty client id with clean session 0");
+      RefuseConnect(c, ReasonCode::kClientIdentifierNotValid, "MQTT-3.1.3-8 empty client id with clean session 0");
       return;
     }
     c.client_id_ = AssignClientId(c.tenant());
@@ -319,14 +332,12 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
       c.client_id_ = id->name;
       assigned = v5;
     } else if (ck.client_id != id->name) {
-      RefuseConnect(c, ReasonCode::kClientIdentifierNotValid,
-                    "auth client id must be the certificate's device id");
+      RefuseConnect(c, ReasonCode::kClientIdentifierNotValid, "auth client id must be the certificate's device id");
       return;
     }
   }
   if (v5 && ck.props.Has(PropertyId::kAuthenticationMethod)) {
-    RefuseConnect(c, ReasonCode::kBadAuthenticationMethod,
-                  "MQTT-4.12 enhanced authentication is not supported");
+    RefuseConnect(c, ReasonCode::kBadAuthenticationMethod, "MQTT-4.12 enhanced authentication is not supported");
     return;
   }
   if (ck.will) {
@@ -340,7 +351,8 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
       return;
     }
     if (ck.will->props.payload_format == 1 && !mqtt::IsValidUtf8(ck.will->payload)) {
-      RefuseConnect(c, ReasonCode::kPayloadFormatInvalid, "MQTT-3.1.3.2 will payload format 1 with a non UTF-8 payload");
+      RefuseConnect(c, ReasonCode::kPayloadFormatInvalid,
+                    "MQTT-3.1.3.2 will payload format 1 with a non UTF-8 payload");
       return;
     }
   }
@@ -463,9 +475,8 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   if (keep_alive > 0) {
     wheel_.Schedule(NowMs() + keep_alive * 1500LL, c.id(), kKeepAlive);
   }
-  FMQ_LOG_DEBUG("client '%s' connected from %s (v%d, clean=%d, keepalive=%u, present=%d)",
-                c.client_id_.c_str(), c.peer_.c_str(), static_cast<int>(ck.version),
-                ck.clean_start, keep_alive, present);
+  FMQ_LOG_DEBUG("client '%s' connected from %s (v%d, clean=%d, keepalive=%u, present=%d)", c.client_id_.c_str(),
+                c.peer_.c_str(), static_cast<int>(ck.version), ck.clean_start, keep_alive, present);
   hooks_->OnConnected(InfoOf(c));
   if (present) ResumeSession(*s, c);
 }
@@ -515,10 +526,8 @@ void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const cha
     FMQ_LOG_INFO("client '%s' from %s closed: %s", c.client_id_.c_str(), c.peer_.c_str(),
                  std::string(DisconnectReasonName(why)).c_str());
   }
-  const bool send_disconnect = connected && c.version_ == Version::kV5 &&
-                               why != DisconnectReason::kClean &&
-                               why != DisconnectReason::kTransportClosed &&
-                               why != DisconnectReason::kConnectTimeout;
+  const bool send_disconnect = connected && c.version_ == Version::kV5 && why != DisconnectReason::kClean &&
+                               why != DisconnectReason::kTransportClosed && why != DisconnectReason::kConnectTimeout;
   if (send_disconnect) {
     mqtt::Disconnect d;
     d.reason = rc;
@@ -540,8 +549,7 @@ void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const cha
     Session* s = c.session_;
     s->conn = nullptr;
     c.session_ = nullptr;
-    FMQ_LOG_DEBUG("client '%s' disconnected: %s", c.client_id_.c_str(),
-                  std::string(DisconnectReasonName(why)).c_str());
+    FMQ_LOG_DEBUG("client '%s' disconnected: %s", c.client_id_.c_str(), std::string(DisconnectReasonName(why)).c_str());
     hooks_->OnDisconnected(InfoOf(c), why);
     SessionOffline(*s, why != DisconnectReason::kClean || c.will_on_close_);
   }
@@ -668,7 +676,8 @@ void Broker::FireTimer(const TimerWheel::Entry& e, int64_t now) {
       }
       return;
     }
-    default: return;
+    default:
+      return;
   }
 }
 

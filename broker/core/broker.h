@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "common/string_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "broker/core/acl.h"
 #include "broker/core/cluster.h"
@@ -30,14 +29,14 @@
 #include "broker/core/timer_wheel.h"
 #include "broker/core/topic_tree.h"
 #include "common/clock.h"
+#include "common/string_map.h"
 
 namespace fmq {
 
 class Broker {
  public:
   // `persistence` may be null (nothing is stored; unit tests of the protocol).
-  Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks,
-         Persistence* persistence = nullptr);
+  Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks, Persistence* persistence = nullptr);
   ~Broker();
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;

@@ -32,8 +32,7 @@ constexpr uint64_t kFnvBasis = 0xcbf29ce484222325ULL;
 
 }  // namespace
 
-Cluster::Cluster(uint32_t workers)
-    : workers_(workers == 0 ? 1 : workers), stats_(workers_), sessions_(workers_, 0) {}
+Cluster::Cluster(uint32_t workers) : workers_(workers == 0 ? 1 : workers), stats_(workers_), sessions_(workers_, 0) {}
 
 uint32_t Cluster::HomeOf(std::string_view tenant, std::string_view client_id) const {
   if (workers_ == 1) return 0;

@@ -32,9 +32,8 @@ void Connection::OnBytes(std::string_view data) {
       return;
     }
   }
-  mqtt::Error err = framer_.Feed(data, [this](uint8_t first, std::string_view body) {
-    return HandleFrame(first, body);
-  });
+  mqtt::Error err =
+      framer_.Feed(data, [this](uint8_t first, std::string_view body) { return HandleFrame(first, body); });
   if (!err.ok() && state_ != State::kClosed) broker_->OnDecodeError(*this, err);
 }
 

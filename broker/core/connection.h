@@ -13,13 +13,13 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "common/string_map.h"
 #include "broker/core/hooks.h"
 #include "broker/core/session.h"
-#include "common/small_queue.h"
 #include "broker/core/transport.h"
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
+#include "common/small_queue.h"
+#include "common/string_map.h"
 
 namespace fmq {
 
@@ -52,7 +52,10 @@ class Connection {
   // accepted connection is indexed by its certificate at once, so a
   // revocation reaches it before it has sent CONNECT (Broker::KickSerial).
   void set_identity(PeerIdentity id);
-  const std::string& tenant() const { static const std::string kNone; return identity_ ? identity_->tenant : kNone; }
+  const std::string& tenant() const {
+    static const std::string kNone;
+    return identity_ ? identity_->tenant : kNone;
+  }
   // Internal topic prefix of this connection's tenant ("" when anonymous).
   const std::string& mount() const { return mount_; }
   const PeerIdentity* identity() const { return identity_.get(); }
@@ -86,15 +89,15 @@ class Connection {
   void* tenant_state_ = nullptr;  // Broker::TenantState while connected (not anonymous)
   Session* session_ = nullptr;
   int64_t last_rx_ms_ = 0;
-  uint32_t client_max_packet_ = 0;      // 0 = no limit
+  uint32_t client_max_packet_ = 0;  // 0 = no limit
   uint16_t keep_alive_s_ = 0;
-  uint16_t send_quota_ = 65535;         // min(client Receive Maximum, max_inflight)
-  uint16_t client_alias_max_ = 0;       // aliases we may use towards the client
+  uint16_t send_quota_ = 65535;    // min(client Receive Maximum, max_inflight)
+  uint16_t client_alias_max_ = 0;  // aliases we may use towards the client
   State state_ = State::kAwaitConnect;
   mqtt::Version version_ = mqtt::Version::kV5;
-  bool problem_info_ = true;            // Request Problem Information
+  bool problem_info_ = true;  // Request Problem Information
   bool will_on_close_ = true;
-  bool serial_indexed_ = false;         // in Broker::by_serial_
+  bool serial_indexed_ = false;  // in Broker::by_serial_
   bool first_byte_seen_ = false;
   // What most connections never use, allocated on first use.
   struct Extras {

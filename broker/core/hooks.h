@@ -24,9 +24,9 @@ enum class DisconnectReason : uint8_t {
   kProtocolError,     // malformed packet or protocol violation
   kTakeover,          // same client id connected again
   kServerShutdown,
-  kTransportClosed,   // socket closed or failed without DISCONNECT
-  kConnectTimeout,    // no CONNECT in time
-  kAdministrative,    // closed by a management action
+  kTransportClosed,  // socket closed or failed without DISCONNECT
+  kConnectTimeout,   // no CONNECT in time
+  kAdministrative,   // closed by a management action
 };
 std::string_view DisconnectReasonName(DisconnectReason r);
 
@@ -35,8 +35,8 @@ struct PeerIdentity {
   std::string tenant;
   std::string name;  // device id or operator name
   bool device = true;
-  bool admin = false;   // platform admin (tenant commands); never a device
-  std::string serial;   // certificate serial, lowercase hex (live revocation)
+  bool admin = false;               // platform admin (tenant commands); never a device
+  std::string serial;               // certificate serial, lowercase hex (live revocation)
   std::vector<std::string> groups;  // device groups (ACL %g), from ResolveIdentity
 };
 
@@ -46,7 +46,7 @@ struct ClientInfo {
   std::string_view username;
   std::string_view peer;  // "ip:port"
   mqtt::Version version = mqtt::Version::kV5;
-  std::string_view tenant;  // empty: anonymous (plain TCP)
+  std::string_view tenant;                 // empty: anonymous (plain TCP)
   const PeerIdentity* identity = nullptr;  // null: anonymous (plain TCP)
   // The broker of the worker calling the hook (the one to publish through
   // from inside a hook: hooks run on that worker's thread).

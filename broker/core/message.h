@@ -23,7 +23,7 @@ struct Message {
   // message is created (SealMessage) instead of once per delivery.
   std::string wire_props;
   bool has_expiry = false;
-  int64_t expiry_at_ms = 0;  // monotonic ms; valid when has_expiry
+  int64_t expiry_at_ms = 0;     // monotonic ms; valid when has_expiry
   uint64_t origin_session = 0;  // for No Local; 0 = the broker itself
   // Several workers: set once by the worker routing it first, before any
   // other thread sees the message (monotonic ns << 6 | worker). Orders

@@ -19,10 +19,8 @@ namespace {
 
 // Properties forwarded unchanged to subscribers [MQTT-3.3.2-15..20].
 constexpr uint64_t kForwarded =
-    mqtt::Properties::Bit(PropertyId::kPayloadFormatIndicator) |
-    mqtt::Properties::Bit(PropertyId::kContentType) |
-    mqtt::Properties::Bit(PropertyId::kResponseTopic) |
-    mqtt::Properties::Bit(PropertyId::kCorrelationData) |
+    mqtt::Properties::Bit(PropertyId::kPayloadFormatIndicator) | mqtt::Properties::Bit(PropertyId::kContentType) |
+    mqtt::Properties::Bit(PropertyId::kResponseTopic) | mqtt::Properties::Bit(PropertyId::kCorrelationData) |
     mqtt::Properties::Bit(PropertyId::kUserProperty);
 
 }  // namespace
@@ -106,8 +104,7 @@ void Broker::OnDurable(uint64_t conn_id, uint64_t ticket, bool ok) {
         if (c.version_ != Version::kV5) {
           // 3.1.1 cannot refuse a PUBLISH: close without acking so the
           // client sends it again later.
-          Close(c, DisconnectReason::kServerShutdown, ReasonCode::kImplementationSpecificError,
-                "storage write failed");
+          Close(c, DisconnectReason::kServerShutdown, ReasonCode::kImplementationSpecificError, "storage write failed");
           return;
         }
         a->reason = ReasonCode::kImplementationSpecificError;
@@ -261,12 +258,12 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
   }
   if (topic[0] == '$') {
     stats_.publish_denied++;  // clients may not publish into $SYS and kin
-    FMQ_LOG_DEBUG("client '%s' publish to '%s' denied: reserved '$' topic", c.client_id_.c_str(),
-                  m->topic.c_str());
+    FMQ_LOG_DEBUG("client '%s' publish to '%s' denied: reserved '$' topic", c.client_id_.c_str(), m->topic.c_str());
     reply(ReasonCode::kNotAuthorized);
     return;
   }
-  if (p.qos > 0 && MultiWorker()) barrier = std::make_shared<AckBarrier>(index_, c.id(), next_ticket_++, cluster_->size());
+  if (p.qos > 0 && MultiWorker())
+    barrier = std::make_shared<AckBarrier>(index_, c.id(), next_ticket_++, cluster_->size());
   size_t matched = Route(m, barrier);
   // With several workers the others' matches are not known here: 0x10 is
   // only said when this is the only worker.
@@ -321,7 +318,8 @@ void Broker::HandleAck(Connection& c, const mqtt::Ack& a) {
       }
       return;
     }
-    default: return;
+    default:
+      return;
   }
 }
 
@@ -404,8 +402,7 @@ size_t Broker::RouteLocal(const MessagePtr& msg, bool from_peer) {
   // Overlapping subscriptions of one session yield one message with the
   // highest QoS and every subscription identifier [MQTT-3.3.4-2], [MQTT-3.3.4-3].
   if (matches.size() > 1) {
-    std::sort(matches.begin(), matches.end(),
-              [](const Match& a, const Match& b) { return a.session < b.session; });
+    std::sort(matches.begin(), matches.end(), [](const Match& a, const Match& b) { return a.session < b.session; });
   }
   for (size_t i = 0; i < matches.size();) {
     Delivery d;
@@ -487,8 +484,7 @@ void Broker::Deliver(Session& s, Delivery&& d) {
 
 void Broker::Enqueue(Session& s, Delivery&& d) {
   const size_t bytes = d.msg->Footprint();
-  if (s.queue.size() >= opts_.max_queued_messages ||
-      s.queued_bytes + bytes > opts_.max_queued_bytes) {
+  if (s.queue.size() >= opts_.max_queued_messages || s.queued_bytes + bytes > opts_.max_queued_bytes) {
     // The documented bound: the new message is dropped for this session,
     // counted per client (published under $SYS) and logged.
     if (s.dropped != UINT32_MAX) s.dropped++;
@@ -499,9 +495,8 @@ void Broker::Enqueue(Session& s, Delivery&& d) {
       stats_.publish_dropped_queue_full++;
     }
     if (s.dropped == 1 || s.dropped % 1000 == 0) {
-      FMQ_LOG_WARN("client '%s' queue full (%zu messages, %llu bytes): dropped %llu so far",
-                   s.client_id.c_str(), s.queue.size(),
-                   static_cast<unsigned long long>(s.queued_bytes),
+      FMQ_LOG_WARN("client '%s' queue full (%zu messages, %llu bytes): dropped %llu so far", s.client_id.c_str(),
+                   s.queue.size(), static_cast<unsigned long long>(s.queued_bytes),
                    static_cast<unsigned long long>(s.dropped));
     }
     return;

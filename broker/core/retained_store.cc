@@ -42,8 +42,7 @@ bool RetainedStore::Set(const MessagePtr& msg) {
   return true;
 }
 
-bool RetainedStore::Take(Node* n, int64_t now_ms,
-                         const std::function<void(const MessagePtr&)>& fn) {
+bool RetainedStore::Take(Node* n, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn) {
   if (!n->msg) return false;
   if (n->msg->Expired(now_ms)) {
     expired_.push_back(n);
@@ -62,8 +61,8 @@ void RetainedStore::VisitAll(Node* n, bool skip_dollar, int64_t now_ms,
   }
 }
 
-void RetainedStore::Walk(Node* n, const std::vector<std::string_view>& f, size_t i,
-                         int64_t now_ms, const std::function<void(const MessagePtr&)>& fn) {
+void RetainedStore::Walk(Node* n, const std::vector<std::string_view>& f, size_t i, int64_t now_ms,
+                         const std::function<void(const MessagePtr&)>& fn) {
   if (i == f.size()) {
     Take(n, now_ms, fn);
     return;
@@ -88,8 +87,7 @@ void RetainedStore::Walk(Node* n, const std::vector<std::string_view>& f, size_t
   }
 }
 
-void RetainedStore::Match(std::string_view filter, int64_t now_ms,
-                          const std::function<void(const MessagePtr&)>& fn) {
+void RetainedStore::Match(std::string_view filter, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn) {
   std::vector<std::string_view> levels;
   SplitLevels(filter, &levels);
   Walk(root_.get(), levels, 0, now_ms, fn);

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "common/string_map.h"
 #include "broker/core/message.h"
+#include "common/string_map.h"
 
 namespace fmq {
 
@@ -29,8 +29,7 @@ class RetainedStore {
   bool Set(const MessagePtr& msg);
   // Calls fn(const MessagePtr&) for each unexpired retained message
   // matching `filter` (already validated, no $share prefix).
-  void Match(std::string_view filter, int64_t now_ms,
-             const std::function<void(const MessagePtr&)>& fn);
+  void Match(std::string_view filter, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn);
   size_t size() const { return count_; }
 
  private:
@@ -42,8 +41,7 @@ class RetainedStore {
   };
   void Walk(Node* n, const std::vector<std::string_view>& f, size_t i, int64_t now_ms,
             const std::function<void(const MessagePtr&)>& fn);
-  void VisitAll(Node* n, bool skip_dollar, int64_t now_ms,
-                const std::function<void(const MessagePtr&)>& fn);
+  void VisitAll(Node* n, bool skip_dollar, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn);
   bool Take(Node* n, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn);
 
   std::unique_ptr<Node> root_;

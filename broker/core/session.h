@@ -15,12 +15,12 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "common/small_queue.h"
-#include "common/string_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "broker/core/message.h"
 #include "broker/mqtt/packet.h"
+#include "common/small_queue.h"
+#include "common/string_map.h"
 
 namespace fmq {
 
@@ -44,8 +44,8 @@ struct Delivery {
 };
 
 struct Inflight {
-  Delivery d;                 // d.seq orders redelivery [MQTT-4.6.0-1]
-  bool released = false;      // QoS 2: PUBREC received, PUBREL sent
+  Delivery d;             // d.seq orders redelivery [MQTT-4.6.0-1]
+  bool released = false;  // QoS 2: PUBREC received, PUBREL sent
 };
 
 // The platform admin's tenant (mgmt/pki/pki.h kPlatformTenant): it sees
@@ -140,8 +140,8 @@ struct Session {
   PacketIdSet inbound_qos2;  // received, PUBREL pending
 
   std::unique_ptr<mqtt::Will> will;  // by pointer: most sessions have none
-  int64_t will_at_ms = 0;  // when a delayed will is due (while offline)
-  int64_t disconnected_at_ms = 0;  // monotonic; when it went offline
+  int64_t will_at_ms = 0;            // when a delayed will is due (while offline)
+  int64_t disconnected_at_ms = 0;    // monotonic; when it went offline
   // Seconds the session outlives its connection; 0 ends it at disconnect,
   // 0xFFFFFFFF never expires.
   const std::string* tenant_ = InternTenant({});

@@ -26,16 +26,16 @@ struct BrokerStats {
   uint64_t protocol_errors = 0;             // connections closed for bad input
   uint64_t connect_timeouts = 0;
   uint64_t keepalive_timeouts = 0;
-  uint64_t connects_refused = 0;            // CONNACK with an error
+  uint64_t connects_refused = 0;  // CONNACK with an error
   uint64_t takeovers = 0;
   uint64_t reads_paused = 0;
-  uint64_t tls_refused = 0;                 // failed or refused TLS handshakes
-  uint64_t quota_connections_refused = 0;   // CONNACK 0x97: tenant at max_connections
-  uint64_t quota_publish_refused = 0;       // PUBLISH over the tenant's max_publish_rate
-  uint64_t admin_disconnects = 0;           // closed by a management action (revoke, suspend)
+  uint64_t tls_refused = 0;                // failed or refused TLS handshakes
+  uint64_t quota_connections_refused = 0;  // CONNACK 0x97: tenant at max_connections
+  uint64_t quota_publish_refused = 0;      // PUBLISH over the tenant's max_publish_rate
+  uint64_t admin_disconnects = 0;          // closed by a management action (revoke, suspend)
   uint64_t wills_published = 0;
   uint64_t sessions_expired = 0;
-  uint64_t subscriptions = 0;  // gauge
+  uint64_t subscriptions = 0;    // gauge
   uint64_t queued_messages = 0;  // gauge
 };
 

@@ -54,8 +54,7 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
   for (const mqtt::SubscribeEntry& e : sub.entries) {
     mqtt::Error err = mqtt::ValidateTopicFilter(e.filter, opts_.topic_limits);
     if (!err.ok()) {
-      FMQ_LOG_DEBUG("client '%s' subscribe '%s' refused: %s", c.client_id_.c_str(),
-                    e.filter.c_str(), err.rule);
+      FMQ_LOG_DEBUG("client '%s' subscribe '%s' refused: %s", c.client_id_.c_str(), e.filter.c_str(), err.rule);
       ack.codes.push_back(ReasonCode::kTopicFilterInvalid);
       continue;
     }

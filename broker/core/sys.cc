@@ -44,8 +44,8 @@ void Broker::PublishSys(int64_t now) {
   pub("messages/sent", st.messages_sent);
   pub("publish/messages/received", st.publish_received);
   pub("publish/messages/sent", st.publish_sent);
-  pub("publish/messages/dropped", st.publish_dropped_queue_full + st.publish_dropped_qos0 +
-                                      st.publish_dropped_too_large);
+  pub("publish/messages/dropped",
+      st.publish_dropped_queue_full + st.publish_dropped_qos0 + st.publish_dropped_too_large);
   pub("publish/messages/dropped/queue_full", st.publish_dropped_queue_full);
   pub("publish/messages/dropped/qos0", st.publish_dropped_qos0);
   pub("publish/messages/dropped/too_large", st.publish_dropped_too_large);
@@ -100,9 +100,9 @@ void Broker::PublishDrops() {
     if (!mqtt::ValidateTopicName(tail, opts_.topic_limits).ok()) continue;
     PublishInternal(MountOf(s.tenant()) + std::string(kStatsTopicPrefix) + tail, value, true);
     if (s.tenant() != kPlatformTenantName) {
-      PublishInternal(MountOf(kPlatformTenantName) + std::string(kStatsTopicPrefix) + "tenants/" + s.tenant() + "/" +
-                          tail,
-                      value, true);
+      PublishInternal(
+          MountOf(kPlatformTenantName) + std::string(kStatsTopicPrefix) + "tenants/" + s.tenant() + "/" + tail, value,
+          true);
     }
   }
   drops_changed_.clear();

@@ -52,13 +52,11 @@ void TopicTree::Prune(Node* n) {
   }
 }
 
-bool TopicTree::Add(std::string_view filter, std::string_view group, Session* session,
-                    const SubOptions& opts) {
+bool TopicTree::Add(std::string_view filter, std::string_view group, Session* session, const SubOptions& opts) {
   Node* n = Find(filter, true);
   std::vector<Subscriber>* list = &n->subs;
   if (!group.empty()) {
-    auto g = std::find_if(n->groups.begin(), n->groups.end(),
-                          [&](const SharedGroup& sg) { return sg.name == group; });
+    auto g = std::find_if(n->groups.begin(), n->groups.end(), [&](const SharedGroup& sg) { return sg.name == group; });
     if (g == n->groups.end()) {
       n->groups.push_back(SharedGroup{std::string(group), {}, 0, nullptr});
       g = n->groups.end() - 1;

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "common/string_map.h"
 #include "broker/core/session.h"
+#include "common/string_map.h"
 
 namespace fmq {
 
@@ -43,8 +43,7 @@ class TopicTree {
   // Adds or replaces `session`'s subscription to `filter` (already
   // validated, without the $share prefix); `group` is empty when not shared.
   // Returns true when it was new.
-  bool Add(std::string_view filter, std::string_view group, Session* session,
-           const SubOptions& opts);
+  bool Add(std::string_view filter, std::string_view group, Session* session, const SubOptions& opts);
   // Returns true when a subscription existed.
   bool Remove(std::string_view filter, std::string_view group, Session* session);
 
@@ -68,8 +67,7 @@ class TopicTree {
   Node* Find(std::string_view filter, bool create);
   void Prune(Node* n);
   template <class S, class G>
-  void MatchLevel(Node* n, const std::vector<std::string_view>& levels, size_t i, S& on_sub,
-                  G& on_group);
+  void MatchLevel(Node* n, const std::vector<std::string_view>& levels, size_t i, S& on_sub, G& on_group);
 
   std::unique_ptr<Node> root_;
   GroupObserver observer_;
@@ -89,8 +87,7 @@ void TopicTree::Match(std::string_view topic, S&& on_sub, G&& on_group) {
 }
 
 template <class S, class G>
-void TopicTree::MatchLevel(Node* n, const std::vector<std::string_view>& levels, size_t i,
-                           S& on_sub, G& on_group) {
+void TopicTree::MatchLevel(Node* n, const std::vector<std::string_view>& levels, size_t i, S& on_sub, G& on_group) {
   auto visit = [&](Node* m) {
     for (const Subscriber& s : m->subs) on_sub(s);
     for (SharedGroup& g : m->groups) on_group(g);
@@ -99,8 +96,8 @@ void TopicTree::MatchLevel(Node* n, const std::vector<std::string_view>& levels,
   // [MQTT-4.7.2-1] wildcards at the first level never match '$' topics;
   // inside a tenant mount ("$T/<tenant>/...") the first level the tenant's
   // clients see is level 2, so the rule applies there too.
-  const bool dollar = i < levels.size() && !levels[i].empty() && levels[i][0] == '$' &&
-                      (i == 0 || (i == 2 && levels[0] == "$T"));
+  const bool dollar =
+      i < levels.size() && !levels[i].empty() && levels[i][0] == '$' && (i == 0 || (i == 2 && levels[0] == "$T"));
   if (!dollar) {
     if (auto it = n->children.find("#"); it != n->children.end()) visit(it->second.get());
   }
@@ -108,7 +105,10 @@ void TopicTree::MatchLevel(Node* n, const std::vector<std::string_view>& levels,
   if (!dollar) {
     if (auto it = n->children.find("+"); it != n->children.end()) {
       Node* c = it->second.get();
-      if (i + 1 == levels.size()) visit(c); else MatchLevel(c, levels, i + 1, on_sub, on_group);
+      if (i + 1 == levels.size())
+        visit(c);
+      else
+        MatchLevel(c, levels, i + 1, on_sub, on_group);
       if (i + 1 == levels.size()) {
         if (auto h = c->children.find("#"); h != c->children.end()) visit(h->second.get());
       }

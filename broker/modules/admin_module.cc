@@ -29,7 +29,7 @@ admin::Actor ActorOf(const ClientInfo& info) {
 
 }  // namespace
 
-AdminModule::AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, AdminModuleOptions opts)
+AdminModule::AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, const AdminModuleOptions& opts)
     : svc_(svc), reader_(kv), clock_(clock), opts_(opts) {}
 
 AdminModule::~AdminModule() { Stop(); }
@@ -199,8 +199,10 @@ void AdminModule::Apply(admin::Effects& fx) {
   {
     std::lock_guard<std::mutex> l(gate_mu_);
     for (const auto& b : fx.blocks) {
-      if (b.blocked) blocked_.insert(BlockKey(b.tenant, b.device_id));
-      else blocked_.erase(BlockKey(b.tenant, b.device_id));
+      if (b.blocked)
+        blocked_.insert(BlockKey(b.tenant, b.device_id));
+      else
+        blocked_.erase(BlockKey(b.tenant, b.device_id));
     }
   }
   if (broker_ == nullptr) return;
@@ -304,8 +306,9 @@ void AdminModule::OnTlsRefused(const pki::Identity& id, std::string_view serial,
   admin::Actor a;
   a.tenant = id.tenant;
   a.name = id.name;
-  a.role = id.role == pki::Role::kDevice ? admin::Role::kDevice
-                                         : id.role == pki::Role::kAdmin ? admin::Role::kAdmin : admin::Role::kOperator;
+  a.role = id.role == pki::Role::kDevice  ? admin::Role::kDevice
+           : id.role == pki::Role::kAdmin ? admin::Role::kAdmin
+                                          : admin::Role::kOperator;
   Deny(Denied{std::move(a), "device.connect", id.role == pki::Role::kDevice ? id.name : "",
               "TLS handshake refused: " + std::string(why) + " (certificate " + std::string(serial) + ")"});
 }
@@ -331,8 +334,7 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
     std::string topic = MountOf(tenant);
     topic += kConnectivityTopicPrefix;
     topic += info.identity->name;
-    b->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                             false);
+    b->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), false);
   }
   // Handed over at once, so an admin request that follows sees it; the
   // thread coalesces runs of event jobs into one write batch.
@@ -345,8 +347,8 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
       return;
     }
     ++queued_events_;
-    jobs_.push_back(std::vector<admin::ConnEvent>{admin::ConnEvent{
-        tenant, info.identity->name, std::string(reason), std::string(info.peer), connected, now}});
+    jobs_.push_back(std::vector<admin::ConnEvent>{
+        admin::ConnEvent{tenant, info.identity->name, std::string(reason), std::string(info.peer), connected, now}});
   }
   cv_.notify_one();
 }

@@ -33,11 +33,10 @@ inline constexpr std::string_view kControlRequestTopic = "$SYS/fleetmq/control/v
 inline constexpr std::string_view kControlReplyPrefix = "$SYS/fleetmq/control/v1/reply/";
 inline constexpr std::string_view kConnectivityTopicPrefix = "$SYS/fleetmq/events/v1/connectivity/";
 
-
 class AdminModule : public BrokerHooks {
  public:
   // `kv`: read-only device lookups on the loop thread (groups at CONNECT).
-  AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, AdminModuleOptions opts = {});
+  AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, const AdminModuleOptions& opts = {});
   ~AdminModule() override;
 
   // Before the loop runs: the broker whose loop runs the completions (the
@@ -67,8 +66,8 @@ class AdminModule : public BrokerHooks {
     std::atomic<uint64_t> refused_role{0};
     std::atomic<uint64_t> events_dropped{0};
     std::atomic<uint64_t> blocked_connects{0};
-    std::atomic<uint64_t> revoked_connects{0};   // CONNECT with a certificate revoked after its handshake
-    std::atomic<uint64_t> denied_unaudited{0};   // over max_denied_tracked
+    std::atomic<uint64_t> revoked_connects{0};  // CONNECT with a certificate revoked after its handshake
+    std::atomic<uint64_t> denied_unaudited{0};  // over max_denied_tracked
   };
   const Counters& counters() const { return counters_; }
   bool IsBlocked(std::string_view tenant, std::string_view device) const;
@@ -124,12 +123,12 @@ class AdminModule : public BrokerHooks {
   Counters counters_;
 
   // Shared with the management thread and every worker (hooks).
-  StringMap<uint64_t> event_seq_;             // tenant → last sequence number
+  StringMap<uint64_t> event_seq_;  // tenant → last sequence number
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;
   size_t queued_requests_ = 0;
-  size_t queued_events_ = 0;  // connectivity events not yet taken by the thread
+  size_t queued_events_ = 0;        // connectivity events not yet taken by the thread
   StringMap<DeniedWindow> denied_;  // tenant \0 identity \0 reason
   std::vector<Completion> done_;
   bool stop_ = false;

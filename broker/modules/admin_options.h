@@ -9,8 +9,8 @@
 namespace fmq {
 
 struct AdminModuleOptions {
-  size_t max_queued_requests = 1024;    // beyond: PUBACK 0x97
-  size_t max_queued_events = 1 << 20;   // beyond: events dropped (counted, logged)
+  size_t max_queued_requests = 1024;   // beyond: PUBACK 0x97
+  size_t max_queued_events = 1 << 20;  // beyond: events dropped (counted, logged)
   // Denied attempts (a revoked, suspended or retired device connecting, a
   // device on the control topic) are audited at once the first time; more
   // of the same (tenant, identity, reason) within this window are counted

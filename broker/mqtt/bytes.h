@@ -34,9 +34,7 @@ inline int EncodeVarint(uint32_t v, uint8_t out[4]) {
   } while (v && n < 4);
   return n;
 }
-inline int VarintSize(uint32_t v) {
-  return v < 128 ? 1 : v < 16384 ? 2 : v < 2097152 ? 3 : 4;
-}
+inline int VarintSize(uint32_t v) { return v < 128 ? 1 : v < 16384 ? 2 : v < 2097152 ? 3 : 4; }
 
 class Reader {
  public:

@@ -91,9 +91,8 @@ Error DecodeConnack(uint8_t flags, Reader& r, Version v, Connack* c) {
     if (!e.ok()) return e;
   } else {
     static constexpr ReasonCode kMap[] = {
-        ReasonCode::kSuccess, ReasonCode::kUnsupportedProtocolVersion,
-        ReasonCode::kClientIdentifierNotValid, ReasonCode::kServerUnavailable,
-        ReasonCode::kBadUserNameOrPassword, ReasonCode::kNotAuthorized};
+        ReasonCode::kSuccess,           ReasonCode::kUnsupportedProtocolVersion, ReasonCode::kClientIdentifierNotValid,
+        ReasonCode::kServerUnavailable, ReasonCode::kBadUserNameOrPassword,      ReasonCode::kNotAuthorized};
     if (rc > 5) return Error::Malformed("MQTT-3.2.2.3 unknown CONNACK return code");
     c->reason = kMap[rc];
   }
@@ -134,8 +133,15 @@ Error DecodePublish(uint8_t flags, Reader& r, Version v, Publish* p) {
 bool AckReasonAllowed(PacketType t, uint8_t rc) {
   if (t == PacketType::kPubrel || t == PacketType::kPubcomp) return rc == 0x00 || rc == 0x92;
   switch (rc) {
-    case 0x00: case 0x10: case 0x80: case 0x83: case 0x87:
-    case 0x90: case 0x91: case 0x97: case 0x99:
+    case 0x00:
+    case 0x10:
+    case 0x80:
+    case 0x83:
+    case 0x87:
+    case 0x90:
+    case 0x91:
+    case 0x97:
+    case 0x99:
       return true;
     default:
       return false;
@@ -193,15 +199,31 @@ bool SubAckCodeAllowed(PacketType t, Version v, uint8_t rc) {
   if (!IsV5(v)) return rc <= 2 || rc == 0x80;
   if (t == PacketType::kSuback) {
     switch (rc) {
-      case 0x00: case 0x01: case 0x02: case 0x80: case 0x83: case 0x87: case 0x8F:
-      case 0x91: case 0x97: case 0x9E: case 0xA1: case 0xA2:
+      case 0x00:
+      case 0x01:
+      case 0x02:
+      case 0x80:
+      case 0x83:
+      case 0x87:
+      case 0x8F:
+      case 0x91:
+      case 0x97:
+      case 0x9E:
+      case 0xA1:
+      case 0xA2:
         return true;
       default:
         return false;
     }
   }
   switch (rc) {
-    case 0x00: case 0x11: case 0x80: case 0x83: case 0x87: case 0x8F: case 0x91:
+    case 0x00:
+    case 0x11:
+    case 0x80:
+    case 0x83:
+    case 0x87:
+    case 0x8F:
+    case 0x91:
       return true;
     default:
       return false;
@@ -213,9 +235,8 @@ Error DecodeSubAck(PacketType t, uint8_t flags, Reader& r, Version v, SubAck* s)
   s->type = t;
   if (!r.U16(&s->packet_id)) return Truncated("MQTT-3.9.2 truncated packet identifier");
   if (IsV5(v)) {
-    Error e = DecodeProperties(
-        r, t == PacketType::kSuback ? PropertyContext::kSuback : PropertyContext::kUnsuback,
-        &s->props);
+    Error e = DecodeProperties(r, t == PacketType::kSuback ? PropertyContext::kSuback : PropertyContext::kUnsuback,
+                               &s->props);
     if (!e.ok()) return e;
   } else if (t == PacketType::kUnsuback) {
     if (!r.empty()) return Error::Malformed("MQTT-3.11.3 UNSUBACK has no payload in 3.1.1");
@@ -291,26 +312,37 @@ Error Decode(uint8_t first_byte, std::string_view body, Version version, Packet*
   const uint8_t flags = first_byte & 0x0F;
   Reader r(body);
   switch (type) {
-    case PacketType::kConnect: return DecodeConnect(flags, r, &out->emplace<Connect>());
-    case PacketType::kConnack: return DecodeConnack(flags, r, version, &out->emplace<Connack>());
-    case PacketType::kPublish: return DecodePublish(flags, r, version, &out->emplace<Publish>());
+    case PacketType::kConnect:
+      return DecodeConnect(flags, r, &out->emplace<Connect>());
+    case PacketType::kConnack:
+      return DecodeConnack(flags, r, version, &out->emplace<Connack>());
+    case PacketType::kPublish:
+      return DecodePublish(flags, r, version, &out->emplace<Publish>());
     case PacketType::kPuback:
     case PacketType::kPubrec:
     case PacketType::kPubrel:
-    case PacketType::kPubcomp: return DecodeAck(type, flags, r, version, &out->emplace<Ack>());
-    case PacketType::kSubscribe: return DecodeSubscribe(flags, r, version, &out->emplace<Subscribe>());
+    case PacketType::kPubcomp:
+      return DecodeAck(type, flags, r, version, &out->emplace<Ack>());
+    case PacketType::kSubscribe:
+      return DecodeSubscribe(flags, r, version, &out->emplace<Subscribe>());
     case PacketType::kSuback:
-    case PacketType::kUnsuback: return DecodeSubAck(type, flags, r, version, &out->emplace<SubAck>());
+    case PacketType::kUnsuback:
+      return DecodeSubAck(type, flags, r, version, &out->emplace<SubAck>());
     case PacketType::kUnsubscribe:
       return DecodeUnsubscribe(flags, r, version, &out->emplace<Unsubscribe>());
-    case PacketType::kPingreq: out->emplace<Pingreq>(); return DecodeEmpty(flags, r);
-    case PacketType::kPingresp: out->emplace<Pingresp>(); return DecodeEmpty(flags, r);
+    case PacketType::kPingreq:
+      out->emplace<Pingreq>();
+      return DecodeEmpty(flags, r);
+    case PacketType::kPingresp:
+      out->emplace<Pingresp>();
+      return DecodeEmpty(flags, r);
     case PacketType::kDisconnect:
       return DecodeDisconnect(flags, r, version, &out->emplace<Disconnect>());
     case PacketType::kAuth:
       if (!IsV5(version)) return Error::Malformed("MQTT-2.2.1 packet type 15 is reserved in 3.1.1");
       return DecodeAuth(flags, r, &out->emplace<Auth>());
-    case PacketType::kReserved: break;
+    case PacketType::kReserved:
+      break;
   }
   return Error::Malformed("MQTT-2.1.2 reserved packet type 0");
 }

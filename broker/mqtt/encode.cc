@@ -9,9 +9,7 @@ namespace {
 
 bool IsV5(Version v) { return v == Version::kV5; }
 
-uint8_t First(PacketType t, uint8_t flags = 0) {
-  return static_cast<uint8_t>((static_cast<uint8_t>(t) << 4) | flags);
-}
+uint8_t First(PacketType t, uint8_t flags = 0) { return static_cast<uint8_t>((static_cast<uint8_t>(t) << 4) | flags); }
 
 // 3.1.1 SUBACK return codes: granted QoS or 0x80 [MQTT-3.9.3].
 uint8_t ToV3SubackCode(ReasonCode rc) {
@@ -119,8 +117,8 @@ uint8_t Body(const Packet& p, Version v, std::string* b) {
           return First(PacketType::kConnack);
         } else if constexpr (std::is_same_v<T, Publish>) {
           BodyPublish(pk, v, b);
-          return First(PacketType::kPublish, static_cast<uint8_t>((pk.dup ? 8 : 0) | (pk.qos << 1) |
-                                                                  (pk.retain ? 1 : 0)));
+          return First(PacketType::kPublish,
+                       static_cast<uint8_t>((pk.dup ? 8 : 0) | (pk.qos << 1) | (pk.retain ? 1 : 0)));
         } else if constexpr (std::is_same_v<T, Ack>) {
           BodyAck(pk, v, b);
           return First(pk.type, pk.type == PacketType::kPubrel ? 2 : 0);
@@ -153,13 +151,19 @@ uint8_t Body(const Packet& p, Version v, std::string* b) {
 
 uint8_t ToV3ConnackCode(ReasonCode rc) {
   switch (rc) {
-    case ReasonCode::kSuccess: return 0;
-    case ReasonCode::kUnsupportedProtocolVersion: return 1;
-    case ReasonCode::kClientIdentifierNotValid: return 2;
-    case ReasonCode::kBadUserNameOrPassword: return 4;
+    case ReasonCode::kSuccess:
+      return 0;
+    case ReasonCode::kUnsupportedProtocolVersion:
+      return 1;
+    case ReasonCode::kClientIdentifierNotValid:
+      return 2;
+    case ReasonCode::kBadUserNameOrPassword:
+      return 4;
     case ReasonCode::kNotAuthorized:
-    case ReasonCode::kBanned: return 5;
-    default: return 3;  // server unavailable
+    case ReasonCode::kBanned:
+      return 5;
+    default:
+      return 3;  // server unavailable
   }
 }
 
@@ -186,73 +190,127 @@ PacketType TypeOf(const Packet& p) {
   return std::visit(
       [](const auto& pk) -> PacketType {
         using T = std::decay_t<decltype(pk)>;
-        if constexpr (std::is_same_v<T, Connect>) return PacketType::kConnect;
-        else if constexpr (std::is_same_v<T, Connack>) return PacketType::kConnack;
-        else if constexpr (std::is_same_v<T, Publish>) return PacketType::kPublish;
-        else if constexpr (std::is_same_v<T, Ack>) return pk.type;
-        else if constexpr (std::is_same_v<T, Subscribe>) return PacketType::kSubscribe;
-        else if constexpr (std::is_same_v<T, SubAck>) return pk.type;
-        else if constexpr (std::is_same_v<T, Unsubscribe>) return PacketType::kUnsubscribe;
-        else if constexpr (std::is_same_v<T, Pingreq>) return PacketType::kPingreq;
-        else if constexpr (std::is_same_v<T, Pingresp>) return PacketType::kPingresp;
-        else if constexpr (std::is_same_v<T, Disconnect>) return PacketType::kDisconnect;
-        else return PacketType::kAuth;
+        if constexpr (std::is_same_v<T, Connect>)
+          return PacketType::kConnect;
+        else if constexpr (std::is_same_v<T, Connack>)
+          return PacketType::kConnack;
+        else if constexpr (std::is_same_v<T, Publish>)
+          return PacketType::kPublish;
+        else if constexpr (std::is_same_v<T, Ack>)
+          return pk.type;
+        else if constexpr (std::is_same_v<T, Subscribe>)
+          return PacketType::kSubscribe;
+        else if constexpr (std::is_same_v<T, SubAck>)
+          return pk.type;
+        else if constexpr (std::is_same_v<T, Unsubscribe>)
+          return PacketType::kUnsubscribe;
+        else if constexpr (std::is_same_v<T, Pingreq>)
+          return PacketType::kPingreq;
+        else if constexpr (std::is_same_v<T, Pingresp>)
+          return PacketType::kPingresp;
+        else if constexpr (std::is_same_v<T, Disconnect>)
+          return PacketType::kDisconnect;
+        else
+          return PacketType::kAuth;
       },
       p);
 }
 
 std::string_view PacketTypeName(PacketType t) {
   static constexpr std::string_view kNames[] = {
-      "RESERVED", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP",
-      "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP", "DISCONNECT", "AUTH"};
+      "RESERVED",  "CONNECT", "CONNACK",     "PUBLISH",  "PUBACK",  "PUBREC",   "PUBREL",     "PUBCOMP",
+      "SUBSCRIBE", "SUBACK",  "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP", "DISCONNECT", "AUTH"};
   return kNames[static_cast<uint8_t>(t) & 0x0F];
 }
 
 std::string_view ReasonName(ReasonCode rc) {
   switch (rc) {
-    case ReasonCode::kSuccess: return "success";
-    case ReasonCode::kGrantedQos1: return "granted QoS 1";
-    case ReasonCode::kGrantedQos2: return "granted QoS 2";
-    case ReasonCode::kDisconnectWithWill: return "disconnect with will";
-    case ReasonCode::kNoMatchingSubscribers: return "no matching subscribers";
-    case ReasonCode::kNoSubscriptionExisted: return "no subscription existed";
-    case ReasonCode::kContinueAuthentication: return "continue authentication";
-    case ReasonCode::kReauthenticate: return "re-authenticate";
-    case ReasonCode::kUnspecifiedError: return "unspecified error";
-    case ReasonCode::kMalformedPacket: return "malformed packet";
-    case ReasonCode::kProtocolError: return "protocol error";
-    case ReasonCode::kImplementationSpecificError: return "implementation specific error";
-    case ReasonCode::kUnsupportedProtocolVersion: return "unsupported protocol version";
-    case ReasonCode::kClientIdentifierNotValid: return "client identifier not valid";
-    case ReasonCode::kBadUserNameOrPassword: return "bad user name or password";
-    case ReasonCode::kNotAuthorized: return "not authorized";
-    case ReasonCode::kServerUnavailable: return "server unavailable";
-    case ReasonCode::kServerBusy: return "server busy";
-    case ReasonCode::kBanned: return "banned";
-    case ReasonCode::kServerShuttingDown: return "server shutting down";
-    case ReasonCode::kBadAuthenticationMethod: return "bad authentication method";
-    case ReasonCode::kKeepAliveTimeout: return "keep alive timeout";
-    case ReasonCode::kSessionTakenOver: return "session taken over";
-    case ReasonCode::kTopicFilterInvalid: return "topic filter invalid";
-    case ReasonCode::kTopicNameInvalid: return "topic name invalid";
-    case ReasonCode::kPacketIdentifierInUse: return "packet identifier in use";
-    case ReasonCode::kPacketIdentifierNotFound: return "packet identifier not found";
-    case ReasonCode::kReceiveMaximumExceeded: return "receive maximum exceeded";
-    case ReasonCode::kTopicAliasInvalid: return "topic alias invalid";
-    case ReasonCode::kPacketTooLarge: return "packet too large";
-    case ReasonCode::kMessageRateTooHigh: return "message rate too high";
-    case ReasonCode::kQuotaExceeded: return "quota exceeded";
-    case ReasonCode::kAdministrativeAction: return "administrative action";
-    case ReasonCode::kPayloadFormatInvalid: return "payload format invalid";
-    case ReasonCode::kRetainNotSupported: return "retain not supported";
-    case ReasonCode::kQosNotSupported: return "QoS not supported";
-    case ReasonCode::kUseAnotherServer: return "use another server";
-    case ReasonCode::kServerMoved: return "server moved";
-    case ReasonCode::kSharedSubscriptionsNotSupported: return "shared subscriptions not supported";
-    case ReasonCode::kConnectionRateExceeded: return "connection rate exceeded";
-    case ReasonCode::kMaximumConnectTime: return "maximum connect time";
-    case ReasonCode::kSubscriptionIdentifiersNotSupported: return "subscription identifiers not supported";
-    case ReasonCode::kWildcardSubscriptionsNotSupported: return "wildcard subscriptions not supported";
+    case ReasonCode::kSuccess:
+      return "success";
+    case ReasonCode::kGrantedQos1:
+      return "granted QoS 1";
+    case ReasonCode::kGrantedQos2:
+      return "granted QoS 2";
+    case ReasonCode::kDisconnectWithWill:
+      return "disconnect with will";
+    case ReasonCode::kNoMatchingSubscribers:
+      return "no matching subscribers";
+    case ReasonCode::kNoSubscriptionExisted:
+      return "no subscription existed";
+    case ReasonCode::kContinueAuthentication:
+      return "continue authentication";
+    case ReasonCode::kReauthenticate:
+      return "re-authenticate";
+    case ReasonCode::kUnspecifiedError:
+      return "unspecified error";
+    case ReasonCode::kMalformedPacket:
+      return "malformed packet";
+    case ReasonCode::kProtocolError:
+      return "protocol error";
+    case ReasonCode::kImplementationSpecificError:
+      return "implementation specific error";
+    case ReasonCode::kUnsupportedProtocolVersion:
+      return "unsupported protocol version";
+    case ReasonCode::kClientIdentifierNotValid:
+      return "client identifier not valid";
+    case ReasonCode::kBadUserNameOrPassword:
+      return "bad user name or password";
+    case ReasonCode::kNotAuthorized:
+      return "not authorized";
+    case ReasonCode::kServerUnavailable:
+      return "server unavailable";
+    case ReasonCode::kServerBusy:
+      return "server busy";
+    case ReasonCode::kBanned:
+      return "banned";
+    case ReasonCode::kServerShuttingDown:
+      return "server shutting down";
+    case ReasonCode::kBadAuthenticationMethod:
+      return "bad authentication method";
+    case ReasonCode::kKeepAliveTimeout:
+      return "keep alive timeout";
+    case ReasonCode::kSessionTakenOver:
+      return "session taken over";
+    case ReasonCode::kTopicFilterInvalid:
+      return "topic filter invalid";
+    case ReasonCode::kTopicNameInvalid:
+      return "topic name invalid";
+    case ReasonCode::kPacketIdentifierInUse:
+      return "packet identifier in use";
+    case ReasonCode::kPacketIdentifierNotFound:
+      return "packet identifier not found";
+    case ReasonCode::kReceiveMaximumExceeded:
+      return "receive maximum exceeded";
+    case ReasonCode::kTopicAliasInvalid:
+      return "topic alias invalid";
+    case ReasonCode::kPacketTooLarge:
+      return "packet too large";
+    case ReasonCode::kMessageRateTooHigh:
+      return "message rate too high";
+    case ReasonCode::kQuotaExceeded:
+      return "quota exceeded";
+    case ReasonCode::kAdministrativeAction:
+      return "administrative action";
+    case ReasonCode::kPayloadFormatInvalid:
+      return "payload format invalid";
+    case ReasonCode::kRetainNotSupported:
+      return "retain not supported";
+    case ReasonCode::kQosNotSupported:
+      return "QoS not supported";
+    case ReasonCode::kUseAnotherServer:
+      return "use another server";
+    case ReasonCode::kServerMoved:
+      return "server moved";
+    case ReasonCode::kSharedSubscriptionsNotSupported:
+      return "shared subscriptions not supported";
+    case ReasonCode::kConnectionRateExceeded:
+      return "connection rate exceeded";
+    case ReasonCode::kMaximumConnectTime:
+      return "maximum connect time";
+    case ReasonCode::kSubscriptionIdentifiersNotSupported:
+      return "subscription identifiers not supported";
+    case ReasonCode::kWildcardSubscriptionsNotSupported:
+      return "wildcard subscriptions not supported";
   }
   return "unknown reason";
 }

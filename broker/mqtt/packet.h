@@ -117,8 +117,8 @@ struct Auth {
   bool operator==(const Auth&) const = default;
 };
 
-using Packet = std::variant<Connect, Connack, Publish, Ack, Subscribe, SubAck, Unsubscribe,
-                            Pingreq, Pingresp, Disconnect, Auth>;
+using Packet =
+    std::variant<Connect, Connack, Publish, Ack, Subscribe, SubAck, Unsubscribe, Pingreq, Pingresp, Disconnect, Auth>;
 
 PacketType TypeOf(const Packet& p);
 

@@ -61,8 +61,7 @@ Error ValidateTopicFilter(std::string_view filter, const TopicLimits& limits) {
     bool ends_level = (i + 1 == f.size() || f[i + 1] == '/');
     if (c == '#') {
       if (!starts_level || i + 1 != f.size()) {
-        return {ReasonCode::kTopicFilterInvalid,
-                "MQTT-4.7.1-1 '#' must be last and occupy a whole level"};
+        return {ReasonCode::kTopicFilterInvalid, "MQTT-4.7.1-1 '#' must be last and occupy a whole level"};
       }
     } else if (c == '+') {
       if (!starts_level || !ends_level) {

@@ -218,8 +218,8 @@ class TcpClient final : public Transport {
     }
     if (tls_->state() == tls::TlsSession::State::kOpen && conn_.identity() == nullptr) {
       const pki::Identity& id = tls_->identity();
-      conn_.set_identity(PeerIdentity{id.tenant, id.name, id.role == pki::Role::kDevice,
-                                      id.role == pki::Role::kAdmin, tls_->peer_serial(), {}});
+      conn_.set_identity(PeerIdentity{
+          id.tenant, id.name, id.role == pki::Role::kDevice, id.role == pki::Role::kAdmin, tls_->peer_serial(), {}});
     }
     std::string plain = tls_->TakePlaintext();
     if (!plain.empty()) Feed(plain);
@@ -246,8 +246,8 @@ class TcpClient final : public Transport {
   bool HandshakeStep(std::string_view ciphertext) {
     const auto t0 = std::chrono::steady_clock::now();
     const bool ok = OnTlsBytes(ciphertext);
-    server_->handshake_tokens_ns_ -= std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  std::chrono::steady_clock::now() - t0).count();
+    server_->handshake_tokens_ns_ -=
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     return ok;
   }
 
@@ -298,8 +298,7 @@ class TcpClient final : public Transport {
       // being read until its output drains below half the limit.
       // Only bytes the kernel refused count: output produced by this read is
       // bounded by the read buffer and flushed at the end of the loop turn.
-      if (!self->closing_ && !self->closed_ &&
-          self->Backlog() > self->server_->broker_.options().max_output_buffer) {
+      if (!self->closing_ && !self->closed_ && self->Backlog() > self->server_->broker_.options().max_output_buffer) {
         uv_read_stop(s);
         self->read_paused_ = true;
         self->server_->broker_.CountReadPause();
@@ -326,8 +325,7 @@ class TcpClient final : public Transport {
   }
 
   void MaybeResumeReading() {
-    if (read_paused_ && !closing_ && !closed_ &&
-        Backlog() < server_->broker_.options().max_output_buffer / 2) {
+    if (read_paused_ && !closing_ && !closed_ && Backlog() < server_->broker_.options().max_output_buffer / 2) {
       read_paused_ = false;
       uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
     }
@@ -341,8 +339,8 @@ class TcpClient final : public Transport {
     }
     // Our FIN is out: wait for the peer's close, at most the drain window
     // (the tick closes overdue ones).
-    self->close_deadline_ = std::min<int64_t>(self->close_deadline_,
-                                              self->server_->clock_.NowMs() + self->server_->sopts_.close_drain_ms);
+    self->close_deadline_ =
+        std::min<int64_t>(self->close_deadline_, self->server_->clock_.NowMs() + self->server_->sopts_.close_drain_ms);
   }
   static void OnClosed(uv_handle_t* h) {
     auto* self = static_cast<TcpClient*>(h->data);
@@ -365,8 +363,8 @@ class TcpClient final : public Transport {
   std::string held_;
   int64_t close_deadline_ = 0;
   uint32_t writes_in_flight_ = 0;
-  int8_t handoff_to_ = -1;    // worker waiting for it (writes still queued)
-  bool routed_ = true;        // several workers: the first packet has been seen
+  int8_t handoff_to_ = -1;  // worker waiting for it (writes still queued)
+  bool routed_ = true;      // several workers: the first packet has been seen
   bool dirty_ = false;
   bool closing_ = false;
   bool closed_ = false;
@@ -375,8 +373,7 @@ class TcpClient final : public Transport {
   bool deferred_listed_ = false;
 };
 
-Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks,
-               Persistence* persistence)
+Server::Server(const ServerOptions& sopts, const BrokerOptions& bopts, BrokerHooks* hooks, Persistence* persistence)
     : sopts_(sopts), broker_(bopts, &clock_, hooks, persistence) {
   uv_loop_init(&loop_);
   uv_check_init(&loop_, &check_);
@@ -524,9 +521,12 @@ void Server::OnWake(uv_async_t* a) {
 }
 
 Server::~Server() {
-  uv_walk(&loop_, [](uv_handle_t* h, void*) {
-    if (!uv_is_closing(h)) uv_close(h, nullptr);
-  }, nullptr);
+  uv_walk(
+      &loop_,
+      [](uv_handle_t* h, void*) {
+        if (!uv_is_closing(h)) uv_close(h, nullptr);
+      },
+      nullptr);
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
 }
@@ -637,8 +637,7 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
   client->conn().set_peer(std::string(ip) + ":" + std::to_string(port));
   if (self->sopts_.tcp_nodelay) uv_tcp_nodelay(client->handle(), 1);
   self->broker_.Accept(&client->conn());
-  uv_read_start(reinterpret_cast<uv_stream_t*>(client->handle()), TcpClient::OnAlloc,
-                TcpClient::OnRead);
+  uv_read_start(reinterpret_cast<uv_stream_t*>(client->handle()), TcpClient::OnAlloc, TcpClient::OnRead);
 }
 
 void Server::MarkDirty(TcpClient* c) {
@@ -664,14 +663,14 @@ constexpr int64_t kHandshakeWindowNs = 10'000'000;  // 10 ms
 
 bool Server::HandshakeBudgetLeft() {
   if (sopts_.handshake_share_percent >= 100) return true;
-  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
   // A token bucket of handshake time: it fills at the allowed share of wall
   // time, holds at most one window's worth, and each step takes what it
   // measured (so a long step is paid back before the next one runs).
   const int64_t cap = kHandshakeWindowNs * sopts_.handshake_share_percent / 100;
-  handshake_tokens_ns_ = std::min(cap, handshake_tokens_ns_ + (now - handshake_refill_ns_) *
-                                                                  sopts_.handshake_share_percent / 100);
+  handshake_tokens_ns_ =
+      std::min(cap, handshake_tokens_ns_ + (now - handshake_refill_ns_) * sopts_.handshake_share_percent / 100);
   handshake_refill_ns_ = now;
   return handshake_tokens_ns_ > 0;
 }

@@ -177,17 +177,17 @@ class Server {
   uv_async_t peer_wake_;
   Cluster* cluster_ = nullptr;
   uint32_t index_ = 0;
-  std::vector<Server*> peers_;          // every worker, this one included
-  std::vector<Forwarded> outbox_;       // loop thread
+  std::vector<Server*> peers_;                    // every worker, this one included
+  std::vector<Forwarded> outbox_;                 // loop thread
   std::vector<std::vector<PeerAck>> ack_outbox_;  // loop thread, by worker
   struct InboxItem {
-    Forwarded fwd;                          // or
+    Forwarded fwd;  // or
     std::function<void(Server&)> fn;
   };
   std::mutex inbox_mu_;
-  std::vector<InboxItem> inbox_;        // guarded by inbox_mu_
-  std::vector<PeerAck> inbox_acks_;     // guarded by inbox_mu_
-  std::vector<InboxItem> inbox_work_;   // loop thread: the batch being run
+  std::vector<InboxItem> inbox_;          // guarded by inbox_mu_
+  std::vector<PeerAck> inbox_acks_;       // guarded by inbox_mu_
+  std::vector<InboxItem> inbox_work_;     // loop thread: the batch being run
   std::vector<PeerAck> inbox_acks_work_;  // loop thread
   std::function<void()> stop_hook_;
   std::function<void()> turn_end_hook_;
@@ -199,10 +199,10 @@ class Server {
   // (max_pending_handshakes is a process-wide bound).
   std::atomic<uint32_t> own_handshaking_{0};
   std::atomic<uint32_t>* handshaking_ = &own_handshaking_;
-  int64_t handshake_tokens_ns_ = 0;     // handshake time budget (token bucket)
+  int64_t handshake_tokens_ns_ = 0;  // handshake time budget (token bucket)
   int64_t handshake_refill_ns_ = 0;
-  uv_timer_t handshake_timer_;          // resumes deferred handshakes while any wait
-  std::vector<TcpClient*> deferred_;    // handshakes waiting for the next window
+  uv_timer_t handshake_timer_;        // resumes deferred handshakes while any wait
+  std::vector<TcpClient*> deferred_;  // handshakes waiting for the next window
   uint64_t flood_logged_ = 0;
   std::vector<TcpClient*> dirty_;
   absl::flat_hash_set<TcpClient*> closing_;  // draining their output before the close

@@ -36,7 +36,8 @@ std::unique_ptr<fb::MessageRecT> BrokerStore::ToRecord(const Message& m) const {
   r->payload_format = p.payload_format;
   if (p.Has(PropertyId::kContentType)) r->content_type = p.content_type;
   if (p.Has(PropertyId::kResponseTopic)) r->response_topic = p.response_topic;
-  if (p.Has(PropertyId::kCorrelationData)) r->correlation_data.assign(p.correlation_data.begin(), p.correlation_data.end());
+  if (p.Has(PropertyId::kCorrelationData))
+    r->correlation_data.assign(p.correlation_data.begin(), p.correlation_data.end());
   for (const auto& [k, v] : p.user_properties) {
     auto up = std::make_unique<fb::UserPropertyT>();
     up->key = k;

@@ -44,7 +44,7 @@ class CrlDir {
   TlsServerContext* ctx_;
   OnRevoked on_revoked_;
   absl::flat_hash_set<std::string> all_;  // the last set handed to ctx_
-  std::string signature_;  // names, sizes and mtimes of the last load
+  std::string signature_;                 // names, sizes and mtimes of the last load
   absl::flat_hash_map<std::string, absl::flat_hash_set<std::string>> by_file_;
   uint64_t errors_ = 0;
   size_t revoked_ = 0;

@@ -29,8 +29,8 @@ std::string Key(std::string_view tenant, std::string_view serial) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TlsServerContext>> TlsServerContext::Create(std::string_view chain_pem,
-                                                                          std::string_view key_pem,
-                                                                          std::string_view trust_pem) {
+                                                                           std::string_view key_pem,
+                                                                           std::string_view trust_pem) {
   std::unique_ptr<TlsServerContext> c(new TlsServerContext());
   mbedtls_entropy_init(&c->entropy_);
   mbedtls_ctr_drbg_init(&c->drbg_);
@@ -45,13 +45,16 @@ absl::StatusOr<std::unique_ptr<TlsServerContext>> TlsServerContext::Create(std::
                                  reinterpret_cast<const unsigned char*>(kPers), sizeof kPers - 1);
   if (rc != 0) return MbedFail("seed", rc);
   std::string chain(chain_pem), key(key_pem), trust(trust_pem);
-  if ((rc = mbedtls_x509_crt_parse(&c->own_chain_, reinterpret_cast<const unsigned char*>(chain.c_str()), chain.size() + 1)) != 0) {
+  if ((rc = mbedtls_x509_crt_parse(&c->own_chain_, reinterpret_cast<const unsigned char*>(chain.c_str()),
+                                   chain.size() + 1)) != 0) {
     return MbedFail("server certificate", rc);
   }
-  if ((rc = mbedtls_pk_parse_key(&c->own_key_, reinterpret_cast<const unsigned char*>(key.c_str()), key.size() + 1, nullptr, 0)) != 0) {
+  if ((rc = mbedtls_pk_parse_key(&c->own_key_, reinterpret_cast<const unsigned char*>(key.c_str()), key.size() + 1,
+                                 nullptr, 0)) != 0) {
     return MbedFail("server key", rc);
   }
-  if ((rc = mbedtls_x509_crt_parse(&c->trust_, reinterpret_cast<const unsigned char*>(trust.c_str()), trust.size() + 1)) != 0) {
+  if ((rc = mbedtls_x509_crt_parse(&c->trust_, reinterpret_cast<const unsigned char*>(trust.c_str()),
+                                   trust.size() + 1)) != 0) {
     return MbedFail("trusted CAs", rc);
   }
   rc = mbedtls_ssl_config_defaults(&c->conf_, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
@@ -189,12 +192,13 @@ bool TlsSession::CheckPeer() {
   peer_serial_ = pki::SerialHex(*peer);
   // The tenant comes from the issuing CA and must agree with the subject.
   const mbedtls_x509_crt* issuer = server_->FindTrustedIssuer(peer->issuer_raw);
-  auto issuer_id = issuer ? pki::IdentityOf(*issuer) : absl::StatusOr<pki::Identity>(absl::NotFoundError("unknown issuer"));
+  auto issuer_id =
+      issuer ? pki::IdentityOf(*issuer) : absl::StatusOr<pki::Identity>(absl::NotFoundError("unknown issuer"));
   // A platform admin is issued by the root itself, under the reserved tenant.
   const bool issuer_ok =
-      issuer_id.ok() && (id->role == pki::Role::kAdmin
-                             ? issuer_id->role == pki::Role::kRootCa && id->tenant == pki::kPlatformTenant
-                             : issuer_id->role == pki::Role::kTenantCa && issuer_id->tenant == id->tenant);
+      issuer_id.ok() &&
+      (id->role == pki::Role::kAdmin ? issuer_id->role == pki::Role::kRootCa && id->tenant == pki::kPlatformTenant
+                                     : issuer_id->role == pki::Role::kTenantCa && issuer_id->tenant == id->tenant);
   if (!issuer_ok) {
     Fail("certificate of tenant '" + id->tenant + "' is not issued by that tenant's CA");
     return false;

@@ -13,15 +13,14 @@
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <string>
-#include <string_view>
-
-#include <atomic>
 #include <mutex>
 #include <shared_mutex>
+#include <string>
+#include <string_view>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
@@ -42,8 +41,8 @@ class TlsServerContext {
   // `server_chain_pem`: the server certificate followed by its CA.
   // `trust_pem`: the root and every tenant CA (client chains end there).
   static absl::StatusOr<std::unique_ptr<TlsServerContext>> Create(std::string_view server_chain_pem,
-                                                                   std::string_view server_key_pem,
-                                                                   std::string_view trust_pem);
+                                                                  std::string_view server_key_pem,
+                                                                  std::string_view trust_pem);
   ~TlsServerContext();
 
   // Revocation, checked on every handshake (full or resumed) by an O(1)
@@ -153,7 +152,7 @@ class TlsSession {
   State state_ = State::kHandshake;
   bool resumed_ = false;
   bool chain_verified_ = false;
-  std::string in_;   // ciphertext not yet consumed by mbedTLS
+  std::string in_;  // ciphertext not yet consumed by mbedTLS
   size_t in_pos_ = 0;
   std::string out_;  // ciphertext for the socket
   std::string plain_in_;

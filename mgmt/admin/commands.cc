@@ -32,7 +32,8 @@ Status CheckTenantId(std::string_view s) {
   bool ok = !s.empty() && s.size() <= 63 && (std::isalnum(static_cast<unsigned char>(s[0])) != 0);
   for (char c : s) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-');
   return ok ? absl::OkStatus()
-            : absl::InvalidArgumentError("tenant_id must be 1..63 of a-z, 0-9 and '-', starting with a letter or digit");
+            : absl::InvalidArgumentError(
+                  "tenant_id must be 1..63 of a-z, 0-9 and '-', starting with a letter or digit");
 }
 
 size_t PageLimit(Service::Ctx& ctx, size_t ceiling) {
@@ -48,12 +49,18 @@ Status CheckLimit(Service::Ctx& ctx) {
 
 std::string_view StatusName(fb::DeviceStatus s) {
   switch (s) {
-    case fb::DeviceStatus::Registered: return "registered";
-    case fb::DeviceStatus::Provisioned: return "provisioned";
-    case fb::DeviceStatus::Active: return "active";
-    case fb::DeviceStatus::Suspended: return "suspended";
-    case fb::DeviceStatus::Decommissioned: return "decommissioned";
-    case fb::DeviceStatus::Replaced: return "replaced";
+    case fb::DeviceStatus::Registered:
+      return "registered";
+    case fb::DeviceStatus::Provisioned:
+      return "provisioned";
+    case fb::DeviceStatus::Active:
+      return "active";
+    case fb::DeviceStatus::Suspended:
+      return "suspended";
+    case fb::DeviceStatus::Decommissioned:
+      return "decommissioned";
+    case fb::DeviceStatus::Replaced:
+      return "replaced";
   }
   return "unknown";
 }
@@ -148,16 +155,16 @@ Status LoadDevice(Service::Ctx& ctx, const std::string& id, fb::DeviceT* d) {
 }
 
 Status BadTransition(const fb::DeviceT& d, std::string_view action) {
-  return absl::FailedPreconditionError("cannot " + std::string(action) + " device '" + d.device_id +
-                                       "': it is " + std::string(StatusName(d.status)));
+  return absl::FailedPreconditionError("cannot " + std::string(action) + " device '" + d.device_id + "': it is " +
+                                       std::string(StatusName(d.status)));
 }
 
 // Issues a device certificate from `csr` and records it in the batch.
 Status IssueCert(Service::Ctx& ctx, const fb::DeviceT& d, const std::string& csr, pki::Certificate* out) {
   auto ca = ctx.TenantCa(ctx.actor.tenant);
   if (!ca.ok()) return ca.status();
-  auto cert = (*ca)->IssueFromCsr(ctx.rng(), csr, pki::Subject{ctx.actor.tenant, d.device_id, pki::Role::kDevice},
-                                  ctx.now_ms);
+  auto cert =
+      (*ca)->IssueFromCsr(ctx.rng(), csr, pki::Subject{ctx.actor.tenant, d.device_id, pki::Role::kDevice}, ctx.now_ms);
   if (!cert.ok()) return absl::InvalidArgumentError("csr: " + std::string(cert.status().message()));
   fb::CertificateT rec;
   rec.serial = cert->serial;
@@ -234,7 +241,8 @@ Status TenantCreate(Service::Ctx& ctx) {
 Status TenantList(Service::Ctx& ctx) {
   if (Status s = CheckLimit(ctx); !s.ok()) return s;
   Page<fb::TenantT> page;
-  if (Status s = ctx.reg().ListTenants(ctx.Str("cursor"), PageLimit(ctx, ctx.opts().max_page), &page); !s.ok()) return s;
+  if (Status s = ctx.reg().ListTenants(ctx.Str("cursor"), PageLimit(ctx, ctx.opts().max_page), &page); !s.ok())
+    return s;
   Json items = Json::array();
   for (const auto& t : page.items) {
     items.push_back(Json{{"tenant_id", t.tenant_id},
@@ -366,7 +374,8 @@ Status DeviceRegister(Service::Ctx& ctx) {
   Page<fb::DeviceT> dup;
   if (Status s = ctx.reg().ListDevices(ctx.tenant(), by_serial, "", 1, &dup); !s.ok()) return s;
   if (!dup.items.empty()) {
-    return absl::AlreadyExistsError("serial_number '" + serial + "' is already device '" + dup.items[0].device_id + "'");
+    return absl::AlreadyExistsError("serial_number '" + serial + "' is already device '" + dup.items[0].device_id +
+                                    "'");
   }
   std::string id = ctx.Str("device_id");
   if (id.empty()) {
@@ -671,25 +680,36 @@ const ArgSpec kDevice{"device_id", S, true, "the device"};
 
 std::string_view ArgTypeName(ArgType t) {
   switch (t) {
-    case ArgType::kString: return "string";
-    case ArgType::kInt: return "integer";
-    case ArgType::kBool: return "boolean";
-    case ArgType::kStringList: return "string list";
-    case ArgType::kObject: return "object";
+    case ArgType::kString:
+      return "string";
+    case ArgType::kInt:
+      return "integer";
+    case ArgType::kBool:
+      return "boolean";
+    case ArgType::kStringList:
+      return "string list";
+    case ArgType::kObject:
+      return "object";
   }
   return "?";
 }
 
 const std::vector<CommandSpec>& Commands() {
   static const std::vector<CommandSpec> kTable = {
-      {"tenant.create", Role::kAdmin, true, "Create a tenant with its own intermediate CA and quotas",
+      {"tenant.create",
+       Role::kAdmin,
+       true,
+       "Create a tenant with its own intermediate CA and quotas",
        {{"tenant_id", S, true, "lowercase id: a-z, 0-9, '-'"},
         {"name", S, false, "display name"},
         {"max_connections", I, false, "connection quota (0 = unlimited)"},
         {"max_publish_rate", I, false, "PUBLISH per second quota (0 = unlimited)"}},
        TenantCreate},
       {"tenant.list", Role::kAdmin, false, "List tenants", {kCursor, kLimit}, TenantList},
-      {"model.create", kOp, true, "Create a device model",
+      {"model.create",
+       kOp,
+       true,
+       "Create a device model",
        {{"model_id", S, true, "model id"},
         {"manufacturer", S, false, ""},
         {"hw_revision", S, false, ""},
@@ -697,7 +717,10 @@ const std::vector<CommandSpec>& Commands() {
         {"default_config", O, false, "default configuration document"}},
        ModelCreate},
       {"model.list", kOp, false, "List device models", {kCursor, kLimit}, ModelList},
-      {"group.create", kOp, true, "Create a device group",
+      {"group.create",
+       kOp,
+       true,
+       "Create a device group",
        {{"group_id", S, true, "group id"},
         {"name", S, false, "display name"},
         {"config_template", O, false, "configuration template"},
@@ -705,13 +728,18 @@ const std::vector<CommandSpec>& Commands() {
        GroupCreate},
       {"group.get", kOp, false, "Show a device group", {{"group_id", S, true, "group id"}}, GroupGet},
       {"group.list", kOp, false, "List device groups", {kCursor, kLimit}, GroupList},
-      {"group.update", kOp, true, "Change a group's name, configuration template or firmware target",
+      {"group.update",
+       kOp,
+       true,
+       "Change a group's name, configuration template or firmware target",
        {{"group_id", S, true, "group id"},
         {"name", S, false, ""},
         {"config_template", O, false, ""},
         {"firmware_target_version", S, false, ""}},
        GroupUpdate},
-      {"device.register", kOp, true,
+      {"device.register",
+       kOp,
+       true,
        "Register a device; with a CSR its certificate is issued at once (status provisioned)",
        {{"serial_number", S, true, "manufacturer serial, unique in the tenant"},
         {"model_id", S, true, "an existing model"},
@@ -720,26 +748,49 @@ const std::vector<CommandSpec>& Commands() {
         {"device_id", S, false, "id to use (default: generated)"},
         {"firmware_version", S, false, "firmware the device ships with"}},
        DeviceRegister},
-      {"device.provision", kOp, true, "Issue the device's certificate from a CSR (registered/provisioned → provisioned)",
+      {"device.provision",
+       kOp,
+       true,
+       "Issue the device's certificate from a CSR (registered/provisioned → provisioned)",
        {kDevice, {"csr", S, true, "PKCS#10 CSR (PEM), EC P-256"}},
        DeviceProvision},
-      {"device.activate", kOp, true, "provisioned → active (also done by the device's first connection)", {kDevice},
+      {"device.activate",
+       kOp,
+       true,
+       "provisioned → active (also done by the device's first connection)",
+       {kDevice},
        DeviceActivate},
-      {"device.suspend", kOp, true, "active/provisioned → suspended: disconnected and kept out", {kDevice},
+      {"device.suspend",
+       kOp,
+       true,
+       "active/provisioned → suspended: disconnected and kept out",
+       {kDevice},
        DeviceSuspend},
       {"device.resume", kOp, true, "suspended → active", {kDevice}, DeviceResume},
-      {"device.decommission", kOp, true,
-       "Revoke the device's certificates, disconnect it and archive the record", {kDevice}, DeviceDecommission},
-      {"device.replace", kOp, true,
-       "A registered/provisioned device takes over another's groups (moved) and configuration; the old one is retired; audited in both histories",
+      {"device.decommission",
+       kOp,
+       true,
+       "Revoke the device's certificates, disconnect it and archive the record",
+       {kDevice},
+       DeviceDecommission},
+      {"device.replace",
+       kOp,
+       true,
+       "A registered/provisioned device takes over another's groups (moved) and configuration; the old one is retired; "
+       "audited in both histories",
        {kDevice, {"new_device_id", S, true, "the replacement"}},
        DeviceReplace},
-      {"device.set_groups", kOp, true,
+      {"device.set_groups",
+       kOp,
+       true,
        "Set a device's group membership (replaces it); a connected device's topic rules (%g) follow at once",
        {kDevice, {"group_ids", L, true, "existing groups (empty list: none)"}},
        DeviceSetGroups},
       {"device.get", kOp, false, "Show a device with its live connectivity", {kDevice}, DeviceGet},
-      {"device.list", kOp, false, "List devices (filters combine)",
+      {"device.list",
+       kOp,
+       false,
+       "List devices (filters combine)",
        {{"group_id", S, false, ""},
         {"status", S, false, "registered|provisioned|active|suspended|decommissioned|replaced"},
         {"online", B, false, "only connected (true) or disconnected (false) devices"},
@@ -748,19 +799,30 @@ const std::vector<CommandSpec>& Commands() {
         kCursor,
         kLimit},
        DeviceList},
-      {"cert.revoke", kOp, true, "Revoke a certificate: disconnects its holder within a second, updates the CRL",
+      {"cert.revoke",
+       kOp,
+       true,
+       "Revoke a certificate: disconnects its holder within a second, updates the CRL",
        {{"serial", S, true, "serial number in hex"}},
        CertRevoke},
       {"cert.list", kOp, false, "List a device's certificates", {kDevice}, CertList},
-      {"audit.query", kOp, false, "Audit entries of a device, or of a time range",
+      {"audit.query",
+       kOp,
+       false,
+       "Audit entries of a device, or of a time range",
        {{"device_id", S, false, ""},
         {"from_ms", I, false, "unix ms, inclusive"},
         {"to_ms", I, false, "unix ms, inclusive"},
         kCursor,
         kLimit},
        AuditQuery},
-      {"audit.export", kOp, false, "Audit entries of a time range, up to 10000 per page (CLI: JSON lines)",
-       {{"from_ms", I, false, "unix ms, inclusive"}, {"to_ms", I, false, "unix ms, inclusive"}, kCursor,
+      {"audit.export",
+       kOp,
+       false,
+       "Audit entries of a time range, up to 10000 per page (CLI: JSON lines)",
+       {{"from_ms", I, false, "unix ms, inclusive"},
+        {"to_ms", I, false, "unix ms, inclusive"},
+        kCursor,
         {"limit", I, false, "page size (default 100, at most 10000)"}},
        AuditExport},
       {"audit.verify", kOp, false, "Recompute the tenant's audit hash chain", {}, AuditVerify},
@@ -777,15 +839,23 @@ const CommandSpec* FindCommand(std::string_view name) {
 
 std::string_view ErrorCodeOf(const absl::Status& s) {
   switch (s.code()) {
-    case absl::StatusCode::kInvalidArgument: return "invalid_argument";
-    case absl::StatusCode::kNotFound: return "not_found";
-    case absl::StatusCode::kAlreadyExists: return "already_exists";
-    case absl::StatusCode::kFailedPrecondition: return "invalid_transition";
-    case absl::StatusCode::kPermissionDenied: return "forbidden";
-    case absl::StatusCode::kDataLoss: return "data_loss";
+    case absl::StatusCode::kInvalidArgument:
+      return "invalid_argument";
+    case absl::StatusCode::kNotFound:
+      return "not_found";
+    case absl::StatusCode::kAlreadyExists:
+      return "already_exists";
+    case absl::StatusCode::kFailedPrecondition:
+      return "invalid_transition";
+    case absl::StatusCode::kPermissionDenied:
+      return "forbidden";
+    case absl::StatusCode::kDataLoss:
+      return "data_loss";
     case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kResourceExhausted: return "storage_error";
-    default: return "internal";
+    case absl::StatusCode::kResourceExhausted:
+      return "storage_error";
+    default:
+      return "internal";
   }
 }
 

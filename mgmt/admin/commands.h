@@ -32,9 +32,9 @@ struct Service::Ctx {
   Effects& fx;
   storage::WriteBatch& batch;
   int64_t now_ms;
-  std::string device_id;       // the device the command is about (audit)
+  std::string device_id;                   // the device the command is about (audit)
   std::vector<std::string> other_devices;  // more devices it changed: an entry each (audit)
-  std::vector<std::string> crl_tenants;  // tenants whose CRL changed
+  std::vector<std::string> crl_tenants;    // tenants whose CRL changed
 
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
   storage::Registry& reg() { return svc.registry_; }
@@ -43,9 +43,7 @@ struct Service::Ctx {
   absl::StatusOr<pki::CertificateAuthority*> TenantCa(const std::string& t) { return svc.TenantCa(t); }
   absl::StatusOr<pki::CertificateAuthority*> RootCa() { return svc.RootCa(); }
   absl::Status CreateTenantPki(const std::string& t, std::string* ca_pem) { return svc.CreateTenantPki(t, ca_pem); }
-  const Connectivity* ConnectivityOf(std::string_view device) const {
-    return svc.ConnectivityOf(actor.tenant, device);
-  }
+  const Connectivity* ConnectivityOf(std::string_view device) const { return svc.ConnectivityOf(actor.tenant, device); }
 
   // Typed argument access; the dispatcher already checked types.
   bool Has(const char* name) const { return args.contains(name); }

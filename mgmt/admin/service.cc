@@ -22,10 +22,14 @@ std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_hand
 
 bool TypeOk(ArgType t, const Json& v) {
   switch (t) {
-    case ArgType::kString: return v.is_string();
-    case ArgType::kInt: return v.is_number_integer();
-    case ArgType::kBool: return v.is_boolean();
-    case ArgType::kObject: return v.is_object();
+    case ArgType::kString:
+      return v.is_string();
+    case ArgType::kInt:
+      return v.is_number_integer();
+    case ArgType::kBool:
+      return v.is_boolean();
+    case ArgType::kObject:
+      return v.is_object();
     case ArgType::kStringList:
       return v.is_array() && std::all_of(v.begin(), v.end(), [](const Json& e) { return e.is_string(); });
   }
@@ -39,8 +43,10 @@ size_t NestingDepth(std::string_view s) {
   for (size_t i = 0; i < s.size(); ++i) {
     char c = s[i];
     if (in_str) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_str = false;
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_str = false;
     } else if (c == '"') {
       in_str = true;
     } else if (c == '{' || c == '[') {
@@ -56,9 +62,12 @@ size_t NestingDepth(std::string_view s) {
 
 std::string_view RoleName(Role r) {
   switch (r) {
-    case Role::kDevice: return "device";
-    case Role::kOperator: return "operator";
-    case Role::kAdmin: return "platform admin";
+    case Role::kDevice:
+      return "device";
+    case Role::kOperator:
+      return "operator";
+    case Role::kAdmin:
+      return "platform admin";
   }
   return "?";
 }
@@ -106,7 +115,10 @@ absl::Status Service::RegenerateCrl(const std::string& tenant, Effects* fx) {
   std::vector<pki::Revoked> revoked;
   const TenantId t = TenantId::FromAuthenticated(tenant);
   absl::Status s = registry_.ForEachRevoked(
-      [&](std::string_view, const fb::CertificateT& c) { revoked.push_back({c.serial, c.revoked_at_ms}); }, &t);
+      [&](std::string_view, const fb::CertificateT& c) {
+        revoked.push_back({c.serial, c.revoked_at_ms});
+      },
+      &t);
   if (!s.ok()) return s;
   const int64_t now = clock_->WallMs();
   // CRL numbers only grow: seconds since the epoch, bumped past the last.
@@ -133,8 +145,8 @@ absl::Status Service::LoadOrRegenerateCrl(const std::string& tenant, Effects* fx
       now < info->next_update_ms) {
     std::vector<std::string> revoked;
     const TenantId t = TenantId::FromAuthenticated(tenant);
-    absl::Status s = registry_.ForEachRevoked(
-        [&](std::string_view, const fb::CertificateT& c) { revoked.push_back(c.serial); }, &t);
+    absl::Status s =
+        registry_.ForEachRevoked([&](std::string_view, const fb::CertificateT& c) { revoked.push_back(c.serial); }, &t);
     if (!s.ok()) return s;
     std::sort(revoked.begin(), revoked.end());
     if (revoked == info->serials) {
@@ -230,7 +242,8 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
   if (spec->role != actor.role) {
     const std::string why = "command '" + name + "' needs the " + std::string(RoleName(spec->role)) +
                             " role; the certificate is a " + std::string(RoleName(actor.role));
-    AuditDenied(actor, name, cmd.contains("device_id") && cmd["device_id"].is_string() ? cmd["device_id"].get<std::string>() : "",
+    AuditDenied(actor, name,
+                cmd.contains("device_id") && cmd["device_id"].is_string() ? cmd["device_id"].get<std::string>() : "",
                 why);
     return finish(ErrorJson("forbidden", why));
   }
@@ -243,8 +256,8 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
     }
     if (a == nullptr) return finish(ErrorJson("invalid_argument", "unknown argument '" + it.key() + "' for " + name));
     if (!TypeOk(a->type, it.value())) {
-      return finish(ErrorJson("invalid_argument",
-                              "argument '" + it.key() + "' must be a " + std::string(ArgTypeName(a->type))));
+      return finish(
+          ErrorJson("invalid_argument", "argument '" + it.key() + "' must be a " + std::string(ArgTypeName(a->type))));
     }
     args[it.key()] = it.value();
   }

@@ -10,11 +10,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -86,11 +85,11 @@ struct ConnEvent {
 };
 
 struct ServiceOptions {
-  std::string pki_dir;           // DATA_DIR/pki
+  std::string pki_dir;                                   // DATA_DIR/pki
   std::string mqtt_endpoint = "mqtts://127.0.0.1:8883";  // returned by device.register
   size_t max_request_bytes = 64 * 1024;
-  size_t max_commands = 100;     // per request
-  size_t max_page = 1000;        // list limit ceiling
+  size_t max_commands = 100;  // per request
+  size_t max_page = 1000;     // list limit ceiling
   int64_t crl_validity_ms = 7 * pki::kDay;
 };
 
@@ -127,8 +126,7 @@ class Service {
 
   // A device refused at CONNECT (suspended...) or a denied admin attempt
   // that never reached a command: audited.
-  void AuditDenied(const Actor& actor, std::string_view action, std::string_view device_id,
-                   std::string_view why);
+  void AuditDenied(const Actor& actor, std::string_view action, std::string_view device_id, std::string_view why);
 
   const Connectivity* ConnectivityOf(const std::string& tenant, std::string_view device_id) const;
 
@@ -152,7 +150,7 @@ class Service {
   pki::Rng rng_;
   std::unique_ptr<pki::CertificateAuthority> root_;
   StringMap<std::unique_ptr<pki::CertificateAuthority>> cas_;
-  StringMap<int64_t> crl_signed_at_;  // tenant → wall ms
+  StringMap<int64_t> crl_signed_at_;         // tenant → wall ms
   StringMap<StringMap<Connectivity>> conn_;  // tenant → device → state
   int64_t last_tick_ms_ = 0;
 };

@@ -23,11 +23,11 @@ absl::Status Fail(std::string_view what, int rc) {
   return absl::InternalError("CRL " + std::string(what) + ": " + MbedError(rc));
 }
 
-#define ADD(expr)                                \
-  do {                                           \
-    int rc_ = (expr);                            \
-    if (rc_ < 0) return Fail(#expr, rc_);        \
-    len += static_cast<size_t>(rc_);             \
+#define ADD(expr)                         \
+  do {                                    \
+    int rc_ = (expr);                     \
+    if (rc_ < 0) return Fail(#expr, rc_); \
+    len += static_cast<size_t>(rc_);      \
   } while (0)
 
 // UTCTime for 1950..2049, GeneralizedTime after [RFC 5280 5.1.2.4].
@@ -69,8 +69,8 @@ int WriteSeqHeader(unsigned char** p, unsigned char* start, size_t content, unsi
 }  // namespace
 
 absl::StatusOr<std::string> CertificateAuthority::WriteCrl(Rng& rng, const std::vector<Revoked>& revoked,
-                                                          uint64_t crl_number, int64_t this_update_ms,
-                                                          int64_t next_update_ms) {
+                                                           uint64_t crl_number, int64_t this_update_ms,
+                                                           int64_t next_update_ms) {
   const unsigned char kSeq = MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE;
   std::vector<unsigned char> buf(64 * 1024 + revoked.size() * 64);
   unsigned char* start = buf.data();
@@ -87,7 +87,7 @@ absl::StatusOr<std::string> CertificateAuthority::WriteCrl(Rng& rng, const std::
     mbedtls_mpi n;
     mbedtls_mpi_init(&n);
     int rc = mbedtls_mpi_read_binary(&n, be, sizeof be);
-    if (rc == 0)     rc = mbedtls_asn1_write_mpi(&p, start, &n);
+    if (rc == 0) rc = mbedtls_asn1_write_mpi(&p, start, &n);
     mbedtls_mpi_free(&n);
     if (rc < 0) return Fail("crl number", rc);
     one += static_cast<size_t>(rc);

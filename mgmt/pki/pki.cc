@@ -40,15 +40,15 @@ class Der {
   std::string bytes() const { return std::string(reinterpret_cast<const char*>(p_), buf_ + sizeof buf_ - p_); }
 
  private:
-  unsigned char buf_[4096];
+  unsigned char buf_[4096] = {};
   unsigned char* p_;
 };
 
-#define CHK(expr)                                     \
-  do {                                                \
-    int rc_ = (expr);                                 \
-    if (rc_ < 0) return Fail(#expr, rc_);             \
-    len += static_cast<size_t>(rc_);                  \
+#define CHK(expr)                         \
+  do {                                    \
+    int rc_ = (expr);                     \
+    if (rc_ < 0) return Fail(#expr, rc_); \
+    len += static_cast<size_t>(rc_);      \
   } while (0)
 
 absl::StatusOr<std::string> ExtKeyUsage(Role role) {
@@ -64,7 +64,8 @@ absl::StatusOr<std::string> ExtKeyUsage(Role role) {
 // One GeneralName: [tag] IMPLICIT IA5String (2 = dNSName, 6 = URI).
 absl::Status WriteGeneralName(Der& d, unsigned char tag, const std::string& value, size_t* len) {
   size_t n = 0;
-  int rc = mbedtls_asn1_write_raw_buffer(d.p(), d.start(), reinterpret_cast<const unsigned char*>(value.data()), value.size());
+  int rc = mbedtls_asn1_write_raw_buffer(d.p(), d.start(), reinterpret_cast<const unsigned char*>(value.data()),
+                                         value.size());
   if (rc < 0) return Fail("subject alternative name", rc);
   n += static_cast<size_t>(rc);
   if ((rc = mbedtls_asn1_write_len(d.p(), d.start(), n)) < 0) return Fail("subject alternative name", rc);
@@ -143,12 +144,18 @@ std::string MbedError(int rc) {
 
 std::string_view RoleName(Role r) {
   switch (r) {
-    case Role::kDevice: return "device";
-    case Role::kOperator: return "operator";
-    case Role::kServer: return "server";
-    case Role::kTenantCa: return "tenant-ca";
-    case Role::kRootCa: return "root-ca";
-    case Role::kAdmin: return "admin";
+    case Role::kDevice:
+      return "device";
+    case Role::kOperator:
+      return "operator";
+    case Role::kServer:
+      return "server";
+    case Role::kTenantCa:
+      return "tenant-ca";
+    case Role::kRootCa:
+      return "root-ca";
+    case Role::kAdmin:
+      return "admin";
   }
   return "unknown";
 }
@@ -162,7 +169,8 @@ std::string SerialHex(const mbedtls_x509_buf& serial) { return Hex(serial.p, ser
 bool SafeName(std::string_view s) {
   if (s.empty() || s.size() > 128) return false;
   for (char c : s) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':' || c == '@')) return false;
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':' || c == '@'))
+      return false;
   }
   return true;
 }
@@ -171,8 +179,8 @@ Rng::Rng() {
   mbedtls_entropy_init(&entropy_);
   mbedtls_ctr_drbg_init(&drbg_);
   static const char kPers[] = "fleetmq-pki";
-  int rc = mbedtls_ctr_drbg_seed(&drbg_, mbedtls_entropy_func, &entropy_,
-                                 reinterpret_cast<const unsigned char*>(kPers), sizeof kPers - 1);
+  int rc = mbedtls_ctr_drbg_seed(&drbg_, mbedtls_entropy_func, &entropy_, reinterpret_cast<const unsigned char*>(kPers),
+                                 sizeof kPers - 1);
   if (rc != 0) status_ = Fail("seed the random generator", rc);
 }
 
@@ -214,7 +222,8 @@ absl::StatusOr<Key> Key::FromPem(std::string_view pem) {
   k.pk_ = std::make_unique<mbedtls_pk_context>();
   mbedtls_pk_init(k.pk_.get());
   std::string z(pem);
-  int rc = mbedtls_pk_parse_key(k.pk_.get(), reinterpret_cast<const unsigned char*>(z.c_str()), z.size() + 1, nullptr, 0);
+  int rc =
+      mbedtls_pk_parse_key(k.pk_.get(), reinterpret_cast<const unsigned char*>(z.c_str()), z.size() + 1, nullptr, 0);
   if (rc != 0) return absl::InvalidArgumentError("bad private key: " + MbedError(rc));
   return k;
 }
@@ -376,7 +385,8 @@ absl::StatusOr<Certificate> CertificateAuthority::IssueFromCsr(Rng& rng, std::st
   } free_csr{&csr};
   std::string z(csr_text);
   const bool pem = z.find("-----BEGIN") != std::string::npos;
-  int rc = mbedtls_x509_csr_parse(&csr, reinterpret_cast<const unsigned char*>(z.c_str()), pem ? z.size() + 1 : z.size());
+  int rc =
+      mbedtls_x509_csr_parse(&csr, reinterpret_cast<const unsigned char*>(z.c_str()), pem ? z.size() + 1 : z.size());
   if (rc != 0) return absl::InvalidArgumentError("malformed CSR: " + MbedError(rc));
   // mbedTLS 2.28 parses but does not verify the CSR's self-signature.
   const mbedtls_md_info_t* md = mbedtls_md_info_from_type(csr.sig_md);
@@ -408,15 +418,19 @@ absl::StatusOr<Identity> IdentityOf(const mbedtls_x509_crt& crt) {
   for (const mbedtls_x509_name* n = &crt.subject; n != nullptr; n = n->next) {
     if (n->oid.p == nullptr) continue;
     std::string v(reinterpret_cast<const char*>(n->val.p), n->val.len);
-    if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0) id.name = v;
-    else if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_ORG_UNIT, &n->oid) == 0) role = v;
-    else if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_ORGANIZATION, &n->oid) == 0) id.tenant = v;
+    if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0)
+      id.name = v;
+    else if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_ORG_UNIT, &n->oid) == 0)
+      role = v;
+    else if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_ORGANIZATION, &n->oid) == 0)
+      id.tenant = v;
   }
   for (Role r : {Role::kDevice, Role::kOperator, Role::kServer, Role::kTenantCa, Role::kRootCa, Role::kAdmin}) {
     if (role == RoleName(r)) {
       id.role = r;
       if (id.name.empty()) return absl::InvalidArgumentError("certificate subject has no CN");
-      if (id.tenant.empty() && r != Role::kRootCa) return absl::InvalidArgumentError("certificate subject has no O (tenant)");
+      if (id.tenant.empty() && r != Role::kRootCa)
+        return absl::InvalidArgumentError("certificate subject has no O (tenant)");
       return id;
     }
   }

@@ -96,10 +96,11 @@ class CertificateAuthority {
   // Issues a certificate for `who` from a CSR (PEM or DER). The CSR's
   // signature must verify and its key must be EC P-256; a CN or O in the
   // CSR must match `who` (a CSR cannot claim another device or tenant).
-  absl::StatusOr<Certificate> IssueFromCsr(Rng& rng, std::string_view csr, const Subject& who,
-                                           int64_t now_ms, int64_t validity_ms = kDeviceValidity);
+  absl::StatusOr<Certificate> IssueFromCsr(Rng& rng, std::string_view csr, const Subject& who, int64_t now_ms,
+                                           int64_t validity_ms = kDeviceValidity);
   // Issues with a freshly generated key (server, operator and platform
-  // admin certificates made at first run; admins only from the root). `dns_names` go into the SAN of server certificates.
+  // admin certificates made at first run; admins only from the root). `dns_names` go into the SAN of server
+  // certificates.
   absl::StatusOr<Certificate> IssueWithNewKey(Rng& rng, const Subject& who, int64_t now_ms, int64_t validity_ms,
                                               std::string* key_pem, const std::vector<std::string>& dns_names = {});
 

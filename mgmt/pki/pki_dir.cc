@@ -103,16 +103,17 @@ absl::StatusOr<PkiFiles> EnsurePki(const std::string& dir, const std::string& te
                         Leaf{f.operator_crt, f.operator_key, {tenant, "admin", Role::kOperator}}}) {
     if (Exists(l.crt)) continue;
     std::string key;
-    auto cert = ca->IssueWithNewKey(rng, l.who, now_ms, kDeviceValidity, &key,
-                                    l.who.role == Role::kServer ? std::vector<std::string>{server_name}
-                                                                : std::vector<std::string>{});
+    auto cert = ca->IssueWithNewKey(
+        rng, l.who, now_ms, kDeviceValidity, &key,
+        l.who.role == Role::kServer ? std::vector<std::string>{server_name} : std::vector<std::string>{});
     if (!cert.ok()) return cert.status();
     if (auto s = Write(l.crt, cert->pem + ca->cert().pem, 0644); !s.ok()) return s;
     if (auto s = Write(l.key, key, 0600); !s.ok()) return s;
   }
   if (!Exists(f.admin_crt)) {
     std::string key;
-    auto cert = root->IssueWithNewKey(rng, Subject{kPlatformTenant, "admin", Role::kAdmin}, now_ms, kDeviceValidity, &key);
+    auto cert =
+        root->IssueWithNewKey(rng, Subject{kPlatformTenant, "admin", Role::kAdmin}, now_ms, kDeviceValidity, &key);
     if (!cert.ok()) return cert.status();
     if (auto s = Write(f.admin_crt, cert->pem, 0644); !s.ok()) return s;
     if (auto s = Write(f.admin_key, key, 0600); !s.ok()) return s;

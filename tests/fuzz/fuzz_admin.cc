@@ -50,18 +50,24 @@ struct World {
   }
   std::string BetaDevice() {
     fmq::admin::Effects fx;
-    return svc->Handle(beta, std::string(R"({"commands":[{"command":"device.get","device_id":")") + kSecretId + R"("}]})",
-                       &fx);
+    return svc->Handle(
+        beta, std::string(R"({"commands":[{"command":"device.get","device_id":")") + kSecretId + R"("}]})", &fx);
   }
 };
 
 bool NamesOnlyAcme(const fmq::admin::Effects& fx) {
-  for (const auto& k : fx.kicks) if (k.tenant != "acme") return false;
-  for (const auto& r : fx.revoked) if (r.first != "acme") return false;
-  for (const auto& b : fx.blocks) if (b.tenant != "acme") return false;
-  for (const auto& g : fx.regroups) if (g.tenant != "acme") return false;
-  for (const auto& q : fx.quotas) if (q.tenant != "acme") return false;
-  for (const auto& p : fx.publishes) if (p.tenant != "acme") return false;
+  for (const auto& k : fx.kicks)
+    if (k.tenant != "acme") return false;
+  for (const auto& r : fx.revoked)
+    if (r.first != "acme") return false;
+  for (const auto& b : fx.blocks)
+    if (b.tenant != "acme") return false;
+  for (const auto& g : fx.regroups)
+    if (g.tenant != "acme") return false;
+  for (const auto& q : fx.quotas)
+    if (q.tenant != "acme") return false;
+  for (const auto& p : fx.publishes)
+    if (p.tenant != "acme") return false;
   return fx.trusted_cas.empty();
 }
 
@@ -77,7 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fmq::admin::Effects fx;
     std::string reply = w->svc->Handle(who, req, &fx);
     auto j = fmq::admin::Json::parse(reply, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) std::abort();  // always a JSON object
+    if (j.is_discarded() || !j.is_object()) std::abort();        // always a JSON object
     if (who.role == Role::kDevice && !fx.empty()) std::abort();  // devices change nothing
     if (who.role == Role::kOperator) {
       if (reply.find(World::kSecretId) != std::string::npos || reply.find(World::kSecretSerial) != std::string::npos) {

@@ -30,19 +30,45 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   std::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
   switch (data[0] % 13) {
-    case 0: Try<fmq::fb::Session>(bytes); break;
-    case 1: Try<fmq::fb::SessionMessage>(bytes); break;
-    case 2: Try<fmq::fb::Retained>(bytes); break;
-    case 3: Try<fmq::fb::Device>(bytes); break;
-    case 4: Try<fmq::fb::DeviceGroup>(bytes); break;
-    case 5: Try<fmq::fb::Configuration>(bytes); break;
-    case 6: Try<fmq::fb::Certificate>(bytes); break;
-    case 7: Try<fmq::fb::Job>(bytes); break;
-    case 8: Try<fmq::fb::AuditEntry>(bytes); break;
-    case 9: Try<fmq::fb::Tenant>(bytes); break;
-    case 10: Try<fmq::fb::InboundQos2>(bytes); break;
-    case 11: Try<fmq::fb::DeviceModel>(bytes); break;
-    default: Try<fmq::fb::JobDevice>(bytes); break;
+    case 0:
+      Try<fmq::fb::Session>(bytes);
+      break;
+    case 1:
+      Try<fmq::fb::SessionMessage>(bytes);
+      break;
+    case 2:
+      Try<fmq::fb::Retained>(bytes);
+      break;
+    case 3:
+      Try<fmq::fb::Device>(bytes);
+      break;
+    case 4:
+      Try<fmq::fb::DeviceGroup>(bytes);
+      break;
+    case 5:
+      Try<fmq::fb::Configuration>(bytes);
+      break;
+    case 6:
+      Try<fmq::fb::Certificate>(bytes);
+      break;
+    case 7:
+      Try<fmq::fb::Job>(bytes);
+      break;
+    case 8:
+      Try<fmq::fb::AuditEntry>(bytes);
+      break;
+    case 9:
+      Try<fmq::fb::Tenant>(bytes);
+      break;
+    case 10:
+      Try<fmq::fb::InboundQos2>(bytes);
+      break;
+    case 11:
+      Try<fmq::fb::DeviceModel>(bytes);
+      break;
+    default:
+      Try<fmq::fb::JobDevice>(bytes);
+      break;
   }
   return 0;
 }

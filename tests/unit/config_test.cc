@@ -1,10 +1,10 @@
+#include "broker/config.h"
+
 #include <doctest/doctest.h>
 
 #include <cstdio>
 #include <fstream>
 #include <sstream>
-
-#include "broker/config.h"
 
 namespace fmq {
 namespace {
@@ -19,8 +19,10 @@ absl::Status Load(std::vector<std::string> args, Config* cfg) {
 
 TEST_CASE("flags set options; bad values and unknown keys name the key") {
   Config c;
-  REQUIRE(Load({"--listen=127.0.0.1:0,[::1]:1884", "--limits.max_packet_size", "4096",
-                "--log_level=debug", "--limits.queue_qos0=true", "--limits.max_topic_levels=8"}, &c).ok());
+  REQUIRE(Load({"--listen=127.0.0.1:0,[::1]:1884", "--limits.max_packet_size", "4096", "--log_level=debug",
+                "--limits.queue_qos0=true", "--limits.max_topic_levels=8"},
+               &c)
+              .ok());
   REQUIRE(c.server.listeners.size() == 2);
   CHECK(c.server.listeners[1].host == "::1");
   CHECK(c.server.listeners[1].port == 1884);
@@ -107,8 +109,7 @@ namespace {
 TEST_CASE("doc/configuration.md lists exactly the options table") {
   std::ifstream in(FMQ_TEST_DATA_DIR "/../../doc/configuration.md");
   std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  CHECK_MESSAGE(doc.find(OptionsHelp(true)) != std::string::npos,
-                "regenerate the table with: tools/regen_docs.py");
+  CHECK_MESSAGE(doc.find(OptionsHelp(true)) != std::string::npos, "regenerate the table with: tools/regen_docs.py");
 }
 
 }  // namespace

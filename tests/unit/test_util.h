@@ -21,10 +21,14 @@ inline std::string Hex(std::string_view hex) {
   int hi = -1;
   for (char ch : hex) {
     int v;
-    if (ch >= '0' && ch <= '9') v = ch - '0';
-    else if (ch >= 'a' && ch <= 'f') v = ch - 'a' + 10;
-    else if (ch >= 'A' && ch <= 'F') v = ch - 'A' + 10;
-    else continue;
+    if (ch >= '0' && ch <= '9')
+      v = ch - '0';
+    else if (ch >= 'a' && ch <= 'f')
+      v = ch - 'a' + 10;
+    else if (ch >= 'A' && ch <= 'F')
+      v = ch - 'A' + 10;
+    else
+      continue;
     if (hi < 0) {
       hi = v;
     } else {
@@ -64,8 +68,7 @@ inline std::vector<Vector> LoadVectors(const std::string& path) {
 }
 
 // Runs framer + decoder over one whole packet.
-inline mqtt::Error DecodeWhole(const std::string& bytes, mqtt::Version v, mqtt::Packet* out,
-                               size_t* frames = nullptr) {
+inline mqtt::Error DecodeWhole(const std::string& bytes, mqtt::Version v, mqtt::Packet* out, size_t* frames = nullptr) {
   mqtt::Framer f(1 << 20);
   mqtt::Error derr;
   size_t n = 0;
@@ -118,7 +121,8 @@ class FakeTransport : public Transport {
 // A client talking to a Broker through a Connection, with no socket.
 class Client {
  public:
-  Client(Broker& b, mqtt::Version v, uint64_t id) : version(v), conn(&b, &transport, id, "127.0.0.1:" + std::to_string(id)) {
+  Client(Broker& b, mqtt::Version v, uint64_t id)
+      : version(v), conn(&b, &transport, id, "127.0.0.1:" + std::to_string(id)) {
     b.Accept(&conn);
   }
   ~Client() { conn.OnTransportClosed(); }

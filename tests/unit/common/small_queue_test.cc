@@ -1,10 +1,10 @@
+#include "common/small_queue.h"
+
 #include <doctest/doctest.h>
 
 #include <deque>
 #include <memory>
 #include <random>
-
-#include "common/small_queue.h"
 
 namespace fmq {
 namespace {
@@ -42,7 +42,7 @@ TEST_CASE("SmallQueue holds no memory while empty") {
   q.pop_front();
   CHECK(q.empty());
   CHECK(q.capacity() == 0);  // the buffer was released
-  q.push_back("b");  // usable again after releasing its buffer
+  q.push_back("b");          // usable again after releasing its buffer
   CHECK(q.front() == "b");
 }
 

@@ -1,6 +1,6 @@
-#include <doctest/doctest.h>
-
 #include "broker/core/acl.h"
+
+#include <doctest/doctest.h>
 
 namespace fmq {
 namespace {
@@ -11,14 +11,20 @@ TEST_CASE("FilterCovers: a subscription is allowed only inside a rule's filter")
     const char* filter;
     bool covers;
   };
-  for (const Case& c : std::initializer_list<Case>{
-           {"devices/d1/#", "devices/d1/#", true},     {"devices/d1/#", "devices/d1", true},
-           {"devices/d1/#", "devices/d1/cmd/+", true}, {"devices/d1/#", "devices/+/cmd", false},
-           {"devices/d1/#", "devices/#", false},       {"devices/d1/#", "#", false},
-           {"devices/+/cmd", "devices/d1/cmd", true},  {"devices/+/cmd", "devices/+/cmd", true},
-           {"devices/+/cmd", "devices/#", false},      {"devices/+/cmd", "devices/d1/cmd/x", false},
-           {"#", "anything/+/#", true},                {"a/b", "a/b", true},
-           {"a/b", "a/+", false},                      {"a/+", "a", false}}) {
+  for (const Case& c : std::initializer_list<Case>{{"devices/d1/#", "devices/d1/#", true},
+                                                   {"devices/d1/#", "devices/d1", true},
+                                                   {"devices/d1/#", "devices/d1/cmd/+", true},
+                                                   {"devices/d1/#", "devices/+/cmd", false},
+                                                   {"devices/d1/#", "devices/#", false},
+                                                   {"devices/d1/#", "#", false},
+                                                   {"devices/+/cmd", "devices/d1/cmd", true},
+                                                   {"devices/+/cmd", "devices/+/cmd", true},
+                                                   {"devices/+/cmd", "devices/#", false},
+                                                   {"devices/+/cmd", "devices/d1/cmd/x", false},
+                                                   {"#", "anything/+/#", true},
+                                                   {"a/b", "a/b", true},
+                                                   {"a/b", "a/+", false},
+                                                   {"a/+", "a", false}}) {
     CAPTURE(c.pattern);
     CAPTURE(c.filter);
     CHECK(FilterCovers(c.pattern, c.filter) == c.covers);

@@ -1,9 +1,10 @@
 // The protocol engine driven by bytes and a fake clock: QoS flows, sessions,
 // wills, expiry, keep alive, takeover, flow control, aliases, retained,
 // shared subscriptions and bad input. No sockets.
+#include "broker/core/broker.h"
+
 #include <doctest/doctest.h>
 
-#include "broker/core/broker.h"
 #include "tests/unit/test_util.h"
 
 namespace fmq {
@@ -28,9 +29,7 @@ struct Fixture {
     o.sys_interval_s = o.sys_interval_s == 10 ? 0 : o.sys_interval_s;
     return o;
   }
-  std::unique_ptr<Client> NewClient(Version v) {
-    return std::make_unique<Client>(broker, v, next_id++);
-  }
+  std::unique_ptr<Client> NewClient(Version v) { return std::make_unique<Client>(broker, v, next_id++); }
   void Advance(int64_t ms) {
     // Tick in 250 ms steps as the worker does.
     for (int64_t t = 0; t < ms; t += 250) {
@@ -269,13 +268,19 @@ TEST_CASE("will delay: published after the delay, cancelled by a reconnect [MQTT
   will.props.will_delay = 5;
   will.props.Mark(PropertyId::kWillDelayInterval);
   ck.will = will;
-  { auto c = f.NewClient(V5); c->Connect(ck); }
+  {
+    auto c = f.NewClient(V5);
+    c->Connect(ck);
+  }
   f.Advance(4000);
   CHECK(Only<mqtt::Publish>(watcher->Recv()).empty());
   f.Advance(1500);
   CHECK(Only<mqtt::Publish>(watcher->Recv()).size() == 1);
 
-  { auto c = f.NewClient(V5); c->Connect(ck); }
+  {
+    auto c = f.NewClient(V5);
+    c->Connect(ck);
+  }
   f.Advance(3000);
   auto again = f.NewClient(V5);
   CHECK(again->Connect(ck).session_present);
@@ -290,8 +295,16 @@ TEST_CASE("session expiry removes an offline session; 3.1.1 persistent sessions 
   ck.clean_start = false;
   ck.props.session_expiry = 10;
   ck.props.Mark(PropertyId::kSessionExpiryInterval);
-  { auto c = f.NewClient(V5); c->Connect(ck); Subscribe(*c, "x", 1); }
-  { auto c = f.NewClient(V3); c->Connect("v3", false); Subscribe(*c, "x", 1); }
+  {
+    auto c = f.NewClient(V5);
+    c->Connect(ck);
+    Subscribe(*c, "x", 1);
+  }
+  {
+    auto c = f.NewClient(V3);
+    c->Connect("v3", false);
+    Subscribe(*c, "x", 1);
+  }
   CHECK(f.broker.session_count() == 2);
   f.Advance(9000);
   CHECK(f.broker.FindSession("v5") != nullptr);
@@ -325,7 +338,11 @@ TEST_CASE("persistent session: queued messages arrive in order on resume") {
       ck.props.session_expiry = 0xFFFFFFFF;
       ck.props.Mark(PropertyId::kSessionExpiryInterval);
     }
-    { auto s = f.NewClient(v); CHECK_FALSE(s->Connect(ck).session_present); Subscribe(*s, "q/#", 1); }
+    {
+      auto s = f.NewClient(v);
+      CHECK_FALSE(s->Connect(ck).session_present);
+      Subscribe(*s, "q/#", 1);
+    }
     auto pub = f.NewClient(v);
     pub->Connect("pub");
     for (int i = 0; i < 5; ++i) pub->Send(Pub("q/x", std::to_string(i), 1, static_cast<uint16_t>(i + 1)));
@@ -380,7 +397,11 @@ TEST_CASE("message expiry: expired messages are not delivered; the remaining tim
   ck.clean_start = false;
   ck.props.session_expiry = 300;
   ck.props.Mark(PropertyId::kSessionExpiryInterval);
-  { auto s = f.NewClient(V5); s->Connect(ck); Subscribe(*s, "e", 1); }
+  {
+    auto s = f.NewClient(V5);
+    s->Connect(ck);
+    Subscribe(*s, "e", 1);
+  }
   auto pub = f.NewClient(V5);
   pub->Connect("pub");
   auto short_lived = Pub("e", "short", 1, 1);
@@ -680,7 +701,11 @@ TEST_CASE("queue bound: messages over max_queued_messages are dropped, counted p
   o.max_queued_messages = 2;
   o.sys_interval_s = 1;
   Fixture f(o);
-  { auto s = f.NewClient(V3); s->Connect("slow", false); Subscribe(*s, "q", 1); }
+  {
+    auto s = f.NewClient(V3);
+    s->Connect("slow", false);
+    Subscribe(*s, "q", 1);
+  }
   auto mon = f.NewClient(V5);
   mon->Connect("mon");
   Subscribe(*mon, "$SYS/broker/clients/slow/dropped", 0);
@@ -740,7 +765,8 @@ TEST_CASE("invalid filters get SUBACK failures; UNSUBSCRIBE reports unknown filt
   c5->Send(u);
   acks = Only<mqtt::SubAck>(c5->Recv());
   REQUIRE(acks.size() == 1);
-  CHECK(acks[0].codes == std::vector<ReasonCode>{ReasonCode::kNoSubscriptionExisted, ReasonCode::kNoSubscriptionExisted});
+  CHECK(acks[0].codes ==
+        std::vector<ReasonCode>{ReasonCode::kNoSubscriptionExisted, ReasonCode::kNoSubscriptionExisted});
   c3->Send(u);
   auto pub = f.NewClient(V5);
   pub->Connect("p");
@@ -997,7 +1023,7 @@ TEST_CASE("tenant management topics: '$' rule inside the mount, operators only, 
   Fixture f;
   auto op = TenantOperator(f, "acme", "alice");
   op->Connect("ops");
-  Subscribe(*op, "#", 0);        // must not see $SYS/... of its tenant [MQTT-4.7.2-1]
+  Subscribe(*op, "#", 0);  // must not see $SYS/... of its tenant [MQTT-4.7.2-1]
   Subscribe(*op, "+/fleetmq/#", 0);
   Subscribe(*op, "$SYS/fleetmq/events/#", 0);
   auto dev = TenantClient(f, "acme", "d1");

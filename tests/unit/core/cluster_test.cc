@@ -4,12 +4,13 @@
 // multi-worker broker must keep: every message across workers in order,
 // retained and shared subscriptions across workers, global tenant quotas,
 // session homes.
+#include "broker/core/cluster.h"
+
 #include <doctest/doctest.h>
 
 #include <deque>
 
 #include "broker/core/broker.h"
-#include "broker/core/cluster.h"
 #include "tests/unit/test_util.h"
 
 namespace fmq {

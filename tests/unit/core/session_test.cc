@@ -1,12 +1,12 @@
 // The compact per-session containers: PacketIdSet (inbound QoS 2 ids in
 // one pointer) and SessionTable (sessions found by a view of their name).
+#include "broker/core/session.h"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <random>
 #include <set>
-
-#include "broker/core/session.h"
 
 namespace fmq {
 namespace {

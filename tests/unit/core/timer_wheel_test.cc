@@ -1,8 +1,8 @@
+#include "broker/core/timer_wheel.h"
+
 #include <doctest/doctest.h>
 
 #include <map>
-
-#include "broker/core/timer_wheel.h"
 
 namespace fmq {
 namespace {

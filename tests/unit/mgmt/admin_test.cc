@@ -2,9 +2,8 @@
 // PKI in a temporary directory: the lifecycle transition table, role and
 // tenant isolation for every command, bad requests, audit, effects.
 #include <doctest/doctest.h>
-#include <stdlib.h>
-
 #include <mbedtls/x509_csr.h>
+#include <stdlib.h>
 
 #include <fstream>
 #include <set>
@@ -76,8 +75,11 @@ struct World {
   }
   // Registers `id`, provisioned when `csr`.
   Json Register(const Actor& who, const std::string& id, bool csr = true) {
-    Json c{{"command", "device.register"}, {"serial_number", "SN-" + id}, {"model_id", "m1"},
-           {"group_ids", {"g1"}}, {"device_id", id}};
+    Json c{{"command", "device.register"},
+           {"serial_number", "SN-" + id},
+           {"model_id", "m1"},
+           {"group_ids", {"g1"}},
+           {"device_id", id}};
     if (csr) c["csr"] = MakeCsr(rng, id);
     return Run(who, c);
   }
@@ -100,13 +102,18 @@ TEST_CASE("admin: register returns a certificate chaining to the tenant CA") {
   Json again = w.Run(w.acme, Json{{"command", "device.register"}, {"serial_number", "SN-dev-1"}, {"model_id", "m1"}});
   CHECK(World::Code(again) == "already_exists");
   // A CSR with a foreign CN is refused and leaves no device.
-  Json bad = w.Run(w.acme, Json{{"command", "device.register"}, {"serial_number", "SN-x"}, {"model_id", "m1"},
-                                {"device_id", "dev-x"}, {"csr", MakeCsr(w.rng, "someone-else")}});
+  Json bad = w.Run(w.acme, Json{{"command", "device.register"},
+                                {"serial_number", "SN-x"},
+                                {"model_id", "m1"},
+                                {"device_id", "dev-x"},
+                                {"csr", MakeCsr(w.rng, "someone-else")}});
   CHECK(World::Code(bad) == "invalid_argument");
   CHECK(w.Status(w.acme, "dev-x") == "not_found");
   // Unknown model and group.
-  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.register","serial_number":"q","model_id":"nope"})")) == "not_found");
-  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.register","serial_number":"q","model_id":"m1","group_ids":["zz"]})")) ==
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.register","serial_number":"q","model_id":"nope"})")) ==
+        "not_found");
+  CHECK(World::Code(
+            w.Run(w.acme, R"({"command":"device.register","serial_number":"q","model_id":"m1","group_ids":["zz"]})")) ==
         "not_found");
 }
 
@@ -118,8 +125,8 @@ TEST_CASE("admin: lifecycle transition table") {
       {"device.resume", {"suspended"}},
       {"device.decommission", {"registered", "provisioned", "active", "suspended"}},
   };
-  const std::vector<std::string> states = {"registered", "provisioned", "active", "suspended", "decommissioned",
-                                           "replaced"};
+  const std::vector<std::string> states = {"registered", "provisioned",    "active",
+                                           "suspended",  "decommissioned", "replaced"};
   for (const auto& [action, allowed] : table) {
     for (const std::string& from : states) {
       CAPTURE(action);
@@ -186,8 +193,8 @@ TEST_CASE("admin: set_groups replaces the membership and tells the broker old an
   CHECK(fx.regroups[0].groups == std::vector<std::string>{"g2"});
   CHECK(w.Run(w.acme, R"({"command":"device.list","group_id":"g1"})")["data"]["devices"].empty());
   Effects none;
-  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1","group_ids":["zz"]})", &none)) ==
-        "not_found");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1","group_ids":["zz"]})",
+                          &none)) == "not_found");
   CHECK(none.regroups.empty());
   CHECK(World::Code(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1"})")) == "missing_argument");
   REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.decommission","device_id":"dev-1"})")));
@@ -201,7 +208,8 @@ TEST_CASE("admin: replace moves groups and configuration to the newcomer") {
   REQUIRE(World::Ok(w.Register(w.acme, "old")));
   REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.activate","device_id":"old"})")));
   REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"group.create","group_id":"g2"})")));
-  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.register","serial_number":"N","model_id":"m1","device_id":"new"})")));
+  REQUIRE(World::Ok(
+      w.Run(w.acme, R"({"command":"device.register","serial_number":"N","model_id":"m1","device_id":"new"})")));
   Effects fx;
   Json r = w.Run(w.acme, R"({"command":"device.replace","device_id":"old","new_device_id":"new"})", &fx);
   REQUIRE(World::Ok(r));
@@ -230,18 +238,29 @@ TEST_CASE("admin: every command is refused to the wrong role, and tenants never 
   World w;
   w.Setup(w.acme);
   REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));
-  const std::string serial = w.Run(w.acme, R"({"command":"cert.list","device_id":"dev-1"})")["data"]["certificates"][0]["serial"];
+  const std::string serial =
+      w.Run(w.acme, R"({"command":"cert.list","device_id":"dev-1"})")["data"]["certificates"][0]["serial"];
   for (const CommandSpec& c : Commands()) {
     CAPTURE(c.name);
     Json cmd{{"command", c.name}};
     for (const auto& a : c.args) {
       if (!a.required) continue;
       switch (a.type) {
-        case ArgType::kString: cmd[a.name] = std::string(a.name) == "serial" ? serial : std::string("dev-1"); break;
-        case ArgType::kInt: cmd[a.name] = 1; break;
-        case ArgType::kBool: cmd[a.name] = true; break;
-        case ArgType::kStringList: cmd[a.name] = Json::array({"g1"}); break;
-        case ArgType::kObject: cmd[a.name] = Json::object(); break;
+        case ArgType::kString:
+          cmd[a.name] = std::string(a.name) == "serial" ? serial : std::string("dev-1");
+          break;
+        case ArgType::kInt:
+          cmd[a.name] = 1;
+          break;
+        case ArgType::kBool:
+          cmd[a.name] = true;
+          break;
+        case ArgType::kStringList:
+          cmd[a.name] = Json::array({"g1"});
+          break;
+        case ArgType::kObject:
+          cmd[a.name] = Json::object();
+          break;
       }
     }
     if (std::string(c.name) == "device.register") cmd["model_id"] = "m1";
@@ -306,7 +325,8 @@ TEST_CASE("admin: bad requests get a clear error and write nothing") {
   CHECK(World::Code(w.Run(w.acme, R"({"command":"device.explode"})")) == "unknown_command");
   CHECK(World::Code(w.Run(w.acme, R"({"command":"device.get"})")) == "missing_argument");
   CHECK(World::Code(w.Run(w.acme, R"({"command":"device.get","device_id":5})")) == "invalid_argument");
-  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.get","device_id":"a","tenant":"beta"})")) == "invalid_argument");
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"device.get","device_id":"a","tenant":"beta"})")) ==
+        "invalid_argument");
   CHECK(World::Code(w.Run(w.acme, R"({"command":"group.create","group_id":"a/b"})")) == "invalid_argument");
   CHECK(World::Code(w.Run(w.acme, R"({"command":"group.create","group_id":"_x"})")) == "invalid_argument");
   CHECK(World::Code(w.Run(w.acme, R"({"command":"device.list","status":"sleepy"})")) == "invalid_argument");

@@ -1,13 +1,13 @@
 // The PKI: root -> tenant CA -> device from CSR, verified by mbedTLS's own
 // chain verification; CSR refusals; CRLs that revoke.
+#include "mgmt/pki/pki.h"
+
 #include <doctest/doctest.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/x509_crl.h>
 #include <mbedtls/x509_csr.h>
 
 #include <ctime>
-
-#include "mgmt/pki/pki.h"
 
 namespace fmq::pki {
 namespace {
@@ -34,11 +34,15 @@ uint32_t Verify(const std::string& leaf_pem, const CertificateAuthority& tenant,
   mbedtls_x509_crt_init(&trust);
   mbedtls_x509_crl crl;
   mbedtls_x509_crl_init(&crl);
-  REQUIRE(mbedtls_x509_crt_parse(&chain, reinterpret_cast<const unsigned char*>(leaf_pem.c_str()), leaf_pem.size() + 1) == 0);
-  REQUIRE(mbedtls_x509_crt_parse_der(&chain, reinterpret_cast<const unsigned char*>(tenant.cert().der.data()), tenant.cert().der.size()) == 0);
-  REQUIRE(mbedtls_x509_crt_parse_der(&trust, reinterpret_cast<const unsigned char*>(root.cert().der.data()), root.cert().der.size()) == 0);
+  REQUIRE(mbedtls_x509_crt_parse(&chain, reinterpret_cast<const unsigned char*>(leaf_pem.c_str()),
+                                 leaf_pem.size() + 1) == 0);
+  REQUIRE(mbedtls_x509_crt_parse_der(&chain, reinterpret_cast<const unsigned char*>(tenant.cert().der.data()),
+                                     tenant.cert().der.size()) == 0);
+  REQUIRE(mbedtls_x509_crt_parse_der(&trust, reinterpret_cast<const unsigned char*>(root.cert().der.data()),
+                                     root.cert().der.size()) == 0);
   if (crl_der) {
-    REQUIRE(mbedtls_x509_crl_parse_der(&crl, reinterpret_cast<const unsigned char*>(crl_der->data()), crl_der->size()) == 0);
+    REQUIRE(mbedtls_x509_crl_parse_der(&crl, reinterpret_cast<const unsigned char*>(crl_der->data()),
+                                       crl_der->size()) == 0);
   }
   uint32_t flags = 0;
   mbedtls_x509_crt_verify(&chain, &trust, crl_der ? &crl : nullptr, nullptr, &flags, nullptr, nullptr);
@@ -49,9 +53,10 @@ uint32_t Verify(const std::string& leaf_pem, const CertificateAuthority& tenant,
 }
 
 struct Pki {
-  Pki() : root(*CertificateAuthority::CreateRoot(rng, "fleetmq-root", Now())),
-          acme(*root.CreateTenantCa(rng, "acme", Now())),
-          other(*root.CreateTenantCa(rng, "other", Now())) {}
+  Pki()
+      : root(*CertificateAuthority::CreateRoot(rng, "fleetmq-root", Now())),
+        acme(*root.CreateTenantCa(rng, "acme", Now())),
+        other(*root.CreateTenantCa(rng, "other", Now())) {}
   Rng rng;
   CertificateAuthority root;
   CertificateAuthority acme;
@@ -70,7 +75,8 @@ TEST_CASE("device certificate from a CSR chains to the root and carries the iden
   CHECK(cert->not_after_ms - cert->not_before_ms >= kDeviceValidity);
   mbedtls_x509_crt crt;
   mbedtls_x509_crt_init(&crt);
-  REQUIRE(mbedtls_x509_crt_parse_der(&crt, reinterpret_cast<const unsigned char*>(cert->der.data()), cert->der.size()) == 0);
+  REQUIRE(mbedtls_x509_crt_parse_der(&crt, reinterpret_cast<const unsigned char*>(cert->der.data()),
+                                     cert->der.size()) == 0);
   auto id = IdentityOf(crt);
   REQUIRE(id.ok());
   CHECK(id->tenant == "acme");
@@ -79,8 +85,10 @@ TEST_CASE("device certificate from a CSR chains to the root and carries the iden
   CHECK(SerialHex(crt) == cert->serial);
   CHECK_FALSE(crt.ca_istrue);
   CHECK((crt.key_usage & MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0);
-  CHECK(mbedtls_x509_crt_check_extended_key_usage(&crt, MBEDTLS_OID_CLIENT_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)) == 0);
-  CHECK(mbedtls_x509_crt_check_extended_key_usage(&crt, MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)) != 0);
+  CHECK(mbedtls_x509_crt_check_extended_key_usage(&crt, MBEDTLS_OID_CLIENT_AUTH,
+                                                  MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)) == 0);
+  CHECK(mbedtls_x509_crt_check_extended_key_usage(&crt, MBEDTLS_OID_SERVER_AUTH,
+                                                  MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)) != 0);
   mbedtls_x509_crt_free(&crt);
   // A CSR without subject fields is fine too: the CA sets them.
   auto bare = p.acme.IssueFromCsr(p.rng, MakeCsr(p.rng, *key, "C=DE"), {"acme", "dev-2", Role::kDevice}, Now());
@@ -111,7 +119,8 @@ TEST_CASE("CSR refusals: bad signature, wrong key, other device, other tenant, w
   CHECK(absl::IsPermissionDenied(s.status()));
   s = p.other.IssueFromCsr(p.rng, good, dev, Now());  // acme's device at other's CA
   CHECK(absl::IsPermissionDenied(s.status()));
-  s = p.acme.IssueFromCsr(p.rng, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", dev, Now());
+  s = p.acme.IssueFromCsr(p.rng, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", dev,
+                          Now());
   CHECK(absl::IsInvalidArgument(s.status()));
   s = p.acme.IssueFromCsr(p.rng, std::string("\x30\x82\xff\xff", 4), dev, Now());
   CHECK(absl::IsInvalidArgument(s.status()));

@@ -2,13 +2,14 @@
 // over an in-memory store: denied connects refused and audited once per
 // window, the window's count written when it ends, and the module's
 // periodic duties running while requests keep arriving.
+#include "broker/modules/admin_module.h"
+
 #include <doctest/doctest.h>
 #include <stdlib.h>
 
 #include <chrono>
 #include <thread>
 
-#include "broker/modules/admin_module.h"
 #include "common/clock.h"
 #include "mgmt/pki/pki_dir.h"
 #include "storage/kv_store.h"

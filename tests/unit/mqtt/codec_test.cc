@@ -1,8 +1,9 @@
 // Codec: round trip of every packet type in both versions, any chunking,
 // truncation at every length, and the conformance vectors.
+#include "broker/mqtt/codec.h"
+
 #include <doctest/doctest.h>
 
-#include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 #include "tests/unit/test_util.h"
 
@@ -13,14 +14,22 @@ using test::DecodeWhole;
 
 Properties FullPublishProps() {
   Properties p;
-  p.payload_format = 1; p.Mark(PropertyId::kPayloadFormatIndicator);
-  p.message_expiry = 30; p.Mark(PropertyId::kMessageExpiryInterval);
-  p.content_type = "application/json"; p.Mark(PropertyId::kContentType);
-  p.response_topic = "reply/to"; p.Mark(PropertyId::kResponseTopic);
-  p.correlation_data = std::string("\x00\x01\xff", 3); p.Mark(PropertyId::kCorrelationData);
-  p.subscription_ids = {1, 268435455}; p.Mark(PropertyId::kSubscriptionIdentifier);
-  p.topic_alias = 7; p.Mark(PropertyId::kTopicAlias);
-  p.user_properties = {{"k", "v"}, {"k", "v2"}}; p.Mark(PropertyId::kUserProperty);
+  p.payload_format = 1;
+  p.Mark(PropertyId::kPayloadFormatIndicator);
+  p.message_expiry = 30;
+  p.Mark(PropertyId::kMessageExpiryInterval);
+  p.content_type = "application/json";
+  p.Mark(PropertyId::kContentType);
+  p.response_topic = "reply/to";
+  p.Mark(PropertyId::kResponseTopic);
+  p.correlation_data = std::string("\x00\x01\xff", 3);
+  p.Mark(PropertyId::kCorrelationData);
+  p.subscription_ids = {1, 268435455};
+  p.Mark(PropertyId::kSubscriptionIdentifier);
+  p.topic_alias = 7;
+  p.Mark(PropertyId::kTopicAlias);
+  p.user_properties = {{"k", "v"}, {"k", "v2"}};
+  p.Mark(PropertyId::kUserProperty);
   return p;
 }
 
@@ -40,17 +49,28 @@ std::vector<Packet> Samples(Version v) {
   w.qos = 1;
   w.retain = true;
   if (v5) {
-    w.props.will_delay = 5; w.props.Mark(PropertyId::kWillDelayInterval);
-    w.props.content_type = "text"; w.props.Mark(PropertyId::kContentType);
-    c.props.session_expiry = 3600; c.props.Mark(PropertyId::kSessionExpiryInterval);
-    c.props.receive_maximum = 10; c.props.Mark(PropertyId::kReceiveMaximum);
-    c.props.maximum_packet_size = 4096; c.props.Mark(PropertyId::kMaximumPacketSize);
-    c.props.topic_alias_maximum = 5; c.props.Mark(PropertyId::kTopicAliasMaximum);
-    c.props.request_problem_info = 0; c.props.Mark(PropertyId::kRequestProblemInformation);
-    c.props.request_response_info = 1; c.props.Mark(PropertyId::kRequestResponseInformation);
-    c.props.user_properties = {{"a", "b"}}; c.props.Mark(PropertyId::kUserProperty);
-    c.props.auth_method = "m"; c.props.Mark(PropertyId::kAuthenticationMethod);
-    c.props.auth_data = "d"; c.props.Mark(PropertyId::kAuthenticationData);
+    w.props.will_delay = 5;
+    w.props.Mark(PropertyId::kWillDelayInterval);
+    w.props.content_type = "text";
+    w.props.Mark(PropertyId::kContentType);
+    c.props.session_expiry = 3600;
+    c.props.Mark(PropertyId::kSessionExpiryInterval);
+    c.props.receive_maximum = 10;
+    c.props.Mark(PropertyId::kReceiveMaximum);
+    c.props.maximum_packet_size = 4096;
+    c.props.Mark(PropertyId::kMaximumPacketSize);
+    c.props.topic_alias_maximum = 5;
+    c.props.Mark(PropertyId::kTopicAliasMaximum);
+    c.props.request_problem_info = 0;
+    c.props.Mark(PropertyId::kRequestProblemInformation);
+    c.props.request_response_info = 1;
+    c.props.Mark(PropertyId::kRequestResponseInformation);
+    c.props.user_properties = {{"a", "b"}};
+    c.props.Mark(PropertyId::kUserProperty);
+    c.props.auth_method = "m";
+    c.props.Mark(PropertyId::kAuthenticationMethod);
+    c.props.auth_data = "d";
+    c.props.Mark(PropertyId::kAuthenticationData);
   }
   c.will = w;
   out.push_back(c);
@@ -63,20 +83,34 @@ std::vector<Packet> Samples(Version v) {
   ca.reason = v5 ? ReasonCode::kSuccess : ReasonCode::kNotAuthorized;
   if (v5) {
     auto& p = ca.props;
-    p.assigned_client_id = "x"; p.Mark(PropertyId::kAssignedClientIdentifier);
-    p.server_keep_alive = 20; p.Mark(PropertyId::kServerKeepAlive);
-    p.receive_maximum = 100; p.Mark(PropertyId::kReceiveMaximum);
-    p.topic_alias_maximum = 10; p.Mark(PropertyId::kTopicAliasMaximum);
-    p.maximum_qos = 1; p.Mark(PropertyId::kMaximumQos);
-    p.retain_available = 0; p.Mark(PropertyId::kRetainAvailable);
-    p.maximum_packet_size = 1000; p.Mark(PropertyId::kMaximumPacketSize);
-    p.wildcard_sub_available = 0; p.Mark(PropertyId::kWildcardSubscriptionAvailable);
-    p.sub_id_available = 0; p.Mark(PropertyId::kSubscriptionIdentifierAvailable);
-    p.shared_sub_available = 0; p.Mark(PropertyId::kSharedSubscriptionAvailable);
-    p.response_info = "ri"; p.Mark(PropertyId::kResponseInformation);
-    p.server_reference = "other"; p.Mark(PropertyId::kServerReference);
-    p.reason_string = "why"; p.Mark(PropertyId::kReasonString);
-    p.session_expiry = 9; p.Mark(PropertyId::kSessionExpiryInterval);
+    p.assigned_client_id = "x";
+    p.Mark(PropertyId::kAssignedClientIdentifier);
+    p.server_keep_alive = 20;
+    p.Mark(PropertyId::kServerKeepAlive);
+    p.receive_maximum = 100;
+    p.Mark(PropertyId::kReceiveMaximum);
+    p.topic_alias_maximum = 10;
+    p.Mark(PropertyId::kTopicAliasMaximum);
+    p.maximum_qos = 1;
+    p.Mark(PropertyId::kMaximumQos);
+    p.retain_available = 0;
+    p.Mark(PropertyId::kRetainAvailable);
+    p.maximum_packet_size = 1000;
+    p.Mark(PropertyId::kMaximumPacketSize);
+    p.wildcard_sub_available = 0;
+    p.Mark(PropertyId::kWildcardSubscriptionAvailable);
+    p.sub_id_available = 0;
+    p.Mark(PropertyId::kSubscriptionIdentifierAvailable);
+    p.shared_sub_available = 0;
+    p.Mark(PropertyId::kSharedSubscriptionAvailable);
+    p.response_info = "ri";
+    p.Mark(PropertyId::kResponseInformation);
+    p.server_reference = "other";
+    p.Mark(PropertyId::kServerReference);
+    p.reason_string = "why";
+    p.Mark(PropertyId::kReasonString);
+    p.session_expiry = 9;
+    p.Mark(PropertyId::kSessionExpiryInterval);
   }
   out.push_back(ca);
 
@@ -98,9 +132,10 @@ std::vector<Packet> Samples(Version v) {
     out.push_back(a);
     if (v5) {
       a.reason = t == PacketType::kPubrel || t == PacketType::kPubcomp ? ReasonCode::kPacketIdentifierNotFound
-                                                                        : ReasonCode::kQuotaExceeded;
+                                                                       : ReasonCode::kQuotaExceeded;
       out.push_back(a);
-      a.props.reason_string = "r"; a.props.Mark(PropertyId::kReasonString);
+      a.props.reason_string = "r";
+      a.props.Mark(PropertyId::kReasonString);
       out.push_back(a);
     }
   }
@@ -109,7 +144,8 @@ std::vector<Packet> Samples(Version v) {
   s.entries = {{"a/+", 1}, {"$share/g/b/#", 2}};
   if (v5) {
     s.entries.push_back({"c", static_cast<uint8_t>(0x04 | 0x08 | 0x20 | 1)});
-    s.props.subscription_ids = {42}; s.props.Mark(PropertyId::kSubscriptionIdentifier);
+    s.props.subscription_ids = {42};
+    s.props.Mark(PropertyId::kSubscriptionIdentifier);
   }
   out.push_back(s);
   SubAck sa;
@@ -132,12 +168,15 @@ std::vector<Packet> Samples(Version v) {
   if (v5) {
     Disconnect d;
     d.reason = ReasonCode::kDisconnectWithWill;
-    d.props.session_expiry = 0; d.props.Mark(PropertyId::kSessionExpiryInterval);
-    d.props.reason_string = "bye"; d.props.Mark(PropertyId::kReasonString);
+    d.props.session_expiry = 0;
+    d.props.Mark(PropertyId::kSessionExpiryInterval);
+    d.props.reason_string = "bye";
+    d.props.Mark(PropertyId::kReasonString);
     out.push_back(d);
     Auth a;
     a.reason = ReasonCode::kContinueAuthentication;
-    a.props.auth_method = "SCRAM"; a.props.Mark(PropertyId::kAuthenticationMethod);
+    a.props.auth_method = "SCRAM";
+    a.props.Mark(PropertyId::kAuthenticationMethod);
     out.push_back(a);
   }
   return out;

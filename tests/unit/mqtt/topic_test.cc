@@ -1,5 +1,7 @@
 // Topic names, filters, shared subscriptions and matching; the subscription
 // tree checked against the reference matcher on random topics.
+#include "broker/mqtt/topic.h"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -7,7 +9,6 @@
 #include <set>
 
 #include "broker/core/topic_tree.h"
-#include "broker/mqtt/topic.h"
 #include "broker/mqtt/utf8.h"
 
 namespace fmq {
@@ -36,8 +37,8 @@ TEST_CASE("topic filters") {
   for (const char* ok : {"#", "+", "a/#", "a/+/b", "+/+", "/#", "$share/g/a/#", "$share/g/#", "a//b"}) {
     CHECK_MESSAGE(mqtt::ValidateTopicFilter(ok, l).ok(), ok);
   }
-  for (const char* bad : {"a#", "a/#/b", "a+", "a/b+", "#/a", "$share/g", "$share//a", "$share/g+/a",
-                          "$share/g/", ""}) {
+  for (const char* bad :
+       {"a#", "a/#/b", "a+", "a/b+", "#/a", "$share/g", "$share//a", "$share/g+/a", "$share/g/", ""}) {
     CHECK_MESSAGE(mqtt::ValidateTopicFilter(bad, l).code == ReasonCode::kTopicFilterInvalid, bad);
   }
   mqtt::SharedFilter sf;
@@ -69,17 +70,18 @@ TEST_CASE("UTF-8 rules") {
   CHECK(mqtt::IsValidMqttUtf8("héllo €𝄞"));
   CHECK_FALSE(mqtt::IsValidMqttUtf8(std::string("\0", 1)));
   CHECK(mqtt::IsValidUtf8(std::string("\0", 1)));
-  CHECK_FALSE(mqtt::IsValidMqttUtf8("\xed\xa0\x80"));  // surrogate
-  CHECK_FALSE(mqtt::IsValidMqttUtf8("\xc0\xaf"));      // overlong
+  CHECK_FALSE(mqtt::IsValidMqttUtf8("\xed\xa0\x80"));      // surrogate
+  CHECK_FALSE(mqtt::IsValidMqttUtf8("\xc0\xaf"));          // overlong
   CHECK_FALSE(mqtt::IsValidMqttUtf8("\xf4\x90\x80\x80"));  // > U+10FFFF
-  CHECK_FALSE(mqtt::IsValidMqttUtf8("\xe2\x82"));      // truncated
+  CHECK_FALSE(mqtt::IsValidMqttUtf8("\xe2\x82"));          // truncated
   CHECK_FALSE(mqtt::IsValidMqttUtf8("\xff"));
 }
 
 std::set<std::string> TreeMatches(TopicTree& t, const std::string& topic) {
   std::set<std::string> out;
-  t.Match(topic, [&](const TopicTree::Subscriber& s) { out.insert(s.session->client_id); },
-          [&](TopicTree::SharedGroup& g) { out.insert("group:" + g.name); });
+  t.Match(
+      topic, [&](const TopicTree::Subscriber& s) { out.insert(s.session->client_id); },
+      [&](TopicTree::SharedGroup& g) { out.insert("group:" + g.name); });
   return out;
 }
 
@@ -92,9 +94,12 @@ TEST_CASE("subscription tree agrees with the reference matcher on random input")
     for (int i = 0; i < n; ++i) {
       if (i) s += '/';
       int r = static_cast<int>(rng() % 10);
-      if (filter && r == 0) s += '+';
-      else if (filter && r == 1 && i == n - 1) s += '#';
-      else s += words[rng() % words.size()];
+      if (filter && r == 0)
+        s += '+';
+      else if (filter && r == 1 && i == n - 1)
+        s += '#';
+      else
+        s += words[rng() % words.size()];
     }
     return s;
   };

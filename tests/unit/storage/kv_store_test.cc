@@ -1,5 +1,7 @@
 // Both KvStore implementations behave the same; RocksDB keeps data across
 // reopen. Keys preserve order and always start with the tenant.
+#include "storage/kv_store.h"
+
 #include <doctest/doctest.h>
 
 #include <cstdlib>
@@ -7,13 +9,13 @@
 #include <random>
 
 #include "storage/keys.h"
-#include "storage/kv_store.h"
 
 namespace fmq::storage {
 namespace {
 
 std::string TempDir(const char* name) {
-  auto p = std::filesystem::temp_directory_path() / (std::string("fleetmq-test-") + name + "-" + std::to_string(getpid()));
+  auto p =
+      std::filesystem::temp_directory_path() / (std::string("fleetmq-test-") + name + "-" + std::to_string(getpid()));
   std::filesystem::remove_all(p);
   return p.string();
 }
@@ -30,21 +32,21 @@ void Exercise(KvStore& kv) {
   CHECK(absl::IsNotFound(kv.Get(Family::kDevices, "zz").status()));
   std::vector<std::string> seen;
   REQUIRE(kv.ScanPrefix(Family::kDevices, "a/", [&](std::string_view k, std::string_view v) {
-    seen.push_back(std::string(k) + "=" + std::string(v));
-    return true;
-  }).ok());
+              seen.push_back(std::string(k) + "=" + std::string(v));
+              return true;
+            }).ok());
   CHECK(seen == std::vector<std::string>{"a/1=one", "a/2=two"});
   seen.clear();
   REQUIRE(kv.Scan(Family::kDevices, "a/2", "", [&](std::string_view k, std::string_view) {
-    seen.emplace_back(k);
-    return true;
-  }).ok());
+              seen.emplace_back(k);
+              return true;
+            }).ok());
   CHECK(seen == std::vector<std::string>{"a/2", "b/1"});
   seen.clear();
   REQUIRE(kv.Scan(Family::kDevices, "", "", [&](std::string_view k, std::string_view) {
-    seen.emplace_back(k);
-    return false;  // stop at once
-  }).ok());
+              seen.emplace_back(k);
+              return false;  // stop at once
+            }).ok());
   CHECK(seen.size() == 1);
   WriteBatch d;
   d.Delete(Family::kDevices, "a/1");
@@ -99,7 +101,10 @@ TEST_CASE("keys preserve component order and round-trip, escapes included") {
   for (int i = 0; i < 500; ++i) {
     std::string s;
     int n = static_cast<int>(rng() % 4);
-    for (int k = 0; k < n; ++k) s.push_back(static_cast<char>("\0\x01\xff" "a"[rng() % 4]));
+    for (int k = 0; k < n; ++k)
+      s.push_back(
+          static_cast<char>("\0\x01\xff"
+                            "a"[rng() % 4]));
     parts.emplace_back(s, rng() % 4);
   }
   std::sort(parts.begin(), parts.end());

@@ -1,10 +1,10 @@
 // The data model: schema round trips, index maintenance, pagination,
 // corrupt records, tenant isolation and the audit chain.
+#include "storage/registry.h"
+
 #include <doctest/doctest.h>
 
 #include <set>
-
-#include "storage/registry.h"
 
 namespace fmq::storage {
 namespace {
@@ -154,9 +154,9 @@ TEST_CASE("device indexes follow every change in the same batch") {
   CHECK(Ids(p) == std::vector<std::string>{"d2"});
   size_t index_entries = 0;
   REQUIRE(kv.Scan(Family::kIndex, "", "", [&](std::string_view, std::string_view) {
-    ++index_entries;
-    return true;
-  }).ok());
+              ++index_entries;
+              return true;
+            }).ok());
   // d1: g2 + g2/2.0 + status + fw + model + serial = 6; d2: 2 groups x 2 + 4 = 8; d3: 6.
   CHECK(index_entries == 20);
 }
@@ -340,8 +340,8 @@ TEST_CASE("revocations: idempotent, per tenant, listed for the TLS revocation se
   CHECK(got.device_id == "d1");
   std::vector<std::string> all;
   REQUIRE(r.ForEachRevoked([&](std::string_view t, const fb::CertificateT& x) {
-    all.push_back(std::string(t) + "/" + x.serial);
-  }).ok());
+             all.push_back(std::string(t) + "/" + x.serial);
+           }).ok());
   CHECK(all == std::vector<std::string>{"acme/0a", "acme/ff"});
   auto other = T("other");
   all.clear();

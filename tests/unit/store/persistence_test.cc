@@ -48,8 +48,8 @@ TEST_CASE("PUBACK waits until the message is durable, and acks stay in PUBLISH o
   CHECK(Only<mqtt::SubAck>(sub.Recv()).size() == 1);
   Client pub(b, Version::kV5, 2);
   pub.Connect("pub");
-  pub.Send(Pub("d/x", "1", 1, 1));     // stored for the durable subscriber
-  pub.Send(Pub("other", "2", 1, 2));   // nothing to store, but must wait its turn
+  pub.Send(Pub("d/x", "1", 1, 1));    // stored for the durable subscriber
+  pub.Send(Pub("other", "2", 1, 2));  // nothing to store, but must wait its turn
   CHECK(Only<mqtt::Ack>(pub.Recv()).empty());
   p.Complete(true);
   auto acks = Only<mqtt::Ack>(pub.Recv());
@@ -113,9 +113,7 @@ TEST_CASE("while storage is unhealthy QoS 1/2 are refused and QoS 0 still flows"
 // A broker wired to the real store over an in-memory KvStore.
 struct Stack {
   explicit Stack(storage::MemKvStore* kv, FakeClock* clock)
-      : store(clock),
-        broker(Opts(), clock, nullptr, &store),
-        writer(kv, WriterOpts(), nullptr) {
+      : store(clock), broker(Opts(), clock, nullptr, &store), writer(kv, WriterOpts(), nullptr) {
     store.set_writer(&writer);
   }
   static BrokerOptions Opts() {
@@ -211,9 +209,9 @@ TEST_CASE("state written by one broker is read back by the next") {
     s.Settle();
     size_t left = 0;
     REQUIRE(kv.Scan(storage::Family::kSessionMessages, "", "", [&](std::string_view, std::string_view) {
-      ++left;
-      return true;
-    }).ok());
+                ++left;
+                return true;
+              }).ok());
     CHECK(left == 0);
   }
 }
@@ -266,7 +264,8 @@ TEST_CASE("session expiry counts the time the broker was down") {
   REQUIRE(s.store.Load(kv, s.broker, &st).ok());
   CHECK(s.broker.FindSession("short") == nullptr);
   s.Settle();
-  CHECK(absl::IsNotFound(kv.Get(storage::Family::kSessions, storage::keys::Session(storage::TenantId::Anonymous(), "short")).status()));
+  CHECK(absl::IsNotFound(
+      kv.Get(storage::Family::kSessions, storage::keys::Session(storage::TenantId::Anonymous(), "short")).status()));
 }
 
 TEST_CASE("corrupt stored records are skipped and counted, never fatal") {

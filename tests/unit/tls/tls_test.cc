@@ -1,11 +1,11 @@
 // Mutual TLS entirely in memory: a client and a server TlsSession pass
 // ciphertext to each other; no socket. Covers the full and resumed
 // handshakes and every refusal the security issue lists.
+#include "broker/tls/tls.h"
+
 #include <doctest/doctest.h>
 
 #include <ctime>
-
-#include "broker/tls/tls.h"
 
 namespace fmq::tls {
 namespace {
@@ -30,7 +30,8 @@ struct World {
     REQUIRE_MESSAGE(ctx.ok(), ctx.status().message());
     server_ctx = std::move(*ctx);
   }
-  Creds Issue(CertificateAuthority& ca, pki::Subject who, int64_t now = Now(), int64_t validity = pki::kDeviceValidity) {
+  Creds Issue(CertificateAuthority& ca, pki::Subject who, int64_t now = Now(),
+              int64_t validity = pki::kDeviceValidity) {
     Creds c;
     auto cert = ca.IssueWithNewKey(rng, who, now, validity, &c.key, {"localhost"});
     REQUIRE(cert.ok());
@@ -49,14 +50,18 @@ struct ClientConf {
     mbedtls_x509_crt_init(&trust);
     mbedtls_x509_crt_init(&chain);
     mbedtls_pk_init(&key);
-    REQUIRE(mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT) == 0);
+    REQUIRE(mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                        MBEDTLS_SSL_PRESET_DEFAULT) == 0);
     mbedtls_ssl_conf_rng(&conf, pki::Rng::Fill, &w.rng);
     mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_REQUIRED);
-    REQUIRE(mbedtls_x509_crt_parse(&trust, reinterpret_cast<const unsigned char*>(trust_pem.c_str()), trust_pem.size() + 1) == 0);
+    REQUIRE(mbedtls_x509_crt_parse(&trust, reinterpret_cast<const unsigned char*>(trust_pem.c_str()),
+                                   trust_pem.size() + 1) == 0);
     mbedtls_ssl_conf_ca_chain(&conf, &trust, nullptr);
     if (creds != nullptr) {
-      REQUIRE(mbedtls_x509_crt_parse(&chain, reinterpret_cast<const unsigned char*>(creds->chain.c_str()), creds->chain.size() + 1) == 0);
-      REQUIRE(mbedtls_pk_parse_key(&key, reinterpret_cast<const unsigned char*>(creds->key.c_str()), creds->key.size() + 1, nullptr, 0) == 0);
+      REQUIRE(mbedtls_x509_crt_parse(&chain, reinterpret_cast<const unsigned char*>(creds->chain.c_str()),
+                                     creds->chain.size() + 1) == 0);
+      REQUIRE(mbedtls_pk_parse_key(&key, reinterpret_cast<const unsigned char*>(creds->key.c_str()),
+                                   creds->key.size() + 1, nullptr, 0) == 0);
       REQUIRE(mbedtls_ssl_conf_own_cert(&conf, &chain, &key) == 0);
     }
     mbedtls_ssl_conf_session_tickets(&conf, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
