@@ -3,7 +3,10 @@
 // bulk jobs with per-device state, and the hash-chained audit log. Writes go
 // into a caller's WriteBatch so a change and its audit entry commit
 // atomically; index entries always travel in the same batch as their
-// record. Not thread-safe: one owner thread (the management module's).
+// record. Writes and the audit chain (AppendAudit, VerifyAudit, its cached
+// head) belong to one owner thread (the management module's); point reads
+// and listings touch no cached state and may run on any thread (the broker's
+// workers read devices at CONNECT).
 #pragma once
 
 #include <cstdint>

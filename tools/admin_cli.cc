@@ -28,6 +28,7 @@
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 #include "broker/tls/tls.h"
+#include "common/mgmt_topics.h"
 #include "mgmt/admin/commands.h"
 #include "mgmt/pki/pki.h"
 #include "mgmt/pki/pki_dir.h"
@@ -254,7 +255,7 @@ class Client {
 
 // Sends one request, returns the reply JSON.
 Json Request(Client& cl, const std::string& client_id, const std::string& body) {
-  const std::string reply_topic = "$SYS/fleetmq/control/v1/reply/" + client_id;
+  const std::string reply_topic = std::string(fmq::topics::kControlReplyPrefix) + client_id;
   mqtt::Subscribe sub;
   sub.packet_id = 1;
   sub.entries.push_back({reply_topic, 1});
@@ -269,7 +270,7 @@ Json Request(Client& cl, const std::string& client_id, const std::string& body) 
   mqtt::Publish pub;
   pub.qos = 1;
   pub.packet_id = 2;
-  pub.topic = "$SYS/fleetmq/control/v1";
+  pub.topic = std::string(fmq::topics::kControlRequest);
   pub.payload = body;
   pub.props.response_topic = reply_topic;
   pub.props.Mark(mqtt::PropertyId::kResponseTopic);

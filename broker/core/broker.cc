@@ -50,13 +50,19 @@ Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks
 
 Broker::~Broker() = default;
 
-const std::string* InternTenant(std::string_view tenant) {
+const std::string* TenantNames::None() {
   static const std::string kAnonymous;
-  if (tenant.empty()) return &kAnonymous;  // most sessions on plain TCP: no lock
-  static std::mutex mu;
-  static absl::node_hash_set<std::string> names;
-  std::lock_guard<std::mutex> l(mu);
-  return &*names.emplace(tenant).first;
+  return &kAnonymous;
+}
+
+const std::string* TenantNames::Intern(std::string_view tenant) {
+  if (tenant.empty()) return None();  // most sessions on plain TCP: no lock
+  std::lock_guard<std::mutex> l(mu_);
+  return &*names_.emplace(tenant).first;
+}
+
+const std::string* Broker::InternTenant(std::string_view tenant) {
+  return cluster_ != nullptr ? cluster_->tenant_names().Intern(tenant) : own_names_.Intern(tenant);
 }
 
 void Broker::SetCluster(Cluster* cluster, uint32_t index) {
@@ -116,7 +122,7 @@ ClientInfo Broker::InfoOf(const Connection& c) const {
                     c.version(), c.tenant(),    c.identity(), const_cast<Broker*>(this)};
 }
 
-const Session* Broker::FindSession(std::string_view client_id, std::string_view tenant) const {
+const Session* Broker::FindSession(std::string_view tenant, std::string_view client_id) const {
   return sessions_.Find(tenant, client_id);
 }
 
@@ -417,7 +423,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     s = owned.get();
     s->id = next_session_id_++;
     s->client_id = c.client_id_;
-    s->set_tenant(c.tenant());
+    s->set_tenant(InternTenant(c.tenant()));
     sessions_by_id_[s->id] = s;
     sessions_.Insert(std::move(owned));
   }

@@ -133,7 +133,9 @@ class Broker {
   size_t session_count() const { return sessions_.size(); }
   size_t retained_count() const { return retained_.size(); }
   size_t timer_count() const { return wheel_.size(); }
-  const Session* FindSession(std::string_view client_id, std::string_view tenant = {}) const;
+  const Session* FindSession(std::string_view tenant, std::string_view client_id) const;
+  // The one shared copy of a tenant's name (TenantNames of the cluster).
+  const std::string* InternTenant(std::string_view tenant);
   int64_t NowMs() const { return clock_->NowMs(); }
 
  private:
@@ -217,6 +219,7 @@ class Broker {
   Cluster* cluster_ = nullptr;
   uint32_t index_ = 0;
   TenantQuota default_quota_;
+  TenantNames own_names_;  // without a cluster
   StringMap<std::unique_ptr<TenantState>> tenants_;
   Persistence* persistence_;
   AclPolicy default_acl_;

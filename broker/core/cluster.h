@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "broker/core/message.h"
+#include "broker/core/session.h"
 #include "broker/core/stats.h"
 #include "common/string_map.h"
 
@@ -86,6 +87,9 @@ class Cluster {
   // life of the process; every worker computes the same answer.
   uint32_t HomeOf(std::string_view tenant, std::string_view client_id) const;
 
+  // The tenant names every worker's sessions share.
+  TenantNames& tenant_names() { return tenant_names_; }
+
   // Runs fn on every worker (its own thread each).
   void PostAll(const std::function<void(Broker&)>& fn);
 
@@ -107,6 +111,7 @@ class Cluster {
   BrokerStats Snapshot(uint32_t worker) const;
 
  private:
+  TenantNames tenant_names_;
   const uint32_t workers_;
   Link* link_ = nullptr;
   mutable std::mutex mu_;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "broker/mqtt/topic.h"
+#include "common/mgmt_topics.h"
 
 namespace fmq {
 
@@ -55,7 +56,7 @@ struct BrokerOptions {
   std::string assigned_id_prefix = "fmq-";
   // Topic prefix reserved for management commands; PUBLISHes under it go to
   // the management hooks, never to subscribers.
-  std::string control_prefix = "$SYS/fleetmq/control/";
+  std::string control_prefix = std::string(topics::kControlPrefix);
   // Default per-tenant quotas (0 = unlimited); see Broker::TenantQuota.
   uint32_t quota_max_connections = 0;
   uint32_t quota_max_publish_rate = 0;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,6 +17,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_set.h"
 #include "absl/hash/hash.h"
 #include "broker/core/message.h"
 #include "broker/mqtt/packet.h"
@@ -51,8 +53,6 @@ struct Inflight {
 // The platform admin's tenant (mgmt/pki/pki.h kPlatformTenant): it sees
 // every tenant's statistics.
 inline constexpr std::string_view kPlatformTenantName = "_platform";
-// Statistics of a tenant's clients, inside the tenant's mount.
-inline constexpr std::string_view kStatsTopicPrefix = "$SYS/fleetmq/stats/v1/";
 
 // Internal topic prefix of a tenant: "$T/<tenant>/" ("" when anonymous).
 // Clients never see it; a tenant cannot name another tenant's topics
@@ -68,9 +68,19 @@ inline std::string SessionKey(std::string_view tenant, std::string_view client_i
   return k;
 }
 
-// The one copy of a tenant name shared by every session of the tenant
-// (thread-safe; tenants are few and never forgotten while the process runs).
-const std::string* InternTenant(std::string_view tenant);
+// The one copy of each tenant name, shared by every session of the tenant
+// (tenants are few and never forgotten while the process runs). One per
+// process: the Cluster owns it for every worker (a lone Broker owns its own).
+// Thread-safe; the anonymous (empty) name needs no lock.
+class TenantNames {
+ public:
+  const std::string* Intern(std::string_view tenant);
+  static const std::string* None();  // the anonymous namespace
+
+ private:
+  std::mutex mu_;
+  absl::node_hash_set<std::string> names_;
+};
 
 // Packet ids of inbound QoS 2 messages awaiting PUBREL: at most Receive
 // Maximum of them and usually none, so one pointer (8 bytes; null when
@@ -127,8 +137,8 @@ struct Session {
   // (plain TCP) namespace. Its topics live under MountOf(tenant). Interned:
   // one copy per tenant, not per session.
   const std::string& tenant() const { return *tenant_; }
-  void set_tenant(std::string_view t) { tenant_ = InternTenant(t); }
-  Connection* conn = nullptr;  // set while a connection is attached
+  void set_tenant(const std::string* interned) { tenant_ = interned; }  // from TenantNames::Intern
+  Connection* conn = nullptr;                                           // set while a connection is attached
 
   StringMap<SubOptions> subscriptions;  // full filter text
 
@@ -144,7 +154,7 @@ struct Session {
   int64_t disconnected_at_ms = 0;    // monotonic; when it went offline
   // Seconds the session outlives its connection; 0 ends it at disconnect,
   // 0xFFFFFFFF never expires.
-  const std::string* tenant_ = InternTenant({});
+  const std::string* tenant_ = TenantNames::None();
   uint32_t expiry_s = 0;
   // Messages lost at this session's bounds (stops at 2^32-1).
   uint32_t dropped = 0;

@@ -2,6 +2,7 @@
 // retained messages sent on subscribe per Retain Handling.
 #include "broker/core/broker.h"
 #include "common/log.h"
+#include "common/mgmt_topics.h"
 
 namespace fmq {
 
@@ -27,9 +28,9 @@ bool InternalFilter(const Connection& c, const std::string& filter, std::string*
     if (!c.mount().empty()) {
       const PeerIdentity* who = c.identity();
       if (who == nullptr || who->device) return false;
-      const std::string own_reply = "$SYS/fleetmq/control/v1/reply/" + c.client_id();
-      const bool ok = inner.substr(0, 20) == "$SYS/fleetmq/events/" || inner.substr(0, 17) == "$SYS/fleetmq/crl/" ||
-                      inner.substr(0, kStatsTopicPrefix.size()) == kStatsTopicPrefix || inner == own_reply;
+      const std::string own_reply = std::string(topics::kControlReplyPrefix) + c.client_id();
+      const bool ok = topics::Under(inner, topics::kEventsPrefix) || topics::Under(inner, topics::kCrlPrefix) ||
+                      topics::Under(inner, topics::kStatsPrefix) || inner == own_reply;
       if (!ok || sf.shared) return false;
     }
   }
@@ -95,7 +96,8 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
     }
     ack.codes.push_back(static_cast<ReasonCode>(o.qos));
     // Retained messages on subscribe [MQTT-3.3.1-9..11]; never for shared
-    // subscriptions [MQTT-4.8.2-?].
+    // subscriptions (MQTT 5.0 section 4.8.2: a shared subscription gets no
+    // retained messages when it is made; it has no normative identifier).
     if (!sf.shared && (o.retain_handling == 0 || (o.retain_handling == 1 && !existed))) {
       want_retained.emplace_back(filter, o);
     }

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "broker/core/broker.h"
+#include "common/mgmt_topics.h"
 
 namespace fmq {
 
@@ -98,11 +99,11 @@ void Broker::PublishDrops() {
     }
     const std::string tail = "clients/" + s.client_id + "/dropped";
     if (!mqtt::ValidateTopicName(tail, opts_.topic_limits).ok()) continue;
-    PublishInternal(MountOf(s.tenant()) + std::string(kStatsTopicPrefix) + tail, value, true);
+    PublishInternal(MountOf(s.tenant()) + std::string(topics::kStatsPrefix) + tail, value, true);
     if (s.tenant() != kPlatformTenantName) {
       PublishInternal(
-          MountOf(kPlatformTenantName) + std::string(kStatsTopicPrefix) + "tenants/" + s.tenant() + "/" + tail, value,
-          true);
+          MountOf(kPlatformTenantName) + std::string(topics::kStatsPrefix) + "tenants/" + s.tenant() + "/" + tail,
+          value, true);
     }
   }
   drops_changed_.clear();

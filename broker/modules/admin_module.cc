@@ -332,7 +332,7 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
   // it to the others.
   if (Broker* b = info.broker != nullptr ? info.broker : broker_; b != nullptr) {
     std::string topic = MountOf(tenant);
-    topic += kConnectivityTopicPrefix;
+    topic += topics::kConnectivityPrefix;
     topic += info.identity->name;
     b->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), false);
   }
@@ -365,7 +365,7 @@ mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Mes
   std::string_view topic(m.topic);
   if (topic.substr(0, mount.size()) == mount) topic.remove_prefix(mount.size());
   admin::Actor actor = ActorOf(info);
-  if (topic != kControlRequestTopic) {
+  if (topic != topics::kControlRequest) {
     counters_.refused_role.fetch_add(1, std::memory_order_relaxed);
     return ReasonCode::kTopicNameInvalid;
   }
@@ -379,7 +379,7 @@ mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Mes
   r.actor = std::move(actor);
   r.payload = m.payload;
   r.correlation = m.props.Has(mqtt::PropertyId::kCorrelationData) ? m.props.correlation_data : std::string();
-  std::string own_reply = std::string(kControlReplyPrefix) + std::string(info.client_id);
+  std::string own_reply = std::string(topics::kControlReplyPrefix) + std::string(info.client_id);
   if (info.version == mqtt::Version::kV5 && m.props.Has(mqtt::PropertyId::kResponseTopic)) {
     const std::string& rt = m.props.response_topic;
     // A reply may go anywhere in the tenant's own tree, but under '$' only

@@ -2,7 +2,7 @@
 // topic, connectivity events, and the device gate at CONNECT. The hooks run
 // on the worker threads (several at once) and never block: requests and connectivity events go
 // to one management thread (admin::Service: registry, PKI, audit), whose
-// replies and effects come back through a queue drained on the loop thread
+// replies and effects come back through a queue drained on worker 0's loop
 // when the server's uv_async wakes it. Topic names: doc/admin-api.md.
 #pragma once
 
@@ -23,19 +23,16 @@
 #include "broker/modules/admin_options.h"
 #include "broker/tls/tls.h"
 #include "common/clock.h"
+#include "common/mgmt_topics.h"
 #include "common/string_map.h"
 #include "mgmt/admin/service.h"
 
 namespace fmq {
 
-// Client-visible topics (inside the tenant's mount point).
-inline constexpr std::string_view kControlRequestTopic = "$SYS/fleetmq/control/v1";
-inline constexpr std::string_view kControlReplyPrefix = "$SYS/fleetmq/control/v1/reply/";
-inline constexpr std::string_view kConnectivityTopicPrefix = "$SYS/fleetmq/events/v1/connectivity/";
-
 class AdminModule : public BrokerHooks {
  public:
-  // `kv`: read-only device lookups on the loop thread (groups at CONNECT).
+  // `kv`: read-only device lookups from every worker's thread (groups and the
+  // operator-id check at CONNECT; Registry reads are thread-safe).
   AdminModule(admin::Service* svc, storage::KvStore* kv, const Clock* clock, const AdminModuleOptions& opts = {});
   ~AdminModule() override;
 
@@ -109,7 +106,7 @@ class AdminModule : public BrokerHooks {
   static std::string BlockKey(std::string_view tenant, std::string_view device);
 
   admin::Service* svc_;
-  storage::Registry reader_;  // loop thread: reads only
+  storage::Registry reader_;  // every worker thread: point reads only
   const Clock* clock_;
   AdminModuleOptions opts_;
   Broker* broker_ = nullptr;

@@ -186,6 +186,7 @@ Error DecodeSubscribe(uint8_t flags, Reader& r, Version v, Subscribe* s) {
       if (opts & kSubOptReservedMask) return Error::Malformed("MQTT-3.8.3-5 reserved subscription option bits set");
       if (((opts >> kSubOptRetainHandlingShift) & 3) == 3) return Error::Protocol("MQTT-3.8.3.1 retain handling 3");
     } else if (opts & 0xFC) {
+      // "MQTT-3-8.3-4" is how the 3.1.1 specification itself numbers this rule.
       return Error::Malformed("MQTT-3-8.3-4 reserved bits of requested QoS set");
     }
     if ((opts & kSubOptQosMask) == 3) return Error::Malformed("MQTT-3.8.3-4 requested QoS 3");

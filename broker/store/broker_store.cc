@@ -205,7 +205,7 @@ absl::Status BrokerStore::Load(storage::KvStore& kv, const std::vector<Broker*>&
     }
     auto sess = std::make_unique<Session>();
     sess->client_id = r.client_id;
-    sess->set_tenant(tenant);
+    sess->set_tenant(workers[0]->InternTenant(tenant));  // one TenantNames for every worker
     sess->version = r.version == 4 ? mqtt::Version::kV311 : mqtt::Version::kV5;
     sess->expiry_s = r.expiry_s;
     sess->next_seq = std::max<uint64_t>(r.next_seq, 1);

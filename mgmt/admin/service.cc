@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/log.h"
+#include "common/mgmt_topics.h"
 #include "mgmt/admin/commands.h"
 #include "mgmt/pki/pki_dir.h"
 
@@ -128,7 +129,7 @@ absl::Status Service::RegenerateCrl(const std::string& tenant, Effects* fx) {
   const std::string path = opts_.pki_dir + "/tenants/" + tenant + "/crl.der";
   if (absl::Status w = pki::WriteFileAtomic(path, *crl, 0644); !w.ok()) return w;
   crl_signed_at_[tenant] = now;
-  fx->publishes.push_back({tenant, "$SYS/fleetmq/crl/v1", *crl, true});
+  fx->publishes.push_back({tenant, std::string(topics::kCrl), *crl, true});
   FMQ_LOG_INFO("CRL of tenant '%s' written (%zu revoked) to %s", tenant.c_str(), revoked.size(), path.c_str());
   return absl::OkStatus();
 }
@@ -151,7 +152,7 @@ absl::Status Service::LoadOrRegenerateCrl(const std::string& tenant, Effects* fx
     std::sort(revoked.begin(), revoked.end());
     if (revoked == info->serials) {
       crl_signed_at_[tenant] = info->this_update_ms;
-      fx->publishes.push_back({tenant, "$SYS/fleetmq/crl/v1", der, true});
+      fx->publishes.push_back({tenant, std::string(topics::kCrl), der, true});
       return absl::OkStatus();
     }
   }

@@ -158,7 +158,7 @@ TEST_CASE("QoS 0, 1 and 2 delivery with full acknowledgement flows") {
     REQUIRE(acks.size() == 1);
     CHECK(acks[0].type == PacketType::kPubrel);
     sub->Send(AckOf(PacketType::kPubcomp, got[2].packet_id));
-    CHECK(f.broker.FindSession("sub")->inflight.empty());
+    CHECK(f.broker.FindSession("", "sub")->inflight.empty());
   }
 }
 
@@ -307,10 +307,10 @@ TEST_CASE("session expiry removes an offline session; 3.1.1 persistent sessions 
   }
   CHECK(f.broker.session_count() == 2);
   f.Advance(9000);
-  CHECK(f.broker.FindSession("v5") != nullptr);
+  CHECK(f.broker.FindSession("", "v5") != nullptr);
   f.Advance(1500);
-  CHECK(f.broker.FindSession("v5") == nullptr);
-  CHECK(f.broker.FindSession("v3") != nullptr);
+  CHECK(f.broker.FindSession("", "v5") == nullptr);
+  CHECK(f.broker.FindSession("", "v3") != nullptr);
   CHECK(f.broker.stats().sessions_expired == 1);
   CHECK(f.broker.stats().subscriptions == 1);
 }
@@ -712,7 +712,7 @@ TEST_CASE("queue bound: messages over max_queued_messages are dropped, counted p
   auto pub = f.NewClient(V5);
   pub->Connect("pub");
   for (uint16_t i = 1; i <= 5; ++i) pub->Send(Pub("q", std::to_string(i), 1, i));
-  CHECK(f.broker.FindSession("slow")->dropped == 3);
+  CHECK(f.broker.FindSession("", "slow")->dropped == 3);
   CHECK(f.broker.stats().publish_dropped_queue_full == 3);
   f.Advance(1000);
   auto got = Only<mqtt::Publish>(mon->Recv());
@@ -948,8 +948,8 @@ TEST_CASE("tenant isolation: topics, wildcards, retained, $SYS and client ids ar
   same_a->Connect("dev-1");
   same_b->Connect("dev-1");
   CHECK_FALSE(same_a->transport.closed);
-  CHECK(f.broker.FindSession("dev-1", "acme") != nullptr);
-  CHECK(f.broker.FindSession("dev-1", "other") != nullptr);
+  CHECK(f.broker.FindSession("acme", "dev-1") != nullptr);
+  CHECK(f.broker.FindSession("other", "dev-1") != nullptr);
   CHECK(f.broker.stats().takeovers == 0);
 }
 
@@ -966,7 +966,7 @@ TEST_CASE("a device is bound to its certificate's id") {
   CHECK(op->Connect("any-id").reason == ReasonCode::kSuccess);  // operators choose their id
   auto v3 = TenantClient(f, "acme", "dev-3", V3);
   CHECK(v3->Connect("").reason == ReasonCode::kSuccess);
-  CHECK(f.broker.FindSession("dev-3", "acme") != nullptr);
+  CHECK(f.broker.FindSession("acme", "dev-3") != nullptr);
 }
 
 }  // namespace
@@ -1153,7 +1153,7 @@ TEST_CASE("a group membership change reaches live and offline sessions; a resume
   auto queued = Only<mqtt::Publish>(back->Recv());
   REQUIRE(queued.size() == 1);
   CHECK(queued[0].payload == "before");
-  CHECK(f.broker.FindSession("away", "acme")->subscriptions.empty());
+  CHECK(f.broker.FindSession("acme", "away")->subscriptions.empty());
 
   // Groups changed while the broker could not tell the session (e.g. across a
   // restart): the resumed session keeps only what its identity allows now.
@@ -1164,7 +1164,7 @@ TEST_CASE("a group membership change reaches live and offline sessions; a resume
   stale.reset();
   auto fresh = member("stale", {});
   REQUIRE(fresh->Connect(persistent).session_present);
-  CHECK(f.broker.FindSession("stale", "acme")->subscriptions.empty());
+  CHECK(f.broker.FindSession("acme", "stale")->subscriptions.empty());
 }
 
 }  // namespace

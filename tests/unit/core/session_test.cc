@@ -46,11 +46,12 @@ TEST_CASE("PacketIdSet: holds every non-zero 16-bit id") {
 
 TEST_CASE("SessionTable: found by tenant and client id, replaced and erased by name") {
   SessionTable t;
-  auto make = [](std::string_view tenant, std::string id, uint64_t sid) {
+  TenantNames names;
+  auto make = [&names](std::string_view tenant, std::string id, uint64_t sid) {
     auto s = std::make_unique<Session>();
     s->id = sid;
     s->client_id = std::move(id);
-    s->set_tenant(tenant);
+    s->set_tenant(names.Intern(tenant));
     return s;
   };
   t.Insert(make("", "dev-1", 1));

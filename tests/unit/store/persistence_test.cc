@@ -179,7 +179,7 @@ TEST_CASE("state written by one broker is read back by the next") {
     CHECK(st.retained == 1);
     CHECK(st.messages == 1);
     CHECK(st.skipped_corrupt == 0);
-    const Session* sess = s.broker.FindSession("sub");
+    const Session* sess = s.broker.FindSession("", "sub");
     REQUIRE(sess != nullptr);
     CHECK(sess->subscriptions.size() == 2);
     CHECK(sess->subscriptions.at("$share/g/b/+").qos == 2);
@@ -262,7 +262,7 @@ TEST_CASE("session expiry counts the time the broker was down") {
   Stack s(&kv, &clock);
   LoadStats st;
   REQUIRE(s.store.Load(kv, s.broker, &st).ok());
-  CHECK(s.broker.FindSession("short") == nullptr);
+  CHECK(s.broker.FindSession("", "short") == nullptr);
   s.Settle();
   CHECK(absl::IsNotFound(
       kv.Get(storage::Family::kSessions, storage::keys::Session(storage::TenantId::Anonymous(), "short")).status()));
@@ -382,7 +382,7 @@ TEST_CASE("tenant sessions and retained messages are stored under their tenant a
   LoadStats st;
   REQUIRE(s.store.Load(kv, s.broker, &st).ok());
   CHECK(st.sessions == 2);
-  const Session* sa = s.broker.FindSession("dev-1", "acme");
+  const Session* sa = s.broker.FindSession("acme", "dev-1");
   REQUIRE(sa != nullptr);
   CHECK(sa->subscriptions.contains("$T/acme/cfg/#"));
   Client a(s.broker, Version::kV5, 3);

@@ -1,0 +1,25 @@
+// The management plane's topics, as a tenant's clients see them (inside the
+// tenant's mount point): one place for the broker, the management service,
+// the CLI and the docs (doc/admin-api.md). Constants only; any thread.
+#pragma once
+
+#include <string_view>
+
+namespace fmq::topics {
+
+// Every PUBLISH under this prefix goes to the management hooks, never to subscribers.
+inline constexpr std::string_view kControlPrefix = "$SYS/fleetmq/control/";
+inline constexpr std::string_view kControlRequest = "$SYS/fleetmq/control/v1";
+inline constexpr std::string_view kControlReplyPrefix = "$SYS/fleetmq/control/v1/reply/";  // + client id
+inline constexpr std::string_view kEventsPrefix = "$SYS/fleetmq/events/";
+inline constexpr std::string_view kConnectivityPrefix = "$SYS/fleetmq/events/v1/connectivity/";  // + device id
+inline constexpr std::string_view kCrlPrefix = "$SYS/fleetmq/crl/";
+inline constexpr std::string_view kCrl = "$SYS/fleetmq/crl/v1";
+inline constexpr std::string_view kStatsPrefix = "$SYS/fleetmq/stats/v1/";
+
+// Whether `topic` starts with `prefix`.
+constexpr bool Under(std::string_view topic, std::string_view prefix) {
+  return topic.substr(0, prefix.size()) == prefix;
+}
+
+}  // namespace fmq::topics
