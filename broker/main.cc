@@ -202,8 +202,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fleetmq: %s\n", err.c_str());
     return 1;
   }
-  FMQ_LOG_INFO("fleetmq %s started (data dir %s, %u worker%s)", FMQ_VERSION, cfg.data_dir.c_str(), nworkers,
-               nworkers == 1 ? "" : "s");
+  server.SetReadyHook([&cfg, nworkers] {
+    FMQ_LOG_INFO("fleetmq %s started (data dir %s, %u worker%s)", FMQ_VERSION, cfg.data_dir.c_str(), nworkers,
+                 nworkers == 1 ? "" : "s");
+  });
   workers.Run();
   admin_module.Stop();
   for (uint32_t i = 0; i < nworkers; ++i) {

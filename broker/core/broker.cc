@@ -731,7 +731,13 @@ void Broker::Tick() {
     last_sys_ms_ = now;
     PublishSys(now);
   }
-  if (MultiWorker()) cluster_->Report(index_, stats_, sessions_.size());
+  if (MultiWorker()) {
+    cluster_->Report(index_, stats_, sessions_.size());
+    // Retained tombstones outlive any message still between workers.
+    constexpr uint64_t kTombstoneNs = 60'000'000'000ull;
+    const uint64_t stamp = StampNow();
+    if (stamp > (kTombstoneNs << 6)) retained_.PruneTombstones(stamp - (kTombstoneNs << 6));
+  }
   hooks_->OnTick(now);
 }
 

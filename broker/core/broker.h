@@ -180,6 +180,8 @@ class Broker {
   size_t Route(const MessagePtr& msg, const AckBarrierPtr& ack = nullptr);
   size_t RouteLocal(const MessagePtr& msg, bool from_peer);
   bool MultiWorker() const { return cluster_ != nullptr && cluster_->size() > 1; }
+  // Origin stamp of a message routed now: monotonic ns, worker in the low bits.
+  uint64_t StampNow() const;
   void Deliver(Session& s, Delivery&& d);
   void Enqueue(Session& s, Delivery&& d);
   void SendNew(Session& s, Connection& c, Delivery&& d);

@@ -347,13 +347,15 @@ size_t Broker::PublishReply(std::string topic, std::string payload, std::string_
   return Route(m);
 }
 
+uint64_t Broker::StampNow() const {
+  const auto ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch());
+  return (static_cast<uint64_t>(ns.count()) << 6) | index_;
+}
+
 size_t Broker::Route(const MessagePtr& msg, const AckBarrierPtr& ack) {
   if (!MultiWorker()) return RouteLocal(msg, false);
-  msg->stamp = (static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                          std::chrono::steady_clock::now().time_since_epoch())
-                                          .count())
-                << 6) |
-               index_;
+  msg->stamp = StampNow();
   const size_t n = RouteLocal(msg, false);
   cluster_->link()->Forward(index_, msg, ack);
   return n;
@@ -380,10 +382,13 @@ void Broker::FlushPeerWrites() {
 size_t Broker::RouteLocal(const MessagePtr& msg, bool from_peer) {
   if (msg->retain) {
     // Every worker keeps the retained messages (a SUBSCRIBE is answered
-    // locally). The worker the PUBLISH arrived on stores it, so its PUBACK
-    // waits for the write as with one worker.
+    // locally), newest stamp wins. One worker stores each topic: its owner
+    // (a hash of the topic), which applies the updates in stamp order too,
+    // so what it writes last is the newest, also after a restart; the
+    // publisher's PUBACK waits for the owner's write (AckBarrier).
     const bool current = retained_.Set(msg);
-    if (current && !from_peer && persistence_ != nullptr) persistence_->SaveRetained(*msg);
+    const bool stores = MultiWorker() ? cluster_->HomeOf({}, msg->topic) == index_ : !from_peer;
+    if (current && stores && persistence_ != nullptr) persistence_->SaveRetained(*msg);
   }
   matches_.clear();
   groups_.clear();

@@ -11,11 +11,12 @@ bool RetainedStore::Set(const MessagePtr& msg) {
   std::vector<std::string_view> levels;
   SplitLevels(msg->topic, &levels);
   const bool clear = msg->payload.empty();
+  const bool tombstone = clear && msg->stamp != 0;
   Node* n = root_.get();
   for (std::string_view level : levels) {
     auto it = n->children.find(level);
     if (it == n->children.end()) {
-      if (clear) return true;
+      if (clear && !tombstone) return true;
       auto child = std::make_unique<Node>();
       child->parent = n;
       child->level.assign(level);
@@ -27,23 +28,56 @@ bool RetainedStore::Set(const MessagePtr& msg) {
     }
   }
   if (n->msg && n->msg->stamp > msg->stamp) return false;  // an older update, seen late
+  if (n->msg && !n->msg->payload.empty()) --count_;
   if (clear) {
-    if (n->msg) --count_;
-    n->msg.reset();
-    while (n != root_.get() && !n->msg && n->children.empty()) {
-      Node* parent = n->parent;
-      parent->children.erase(n->level);
-      n = parent;
+    if (tombstone) {
+      n->msg = msg;  // remembers the clear's stamp
+      tombstones_.emplace_back(msg->stamp, msg->topic);
+    } else {
+      n->msg.reset();
+      EraseEmptyPath(n);
     }
     return true;
   }
-  if (!n->msg) ++count_;
+  ++count_;
   n->msg = msg;
   return true;
 }
 
+void RetainedStore::EraseEmptyPath(Node* n) {
+  while (n != root_.get() && !n->msg && n->children.empty()) {
+    Node* parent = n->parent;
+    parent->children.erase(n->level);
+    n = parent;
+  }
+}
+
+void RetainedStore::PruneTombstones(uint64_t stamp) {
+  std::vector<std::string_view> levels;
+  while (!tombstones_.empty() && tombstones_.front().first < stamp) {
+    const auto [t, topic] = std::move(tombstones_.front());
+    tombstones_.pop_front();
+    levels.clear();
+    SplitLevels(topic, &levels);
+    Node* n = root_.get();
+    for (std::string_view level : levels) {
+      auto it = n->children.find(level);
+      if (it == n->children.end()) {
+        n = nullptr;
+        break;
+      }
+      n = it->second.get();
+    }
+    // Still that tombstone (not replaced by a newer message or clear).
+    if (n != nullptr && n->msg && n->msg->payload.empty() && n->msg->stamp == t) {
+      n->msg.reset();
+      EraseEmptyPath(n);
+    }
+  }
+}
+
 bool RetainedStore::Take(Node* n, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn) {
-  if (!n->msg) return false;
+  if (!n->msg || n->msg->payload.empty()) return false;  // none, or a tombstone
   if (n->msg->Expired(now_ms)) {
     expired_.push_back(n);
     return false;
@@ -91,22 +125,17 @@ void RetainedStore::Match(std::string_view filter, int64_t now_ms, const std::fu
   std::vector<std::string_view> levels;
   SplitLevels(filter, &levels);
   Walk(root_.get(), levels, 0, now_ms, fn);
-  // Drop expired messages met on the way [MQTT-3.3.2-5].
+  // Drop expired messages met on the way [MQTT-3.3.2-5]. Directly, not
+  // through Set: a clear without a stamp would count as older than the
+  // stamped message it clears. (Every worker drops its own copy when it
+  // meets it; none needs a tombstone, nothing newer is lost.)
   std::vector<Node*> expired;
   expired.swap(expired_);
   for (Node* n : expired) {
-    auto empty = std::make_shared<Message>();
-    empty->topic.clear();
-    // Rebuild the topic from the path to clear it through Set.
-    std::vector<std::string> path;
-    for (Node* p = n; p != root_.get(); p = p->parent) path.push_back(p->level);
-    std::string topic;
-    for (size_t k = path.size(); k-- > 0;) {
-      topic += path[k];
-      if (k) topic += '/';
-    }
-    empty->topic = std::move(topic);
-    Set(empty);
+    if (!n->msg) continue;
+    n->msg.reset();
+    --count_;
+    EraseEmptyPath(n);
   }
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,9 +25,16 @@ class RetainedStore {
 
   // Stores `msg` for its topic; an empty payload clears it [MQTT-3.3.1-6].
   // A message older (Message::stamp) than the one held is ignored, so
-  // workers applying the same updates in different orders agree. Returns
-  // whether it took effect.
+  // workers applying the same updates in different orders agree. A clear
+  // with a stamp (several workers) leaves a tombstone holding its stamp, so
+  // an older update that arrives after it is ignored too; tombstones are
+  // invisible to Match and size() and are pruned by PruneTombstones.
+  // Returns whether it took effect.
   bool Set(const MessagePtr& msg);
+  // Drops tombstones whose stamp is below `stamp` (older than any message
+  // still travelling between workers).
+  void PruneTombstones(uint64_t stamp);
+  size_t tombstones() const { return tombstones_.size(); }
   // Calls fn(const MessagePtr&) for each unexpired retained message
   // matching `filter` (already validated, no $share prefix).
   void Match(std::string_view filter, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn);
@@ -44,8 +52,11 @@ class RetainedStore {
   void VisitAll(Node* n, bool skip_dollar, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn);
   bool Take(Node* n, int64_t now_ms, const std::function<void(const MessagePtr&)>& fn);
 
+  void EraseEmptyPath(Node* n);
+
   std::unique_ptr<Node> root_;
   size_t count_ = 0;
+  std::deque<std::pair<uint64_t, std::string>> tombstones_;  // (stamp, topic), stamp order
   std::vector<Node*> expired_;
 };
 

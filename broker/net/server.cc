@@ -762,6 +762,7 @@ void Server::Run(bool signals) {
     uv_signal_start(&sigterm_, OnSignal, SIGTERM);
     uv_signal_start(&sighup_, OnSignal, SIGHUP);
   }
+  if (ready_hook_) ready_hook_();
   uv_run(&loop_, UV_RUN_DEFAULT);
 }
 

@@ -93,6 +93,11 @@ class Server {
   void AddTickHook(std::function<void()> tick) { tick_hooks_.push_back(std::move(tick)); }
   void SetReloadHook(std::function<void()> reload) { reload_hook_ = std::move(reload); }
 
+  // Run() calls it once the signal handlers are installed, just before the
+  // loop starts (main logs "started" there: a test that sees the line may
+  // send SIGTERM at once).
+  void SetReadyHook(std::function<void()> hook) { ready_hook_ = std::move(hook); }
+
   // Called by Stop() (the first worker tells the others to stop too).
   void SetStopHook(std::function<void()> hook) { stop_hook_ = std::move(hook); }
 
@@ -190,6 +195,7 @@ class Server {
   std::vector<InboxItem> inbox_work_;     // loop thread: the batch being run
   std::vector<PeerAck> inbox_acks_work_;  // loop thread
   std::function<void()> stop_hook_;
+  std::function<void()> ready_hook_;
   std::function<void()> turn_end_hook_;
   std::vector<std::function<void()>> wake_hooks_;
   std::vector<std::function<void()>> tick_hooks_;

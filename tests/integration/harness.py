@@ -67,7 +67,9 @@ class Broker:
     def start(self):
         """Starts the broker; after the first start it reuses the same port
         (and data dir), so a restart looks like the same server coming back."""
-        before = self.read_log().count("listening for MQTT on") if os.path.exists(self.log_path) else 0
+        # Ready once "started" is logged: the signal handlers are installed
+        # then (a SIGTERM before them would kill the broker outright).
+        before = self.read_log().count(" started (data dir") if os.path.exists(self.log_path) else 0
         self.log = open(self.log_path, "a+")
         port = self.port or 0
         tls = [] if any(f.startswith("--tls_listen") for f in self.flags) else ["--tls_listen="]
@@ -81,7 +83,7 @@ class Broker:
         deadline = time.time() + 10
         while time.time() < deadline:
             found = re.findall(r"listening for MQTT on 127\.0\.0\.1:(\d+)", self.read_log())
-            if len(found) > before:
+            if self.read_log().count(" started (data dir") > before and found:
                 self.port = int(found[-1])
                 tls = re.findall(r"listening for MQTT over mutual TLS on 127\.0\.0\.1:(\d+)", self.read_log())
                 self.tls_port = int(tls[-1]) if tls else None

@@ -91,7 +91,10 @@ class FakePersistence : public Persistence {
   void SaveDelivery(const Session&, const Delivery&, DeliveryState, uint16_t) override { ++changes; }
   void DeleteDelivery(const Session&, uint64_t) override { ++changes; }
   void SaveInboundQos2(const Session&, uint16_t, bool) override { ++changes; }
-  void SaveRetained(const Message&) override { ++changes; }
+  void SaveRetained(const Message& m) override {
+    ++changes;
+    retained_writes.emplace_back(m.topic, m.payload);
+  }
   bool dirty() const override { return changes > flushed; }
   void Flush(std::function<void(bool)> done) override {
     flushed = changes;
@@ -104,6 +107,7 @@ class FakePersistence : public Persistence {
     for (auto& d : w) d(ok);
   }
   int changes = 0, flushed = 0;
+  std::vector<std::pair<std::string, std::string>> retained_writes;  // (topic, payload), in order
   bool is_healthy = true;
   std::vector<std::function<void(bool)>> waiting;
 };

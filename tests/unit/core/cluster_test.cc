@@ -198,6 +198,43 @@ TEST_CASE("cluster: retained messages reach subscribers on every worker, newest 
   }
 }
 
+TEST_CASE("cluster: a retained delete and an older update racing from two workers leave both with nothing") {
+  FakePersistence s0, s1;
+  TwoWorkers t({}, {&s0, &s1});
+  auto p0 = t.Connected(0, "p");
+  auto p1 = t.Connected(1, "p");
+  p0->Send(Pub("cfg/x", "v1", 0, 0, true));
+  t.link.Pump();
+  // Worker 1 updates, worker 0 deletes just after, before either has seen
+  // the other's: worker 0 meets the older update after its delete.
+  p1->Send(Pub("cfg/x", "v2", 0, 0, true));
+  p0->Send(Pub("cfg/x", "", 0, 0, true));
+  t.link.Pump();
+  s0.Complete(true);
+  s1.Complete(true);
+  for (uint32_t w = 0; w < 2; ++w) {
+    CAPTURE(w);
+    CHECK(t.brokers[w]->retained_count() == 0);
+    auto s = t.Connected(w, "s");
+    mqtt::Subscribe sb;
+    sb.packet_id = 1;
+    sb.entries.push_back({"cfg/#", 0});
+    s->Send(sb);
+    s0.Complete(true);
+    s1.Complete(true);
+    auto got = s->Recv();
+    CHECK(Only<mqtt::SubAck>(got).size() == 1);
+    CHECK(Only<mqtt::Publish>(got).empty());  // nothing retained left
+  }
+  // One worker stores the topic (its owner), in stamp order: its last
+  // write is the delete, so a restart agrees with what was served.
+  FakePersistence& owner = t.cluster.HomeOf({}, "cfg/x") == 0 ? s0 : s1;
+  FakePersistence& other = &owner == &s0 ? s1 : s0;
+  CHECK(other.retained_writes.empty());
+  REQUIRE(!owner.retained_writes.empty());
+  CHECK(owner.retained_writes.back() == std::make_pair(std::string("cfg/x"), std::string()));
+}
+
 TEST_CASE("cluster: a shared subscription with members on both workers gets each message once") {
   TwoWorkers t;
   std::vector<std::unique_ptr<Client>> members;
