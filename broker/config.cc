@@ -107,6 +107,12 @@ const std::vector<OptionDef>& Options() {
        "MQTT over mutual TLS listeners, comma-separated host:port; empty disables TLS. The PKI under data_dir/pki is "
        "created on first start.",
        [](Config& c, const std::string& v) { return ParseAddresses("tls_listen", v, &c.server.tls_listeners); }},
+      {"limits.max_inbox_messages", "100000",
+       "Messages forwarded to a worker and not yet routed there; beyond it the other workers stop reading the "
+       "connections that publish more until the inbox is back under half ($SYS/broker/connections/"
+       "reads_paused_peers counts the pauses).",
+       UintSetter("limits.max_inbox_messages", 1, 100000000,
+                  [](Config& c, uint64_t n) { c.server.max_inbox_messages = static_cast<uint32_t>(n); })},
       {"tls_max_handshakes", "256",
        "TLS handshakes in progress at once; new TLS connections beyond it are closed at accept and counted "
        "($SYS/broker/connections/tls_refused).",

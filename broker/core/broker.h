@@ -128,6 +128,7 @@ class Broker {
   const BrokerStats& stats() const { return stats_; }
   // The net layer stopped reading a connection whose output is not draining.
   void CountReadPause() { stats_.reads_paused++; }
+  void CountPeerPause() { stats_.reads_paused_peers++; }
   void CountTlsRefused() { stats_.tls_refused++; }
   const BrokerOptions& options() const { return opts_; }
   size_t session_count() const { return sessions_.size(); }

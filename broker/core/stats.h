@@ -29,6 +29,7 @@ struct BrokerStats {
   uint64_t connects_refused = 0;  // CONNACK with an error
   uint64_t takeovers = 0;
   uint64_t reads_paused = 0;
+  uint64_t reads_paused_peers = 0;         // a publisher paused: another worker's inbox was full
   uint64_t tls_refused = 0;                // failed or refused TLS handshakes
   uint64_t quota_connections_refused = 0;  // CONNACK 0x97: tenant at max_connections
   uint64_t quota_publish_refused = 0;      // PUBLISH over the tenant's max_publish_rate

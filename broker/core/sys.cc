@@ -34,6 +34,7 @@ void Broker::PublishSys(int64_t now) {
   pub("connections/refused", st.connects_refused);
   pub("connections/takeovers", st.takeovers);
   pub("connections/reads_paused", st.reads_paused);
+  pub("connections/reads_paused_peers", st.reads_paused_peers);
   pub("connections/tls_refused", st.tls_refused);
   pub("connections/quota_refused", st.quota_connections_refused);
   pub("connections/admin_disconnects", st.admin_disconnects);

@@ -227,6 +227,24 @@ class TcpClient final : public Transport {
     return true;
   }
 
+  // What this read routed went to the other workers' inboxes: while one of
+  // them is over its bound, this connection is not read (its publisher
+  // waits in TCP), whatever it sends.
+  void MaybePauseForPeers() {
+    if (paused_for_peers_ || closing_ || closed_ || !server_->PeersOver(server_->sopts_.max_inbox_messages)) return;
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&handle_));
+    paused_for_peers_ = true;
+    server_->PauseForPeers(this);
+  }
+  // The inboxes drained: reading again (unless paused for its own output).
+  void ResumeFromPeers() {
+    paused_for_peers_ = false;
+    if (!read_paused_ && !closing_ && !closed_ && !deferred_listed_ && handoff_to_ < 0) {
+      uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
+    }
+  }
+  bool paused_for_peers() const { return paused_for_peers_; }
+
   int64_t close_deadline() const { return close_deadline_; }
   bool closed() const { return closed_; }
   // Where this client sits in the server's lists, so forgetting it is O(1)
@@ -292,6 +310,7 @@ class TcpClient final : public Transport {
       }
     } else if (n > 0 && self->tls_) {
       if (!self->OnTlsBytes(std::string_view(buf->base, static_cast<size_t>(n)))) return;
+      self->MaybePauseForPeers();
     } else if (n > 0) {
       self->Feed(std::string_view(buf->base, static_cast<size_t>(n)));
       // Backpressure: a peer that sends but does not read its replies stops
@@ -303,6 +322,7 @@ class TcpClient final : public Transport {
         self->read_paused_ = true;
         self->server_->broker_.CountReadPause();
       }
+      self->MaybePauseForPeers();
     } else if (n < 0) {
       uv_read_stop(s);
       self->conn_.OnTransportClosed();  // Broker closes us (or already has)
@@ -325,7 +345,8 @@ class TcpClient final : public Transport {
   }
 
   void MaybeResumeReading() {
-    if (read_paused_ && !closing_ && !closed_ && Backlog() < server_->broker_.options().max_output_buffer / 2) {
+    if (read_paused_ && !closing_ && !closed_ && !paused_for_peers_ &&
+        Backlog() < server_->broker_.options().max_output_buffer / 2) {
       read_paused_ = false;
       uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_), OnAlloc, OnRead);
     }
@@ -369,6 +390,7 @@ class TcpClient final : public Transport {
   bool closing_ = false;
   bool closed_ = false;
   bool read_paused_ = false;
+  bool paused_for_peers_ = false;  // listed in Server::paused_for_peers_
   bool in_handshake_ = false;
   bool deferred_listed_ = false;
 };
@@ -408,6 +430,7 @@ void Server::DeliverMessages(const std::vector<Forwarded>& msgs) {
     std::lock_guard<std::mutex> l(inbox_mu_);
     for (const Forwarded& f : msgs) inbox_.push_back(InboxItem{f, nullptr});
   }
+  inbox_pending_.fetch_add(msgs.size(), std::memory_order_relaxed);
   uv_async_send(&peer_wake_);
 }
 
@@ -434,14 +457,17 @@ void Server::OnPeerWake(uv_async_t* a) {
     self->inbox_work_.swap(self->inbox_);
     self->inbox_acks_work_.swap(self->inbox_acks_);
   }
+  size_t routed = 0;
   for (InboxItem& item : self->inbox_work_) {
     if (item.fwd.msg) {
       self->broker_.RouteFromPeer(item.fwd.msg, item.fwd.ack);
+      ++routed;
     } else {
       item.fn(*self);
     }
   }
   self->inbox_work_.clear();
+  self->inbox_pending_.fetch_sub(routed, std::memory_order_relaxed);
   // One write for what the batch queued for durable sessions; the
   // publishers' workers hear back when it is durable.
   self->broker_.FlushPeerWrites();
@@ -640,12 +666,36 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
   uv_read_start(reinterpret_cast<uv_stream_t*>(client->handle()), TcpClient::OnAlloc, TcpClient::OnRead);
 }
 
+bool Server::PeersOver(size_t limit) const {
+  // What each other worker has yet to route: its inbox, plus this worker's
+  // outbox (handed to every other worker at the end of this loop turn).
+  for (const Server* p : peers_) {
+    if (p != this && p->inbox_pending() + outbox_.size() > limit) return true;
+  }
+  return false;
+}
+
+void Server::PauseForPeers(TcpClient* c) {
+  broker_.CountPeerPause();
+  paused_for_peers_.push_back(c);
+}
+
+void Server::ResumeIfPeersDrained() {
+  if (paused_for_peers_.empty() || PeersOver(sopts_.max_inbox_messages / 2)) return;
+  std::vector<TcpClient*> resume;
+  resume.swap(paused_for_peers_);
+  for (TcpClient* c : resume) {
+    if (c != nullptr) c->ResumeFromPeers();
+  }
+}
+
 void Server::MarkDirty(TcpClient* c) {
   c->dirty_index = static_cast<uint32_t>(dirty_.size());
   dirty_.push_back(c);
 }
 
 void Server::Flush() {
+  ResumeIfPeersDrained();
   FlushOutbox();
   if (turn_end_hook_) turn_end_hook_();
   // Writes may mark more clients dirty only through broker activity, which
@@ -698,6 +748,9 @@ void Server::ResumeDeferredHandshakes() {
 }
 
 void Server::Forget(TcpClient* c) {
+  if (c->paused_for_peers()) {
+    std::replace(paused_for_peers_.begin(), paused_for_peers_.end(), c, static_cast<TcpClient*>(nullptr));
+  }
   if (c->deferred_listed()) deferred_.erase(std::remove(deferred_.begin(), deferred_.end(), c), deferred_.end());
   if (c->dirty() && c->dirty_index < dirty_.size() && dirty_[c->dirty_index] == c) dirty_[c->dirty_index] = nullptr;
   closing_.erase(c);

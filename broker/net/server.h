@@ -48,6 +48,11 @@ struct ServerOptions {
   // Several workers listen on the same ports (SO_REUSEPORT: the kernel
   // spreads new connections over them). Set by Workers.
   bool reuse_port = false;
+  // Messages forwarded to a worker and not yet routed there. Beyond it, the
+  // other workers stop reading the connection that produced more (as for a
+  // slow reader's output), until that inbox is back under half, so one slow
+  // worker cannot make the others' inboxes grow without bound.
+  uint32_t max_inbox_messages = 100000;
   // How long a closing connection may take to drain its output before the
   // socket is closed hard.
   uint32_t close_timeout_ms = 5000;
@@ -118,6 +123,8 @@ class Server {
   void DeliverMessages(const std::vector<Forwarded>& msgs);
   void DeliverWork(std::function<void(Server&)> fn);
   void DeliverAcks(const std::vector<PeerAck>& acks);
+  // Forwarded messages waiting in this worker's inbox (any thread).
+  size_t inbox_pending() const { return inbox_pending_.load(std::memory_order_relaxed); }
   // Outgoing side, loop thread only: a message this worker routed, handed
   // to every other worker at the end of the loop turn, in one batch each;
   // a completed barrier of worker `to`, the same way.
@@ -147,6 +154,10 @@ class Server {
   static void OnWake(uv_async_t* a);
 
   void MarkDirty(TcpClient* c);
+  // Some other worker has more than `limit` forwarded messages to route.
+  bool PeersOver(size_t limit) const;
+  void PauseForPeers(TcpClient* c);
+  void ResumeIfPeersDrained();
   // Several workers: the worker owning the session a CONNECT asks for, -1
   // while `bytes` do not hold the whole first packet yet.
   int HomeOfConnect(std::string_view bytes, const PeerIdentity* who) const;
@@ -190,10 +201,12 @@ class Server {
     std::function<void(Server&)> fn;
   };
   std::mutex inbox_mu_;
-  std::vector<InboxItem> inbox_;          // guarded by inbox_mu_
-  std::vector<PeerAck> inbox_acks_;       // guarded by inbox_mu_
-  std::vector<InboxItem> inbox_work_;     // loop thread: the batch being run
-  std::vector<PeerAck> inbox_acks_work_;  // loop thread
+  std::vector<InboxItem> inbox_;              // guarded by inbox_mu_
+  std::vector<PeerAck> inbox_acks_;           // guarded by inbox_mu_
+  std::vector<InboxItem> inbox_work_;         // loop thread: the batch being run
+  std::vector<PeerAck> inbox_acks_work_;      // loop thread
+  std::atomic<size_t> inbox_pending_{0};      // forwarded messages not yet routed here
+  std::vector<TcpClient*> paused_for_peers_;  // loop thread
   std::function<void()> stop_hook_;
   std::function<void()> ready_hook_;
   std::function<void()> turn_end_hook_;

@@ -8,7 +8,31 @@ import unittest
 
 import socket
 
-from harness import BrokerTest, id_on, pipelined_session
+from harness import BrokerTest, id_on, mqtt5_connect, mqtt5_publish, pipelined_session, read_packet, sys_at_least
+
+class InboxBound(BrokerTest):
+    # Queues big enough for the whole flood: what is tested is the inbox bound.
+    flags = ("--workers=2", "--sys_interval=1", "--limits.max_inbox_messages=50", "--limits.max_queued_messages=10000")
+
+    def test_a_full_inbox_pauses_the_publisher_and_nothing_is_lost(self):
+        sub = self.client(client_id=id_on(1, "ib-sub"))
+        sub.subscribe("flood/#", 1)
+        # 3000 QoS 1 publishes in a few writes from a raw client on worker 0:
+        # each read routes hundreds, far over worker 1's bound of 50.
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        s.sendall(mqtt5_connect(id_on(0, "ib-pub")))
+        self.assertEqual(read_packet(s)[0], 0x20)
+        n = 3000
+        s.sendall(b"".join(mqtt5_publish("flood/x", b"%d" % i, 1, i % 65535 + 1) for i in range(n)))
+        acks = 0
+        while acks < n:
+            first, _ = read_packet(s)
+            acks += first == 0x40
+        s.close()
+        got = [int(m.payload) for m in sub.get_all(n, timeout=20)]
+        self.assertEqual(got, list(range(n)))  # every one, in order
+        self.assertGreaterEqual(sys_at_least(self.port, "$SYS/broker/connections/reads_paused_peers", 1), 1)
+
 
 class TwoWorkers(BrokerTest):
     flags = ("--workers=2", "--sys_interval=1")
