@@ -84,7 +84,10 @@ void Broker::OnSharedGroup(TopicTree::SharedGroup& g, std::string_view filter, b
     key.append(filter);
     g.workers = cluster_->JoinShared(key, index_);
   } else if (g.workers != nullptr) {
-    cluster_->LeaveShared(g.workers, index_);
+    // Messages stamped before the leave may still pick this worker: for a
+    // while it redirects them to a worker that has members (RouteLocal).
+    const uint64_t left = cluster_->LeaveShared(g.workers, index_);
+    departed_.push_back(Departed{std::string(filter), g.name, g.workers, left});
   }
 }
 
@@ -733,6 +736,11 @@ void Broker::Tick() {
   }
   if (MultiWorker()) {
     cluster_->Report(index_, stats_, sessions_.size());
+    // Departed groups are kept while a message stamped before the leave can
+    // still be travelling (10 s; inboxes are bounded).
+    constexpr uint64_t kDepartedNs = 10'000'000'000ull;
+    const uint64_t cutoff = StampNow() - std::min(StampNow(), kDepartedNs << 6);
+    std::erase_if(departed_, [cutoff](const Departed& d) { return d.left < cutoff; });
     // Retained tombstones outlive any message still between workers.
     constexpr uint64_t kTombstoneNs = 60'000'000'000ull;
     const uint64_t stamp = StampNow();

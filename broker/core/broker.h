@@ -141,6 +141,14 @@ class Broker {
 
  private:
   friend class Connection;
+  // Shared groups whose last member here left: messages stamped before the
+  // leave that pick this worker are redirected to a member elsewhere.
+  struct Departed {
+    std::string filter;  // mounted, no $share prefix
+    std::string group;
+    SharedMask* mask;
+    uint64_t left;  // stamp of the leave
+  };
   enum TimerKind : uint8_t { kConnectTimeout, kKeepAlive, kWillDelay, kSessionExpiry };
 
   // Connection entry points.
@@ -184,6 +192,13 @@ class Broker {
   // Origin stamp of a message routed now: monotonic ns, worker in the low bits.
   uint64_t StampNow() const;
   void Deliver(Session& s, Delivery&& d);
+  // One member of `g` gets `msg` (round robin, an online member with room
+  // in its window first) [MQTT-4.8.2].
+  void DeliverToGroup(TopicTree::SharedGroup& g, const MessagePtr& msg);
+  // A message picked this worker for a group it has no member of any more:
+  // handed to a worker that has (at most one hop per worker).
+  void Redirect(const Departed& d, const MessagePtr& msg, uint32_t hops);
+  void DeliverRedirected(const std::string& filter, const std::string& group, const MessagePtr& msg, uint32_t hops);
   void Enqueue(Session& s, Delivery&& d);
   void SendNew(Session& s, Connection& c, Delivery&& d);
   void PumpQueue(Session& s);
@@ -228,7 +243,8 @@ class Broker {
   AclPolicy default_acl_;
   const AclPolicy* acl_ = &default_acl_;
   uint64_t next_ticket_ = 1;
-  std::vector<AckBarrierPtr> peer_barriers_;  // routed from peers, waiting for FlushPeerWrites
+  std::vector<AckBarrierPtr> peer_barriers_;
+  std::vector<Departed> departed_;  // routed from peers, waiting for FlushPeerWrites
   BrokerHooks* hooks_;
   BrokerHooks default_hooks_;
   int64_t start_ms_;

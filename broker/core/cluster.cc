@@ -1,6 +1,7 @@
 #include "broker/core/cluster.h"
 
 #include <bit>
+#include <chrono>
 #include <cstring>
 #include <type_traits>
 
@@ -45,17 +46,48 @@ void Cluster::PostAll(const std::function<void(Broker&)>& fn) {
   for (uint32_t w = 0; w < workers_; ++w) link_->Post(w, fn);
 }
 
-std::atomic<uint64_t>* Cluster::JoinShared(std::string_view key, uint32_t worker) {
-  std::lock_guard<std::mutex> l(mu_);
-  auto& slot = shared_[key];
-  if (!slot) slot = std::make_unique<std::atomic<uint64_t>>(0);
-  slot->fetch_or(uint64_t{1} << worker, std::memory_order_relaxed);
-  return slot.get();
+uint64_t StampNow(uint32_t worker) {
+  const auto ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch());
+  return (static_cast<uint64_t>(ns.count()) << 6) | worker;
 }
 
-void Cluster::LeaveShared(std::atomic<uint64_t>* mask, uint32_t worker) {
-  mask->fetch_and(~(uint64_t{1} << worker), std::memory_order_relaxed);
+uint64_t SharedMask::At(uint64_t stamp) const {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
+    if (it->first <= stamp) return it->second;
+  }
+  return 0;  // before the group existed anywhere
 }
+
+uint64_t SharedMask::Change(uint32_t worker, bool member) {
+  std::lock_guard<std::mutex> l(mu_);
+  const uint64_t stamp = StampNow(63);  // taken under the lock (see the class comment)
+  uint64_t mask = history_.empty() ? 0 : history_.back().second;
+  mask = member ? mask | (uint64_t{1} << worker) : mask & ~(uint64_t{1} << worker);
+  history_.emplace_back(stamp, mask);
+  // Entries older than a minute serve no message still travelling; the
+  // newest one older than that stays as the base.
+  constexpr uint64_t kKeep = 60'000'000'000ull << 6;
+  size_t drop = 0;
+  while (drop + 1 < history_.size() && stamp > kKeep && history_[drop + 1].first < stamp - kKeep) ++drop;
+  history_.erase(history_.begin(), history_.begin() + static_cast<long>(drop));
+  return stamp;
+}
+
+SharedMask* Cluster::JoinShared(std::string_view key, uint32_t worker) {
+  SharedMask* m;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto& slot = shared_[key];
+    if (!slot) slot = std::make_unique<SharedMask>();
+    m = slot.get();
+  }
+  m->Change(worker, true);
+  return m;
+}
+
+uint64_t Cluster::LeaveShared(SharedMask* mask, uint32_t worker) { return mask->Change(worker, false); }
 
 bool Cluster::AddConnection(const std::string& tenant, uint32_t max) {
   std::lock_guard<std::mutex> l(mu_);

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -56,6 +57,29 @@ struct AckBarrier {
 };
 using AckBarrierPtr = std::shared_ptr<AckBarrier>;
 
+// Which workers hold members of one shared subscription group, as a history:
+// each membership change is recorded with a stamp taken under the lock, and
+// a message is delivered by the worker PickWorker chooses from the mask in
+// force at the message's stamp. Every worker evaluating the same message
+// sees the same mask: a change it did not see carries a later stamp than
+// the message (taken after the evaluation released the lock), so it does not
+// apply to that message either. Thread-safe.
+class SharedMask {
+ public:
+  uint64_t At(uint64_t stamp) const;
+  uint64_t Now() const { return At(std::numeric_limits<uint64_t>::max()); }
+  // Sets or clears `worker`'s bit; returns the change's stamp.
+  uint64_t Change(uint32_t worker, bool member);
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::pair<uint64_t, uint64_t>> history_;  // (from stamp, mask), ascending
+};
+
+// Monotonic ns shifted left by 6, `worker` in the low bits: the stamp of a
+// message routed now (Message::stamp); 63 marks a membership change.
+uint64_t StampNow(uint32_t worker);
+
 class Cluster {
  public:
   static constexpr uint32_t kMaxWorkers = 64;  // one bit per worker in shared-group masks
@@ -96,8 +120,10 @@ class Cluster {
   // Shared subscription groups ("group\0mounted filter"): a bit per worker
   // holding at least one member. The pointer stays valid for the life of
   // the Cluster.
-  std::atomic<uint64_t>* JoinShared(std::string_view key, uint32_t worker);
-  void LeaveShared(std::atomic<uint64_t>* mask, uint32_t worker);
+  SharedMask* JoinShared(std::string_view key, uint32_t worker);
+  // Returns the stamp of the leave: messages stamped before it may still
+  // pick this worker (Broker::RouteLocal redirects them to a member).
+  uint64_t LeaveShared(SharedMask* mask, uint32_t worker);
 
   // Tenant connection counts (CONNECT and close only). AddConnection
   // refuses when `max` (0 = no limit) is reached.
@@ -115,7 +141,7 @@ class Cluster {
   const uint32_t workers_;
   Link* link_ = nullptr;
   mutable std::mutex mu_;
-  StringMap<std::unique_ptr<std::atomic<uint64_t>>> shared_;
+  StringMap<std::unique_ptr<SharedMask>> shared_;
   StringMap<uint32_t> connections_;
   std::vector<BrokerStats> stats_;
   std::vector<uint64_t> sessions_;

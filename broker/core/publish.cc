@@ -347,11 +347,7 @@ size_t Broker::PublishReply(std::string topic, std::string payload, std::string_
   return Route(m);
 }
 
-uint64_t Broker::StampNow() const {
-  const auto ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch());
-  return (static_cast<uint64_t>(ns.count()) << 6) | index_;
-}
+uint64_t Broker::StampNow() const { return ::fmq::StampNow(index_); }
 
 size_t Broker::Route(const MessagePtr& msg, const AckBarrierPtr& ack) {
   if (!MultiWorker()) return RouteLocal(msg, false);
@@ -424,39 +420,76 @@ size_t Broker::RouteLocal(const MessagePtr& msg, bool from_peer) {
     Deliver(*s, std::move(d));
     ++delivered;
   }
-  // Shared subscriptions: one member per group, round robin, preferring an
-  // online member with room in its inflight window [MQTT-4.8.2].
+  // Shared subscriptions: one member per group [MQTT-4.8.2]. Several
+  // workers with members: the mask in force at the message's stamp picks
+  // one, the same on each (SharedMask).
   for (TopicTree::SharedGroup* g : groups) {
-    const size_t n = g->members.size();
-    if (n == 0) continue;
-    // Several workers with members: the stamp picks one, the same on each.
-    if (g->workers != nullptr && PickWorker(g->workers->load(std::memory_order_relaxed), msg->stamp) != index_) {
-      continue;
-    }
-    size_t pick = g->next % n;
-    for (size_t k = 0; k < n; ++k) {
-      size_t idx = (g->next + k) % n;
-      Session* s = g->members[idx].session;
-      if (s->conn && s->queue.empty() && s->inflight.size() < s->conn->send_quota_) {
-        pick = idx;
-        break;
-      }
-    }
-    g->next = pick + 1;
-    const TopicTree::Subscriber& m = g->members[pick];
-    Delivery d;
-    d.msg = msg;
-    d.qos = std::min(msg->qos, m.opts.qos);
-    d.retain = m.opts.retain_as_published && msg->retain;
-    if (m.opts.subscription_id) d.subscription_ids.push_back(m.opts.subscription_id);
-    Deliver(*m.session, std::move(d));
+    if (g->members.empty()) continue;
+    if (g->workers != nullptr && PickWorker(g->workers->At(msg->stamp), msg->stamp) != index_) continue;
+    DeliverToGroup(*g, msg);
     ++delivered;
+  }
+  // Groups whose last member here left after this message was stamped: if
+  // the message picked this worker, no one else delivers it.
+  for (const Departed& d : departed_) {
+    if (msg->stamp < d.left && PickWorker(d.mask->At(msg->stamp), msg->stamp) == index_ &&
+        mqtt::TopicMatches(d.filter, msg->topic)) {
+      Redirect(d, msg, 0);
+    }
   }
   matches.clear();
   matches.swap(matches_);
   groups.clear();
   groups.swap(groups_);
   return delivered;
+}
+
+void Broker::DeliverToGroup(TopicTree::SharedGroup& g, const MessagePtr& msg) {
+  const size_t n = g.members.size();
+  size_t pick = g.next % n;
+  for (size_t k = 0; k < n; ++k) {
+    size_t idx = (g.next + k) % n;
+    Session* s = g.members[idx].session;
+    if (s->conn && s->queue.empty() && s->inflight.size() < s->conn->send_quota_) {
+      pick = idx;
+      break;
+    }
+  }
+  g.next = pick + 1;
+  const TopicTree::Subscriber& m = g.members[pick];
+  Delivery d;
+  d.msg = msg;
+  d.qos = std::min(msg->qos, m.opts.qos);
+  d.retain = m.opts.retain_as_published && msg->retain;
+  if (m.opts.subscription_id) d.subscription_ids.push_back(m.opts.subscription_id);
+  Deliver(*m.session, std::move(d));
+}
+
+void Broker::Redirect(const Departed& d, const MessagePtr& msg, uint32_t hops) {
+  const uint64_t now = d.mask->Now() & ~(uint64_t{1} << index_);
+  if (now == 0 || hops >= cluster_->size()) {
+    stats_.publish_dropped_queue_full++;  // no member left anywhere: nobody to deliver to
+    return;
+  }
+  const uint32_t to = PickWorker(now, msg->stamp);
+  cluster_->link()->Post(to, [filter = d.filter, group = d.group, msg, hops](Broker& b) {
+    b.DeliverRedirected(filter, group, msg, hops + 1);
+  });
+}
+
+void Broker::DeliverRedirected(const std::string& filter, const std::string& group, const MessagePtr& msg,
+                               uint32_t hops) {
+  if (TopicTree::SharedGroup* g = tree_.FindGroup(filter, group); g != nullptr && !g->members.empty()) {
+    DeliverToGroup(*g, msg);
+    return;
+  }
+  for (const Departed& d : departed_) {  // left here too meanwhile: on to the next
+    if (d.filter == filter && d.group == group) {
+      Redirect(d, msg, hops);
+      return;
+    }
+  }
+  stats_.publish_dropped_queue_full++;
 }
 
 void Broker::Deliver(Session& s, Delivery&& d) {

@@ -43,6 +43,15 @@ TopicTree::Node* TopicTree::Find(std::string_view filter, bool create) {
   return n;
 }
 
+TopicTree::SharedGroup* TopicTree::FindGroup(std::string_view filter, std::string_view group) {
+  Node* n = Find(filter, false);
+  if (n == nullptr) return nullptr;
+  for (SharedGroup& g : n->groups) {
+    if (g.name == group) return &g;
+  }
+  return nullptr;
+}
+
 void TopicTree::Prune(Node* n) {
   while (n != root_.get() && n->Empty()) {
     Node* parent = n->parent;

@@ -19,6 +19,8 @@
 
 namespace fmq {
 
+class SharedMask;
+
 class TopicTree {
  public:
   struct Subscriber {
@@ -30,7 +32,7 @@ class TopicTree {
     std::vector<Subscriber> members;
     size_t next = 0;  // round-robin cursor
     // Several workers: which of them hold members (Cluster::JoinShared).
-    std::atomic<uint64_t>* workers = nullptr;
+    SharedMask* workers = nullptr;
   };
   // Told when a shared group gets its first member here (joined) and just
   // before it loses its last one (left); `filter` without the $share prefix.
@@ -53,6 +55,8 @@ class TopicTree {
   void Match(std::string_view topic, S&& on_sub, G&& on_group);
 
   size_t node_count() const { return nodes_; }
+  // The shared group `group` on `filter` (no $share prefix), or null.
+  SharedGroup* FindGroup(std::string_view filter, std::string_view group);
 
  private:
   struct Node {

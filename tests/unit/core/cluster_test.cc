@@ -275,6 +275,60 @@ TEST_CASE("cluster: a shared subscription with members on both workers gets each
   CHECK(after == 50);
 }
 
+// Membership changing on one worker while messages to the group travel: each
+// message is delivered exactly once, by the worker the mask in force at its
+// stamp picks (a worker that lost its last member since redirects).
+TEST_CASE("cluster: shared group membership changing on another worker loses and duplicates nothing") {
+  auto unsubscribe = [](Client& c, const std::string& filter) {
+    mqtt::Unsubscribe u;
+    u.packet_id = 2;
+    u.filters.push_back(filter);
+    c.Send(u);
+    REQUIRE(Only<mqtt::SubAck>(c.Recv()).size() == 1);
+  };
+  auto count = [](Client& c, std::vector<int>& seen) {
+    for (const auto& p : Only<mqtt::Publish>(c.Recv())) seen[std::stoi(std::string(p.payload))]++;
+  };
+  SUBCASE("a member leaves on worker 1 while messages stamped before are in its inbox") {
+    TwoWorkers t;
+    auto m0 = t.Connected(0, "m0-");
+    auto m1 = t.Connected(1, "m1-");
+    Subscribe(*m0, "$share/g/jobs/#", 0);
+    Subscribe(*m1, "$share/g/jobs/#", 0);
+    auto pub = t.Connected(0, "pub");
+    for (int i = 0; i < 200; ++i) pub->Send(Pub("jobs/1", std::to_string(i), 0));
+    t.link.Pump(0);  // worker 0 has routed them; worker 1 has not yet
+    unsubscribe(*m1, "$share/g/jobs/#");
+    t.link.Pump();
+    std::vector<int> seen(200, 0);
+    count(*m0, seen);
+    count(*m1, seen);
+    for (int i = 0; i < 200; ++i) {
+      CAPTURE(i);
+      CHECK(seen[i] == 1);
+    }
+  }
+  SUBCASE("a member joins on worker 1 after the messages were stamped") {
+    TwoWorkers t;
+    auto m0 = t.Connected(0, "m0-");
+    Subscribe(*m0, "$share/g/jobs/#", 0);
+    auto pub = t.Connected(0, "pub");
+    for (int i = 0; i < 200; ++i) pub->Send(Pub("jobs/1", std::to_string(i), 0));
+    auto m1 = t.Connected(1, "m1-");
+    Subscribe(*m1, "$share/g/jobs/#", 0);  // joins before worker 1 routes them
+    t.link.Pump();
+    std::vector<int> seen(200, 0);
+    count(*m0, seen);
+    const size_t before = std::count(seen.begin(), seen.end(), 1);
+    count(*m1, seen);
+    CHECK(before == 200);  // worker 0 delivered them all (the mask at their stamps)
+    for (int i = 0; i < 200; ++i) {
+      CAPTURE(i);
+      CHECK(seen[i] == 1);  // and worker 1 none again
+    }
+  }
+}
+
 // The PUBACK of a QoS 1 message promises it is stored for every durable
 // subscriber, and a durable subscriber's copy is written by its own worker.
 TEST_CASE("cluster: a PUBACK waits until the subscriber's worker has stored the message") {
