@@ -270,7 +270,7 @@ Json Request(Client& cl, const std::string& client_id, const std::string& body) 
   mqtt::Publish pub;
   pub.qos = 1;
   pub.packet_id = 2;
-  pub.topic = std::string(fmq::topics::kControlRequest);
+  pub.topic = fmq::topics::kControlRequest;  // a view: the constant outlives the packet
   pub.payload = body;
   pub.props.response_topic = reply_topic;
   pub.props.Mark(mqtt::PropertyId::kResponseTopic);
