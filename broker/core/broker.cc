@@ -140,12 +140,13 @@ Broker::TenantState& Broker::StateOf(const std::string& tenant) {
   return *slot;
 }
 
-double Broker::BurstOf(const TenantQuota& q) const {
+double Broker::RateOf(const TenantQuota& q) const {
   // Several workers: each admits its share (a tenant's clients are spread
   // over the workers by the hash of their client ids).
-  const double rate = static_cast<double>(q.max_publish_rate) / (MultiWorker() ? cluster_->size() : 1);
-  return std::max(rate, 1.0);
+  return static_cast<double>(q.max_publish_rate) / (MultiWorker() ? cluster_->size() : 1);
 }
+
+double Broker::BurstOf(const TenantQuota& q) const { return std::max(RateOf(q), 1.0); }
 
 void Broker::SetTenantQuota(const std::string& tenant, TenantQuota q) {
   TenantState& t = StateOf(tenant);
@@ -165,10 +166,9 @@ uint32_t Broker::TenantConnections(std::string_view tenant) const {
 
 bool Broker::TakePublishToken(TenantState& t) {
   if (t.quota.max_publish_rate == 0) return true;
-  const double rate = static_cast<double>(t.quota.max_publish_rate) / (MultiWorker() ? cluster_->size() : 1);
   const int64_t now = NowMs();
   if (now > t.refill_ms) {
-    t.tokens = std::min(BurstOf(t.quota), t.tokens + (now - t.refill_ms) * (rate / 1000.0));
+    t.tokens = std::min(BurstOf(t.quota), t.tokens + (now - t.refill_ms) * (RateOf(t.quota) / 1000.0));
     t.refill_ms = now;
   }
   if (t.tokens < 1.0) return false;
@@ -736,15 +736,13 @@ void Broker::Tick() {
   }
   if (MultiWorker()) {
     cluster_->Report(index_, stats_, sessions_.size());
+    const uint64_t stamp = StampNow();
     // Departed groups are kept while a message stamped before the leave can
     // still be travelling (10 s; inboxes are bounded).
-    constexpr uint64_t kDepartedNs = 10'000'000'000ull;
-    const uint64_t cutoff = StampNow() - std::min(StampNow(), kDepartedNs << 6);
-    std::erase_if(departed_, [cutoff](const Departed& d) { return d.left < cutoff; });
+    const uint64_t departed_from = StampBefore(stamp, 10);
+    std::erase_if(departed_, [departed_from](const Departed& d) { return d.left < departed_from; });
     // Retained tombstones outlive any message still between workers.
-    constexpr uint64_t kTombstoneNs = 60'000'000'000ull;
-    const uint64_t stamp = StampNow();
-    if (stamp > (kTombstoneNs << 6)) retained_.PruneTombstones(stamp - (kTombstoneNs << 6));
+    retained_.PruneTombstones(StampBefore(stamp, 60));
   }
   hooks_->OnTick(now);
 }

@@ -225,6 +225,7 @@ class Broker {
     int64_t refill_ms = 0;
   };
   TenantState& StateOf(const std::string& tenant);
+  double RateOf(const TenantQuota& q) const;   // this worker's share of the rate, per second
   double BurstOf(const TenantQuota& q) const;  // this worker's bucket size
   bool TakePublishToken(TenantState& t);
   // Counts a connection of `tenant` unless `max` (0 = none) is reached.

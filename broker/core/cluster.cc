@@ -52,6 +52,11 @@ uint64_t StampNow(uint32_t worker) {
   return (static_cast<uint64_t>(ns.count()) << 6) | worker;
 }
 
+uint64_t StampBefore(uint64_t stamp, uint64_t seconds) {
+  const uint64_t span = seconds * 1'000'000'000ull << 6;
+  return stamp > span ? stamp - span : 0;
+}
+
 uint64_t SharedMask::At(uint64_t stamp) const {
   std::lock_guard<std::mutex> l(mu_);
   for (auto it = history_.rbegin(); it != history_.rend(); ++it) {
@@ -68,9 +73,9 @@ uint64_t SharedMask::Change(uint32_t worker, bool member) {
   history_.emplace_back(stamp, mask);
   // Entries older than a minute serve no message still travelling; the
   // newest one older than that stays as the base.
-  constexpr uint64_t kKeep = 60'000'000'000ull << 6;
+  const uint64_t keep_from = StampBefore(stamp, 60);
   size_t drop = 0;
-  while (drop + 1 < history_.size() && stamp > kKeep && history_[drop + 1].first < stamp - kKeep) ++drop;
+  while (drop + 1 < history_.size() && history_[drop + 1].first < keep_from) ++drop;
   history_.erase(history_.begin(), history_.begin() + static_cast<long>(drop));
   return stamp;
 }

@@ -79,6 +79,8 @@ class SharedMask {
 // Monotonic ns shifted left by 6, `worker` in the low bits: the stamp of a
 // message routed now (Message::stamp); 63 marks a membership change.
 uint64_t StampNow(uint32_t worker);
+// The stamp `seconds` before `stamp` (0 if that is before the clock's start).
+uint64_t StampBefore(uint64_t stamp, uint64_t seconds);
 
 class Cluster {
  public:
