@@ -9,6 +9,7 @@ import queue
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -286,11 +287,17 @@ def pipelined_session(sock, client_id, tag):
         first, body = read_packet(sock)
         seen.append(first & 0xF0)
         if first & 0xF0 == 0x30:
-            tlen = int.from_bytes(body[:2], "big")
-            plen = body[4 + tlen]
-            payload = body[5 + tlen + plen:]
-            sock.sendall(b"\x40\x02" + body[2 + tlen:4 + tlen])  # PUBACK
+            _, packet_id, payload = parse_publish(body)
+            sock.sendall(b"\x40\x02" + packet_id)  # PUBACK
     return seen, payload
+
+
+def parse_publish(body):
+    """(topic, packet id bytes, payload) of an MQTT 5 QoS 1/2 PUBLISH body
+    whose properties fit a one-byte length."""
+    tlen = int.from_bytes(body[:2], "big")
+    plen = body[4 + tlen]
+    return body[2:2 + tlen].decode(), body[2 + tlen:4 + tlen], body[5 + tlen + plen:]
 
 
 def read_packet(sock):
@@ -461,6 +468,17 @@ class TlsBase(unittest.TestCase):
         self.addCleanup(c.close)
         self.assertEqual(c.rc, 0, "CONNACK %s" % c.rc)
         return c
+
+    def raw_tls(self, crt, key):
+        """A TLS connection whose handshake is complete and which has sent no
+        MQTT byte yet."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(os.path.join(self.pki, "root.crt"))
+        ctx.load_cert_chain(crt, key)
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5),
+                            server_hostname="localhost")
+        s.do_handshake()
+        return s
 
     def tls_args(self, cert, key):
         return ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),

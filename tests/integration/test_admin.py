@@ -85,17 +85,6 @@ class AdminBase(TlsBase):
             state["rc"] = "no CONNACK"  # never equal to a reason code: a hang is no refusal
         return c, state
 
-    def raw_tls(self, crt, key):
-        """A TLS connection whose handshake is complete and which has sent no
-        MQTT byte yet."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(os.path.join(self.pki, "root.crt"))
-        ctx.load_cert_chain(crt, key)
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5),
-                            server_hostname="localhost")
-        s.do_handshake()
-        return s
-
     def closed_by_broker(self, s, within=3.0):
         """True when the broker closes `s` (EOF or reset) within the bound."""
         s.settimeout(within)

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from harness import Broker, PahoClient, read_packet
+from harness import Broker, PahoClient, parse_publish, read_packet
 
 import socket
 
@@ -92,10 +92,8 @@ def drain_qos2(port, client_id, idle=3.0):
         while True:
             first, body = read_packet(s)
             if first & 0xF0 == 0x30:
-                tlen = int.from_bytes(body[:2], "big")
-                pid = body[2 + tlen:4 + tlen]
-                plen = body[4 + tlen]  # properties length (short here)
-                got.append(int(body[5 + tlen + plen:]))
+                _, pid, payload = parse_publish(body)
+                got.append(int(payload))
                 s.sendall(b"\x50\x02" + pid)  # PUBREC
             elif first == 0x62:
                 s.sendall(b"\x70\x02" + body[:2])  # PUBCOMP

@@ -8,7 +8,6 @@ served."""
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -92,13 +91,9 @@ class TlsHandOver(TlsBase):
         # As in test_workers, over mutual TLS: the TLS session moves to the
         # home worker with the plaintext that followed the CONNECT.
         op = (os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key"))
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(os.path.join(self.pki, "root.crt"))
-        ctx.load_cert_chain(*op)
         for i in range(12):
             cid = id_on(i % 2, "tpipe%d" % i, tenant="default")
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5),
-                                 server_hostname="localhost") as s:
+            with self.raw_tls(*op) as s:
                 seen, payload = pipelined_session(s, cid, b"t%d" % i)
             self.assertEqual(payload, b"t%d" % i)
             # CONNACK first; then SUBACK, PUBACK and our message, the SUBACK
@@ -218,11 +213,7 @@ class DeviceAcl(TlsBase):
         self.assertEqual(watcher.subscribe("devices/#"), [1])
         # Another device's subtree: PUBACK 0x87, never delivered (a raw v5
         # client, to read the PUBACK's reason code).
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(os.path.join(self.pki, "root.crt"))
-        ctx.load_cert_chain(crt, key)
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5),
-                             server_hostname="localhost") as raw:
+        with self.raw_tls(crt, key) as raw:
             raw.sendall(mqtt5_connect("dev-7"))
             first, body = read_packet(raw)
             self.assertEqual((first, body[1]), (0x20, 0))  # CONNACK, success
