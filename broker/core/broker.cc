@@ -38,6 +38,22 @@ std::string_view DisconnectReasonName(DisconnectReason r) {
   return "unknown";
 }
 
+std::string_view DeviceOutcomeName(DeviceOutcome o) {
+  switch (o) {
+    case DeviceOutcome::kAcked:
+      return "acked";
+    case DeviceOutcome::kSentQos0:
+      return "sent_qos0";
+    case DeviceOutcome::kOffline:
+      return "offline";
+    case DeviceOutcome::kQueueFull:
+      return "queue_full";
+    case DeviceOutcome::kTooLarge:
+      return "too_large";
+  }
+  return "unknown";
+}
+
 Broker::Broker(const BrokerOptions& opts, const Clock* clock, BrokerHooks* hooks, Persistence* persistence)
     : opts_(opts),
       clock_(clock),

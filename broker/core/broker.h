@@ -110,6 +110,17 @@ class Broker {
   // the group's topics at once.
   void SetDeviceGroups(std::string_view tenant, std::string_view device_id, const std::vector<std::string>& old_groups,
                        const std::vector<std::string>& groups);
+  // The management plane's downlink (loop thread of the worker that owns
+  // the device's session): `topic` (as the device sees it, under its
+  // device channel) goes to the connected device (tenant, device id) if it
+  // subscribed to it, at the QoS of its subscription (at most 1), and
+  // hooks->OnDeviceOutcome(token) says what became of it: acked, offline,
+  // queue full, too large.
+  struct DeviceMessage {
+    std::string tenant, device_id, topic, payload;
+    uint64_t token = 0;
+  };
+  void SendToDevice(const DeviceMessage& m);
   // Monotonic ms of the last packet of the connected (tenant, client id),
   // or -1 when it is not connected.
   int64_t LastActivityMs(std::string_view tenant, std::string_view client_id) const;
@@ -200,6 +211,7 @@ class Broker {
   void Redirect(const Departed& d, const MessagePtr& msg, uint32_t hops);
   void DeliverRedirected(const std::string& filter, const std::string& group, const MessagePtr& msg, uint32_t hops);
   void Enqueue(Session& s, Delivery&& d);
+  void ReportOutcome(const Session& s, const Delivery& d, DeviceOutcome o);
   void SendNew(Session& s, Connection& c, Delivery&& d);
   void PumpQueue(Session& s);
   bool SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, bool dup);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,16 @@ enum class DisconnectReason : uint8_t {
   kAdministrative,   // closed by a management action
 };
 std::string_view DisconnectReasonName(DisconnectReason r);
+
+// What became of a message the management plane sent to a device.
+enum class DeviceOutcome : uint8_t {
+  kAcked,      // the device acknowledged it (PUBACK)
+  kSentQos0,   // written to the device, which subscribed at QoS 0: no acknowledgement will come
+  kOffline,    // no connected session (or not subscribed to its channel)
+  kQueueFull,  // the session's queue is full (limits.max_queued_*)
+  kTooLarge,   // over the device's Maximum Packet Size
+};
+std::string_view DeviceOutcomeName(DeviceOutcome o);
 
 // Who a TLS client proved to be (from its verified certificate).
 struct PeerIdentity {
@@ -72,7 +83,19 @@ class BrokerHooks {
   virtual mqtt::ReasonCode OnControlPublish(const ClientInfo&, const Message&) {
     return mqtt::ReasonCode::kNotAuthorized;
   }
+  // A client published under topics::kDeviceRoot (the device channel).
+  // Returns the reason for the publisher's PUBACK.
+  virtual mqtt::ReasonCode OnDevicePublish(const ClientInfo&, const Message&) {
+    return mqtt::ReasonCode::kNotAuthorized;
+  }
+  // What became of a message sent with Broker::SendToDevice (called on the
+  // worker owning the device's session).
+  virtual void OnDeviceOutcome(std::string_view /*tenant*/, std::string_view /*device_id*/, uint64_t /*token*/,
+                               DeviceOutcome) {}
   virtual void OnTick(int64_t /*now_ms*/) {}
+  // Counters of the module for $SYS/broker/<name> (the first worker, every
+  // sys_interval).
+  virtual void SysCounters(const std::function<void(const char*, uint64_t)>& /*pub*/) {}
 };
 
 }  // namespace fmq

@@ -7,6 +7,7 @@
 #include "broker/core/broker.h"
 #include "broker/mqtt/utf8.h"
 #include "common/log.h"
+#include "common/mgmt_topics.h"
 
 namespace fmq {
 
@@ -249,6 +250,12 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
     reply(hooks_->OnControlPublish(InfoOf(c), *m));
     return;
   }
+  if (topics::Under(topic, topics::kDeviceRoot)) {
+    const ReasonCode rc = hooks_->OnDevicePublish(InfoOf(c), *m);
+    if (rc != ReasonCode::kSuccess) stats_.publish_denied++;
+    reply(rc);
+    return;
+  }
   if (!acl_->CanPublish(c.identity(), c.client_id_, c.username(), topic)) {
     stats_.publish_denied++;
     FMQ_LOG_DEBUG("client '%s' publish to '%.*s' denied by ACL", c.client_id_.c_str(), static_cast<int>(topic.size()),
@@ -276,7 +283,11 @@ void Broker::HandleAck(Connection& c, const mqtt::Ack& a) {
     case PacketType::kPuback: {
       auto it = s.inflight.find(a.packet_id);
       if (it != s.inflight.end() && it->second.d.qos == 1) {
-        if (persistence_ != nullptr && s.persisted) persistence_->DeleteDelivery(s, it->second.d.seq);
+        if (it->second.d.token != 0) {
+          ReportOutcome(s, it->second.d, DeviceOutcome::kAcked);
+        } else if (persistence_ != nullptr && s.persisted) {
+          persistence_->DeleteDelivery(s, it->second.d.seq);
+        }
         s.inflight.erase(it);
         PumpQueue(s);
       }
@@ -537,11 +548,12 @@ void Broker::Enqueue(Session& s, Delivery&& d) {
                    s.queue.size(), static_cast<unsigned long long>(s.queued_bytes),
                    static_cast<unsigned long long>(s.dropped));
     }
+    ReportOutcome(s, d, DeviceOutcome::kQueueFull);
     return;
   }
   s.queued_bytes += bytes;
   stats_.queued_messages++;
-  if (persistence_ != nullptr && d.qos > 0 && s.durable()) {
+  if (persistence_ != nullptr && d.qos > 0 && s.durable() && d.token == 0) {
     persistence_->SaveDelivery(s, d, DeliveryState::kQueued, 0);
     s.persisted = true;
   }
@@ -558,9 +570,10 @@ uint16_t Broker::AllocPacketId(Session& s) {
 
 void Broker::SendNew(Session& s, Connection& c, Delivery&& d) {
   const uint16_t id = AllocPacketId(s);
-  const bool stored = persistence_ != nullptr && s.durable();
+  const bool stored = persistence_ != nullptr && s.durable() && d.token == 0;
   if (!SendPublish(c, d, id, false)) {
     if (stored) persistence_->DeleteDelivery(s, d.seq);  // it may have been queued
+    ReportOutcome(s, d, DeviceOutcome::kTooLarge);
     return;
   }
   if (stored) {
@@ -588,6 +601,47 @@ void Broker::PumpQueue(Session& s) {
       SendNew(s, *c, std::move(d));
     }
   }
+}
+
+void Broker::ReportOutcome(const Session& s, const Delivery& d, DeviceOutcome o) {
+  if (d.token != 0) hooks_->OnDeviceOutcome(s.tenant(), s.client_id, d.token, o);
+}
+
+void Broker::SendToDevice(const DeviceMessage& dm) {
+  Session* s = sessions_.Find(dm.tenant, dm.device_id);
+  // Delivered only along the device's own subscription to its channel (at
+  // its QoS, at most 1): the device said it listens there.
+  const SubOptions* sub = nullptr;
+  if (s != nullptr && s->conn != nullptr) {
+    const std::string mount = MountOf(dm.tenant);
+    for (const auto& [filter, opts] : s->subscriptions) {
+      if (filter.size() > mount.size() && filter.compare(0, mount.size(), mount) == 0 &&
+          mqtt::TopicMatches(std::string_view(filter).substr(mount.size()), dm.topic)) {
+        sub = &opts;
+        break;
+      }
+    }
+  }
+  if (sub == nullptr) {
+    if (dm.token != 0) hooks_->OnDeviceOutcome(dm.tenant, dm.device_id, dm.token, DeviceOutcome::kOffline);
+    return;
+  }
+  auto m = std::make_shared<Message>();
+  m->topic = MountOf(dm.tenant) + dm.topic;
+  m->payload = dm.payload;
+  m->qos = 1;
+  m->props.content_type = "application/json";
+  m->props.Mark(PropertyId::kContentType);
+  SealMessage(m.get());
+  Delivery d;
+  d.msg = std::move(m);
+  d.qos = std::min<uint8_t>(1, sub->qos);
+  d.token = dm.token;
+  if (sub->subscription_id) d.subscription_ids.push_back(sub->subscription_id);
+  const bool qos0 = d.qos == 0;
+  const uint64_t token = d.token;
+  Deliver(*s, std::move(d));
+  if (qos0 && token != 0) hooks_->OnDeviceOutcome(dm.tenant, dm.device_id, token, DeviceOutcome::kSentQos0);
 }
 
 bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, bool dup) {

@@ -43,6 +43,10 @@ struct Delivery {
   uint8_t qos = 0;
   bool retain = false;
   std::vector<uint32_t> subscription_ids;
+  // Non-zero: a device-channel message of the management plane
+  // (Broker::SendToDevice) whose outcome is reported to the hooks. Never
+  // stored: the management plane resends what was not acknowledged.
+  uint64_t token = 0;
 };
 
 struct Inflight {

@@ -25,7 +25,12 @@ bool InternalFilter(const Connection& c, const std::string& filter, std::string*
     // tenant's own management topics (events, CRL, statistics) and their own control
     // replies, all inside the tenant's mount (doc/admin-api.md).
     if (inner.substr(0, 3) == "$T/") return false;
-    if (!c.mount().empty()) {
+    if (topics::Under(inner, topics::kDeviceRoot)) {
+      // The device channel: a device reads its own, nobody else reads any.
+      const PeerIdentity* who = c.identity();
+      if (who == nullptr || !who->device || sf.shared) return false;
+      if (!topics::Under(inner, topics::DeviceChannel(who->name))) return false;
+    } else if (!c.mount().empty()) {
       const PeerIdentity* who = c.identity();
       if (who == nullptr || who->device) return false;
       const std::string own_reply = std::string(topics::kControlReplyPrefix) + c.client_id();
@@ -66,7 +71,9 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
     // Anonymous clients may always read $SYS (broker statistics; the '$'
     // rules of InternalFilter apply); the rules cover their topics.
     const bool anon_sys = c.identity() == nullptr && !raw_inner.empty() && raw_inner[0] == '$';
-    const bool acl_ok = anon_sys || acl_->CanSubscribe(c.identity(), c.client_id_, c.username(), raw_inner);
+    // The device channel is not the ACL's to grant: InternalFilter's rules.
+    const bool channel = topics::Under(raw_inner, topics::kDeviceRoot);
+    const bool acl_ok = anon_sys || channel || acl_->CanSubscribe(c.identity(), c.client_id_, c.username(), raw_inner);
     if (!acl_ok || !InternalFilter(c, e.filter, &filter)) {
       stats_.publish_denied++;
       ack.codes.push_back(ReasonCode::kNotAuthorized);

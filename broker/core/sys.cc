@@ -79,6 +79,7 @@ void Broker::PublishSys(int64_t now) {
     pub("publish/messages/refused_storage", st.publish_refused_storage);
     pub("publish/messages/storage_failed", st.storage_ack_failures);
   }
+  hooks_->SysCounters(pub);
   PublishDrops();
 }
 
