@@ -41,16 +41,16 @@ Setter Uint(T BrokerOptions::*field, const char* key, uint64_t min, uint64_t max
   return UintSetter(key, min, max, [field](Config& c, uint64_t n) { c.broker.*field = static_cast<T>(n); });
 }
 
-Setter Bool(bool BrokerOptions::*field, const char* key) {
+Setter BoolSetter(const char* key, std::function<void(Config&, bool)> assign) {
   return [=](Config& c, const std::string& v) -> absl::Status {
-    if (v == "true")
-      c.broker.*field = true;
-    else if (v == "false")
-      c.broker.*field = false;
-    else
-      return Bad(key, "'" + v + "' is not true or false");
+    if (v != "true" && v != "false") return Bad(key, "'" + v + "' is not true or false");
+    assign(c, v == "true");
     return absl::OkStatus();
   };
+}
+
+Setter Bool(bool BrokerOptions::*field, const char* key) {
+  return BoolSetter(key, [field](Config& c, bool v) { c.broker.*field = v; });
 }
 
 absl::Status ParseAddresses(const char* key, const std::string& v, std::vector<ListenAddress>* out) {
@@ -260,9 +260,28 @@ const std::vector<OptionDef>& Options() {
        UintSetter("management.max_queued_requests", 1, 1000000,
                   [](Config& c, uint64_t n) { c.management.max_queued_requests = n; })},
       {"management.max_queued_events", "1048576",
-       "Connectivity events waiting for the management thread; beyond it events are dropped, counted and logged.",
+       "Connectivity events waiting for the management thread; beyond it they are coalesced per device (the latest "
+       "state of each device is kept; the audit log misses the transitions between), counted.",
        UintSetter("management.max_queued_events", 1, 100000000,
                   [](Config& c, uint64_t n) { c.management.max_queued_events = n; })},
+      {"management.max_queued_device_messages", "65536",
+       "Device-channel messages (doc/device-api.md) waiting for the management thread; beyond it a message gets "
+       "PUBACK 0x97 (quota exceeded), counted; the device retries.",
+       UintSetter("management.max_queued_device_messages", 1, 100000000,
+                  [](Config& c, uint64_t n) { c.management.max_queued_device_messages = n; })},
+      {"management.max_device_message_bytes", "8192",
+       "Largest device-channel message accepted, bytes; larger gets PUBACK 0x99 and an error on the device's errors "
+       "topic, counted.",
+       UintSetter("management.max_device_message_bytes", 64, 1048576,
+                  [](Config& c, uint64_t n) { c.management.max_device_message_bytes = n; })},
+      {"jobs.max_active", "1000",
+       "Jobs not ended (scheduled, in progress, paused) on this node at once; job.create beyond it is refused "
+       "(storage_error: resource exhausted).",
+       UintSetter("jobs.max_active", 1, 1000000, [](Config& c, uint64_t n) { c.management.jobs_max_active = n; })},
+      {"jobs.audit_executions", "true",
+       "Write an audit entry for every job execution state change (audit.query device_id=X shows them); false keeps "
+       "only the stored execution state.",
+       BoolSetter("jobs.audit_executions", [](Config& c, bool v) { c.management.jobs_audit_executions = v; })},
       {"management.denied_audit_window_ms", "60000",
        "Denied attempts of one identity and reason are audited once, then counted and written as one entry per window.",
        UintSetter("management.denied_audit_window_ms", 1000, 86400000,

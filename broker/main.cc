@@ -118,6 +118,8 @@ int main(int argc, char** argv) {
     aopts.mqtt_endpoint =
         "mqtts://" + (l.host == "0.0.0.0" ? cfg.tls_server_name : l.host) + ":" + std::to_string(l.port);
   }
+  aopts.jobs.max_active_jobs = cfg.management.jobs_max_active;
+  aopts.jobs.audit_executions = cfg.management.jobs_audit_executions;
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.

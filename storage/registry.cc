@@ -283,6 +283,31 @@ void Registry::PutJob(const TenantId& t, const fb::JobT& rec, WriteBatch* b) {
 absl::Status Registry::GetJob(const TenantId& t, std::string_view id, fb::JobT* out) {
   return ReadRecord<fb::Job>(*kv_, Family::kJobs, keys::Job(t, id), out);
 }
+absl::Status Registry::ListJobs(const TenantId& t, std::string_view cursor, size_t limit, Page<fb::JobT>* out) {
+  return ListRecords<fb::Job>(*kv_, Family::kJobs, keys::TenantPrefix(t), cursor.empty() ? "" : keys::Job(t, cursor),
+                              limit, out, [](const fb::JobT& r) { return r.job_id; });
+}
+absl::Status Registry::ForEachJob(const std::function<void(const TenantId& t, fb::JobT&& job)>& fn) {
+  absl::Status err = absl::OkStatus();
+  absl::Status s = kv_->Scan(Family::kJobs, "", "", [&](std::string_view k, std::string_view v) {
+    std::string tenant;
+    KeyReader r(k);
+    fb::JobT rec;
+    if (!r.Str(&tenant)) {
+      err = CorruptRecord(Family::kJobs, k, "key without a tenant");
+      return false;
+    }
+    err = DecodeRecord<fb::Job>(Family::kJobs, k, v, &rec);
+    if (!err.ok()) return false;
+    fn(TenantId::FromAuthenticated(tenant), std::move(rec));
+    return true;
+  });
+  return s.ok() ? err : s;
+}
+absl::Status Registry::GetJobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id,
+                                    fb::JobDeviceT* out) {
+  return ReadRecord<fb::JobDevice>(*kv_, Family::kJobDevices, keys::JobDevice(t, job_id, device_id), out);
+}
 void Registry::PutJobDevice(const TenantId& t, std::string_view job_id, const fb::JobDeviceT& rec, WriteBatch* b) {
   b->Put(Family::kJobDevices, keys::JobDevice(t, job_id, rec.device_id), EncodeRecord<fb::JobDevice>(rec));
 }

@@ -84,6 +84,11 @@ class Registry {
 
   void PutJob(const TenantId& t, const fb::JobT& rec, WriteBatch* b);
   absl::Status GetJob(const TenantId& t, std::string_view id, fb::JobT* out);
+  absl::Status ListJobs(const TenantId& t, std::string_view cursor, size_t limit, Page<fb::JobT>* out);
+  // Every job of every tenant (start-up: the job engine's recovery).
+  absl::Status ForEachJob(const std::function<void(const TenantId& t, fb::JobT&& job)>& fn);
+  absl::Status GetJobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id,
+                            fb::JobDeviceT* out);
   void PutJobDevice(const TenantId& t, std::string_view job_id, const fb::JobDeviceT& rec, WriteBatch* b);
   absl::Status ListJobDevices(const TenantId& t, std::string_view job_id, std::string_view cursor, size_t limit,
                               Page<fb::JobDeviceT>* out);

@@ -7,6 +7,10 @@
 //   fleetmq-pki issue --dir DIR --tenant T --operator NAME --out OUTDIR
 //       an operator certificate of the tenant with a new key:
 //       OUTDIR/NAME.crt (with the tenant CA) and OUTDIR/NAME.key (0600).
+//   fleetmq-pki devices --dir DIR --tenant T --prefix P --count N [--start 0] --out OUTDIR
+//       N device certificates with new keys (simulated devices: a real
+//       device makes its key and sends a CSR): OUTDIR/P<i>.crt (with the
+//       tenant CA) and OUTDIR/P<i>.key (0600), i = start .. start+N-1.
 //   fleetmq-pki revoke --dir DIR --tenant T --serial HEX
 //       records the revocation in the broker's store (DIR/db); the broker
 //       refuses the certificate from its next start. Offline: the broker
@@ -101,6 +105,27 @@ int main(int argc, char** argv) {
     if (auto s = fmq::pki::WriteFileAtomic(base + ".key", key, 0600); !s.ok()) return Die(std::string(s.message()));
     if (auto s = fmq::pki::WriteFileAtomic(base + ".crt", cert->pem + ca->cert().pem, 0644); !s.ok()) {
       return Die(std::string(s.message()));
+    }
+    return 0;
+  }
+  if (cmd == "devices") {
+    if (opt["out"].empty() || opt["prefix"].empty() || opt["count"].empty()) {
+      return Die("devices needs --prefix, --count and --out"), 2;
+    }
+    const long count = std::atol(opt["count"].c_str()),
+               start = opt.count("start") ? std::atol(opt["start"].c_str()) : 0;
+    if (count < 1 || start < 0) return Die("--count must be at least 1 and --start at least 0"), 2;
+    mkdir(opt["out"].c_str(), 0700);
+    for (long i = start; i < start + count; ++i) {
+      const std::string name = opt["prefix"] + std::to_string(i);
+      std::string key;
+      auto cert = ca->IssueWithNewKey(rng, {tenant, name, Role::kDevice}, Now(), kDeviceValidity, &key);
+      if (!cert.ok()) return Die(name + ": " + std::string(cert.status().message()));
+      const std::string base = opt["out"] + "/" + name;
+      if (auto s = fmq::pki::WriteFileAtomic(base + ".key", key, 0600); !s.ok()) return Die(std::string(s.message()));
+      if (auto s = fmq::pki::WriteFileAtomic(base + ".crt", cert->pem + ca->cert().pem, 0644); !s.ok()) {
+        return Die(std::string(s.message()));
+      }
     }
     return 0;
   }

@@ -112,52 +112,76 @@ bool AdminModule::IsBlocked(std::string_view tenant, std::string_view device) co
   return blocked_.contains(BlockKey(tenant, device));
 }
 
+bool AdminModule::HasInput() const {
+  return !jobs_.empty() || !events_.empty() || !coalesced_.empty() || !device_msgs_.empty() || !outcomes_.empty();
+}
+
+// The management loop: sleeps until input arrives, the next second's duties
+// or the earliest deadline the features asked for (job timeouts, retries,
+// rollout pacing), whichever is first — so deadlines fire under any load.
+// Each turn takes everything queued, in this order: connectivity (a device
+// is online before its messages are read), delivery outcomes, device
+// messages, admin requests, denials; then the features pump and commit once
+// (one group commit per turn) and their output goes to the loop thread.
 void AdminModule::ThreadMain() {
   std::unique_lock<std::mutex> l(mu_);
   int64_t next_duties_ms = clock_->NowMs() + 1000;
+  int64_t next_pump_wall = 0;
   while (true) {
-    cv_.wait_for(l, std::chrono::seconds(1), [this] { return stop_ || !jobs_.empty(); });
+    if (!stop_ && !HasInput()) {
+      int64_t wait_ms = next_duties_ms - clock_->NowMs();
+      if (next_pump_wall != INT64_MAX) wait_ms = std::min(wait_ms, next_pump_wall - clock_->WallMs());
+      if (wait_ms > 0) cv_.wait_for(l, std::chrono::milliseconds(wait_ms));
+    }
     if (stop_) return;
-    // Periodic duties, once a second whatever the load: denial windows that
-    // ended, then the service's own (CRL re-signing).
+    counters_.pumps.fetch_add(1, std::memory_order_relaxed);
+    std::vector<Denied> ended;
+    bool duties = false;
     if (const int64_t now = clock_->NowMs(); now >= next_duties_ms) {
       next_duties_ms = now + 1000;
-      std::vector<Denied> ended = TakeEndedDenials(now);
-      l.unlock();
-      for (const Denied& d : ended) svc_->AuditDenied(d.actor, d.action, d.device_id, d.why);
-      Completion c;
-      svc_->Tick(&c.fx);
-      if (!c.fx.empty()) Post(std::move(c));
-      l.lock();
-      continue;
+      ended = TakeEndedDenials(now);
+      duties = true;
     }
-    if (jobs_.empty()) continue;
-    Job job = std::move(jobs_.front());
-    jobs_.pop_front();
-    if (std::holds_alternative<Request>(job)) --queued_requests_;
-    if (auto* ev = std::get_if<std::vector<admin::ConnEvent>>(&job)) {
-      // Coalesce a run of event jobs (a reconnect storm) into one batch.
-      while (!jobs_.empty() && ev->size() < 4096) {
-        auto* next = std::get_if<std::vector<admin::ConnEvent>>(&jobs_.front());
-        if (next == nullptr) break;
-        ev->insert(ev->end(), std::make_move_iterator(next->begin()), std::make_move_iterator(next->end()));
-        jobs_.pop_front();
-      }
-      queued_events_ -= ev->size();
-    }
+    std::deque<Job> work;
+    work.swap(jobs_);
+    queued_requests_ = 0;
+    std::vector<admin::ConnEvent> events;
+    events.swap(events_);
+    for (auto& [key, ev] : coalesced_) events.push_back(std::move(ev));
+    coalesced_.clear();
+    std::vector<admin::DeviceMessage> msgs;
+    msgs.swap(device_msgs_);
+    std::vector<Outcome> outcomes;
+    outcomes.swap(outcomes_);
     l.unlock();
-    if (auto* r = std::get_if<Request>(&job)) {
-      Completion c;
-      c.tenant = r->actor.tenant;
-      c.reply_topic = r->reply_topic;
-      c.correlation = r->correlation;
-      c.payload = svc_->Handle(r->actor, r->payload, &c.fx);
-      Post(std::move(c));
-    } else if (auto* ev = std::get_if<std::vector<admin::ConnEvent>>(&job)) {
-      svc_->OnConnectivity(*ev);
-    } else if (auto* d = std::get_if<Denied>(&job)) {
-      svc_->AuditDenied(d->actor, d->action, d->device_id, d->why);
+
+    for (const Denied& d : ended) svc_->AuditDenied(d.actor, d.action, d.device_id, d.why);
+    Completion side;  // effects of everything but requests
+    if (duties) svc_->Tick(&side.fx);
+    for (size_t i = 0; i < events.size(); i += 4096) {
+      const size_t n = std::min<size_t>(4096, events.size() - i);
+      svc_->OnConnectivity(std::vector<admin::ConnEvent>(std::make_move_iterator(events.begin() + i),
+                                                         std::make_move_iterator(events.begin() + i + n)));
     }
+    for (const Outcome& o : outcomes) {
+      svc_->OnDeliveryOutcome(o.token, o.what == DeviceOutcome::kAcked || o.what == DeviceOutcome::kSentQos0,
+                              DeviceOutcomeName(o.what));
+    }
+    for (const admin::DeviceMessage& m : msgs) svc_->OnDeviceMessage(m);
+    for (Job& job : work) {
+      if (auto* r = std::get_if<Request>(&job)) {
+        Completion c;
+        c.tenant = r->actor.tenant;
+        c.reply_topic = r->reply_topic;
+        c.correlation = r->correlation;
+        c.payload = svc_->Handle(r->actor, r->payload, &c.fx);
+        Post(std::move(c));
+      } else if (auto* d = std::get_if<Denied>(&job)) {
+        svc_->AuditDenied(d->actor, d->action, d->device_id, d->why);
+      }
+    }
+    next_pump_wall = svc_->Pump(&side.fx);
+    if (!side.fx.empty()) Post(std::move(side));
     l.lock();
   }
 }
@@ -260,6 +284,44 @@ void AdminModule::Apply(admin::Effects& fx) {
   for (auto& p : fx.publishes) {
     broker_->PublishInternal(MountOf(p.tenant) + p.topic, std::move(p.payload), p.retain);
   }
+  ApplyJobs(fx.jobs);
+}
+
+void AdminModule::ApplyJobs(jobs::Output& out) {
+  if (broker_ == nullptr) return;
+  for (auto& p : out.progress) {
+    std::string topic = MountOf(p.tenant);
+    topic += topics::kJobEventsPrefix;
+    topic += p.job_id;
+    broker_->PublishInternal(std::move(topic), std::move(p.payload), true);
+  }
+  if (out.sends.empty()) return;
+  auto convert = [](jobs::DeviceSend& m) {
+    Broker::DeviceMessage d;
+    d.topic = topics::DeviceChannel(m.device_id) + m.suffix;
+    d.tenant = std::move(m.tenant);
+    d.device_id = std::move(m.device_id);
+    d.payload = std::move(m.payload);
+    d.token = m.token;
+    return d;
+  };
+  if (cluster_ == nullptr || cluster_->size() == 1) {
+    for (auto& m : out.sends) broker_->SendToDevice(convert(m));
+    return;
+  }
+  // One batch per worker: a device's session lives on its home worker.
+  std::vector<std::vector<Broker::DeviceMessage>> per(cluster_->size());
+  for (auto& m : out.sends) {
+    const uint32_t home = cluster_->HomeOf(m.tenant, m.device_id);
+    per[home].push_back(convert(m));
+  }
+  for (uint32_t w = 0; w < per.size(); ++w) {
+    if (per[w].empty()) continue;
+    auto batch = std::make_shared<std::vector<Broker::DeviceMessage>>(std::move(per[w]));
+    cluster_->link()->Post(w, [batch](Broker& b) {
+      for (const auto& m : *batch) b.SendToDevice(m);
+    });
+  }
 }
 
 void AdminModule::ResolveIdentity(PeerIdentity& id) {
@@ -337,18 +399,22 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
     b->PublishInternal(std::move(topic), ev.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), false);
   }
   // Handed over at once, so an admin request that follows sees it; the
-  // thread coalesces runs of event jobs into one write batch.
+  // thread writes every event of a turn in one batch. Beyond the bound a
+  // device's events are merged into its latest one (never dropped: the
+  // device's online state stays right).
+  admin::ConnEvent ev2{tenant, info.identity->name, std::string(reason), std::string(info.peer), connected, now};
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (queued_events_ >= opts_.max_queued_events) {
-      if (counters_.events_dropped.fetch_add(1, std::memory_order_relaxed) % 10000 == 0) {
-        FMQ_LOG_WARN("connectivity events dropped: the management thread is %zu events behind", queued_events_);
+    if (events_.size() < opts_.max_queued_events) {
+      events_.push_back(std::move(ev2));
+    } else {
+      if (counters_.events_coalesced.fetch_add(1, std::memory_order_relaxed) % 10000 == 0) {
+        FMQ_LOG_WARN("connectivity events coalesced per device: the management thread is %zu events behind",
+                     events_.size());
       }
-      return;
+      std::string key = BlockKey(tenant, ev2.device_id);
+      coalesced_.insert_or_assign(std::move(key), std::move(ev2));
     }
-    ++queued_events_;
-    jobs_.push_back(std::vector<admin::ConnEvent>{
-        admin::ConnEvent{tenant, info.identity->name, std::string(reason), std::string(info.peer), connected, now}});
   }
   cv_.notify_one();
 }
@@ -402,6 +468,166 @@ mqtt::ReasonCode AdminModule::OnControlPublish(const ClientInfo& info, const Mes
   counters_.requests.fetch_add(1, std::memory_order_relaxed);
   cv_.notify_one();
   return ReasonCode::kSuccess;
+}
+
+namespace {
+
+// Reads the JSON object of a device message; "" or an error message.
+std::string ParseObject(std::string_view payload, bool empty_ok, nlohmann::json* out) {
+  if (payload.empty() && empty_ok) {
+    *out = nlohmann::json::object();
+    return "";
+  }
+  *out = nlohmann::json::parse(payload, nullptr, /*allow_exceptions=*/false);
+  if (out->is_discarded()) return "payload is not valid JSON";
+  if (!out->is_object()) return "payload must be a JSON object";
+  return "";
+}
+
+// The client token every reply echoes: a string of at most 64 bytes.
+std::string ClientToken(const nlohmann::json& j, std::string* err) {
+  auto it = j.find("client_token");
+  if (it == j.end()) return "";
+  if (!it->is_string() || it->get_ref<const std::string&>().size() > 64) {
+    *err = "client_token must be a string of at most 64 bytes";
+    return "";
+  }
+  return it->get<std::string>();
+}
+
+}  // namespace
+
+void AdminModule::DeviceError(const ClientInfo& info, std::string_view topic, std::string_view code,
+                              const std::string& msg, const std::string& client_token) {
+  counters_.device_rejected.fetch_add(1, std::memory_order_relaxed);
+  FMQ_LOG_DEBUG("device '%s' of tenant '%s': %.*s: %s", info.identity->name.c_str(), info.identity->tenant.c_str(),
+                static_cast<int>(topic.size()), topic.data(), msg.c_str());
+  nlohmann::json body{{"code", code}, {"message", msg}, {"topic", std::string(topic)}};
+  if (!client_token.empty()) body["client_token"] = client_token;
+  Broker* b = info.broker != nullptr ? info.broker : broker_;
+  if (b == nullptr) return;
+  Broker::DeviceMessage m;
+  m.tenant = info.identity->tenant;
+  m.device_id = info.identity->name;
+  m.topic = topics::DeviceChannel(m.device_id) + "errors";
+  m.payload = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  b->SendToDevice(m);
+}
+
+mqtt::ReasonCode AdminModule::OnDevicePublish(const ClientInfo& info, const Message& m) {
+  if (info.identity == nullptr || !info.identity->device) {
+    counters_.device_rejected.fetch_add(1, std::memory_order_relaxed);
+    return ReasonCode::kNotAuthorized;  // only devices, each on its own channel
+  }
+  const PeerIdentity& who = *info.identity;
+  std::string_view topic(m.topic);
+  const std::string mount = MountOf(who.tenant);
+  if (topic.substr(0, mount.size()) == mount) topic.remove_prefix(mount.size());
+  const std::string own = topics::DeviceChannel(who.name);
+  if (!topics::Under(topic, own)) {
+    counters_.device_rejected.fetch_add(1, std::memory_order_relaxed);
+    FMQ_LOG_INFO("device '%s' of tenant '%s' published to another device's channel: denied", who.name.c_str(),
+                 who.tenant.c_str());
+    return ReasonCode::kNotAuthorized;
+  }
+  const std::string_view what = topic.substr(own.size());
+  if (m.payload.size() > opts_.max_device_message_bytes) {
+    DeviceError(info, what, "too_large",
+                "message of " + std::to_string(m.payload.size()) + " bytes exceeds the limit of " +
+                    std::to_string(opts_.max_device_message_bytes),
+                "");
+    return ReasonCode::kPayloadFormatInvalid;
+  }
+  admin::DeviceMessage dm;
+  dm.report.tenant = who.tenant;
+  dm.report.device_id = who.name;
+  nlohmann::json j;
+  std::string err;
+  if (what == "jobs/update") {
+    dm.kind = admin::DeviceMessage::Kind::kJobUpdate;
+    err = ParseObject(m.payload, false, &j);
+    if (err.empty()) dm.report.client_token = ClientToken(j, &err);
+    if (err.empty()) {
+      for (auto it = j.begin(); it != j.end() && err.empty(); ++it) {
+        const std::string& k = it.key();
+        if (k != "job_id" && k != "attempt" && k != "status" && k != "details" && k != "client_token") {
+          err = "unknown field '" + k + "'";
+        }
+      }
+    }
+    if (err.empty()) {
+      auto id = j.find("job_id");
+      auto at = j.find("attempt");
+      auto st = j.find("status");
+      auto det = j.find("details");
+      if (id == j.end() || !id->is_string() || id->get_ref<const std::string&>().empty() ||
+          id->get_ref<const std::string&>().size() > 128) {
+        err = "job_id must be a string of 1..128 bytes";
+      } else if (at == j.end() || !at->is_number_unsigned() || at->get<uint64_t>() < 1 ||
+                 at->get<uint64_t>() > 1'000'000) {
+        err = "attempt must be an integer of at least 1";
+      } else if (st == j.end() || !st->is_string() || !jobs::ParseExec(st->get<std::string>(), &dm.report.status) ||
+                 !(dm.report.status == jobs::ExecState::InProgress || dm.report.status == jobs::ExecState::Succeeded ||
+                   dm.report.status == jobs::ExecState::Failed || dm.report.status == jobs::ExecState::Rejected)) {
+        err = "status must be IN_PROGRESS, SUCCEEDED, FAILED or REJECTED";
+      } else if (det != j.end() && !det->is_object()) {
+        err = "details must be a JSON object";
+      } else {
+        dm.report.job_id = id->get<std::string>();
+        dm.report.attempt = static_cast<uint32_t>(at->get<uint64_t>());
+        if (det != j.end()) {
+          dm.report.details = det->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+          if (dm.report.details.size() > 1024) err = "details exceed 1024 bytes";
+        }
+      }
+    }
+  } else if (what == "jobs/get") {
+    dm.kind = admin::DeviceMessage::Kind::kJobsGet;
+    err = ParseObject(m.payload, true, &j);
+    if (err.empty()) dm.report.client_token = ClientToken(j, &err);
+  } else {
+    DeviceError(info, what, "unknown_topic", "no such device-channel topic (doc/device-api.md)", "");
+    return ReasonCode::kTopicNameInvalid;
+  }
+  if (!err.empty()) {
+    DeviceError(info, what, "bad_request", err, dm.report.client_token);
+    return ReasonCode::kPayloadFormatInvalid;
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (device_msgs_.size() >= opts_.max_queued_device_messages) {
+      counters_.device_busy.fetch_add(1, std::memory_order_relaxed);
+      return ReasonCode::kQuotaExceeded;
+    }
+    device_msgs_.push_back(std::move(dm));
+  }
+  counters_.device_messages.fetch_add(1, std::memory_order_relaxed);
+  cv_.notify_one();
+  return ReasonCode::kSuccess;
+}
+
+void AdminModule::OnDeviceOutcome(std::string_view, std::string_view, uint64_t token, DeviceOutcome o) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    outcomes_.push_back(Outcome{token, o});
+  }
+  counters_.outcomes.fetch_add(1, std::memory_order_relaxed);
+  cv_.notify_one();
+}
+
+void AdminModule::SysCounters(const std::function<void(const char*, uint64_t)>& pub) {
+  auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  pub("management/requests", v(counters_.requests));
+  pub("management/requests_refused_busy", v(counters_.refused_busy));
+  pub("management/requests_refused_role", v(counters_.refused_role));
+  pub("management/events_coalesced", v(counters_.events_coalesced));
+  pub("management/device_messages", v(counters_.device_messages));
+  pub("management/device_messages_rejected", v(counters_.device_rejected));
+  pub("management/device_messages_refused_busy", v(counters_.device_busy));
+  pub("management/delivery_outcomes", v(counters_.outcomes));
+  pub("management/connects_blocked", v(counters_.blocked_connects));
+  pub("management/connects_revoked", v(counters_.revoked_connects));
+  pub("management/denied_unaudited", v(counters_.denied_unaudited));
 }
 
 }  // namespace fmq

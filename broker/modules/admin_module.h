@@ -53,6 +53,13 @@ class AdminModule : public BrokerHooks {
   void OnConnected(const ClientInfo& info) override;
   void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
   mqtt::ReasonCode OnControlPublish(const ClientInfo& info, const Message& m) override;
+  // The device channel (doc/device-api.md): validated here, on the worker
+  // thread (schema, sizes, the device's own topic), then queued for the
+  // management thread; a bad message gets an error on the device's errors
+  // topic and a PUBACK reason code, and changes nothing.
+  mqtt::ReasonCode OnDevicePublish(const ClientInfo& info, const Message& m) override;
+  void OnDeviceOutcome(std::string_view tenant, std::string_view device_id, uint64_t token, DeviceOutcome o) override;
+  void SysCounters(const std::function<void(const char*, uint64_t)>& pub) override;
   // A worker's TLS handshake refused a certificate that verified but is
   // revoked: audited like a denied CONNECT (aggregated).
   void OnTlsRefused(const pki::Identity& id, std::string_view serial, std::string_view why);
@@ -61,7 +68,12 @@ class AdminModule : public BrokerHooks {
     std::atomic<uint64_t> requests{0};
     std::atomic<uint64_t> refused_busy{0};
     std::atomic<uint64_t> refused_role{0};
-    std::atomic<uint64_t> events_dropped{0};
+    std::atomic<uint64_t> events_coalesced{0};  // connectivity events merged into a device's latest state
+    std::atomic<uint64_t> device_messages{0};   // device-channel messages accepted
+    std::atomic<uint64_t> device_rejected{0};   // malformed, oversized, unknown topic, not the device's own
+    std::atomic<uint64_t> device_busy{0};       // over max_queued_device_messages: PUBACK 0x97
+    std::atomic<uint64_t> outcomes{0};          // delivery outcomes reported to the features
+    std::atomic<uint64_t> pumps{0};             // management loop iterations
     std::atomic<uint64_t> blocked_connects{0};
     std::atomic<uint64_t> revoked_connects{0};  // CONNECT with a certificate revoked after its handshake
     std::atomic<uint64_t> denied_unaudited{0};  // over max_denied_tracked
@@ -86,7 +98,11 @@ class AdminModule : public BrokerHooks {
     uint64_t more = 0;
     int64_t ends_ms = 0;
   };
-  using Job = std::variant<Request, std::vector<admin::ConnEvent>, Denied>;
+  using Job = std::variant<Request, Denied>;
+  struct Outcome {
+    uint64_t token;
+    DeviceOutcome what;
+  };
   struct Completion {
     std::string tenant;
     std::string reply_topic;  // empty: effects only
@@ -99,6 +115,14 @@ class AdminModule : public BrokerHooks {
   void Post(Completion c);
   void Apply(admin::Effects& fx);
   void Event(const ClientInfo& info, bool connected, std::string_view reason);
+  // Worker thread: an error reply on the device's errors topic.
+  void DeviceError(const ClientInfo& info, std::string_view topic, std::string_view code, const std::string& msg,
+                   const std::string& client_token);
+  // Applies Effects::jobs: device messages to each device's home worker, in
+  // one batch per worker; progress events retained on the tenant's topic.
+  void ApplyJobs(jobs::Output& out);
+  // Management thread, mu_ held: whether there is input to process.
+  bool HasInput() const;
   // Any thread: audits a denied attempt, aggregated per window (above).
   void Deny(Denied d);
   // Management thread, mu_ held: the windows that ended, as audit jobs.
@@ -125,7 +149,10 @@ class AdminModule : public BrokerHooks {
   std::condition_variable cv_;
   std::deque<Job> jobs_;
   size_t queued_requests_ = 0;
-  size_t queued_events_ = 0;        // connectivity events not yet taken by the thread
+  std::vector<admin::ConnEvent> events_;   // in order, up to max_queued_events
+  StringMap<admin::ConnEvent> coalesced_;  // beyond: tenant \0 device → its latest event
+  std::vector<admin::DeviceMessage> device_msgs_;
+  std::vector<Outcome> outcomes_;
   StringMap<DeniedWindow> denied_;  // tenant \0 identity \0 reason
   std::vector<Completion> done_;
   bool stop_ = false;

@@ -9,8 +9,19 @@
 namespace fmq {
 
 struct AdminModuleOptions {
-  size_t max_queued_requests = 1024;   // beyond: PUBACK 0x97
-  size_t max_queued_events = 1 << 20;  // beyond: events dropped (counted, logged)
+  size_t max_queued_requests = 1024;  // beyond: PUBACK 0x97
+  // Beyond it connectivity events are coalesced per device (the latest
+  // state of each device is kept, the audit loses the transitions between):
+  // connectivity is never lost.
+  size_t max_queued_events = 1 << 20;
+  // Device-channel messages waiting for the management thread; beyond:
+  // PUBACK 0x97, counted (the device retries).
+  size_t max_queued_device_messages = 65536;
+  // Largest device-channel message accepted (doc/device-api.md).
+  size_t max_device_message_bytes = 8192;
+  // Job engine (mgmt/jobs/job_engine.h EngineOptions).
+  size_t jobs_max_active = 1000;
+  bool jobs_audit_executions = true;
   // Denied attempts (a revoked, suspended or retired device connecting, a
   // device on the control topic) are audited at once the first time; more
   // of the same (tenant, identity, reason) within this window are counted

@@ -10,30 +10,13 @@
 #include "absl/status/statusor.h"
 
 namespace fmq::admin {
-namespace {
 
-using storage::Page;
-using Status = absl::Status;
-
-constexpr size_t kDefaultPage = 100;
-
-// Ids are MQTT topic levels and certificate names: the certificate name
-// alphabet, and not starting with '_' (reserved, e.g. the platform tenant).
 bool ValidId(std::string_view s) { return pki::SafeName(s) && s[0] != '_'; }
 
-Status CheckId(const char* what, std::string_view s) {
+absl::Status CheckId(const char* what, std::string_view s) {
   if (ValidId(s)) return absl::OkStatus();
   return absl::InvalidArgumentError(std::string(what) +
                                     " must be 1..128 of letters, digits and - _ . : @ (not starting with '_')");
-}
-
-// Tenant ids also name directories and DNS-like labels: lowercase.
-Status CheckTenantId(std::string_view s) {
-  bool ok = !s.empty() && s.size() <= 63 && (std::isalnum(static_cast<unsigned char>(s[0])) != 0);
-  for (char c : s) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-');
-  return ok ? absl::OkStatus()
-            : absl::InvalidArgumentError(
-                  "tenant_id must be 1..63 of a-z, 0-9 and '-', starting with a letter or digit");
 }
 
 size_t PageLimit(Service::Ctx& ctx, size_t ceiling) {
@@ -42,9 +25,23 @@ size_t PageLimit(Service::Ctx& ctx, size_t ceiling) {
   return std::min<size_t>(static_cast<size_t>(l), ceiling);
 }
 
-Status CheckLimit(Service::Ctx& ctx) {
+absl::Status CheckLimit(Service::Ctx& ctx) {
   if (ctx.Has("limit") && ctx.Int("limit") < 1) return absl::InvalidArgumentError("limit must be at least 1");
   return absl::OkStatus();
+}
+
+namespace {
+
+using storage::Page;
+using Status = absl::Status;
+
+// Tenant ids also name directories and DNS-like labels: lowercase.
+Status CheckTenantId(std::string_view s) {
+  bool ok = !s.empty() && s.size() <= 63 && (std::isalnum(static_cast<unsigned char>(s[0])) != 0);
+  for (char c : s) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-');
+  return ok ? absl::OkStatus()
+            : absl::InvalidArgumentError(
+                  "tenant_id must be 1..63 of a-z, 0-9 and '-', starting with a letter or digit");
 }
 
 std::string_view StatusName(fb::DeviceStatus s) {
@@ -467,6 +464,7 @@ Status DeviceDecommission(Service::Ctx& ctx) {
     return BadTransition(d, "decommission");
   }
   if (Status s = RetireDevice(ctx, d); !s.ok()) return s;
+  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), id = d.device_id] { jobs.OnDeviceRetired(t, id); });
   d.status = fb::DeviceStatus::Decommissioned;  // the record stays, archived
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
   ctx.data = DeviceJson(ctx, d);
@@ -507,6 +505,8 @@ Status DeviceReplace(Service::Ctx& ctx) {
     return st;
   }
   if (Status s = RetireDevice(ctx, old_d); !s.ok()) return s;
+  ctx.on_commit.push_back(
+      [&jobs = ctx.jobs(), t = ctx.tenant(), id = old_d.device_id] { jobs.OnDeviceRetired(t, id); });
   old_d.status = fb::DeviceStatus::Replaced;
   old_d.replaced_by = new_id;
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), old_d, &ctx.batch); !s.ok()) return s;
@@ -678,6 +678,8 @@ const ArgSpec kDevice{"device_id", S, true, "the device"};
 
 }  // namespace
 
+bool ParseDeviceStatus(std::string_view s, fb::DeviceStatus* out) { return ParseStatus(s, out); }
+
 std::string_view ArgTypeName(ArgType t) {
   switch (t) {
     case ArgType::kString:
@@ -827,7 +829,12 @@ const std::vector<CommandSpec>& Commands() {
        AuditExport},
       {"audit.verify", kOp, false, "Recompute the tenant's audit hash chain", {}, AuditVerify},
   };
-  return kTable;
+  static const std::vector<CommandSpec> kAll = [] {
+    std::vector<CommandSpec> all = kTable;
+    for (auto& c : JobCommands()) all.push_back(std::move(c));
+    return all;
+  }();
+  return kAll;
 }
 
 const CommandSpec* FindCommand(std::string_view name) {

@@ -3,6 +3,7 @@
 // fleetmq-admin's help and doc/admin-api.md are all generated from it.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,10 +33,12 @@ struct Service::Ctx {
   Effects& fx;
   storage::WriteBatch& batch;
   int64_t now_ms;
-  std::string device_id;                   // the device the command is about (audit)
-  std::vector<std::string> other_devices;  // more devices it changed: an entry each (audit)
-  std::vector<std::string> crl_tenants;    // tenants whose CRL changed
+  std::string device_id;                         // the device the command is about (audit)
+  std::vector<std::string> other_devices;        // more devices it changed: an entry each (audit)
+  std::vector<std::string> crl_tenants;          // tenants whose CRL changed
+  std::vector<std::function<void()>> on_commit;  // in-memory changes once the batch committed
 
+  jobs::JobEngine& jobs() { return *svc.jobs_; }
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
   storage::Registry& reg() { return svc.registry_; }
   const ServiceOptions& opts() const { return svc.opts_; }
@@ -80,7 +83,20 @@ struct CommandSpec {
   Handler handler;
 };
 
+// Every command: the device and tenant commands (commands.cc), then the
+// job commands (job_commands.cc).
 const std::vector<CommandSpec>& Commands();
+std::vector<CommandSpec> JobCommands();
+
+// Shared by the handlers of every domain.
+inline constexpr size_t kDefaultPage = 100;
+// Ids are MQTT topic levels and certificate names: the certificate name
+// alphabet, and not starting with '_' (reserved, e.g. the platform tenant).
+bool ValidId(std::string_view s);
+absl::Status CheckId(const char* what, std::string_view s);
+size_t PageLimit(Service::Ctx& ctx, size_t ceiling);
+absl::Status CheckLimit(Service::Ctx& ctx);
+bool ParseDeviceStatus(std::string_view s, fb::DeviceStatus* out);
 const CommandSpec* FindCommand(std::string_view name);
 
 // Stable error codes of replies (doc/admin-api.md lists them).

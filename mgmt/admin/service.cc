@@ -78,7 +78,14 @@ std::string Actor::Label() const {
 }
 
 Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
-    : kv_(kv), clock_(clock), opts_(std::move(opts)), registry_(kv) {}
+    : kv_(kv), clock_(clock), opts_(std::move(opts)), registry_(kv) {
+  jobs::Host host;
+  host.online = [this](const std::string& tenant, std::string_view device) {
+    const Connectivity* c = ConnectivityOf(tenant, device);
+    return c != nullptr && c->online;
+  };
+  jobs_ = std::make_unique<jobs::JobEngine>(kv_, &registry_, clock_, std::move(host), opts_.jobs);
+}
 
 Service::~Service() = default;
 
@@ -199,8 +206,10 @@ absl::Status Service::Init(Effects* fx) {
       } while (!cursor.empty());
     }
   }
-  if (!b.empty()) return registry_.Commit(b);
-  return absl::OkStatus();
+  if (!b.empty()) {
+    if (absl::Status s = registry_.Commit(b); !s.ok()) return s;
+  }
+  return jobs_->Recover();
 }
 
 std::string Service::Handle(const Actor& actor, std::string_view request, Effects* fx) {
@@ -267,11 +276,15 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
       return finish(ErrorJson("missing_argument", "missing argument '" + std::string(a.name) + "' for " + name));
     }
   }
+  // Commands read the store: every change the features made so far is in it.
+  if (absl::Status s = jobs_->Commit(&fx->jobs); !s.ok()) {
+    return finish(ErrorJson("storage_error", "job state not written: " + std::string(s.message())));
+  }
   Json data = Json::object();
   Effects local;
   WriteBatch batch;
   const int64_t now = clock_->WallMs();
-  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}, {}};
+  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}, {}, {}};
   absl::Status st = spec->handler(ctx);
   if (!spec->mutating) {
     if (!st.ok()) return finish(ErrorJson(ErrorCodeOf(st), std::string(st.message())));
@@ -312,6 +325,7 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
     return finish(ErrorJson("storage_error", "not committed: " + std::string(a.message())));
   }
   if (!st.ok()) return finish(ErrorJson(ErrorCodeOf(st), std::string(st.message())));
+  for (auto& fn : ctx.on_commit) fn();
   std::sort(ctx.crl_tenants.begin(), ctx.crl_tenants.end());
   ctx.crl_tenants.erase(std::unique(ctx.crl_tenants.begin(), ctx.crl_tenants.end()), ctx.crl_tenants.end());
   for (const auto& tn : ctx.crl_tenants) {
@@ -372,6 +386,7 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
     c.last_seen_ms = ev.wall_ms;
     if (ev.connected) {
       c.connected_since_ms = ev.wall_ms;
+      jobs_->OnConnected(ev.tenant, ev.device_id);
     } else {
       c.last_disconnect_reason = ev.reason;
     }
@@ -422,6 +437,29 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
     for (const auto& tn : touched) registry_.ForgetAuditHead(TenantId::FromAuthenticated(tn));
     FMQ_LOG_ERROR("connectivity of %zu events not recorded: %s", events.size(), std::string(err.message()).c_str());
   }
+}
+
+void Service::OnDeviceMessage(const DeviceMessage& m) {
+  switch (m.kind) {
+    case DeviceMessage::Kind::kJobUpdate:
+      jobs_->OnReport(m.report);
+      break;
+    case DeviceMessage::Kind::kJobsGet:
+      jobs_->OnGetPending(m.report.tenant, m.report.device_id, m.report.client_token);
+      break;
+  }
+}
+
+void Service::OnDeliveryOutcome(uint64_t token, bool acked, std::string_view why) {
+  jobs_->OnOutcome(token, acked, why);
+}
+
+int64_t Service::Pump(Effects* fx) {
+  const int64_t next = jobs_->Pump();
+  if (absl::Status s = jobs_->Commit(&fx->jobs); !s.ok()) {
+    FMQ_LOG_ERROR("job state not committed: %s", std::string(s.message()).c_str());
+  }
+  return next;
 }
 
 void Service::Tick(Effects* fx) {

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "common/clock.h"
 #include "common/string_map.h"
+#include "mgmt/jobs/job_engine.h"
 #include "mgmt/pki/pki.h"
 #include "storage/registry.h"
 
@@ -71,9 +72,11 @@ struct Effects {
   std::vector<Quota> quotas;
   std::vector<std::string> trusted_cas;  // PEM of tenant CAs created at run time
   std::vector<Publish> publishes;
+  // The device channel (doc/device-api.md) and job progress events.
+  jobs::Output jobs;
   bool empty() const {
     return kicks.empty() && revoked.empty() && blocks.empty() && regroups.empty() && quotas.empty() &&
-           trusted_cas.empty() && publishes.empty();
+           trusted_cas.empty() && publishes.empty() && jobs.empty();
   }
 };
 
@@ -84,6 +87,14 @@ struct ConnEvent {
   int64_t wall_ms = 0;
 };
 
+// A message a device published on its channel, validated by the broker's
+// module (schema and sizes; the device id is the certificate's).
+struct DeviceMessage {
+  enum class Kind : uint8_t { kJobUpdate, kJobsGet };
+  Kind kind = Kind::kJobUpdate;
+  jobs::Report report;  // tenant, device_id, client_token always set
+};
+
 struct ServiceOptions {
   std::string pki_dir;                                   // DATA_DIR/pki
   std::string mqtt_endpoint = "mqtts://127.0.0.1:8883";  // returned by device.register
@@ -91,6 +102,7 @@ struct ServiceOptions {
   size_t max_commands = 100;  // per request
   size_t max_page = 1000;     // list limit ceiling
   int64_t crl_validity_ms = 7 * pki::kDay;
+  jobs::EngineOptions jobs;
 };
 
 // Live connectivity as last reported by the broker's hooks.
@@ -124,6 +136,16 @@ class Service {
   // minute).
   void Tick(Effects* fx);
 
+  // The device channel: a validated device message, and the outcome of a
+  // message sent to a device (Effects::jobs.sends with a token).
+  void OnDeviceMessage(const DeviceMessage& m);
+  void OnDeliveryOutcome(uint64_t token, bool acked, std::string_view why);
+  // Runs the features' deadlines and pending work (job timeouts, retries,
+  // dispatch), commits their state, and returns what must go out now and
+  // the wall ms at which it must run again (INT64_MAX: only on new input).
+  int64_t Pump(Effects* fx);
+  jobs::JobEngine& job_engine() { return *jobs_; }
+
   // A device refused at CONNECT (suspended...) or a denied admin attempt
   // that never reached a command: audited.
   void AuditDenied(const Actor& actor, std::string_view action, std::string_view device_id, std::string_view why);
@@ -153,6 +175,7 @@ class Service {
   StringMap<int64_t> crl_signed_at_;         // tenant → wall ms
   StringMap<StringMap<Connectivity>> conn_;  // tenant → device → state
   int64_t last_tick_ms_ = 0;
+  std::unique_ptr<jobs::JobEngine> jobs_;
 };
 
 }  // namespace fmq::admin

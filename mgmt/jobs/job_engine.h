@@ -1,0 +1,202 @@
+// The one job engine (doc/jobs.md): every bulk operation — commands now,
+// configuration, firmware and certificate renewal later — is a job whose
+// target resolves into one stored execution per device, dispatched at the
+// job's rollout rate to connected devices over the device channel
+// (doc/device-api.md), followed through the execution state machine
+// (job_state.h) by the device's reports, timeouts and retries, and ended by
+// completion, cancellation or the abort criteria.
+//
+// Runs on the management thread only (admin::Service owns it). Every state
+// change goes into the engine's write batch; Commit() writes it (one group
+// commit per pump of the management loop) and only then releases what the
+// changes must cause (notifications to devices, replies, progress events):
+// a device is never told about a state the store does not have. After a
+// crash, Recover() rebuilds the in-memory state from the executions.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <queue>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "common/clock.h"
+#include "common/string_map.h"
+#include "mgmt/jobs/job_state.h"
+#include "storage/registry.h"
+
+namespace fmq::jobs {
+
+// A message to a device's channel (the topic below "$fleetmq/v1/devices/<id>/"
+// is `suffix`). token != 0: the broker reports its outcome (OnOutcome).
+struct DeviceSend {
+  std::string tenant, device_id, suffix, payload;
+  uint64_t token = 0;
+};
+// A retained progress event on a tenant's job events topic.
+struct Progress {
+  std::string tenant, job_id, payload;
+};
+
+struct Output {
+  std::vector<DeviceSend> sends;
+  std::vector<Progress> progress;
+  bool empty() const { return sends.empty() && progress.empty(); }
+};
+
+// What the engine needs from its host.
+struct Host {
+  // Whether the device is connected now (the management thread's view).
+  std::function<bool(const std::string& tenant, std::string_view device_id)> online;
+};
+
+struct EngineOptions {
+  size_t resolve_batch = 1000;     // devices resolved per pump step
+  size_t dispatch_scan = 1000;     // executions read per cursor step
+  size_t max_active_jobs = 1000;   // per node: jobs not yet ended (SCHEDULED, IN_PROGRESS, PAUSED)
+  size_t max_detail_bytes = 1024;  // a device's status details
+  int64_t progress_interval_ms = 1000;
+  bool audit_executions = true;  // an audit entry per execution state change
+};
+
+// A device's report on the device channel, validated (schema, sizes) by the
+// caller.
+struct Report {
+  std::string tenant, device_id, job_id, client_token;
+  uint32_t attempt = 0;
+  ExecState status = ExecState::InProgress;
+  std::string details;  // JSON text, bounded
+};
+
+class JobEngine {
+ public:
+  JobEngine(storage::KvStore* kv, storage::Registry* reg, const Clock* clock, Host host,
+            const EngineOptions& opts = {});
+  ~JobEngine();
+
+  // Start-up: every job not ended is loaded and its executions read back.
+  absl::Status Recover();
+
+  // --- Commands (admin command table). Each writes to `b` (committed by the
+  // caller with the audit entry) and returns the change to apply once that
+  // committed (Activate / Apply below); nothing in memory changes before.
+  struct Target {
+    std::vector<std::string> device_ids;  // explicit (each must be registered)
+    storage::DeviceFilter filter;         // or a query (group, model, firmware, status)
+    bool has_query = false;
+    int online = -1;  // -1 any, 0 offline only, 1 online only (at resolution)
+  };
+  struct NewJob {
+    std::string job_id, created_by, document_json;
+    fb::JobType type = fb::JobType::Command;
+    Target target;
+    Spec spec;
+    int64_t start_at_ms = 0;
+  };
+  // Validates and stores the job (and the executions of explicit ids).
+  absl::Status Create(const storage::TenantId& t, const NewJob& j, storage::WriteBatch* b, fb::JobT* out);
+  void Activate(const storage::TenantId& t, fb::JobT rec);
+  // pause / resume / cancel (force: executions in flight are canceled and
+  // their devices told).
+  enum class Action { kPause, kResume, kCancel };
+  absl::Status Control(const storage::TenantId& t, std::string_view job_id, Action a, bool force, const std::string& by,
+                       storage::WriteBatch* b, fb::JobT* out);
+  void ApplyControl(const storage::TenantId& t, const fb::JobT& rec, Action a, bool force);
+  // job.get: the record with live counts, rate and ETA.
+  absl::StatusOr<Json> Describe(const storage::TenantId& t, std::string_view job_id);
+  bool IsActive(const storage::TenantId& t, std::string_view job_id) const;
+  size_t active_jobs() const { return active_count_; }
+
+  // --- Events (management thread).
+  void OnConnected(const std::string& tenant, const std::string& device_id);
+  // A device report; the reply (accepted / rejected) goes out after Commit.
+  void OnReport(const Report& r);
+  // The device asked for its pending executions (after a reconnect).
+  void OnGetPending(const std::string& tenant, const std::string& device_id, const std::string& client_token);
+  void OnOutcome(uint64_t token, bool acked, std::string_view why);
+  // The device was decommissioned or replaced: its executions not ended are REMOVED.
+  void OnDeviceRetired(const storage::TenantId& t, const std::string& device_id);
+
+  // Timeouts, retries, resolution and dispatch up to now. Returns the next
+  // wall ms it needs to run again (or INT64_MAX).
+  int64_t Pump();
+  // Writes the batch; on success moves what it releases into `out`.
+  absl::Status Commit(Output* out);
+
+  struct Stats {
+    uint64_t reports_rejected = 0;  // unknown job, stale attempt, terminal, invalid transition
+    uint64_t commits_failed = 0;
+    uint64_t notifications = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct Active;
+  struct Inflight;
+  struct Candidate;
+  // Where an execution is referred to from outside its job (tokens, timers).
+  struct Ref {
+    std::string tenant, job_id, device;
+    uint32_t attempt = 0;
+  };
+  struct Due {
+    int64_t at;
+    Ref ref;
+    bool operator>(const Due& o) const { return at > o.at; }
+  };
+  using DueQueue = std::priority_queue<Due, std::vector<Due>, std::greater<Due>>;
+
+  Active* Find(const std::string& tenant, std::string_view job_id);
+  Active* Find(const Ref& r) { return Find(r.tenant, r.job_id); }
+  absl::Status Load(const storage::TenantId& t, fb::JobT rec);
+  void Resolve(Active& j, int64_t now);
+  void Dispatch(Active& j, int64_t now);
+  bool NextCandidate(Active& j, int64_t now, Candidate* c);
+  void StartExecution(Active& j, const Candidate& c, int64_t now);
+  void Expire(int64_t now);
+  void Retry(int64_t now);
+  // Moves an execution from `from` to `to`: counts, the stored record and
+  // (audit_executions) its audit entry.
+  void Record(Active& j, const std::string& device, ExecState from, ExecState to, uint32_t attempt,
+              std::string_view detail, int64_t not_before = 0);
+  // An execution in flight reached a terminal state (or a retry).
+  void Finish(Active& j, const std::string& device, ExecState to, std::string_view detail, bool may_retry);
+  void CheckAbort(Active& j);
+  void EndJob(Active& j, JobStatus status, std::string reason, bool force);
+  void CancelRemaining(Active& j, bool force);
+  void MaybeComplete(Active& j);
+  void Notify(Active& j, const std::string& device, Inflight& f);
+  void Reply(const std::string& tenant, const std::string& device, std::string_view suffix, const Json& body);
+  void ProgressEvents(int64_t now);
+  Json ProgressJson(const Active& j, int64_t now) const;
+  void SaveJob(Active& j);
+  void Sweep();
+  // An execution's state: written in the batch not yet committed, else stored.
+  bool Lookup(Active& j, const std::string& device, fb::JobDeviceT* out);
+  static std::string UnsyncedKey(const Active& j, std::string_view device);
+
+  storage::KvStore* kv_;
+  storage::Registry* reg_;
+  const Clock* clock_;
+  Host host_;
+  EngineOptions opts_;
+  StringMap<StringMap<std::unique_ptr<Active>>> active_;  // tenant → job id → job not ended (or draining)
+  size_t active_count_ = 0;
+  absl::flat_hash_map<uint64_t, Ref> tokens_;  // notifications waiting for their outcome
+  uint64_t next_token_ = 1;
+  DueQueue timeouts_, retries_;
+  storage::WriteBatch batch_;
+  // Executions changed in batch_ (tenant \0 job \0 device → state, attempt).
+  absl::flat_hash_map<std::string, std::pair<ExecState, uint32_t>> unsynced_;
+  Output pending_;
+  std::vector<std::string> touched_tenants_;  // audit heads to forget if the commit fails
+  Stats stats_;
+};
+
+}  // namespace fmq::jobs

@@ -1,0 +1,591 @@
+// fleetmq-device: the reference device agent of doc/device-api.md, for N
+// simulated devices at once on one libuv loop. Each device connects over
+// mutual TLS with its own certificate (DIR/<id>.crt, DIR/<id>.key), subscribes
+// to its device channel, asks for its pending job executions, and executes
+// job notifications: IN_PROGRESS, then SUCCEEDED (or FAILED / REJECTED /
+// nothing, by the knobs below), deduplicating by (job id, attempt) as the
+// contract asks. It reconnects after any disconnect.
+//
+//   fleetmq-device --port P --ca root.crt --certs DIR --count N [--prefix dev-]
+//       [--start 0] [--fail-pct 0] [--reject-pct 0] [--silent-pct 0]
+//       [--drop-pct 0] [--slow-ms 0] [--version 5|4] [--window 64]
+//       [--duration 0] [--idle-exit 0] [--log FILE] [--seed 1]
+//
+// Knobs (deterministic per device, job and attempt with --seed): --fail-pct
+// of attempts report FAILED; --reject-pct of executions report REJECTED;
+// --silent-pct of executions are never answered (acknowledged at the MQTT
+// level only); --drop-pct of notifications make the device drop its
+// connection before answering (it reconnects and gets it again); --slow-ms
+// between IN_PROGRESS and the final status. --log writes one JSON line per
+// final status reported ({"device","job_id","attempt","status"}).
+// Prints one status line a second on stderr and a JSON summary on exit
+// (SIGINT/SIGTERM, --duration, or --idle-exit seconds without a notification
+// once every device connected). Loopback only.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <queue>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "broker/mqtt/codec.h"
+#include "broker/mqtt/framer.h"
+#include "broker/tls/tls.h"
+#include "mgmt/pki/pki.h"
+
+namespace {
+
+using namespace fmq;
+using Json = nlohmann::json;
+
+struct Options {
+  std::string host = "127.0.0.1";
+  int port = 8883;
+  std::string ca, certs, prefix = "dev-", log;
+  int count = 1, start = 0, window = 64, version = 5;
+  double fail_pct = 0, reject_pct = 0, silent_pct = 0, drop_pct = 0;
+  int slow_ms = 0;
+  double duration = 0, idle_exit = 0;
+  uint64_t seed = 1;
+};
+
+int64_t NowMs() { return static_cast<int64_t>(uv_hrtime() / 1'000'000); }
+
+// A deterministic number in [0, 100) for (seed, device, key).
+double Roll(uint64_t seed, const std::string& device, const std::string& key) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (char c : device + "\x1f" + key) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  return static_cast<double>(h % 1'000'000) / 10'000.0;
+}
+
+class Agent;
+
+struct Device {
+  Agent* agent = nullptr;
+  std::string id, channel;
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt chain;
+  mbedtls_pk_context key;
+  uv_tcp_t* tcp = nullptr;
+  std::unique_ptr<tls::TlsSession> tls;
+  mqtt::Framer framer{1u << 20};
+  bool connected = false, ever = false, connecting = false;
+  uint16_t next_id = 1;
+  // Executions seen: job id → (attempt, final status reported or "").
+  std::unordered_map<std::string, std::pair<uint32_t, std::string>> seen;
+};
+
+struct Answer {
+  int64_t at;
+  int device;
+  std::string job_id, status;
+  uint32_t attempt;
+  bool operator>(const Answer& o) const { return at > o.at; }
+};
+
+class Agent {
+ public:
+  explicit Agent(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
+
+  int Run() {
+    if (!Load()) return 1;
+    if (!o_.log.empty()) {
+      log_ = std::fopen(o_.log.c_str(), "a");
+      if (log_ == nullptr) {
+        std::fprintf(stderr, "fleetmq-device: cannot open %s\n", o_.log.c_str());
+        return 1;
+      }
+      setvbuf(log_, nullptr, _IOLBF, 0);
+    }
+    uv_timer_init(&loop_, &tick_);
+    tick_.data = this;
+    uv_timer_start(&tick_, OnTick, 10, 10);
+    for (int sig : {SIGINT, SIGTERM}) {
+      auto* s = new uv_signal_t;
+      uv_signal_init(&loop_, s);
+      s->data = this;
+      uv_signal_start(
+          s, [](uv_signal_t* h, int) { static_cast<Agent*>(h->data)->stop_ = true; }, sig);
+      uv_unref(reinterpret_cast<uv_handle_t*>(s));
+    }
+    start_ms_ = last_notify_ms_ = NowMs();
+    Pump();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    Summary();
+    if (log_ != nullptr) std::fclose(log_);
+    return 0;
+  }
+
+  void OnPlain(Device& d, std::string_view bytes);
+  void Closed(Device& d);
+  void Send(Device& d);
+
+ private:
+  bool Load() {
+    auto read = [](const std::string& p) {
+      std::ifstream f(p);
+      return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    };
+    const std::string ca = read(o_.ca);
+    mbedtls_x509_crt_init(&trust_);
+    auto bytes = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.c_str()); };
+    if (ca.empty() || mbedtls_x509_crt_parse(&trust_, bytes(ca), ca.size() + 1) != 0) {
+      std::fprintf(stderr, "fleetmq-device: --ca must be a readable PEM CA certificate\n");
+      return false;
+    }
+    devices_.resize(o_.count);
+    for (int i = 0; i < o_.count; ++i) {
+      Device& d = devices_[i];
+      d.agent = this;
+      d.id = o_.prefix + std::to_string(o_.start + i);
+      d.channel = "$fleetmq/v1/devices/" + d.id + "/";
+      const std::string cert = read(o_.certs + "/" + d.id + ".crt"), key = read(o_.certs + "/" + d.id + ".key");
+      mbedtls_ssl_config_init(&d.conf);
+      mbedtls_x509_crt_init(&d.chain);
+      mbedtls_pk_init(&d.key);
+      if (cert.empty() || key.empty() ||
+          mbedtls_ssl_config_defaults(&d.conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                      MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
+          mbedtls_x509_crt_parse(&d.chain, bytes(cert), cert.size() + 1) != 0 ||
+          mbedtls_pk_parse_key(&d.key, bytes(key), key.size() + 1, nullptr, 0) != 0) {
+        std::fprintf(stderr, "fleetmq-device: %s: needs %s/%s.crt and .key (PEM)\n", d.id.c_str(), o_.certs.c_str(),
+                     d.id.c_str());
+        return false;
+      }
+      mbedtls_ssl_conf_rng(&d.conf, pki::Rng::Fill, &rng_);
+      mbedtls_ssl_conf_authmode(&d.conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+      mbedtls_ssl_conf_ca_chain(&d.conf, &trust_, nullptr);
+      if (mbedtls_ssl_conf_own_cert(&d.conf, &d.chain, &d.key) != 0) return false;
+    }
+    for (int i = 0; i < o_.count; ++i) to_connect_.push(i);
+    return true;
+  }
+
+  // Starts connections, at most --window in progress.
+  void Pump() {
+    const int64_t now = NowMs();
+    while (!stop_ && connecting_ < o_.window && !to_connect_.empty()) {
+      auto [at, idx] = to_connect_.top_pair();
+      if (at > now) break;
+      to_connect_.pop();
+      Connect(devices_[idx]);
+    }
+  }
+
+  void Connect(Device& d) {
+    d.connecting = true;
+    ++connecting_;
+    d.tcp = new uv_tcp_t;
+    uv_tcp_init(&loop_, d.tcp);
+    uv_tcp_nodelay(d.tcp, 1);
+    d.tcp->data = &d;
+    d.framer = mqtt::Framer(1u << 20);
+    d.tls = std::make_unique<tls::TlsSession>(&d.conf, "localhost");
+    auto* req = new uv_connect_t;
+    req->data = &d;
+    sockaddr_in addr;
+    uv_ip4_addr(o_.host.c_str(), o_.port, &addr);
+    uv_tcp_connect(req, d.tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
+  }
+
+  static void OnConnect(uv_connect_t* req, int status) {
+    auto* d = static_cast<Device*>(req->data);
+    delete req;
+    Agent* a = d->agent;
+    if (status != 0) {
+      a->Closed(*d);
+      return;
+    }
+    mqtt::Connect ck;
+    ck.version = a->Version();
+    ck.client_id = d->id;
+    ck.keep_alive = 60;
+    std::string plain;
+    mqtt::Encode(ck, ck.version, &plain);
+    d->tls->Write(plain);  // held until the handshake is done
+    d->tls->OnCiphertext("");
+    a->Send(*d);
+    uv_read_start(
+        reinterpret_cast<uv_stream_t*>(d->tcp),
+        [](uv_handle_t* h, size_t, uv_buf_t* b) {
+          auto* dev = static_cast<Device*>(h->data);
+          *b = uv_buf_init(dev->agent->read_buf_, sizeof dev->agent->read_buf_);
+        },
+        OnRead);
+  }
+
+  static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+    auto* d = static_cast<Device*>(s->data);
+    Agent* a = d->agent;
+    if (n < 0) {
+      a->Closed(*d);
+      return;
+    }
+    d->tls->OnCiphertext(std::string_view(buf->base, static_cast<size_t>(n)));
+    if (d->tls->state() == tls::TlsSession::State::kFailed) {
+      if (a->tls_errors_++ < 5)
+        std::fprintf(stderr, "fleetmq-device: %s: TLS: %s\n", d->id.c_str(), d->tls->error().c_str());
+      a->Closed(*d);
+      return;
+    }
+    a->Send(*d);
+    const std::string plain = d->tls->TakePlaintext();
+    if (!plain.empty()) a->OnPlain(*d, plain);
+  }
+
+  static void OnTick(uv_timer_t* t) {
+    auto* a = static_cast<Agent*>(t->data);
+    a->Tick();
+  }
+
+  void Tick();
+  void Write(Device& d, const mqtt::Packet& p) {
+    std::string out;
+    mqtt::Encode(p, Version(), &out);
+    d.tls->Write(out);
+    Send(d);
+  }
+  void Publish(Device& d, const std::string& suffix, const std::string& payload) {
+    mqtt::Publish p;
+    p.qos = 1;
+    const std::string topic = d.channel + suffix;
+    p.topic = topic;
+    p.packet_id = d.next_id++;
+    if (d.next_id == 0) d.next_id = 1;
+    p.payload = payload;
+    Write(d, p);
+  }
+  void Report(Device& d, const std::string& job, uint32_t attempt, const std::string& status, const Json& details) {
+    Json j{{"job_id", job}, {"attempt", attempt}, {"status", status}};
+    if (!details.is_null()) j["details"] = details;
+    Publish(d, "jobs/update", j.dump());
+    reports_++;
+  }
+  void OnNotify(Device& d, std::string_view payload);
+  mqtt::Version Version() const { return o_.version == 4 ? mqtt::Version::kV311 : mqtt::Version::kV5; }
+  void Summary();
+
+  // Devices to (re)connect, by time.
+  struct ConnectQueue {
+    std::priority_queue<std::pair<int64_t, int>, std::vector<std::pair<int64_t, int>>, std::greater<>> q;
+    void push(int i, int64_t at = 0) { q.push({at, i}); }
+    bool empty() const { return q.empty(); }
+    std::pair<int64_t, int> top_pair() const { return q.top(); }
+    void pop() { q.pop(); }
+  };
+
+  Options o_;
+  uv_loop_t loop_;
+  uv_timer_t tick_;
+  mbedtls_x509_crt trust_;
+  pki::Rng rng_;
+  std::vector<Device> devices_;
+  ConnectQueue to_connect_;
+  std::priority_queue<Answer, std::vector<Answer>, std::greater<Answer>> answers_;
+  char read_buf_[64 * 1024];
+  FILE* log_ = nullptr;
+  bool stop_ = false;
+  int connecting_ = 0, connected_ = 0, tls_errors_ = 0;
+  int64_t start_ms_ = 0, last_ping_ms_ = 0, last_notify_ms_ = 0, last_line_ms_ = 0, all_connected_ms_ = 0;
+  uint64_t notifications_ = 0, duplicates_ = 0, reports_ = 0, accepted_ = 0, rejected_ = 0, errors_ = 0, cancels_ = 0,
+           connects_ = 0, disconnects_ = 0, succeeded_ = 0, failed_ = 0, rejected_jobs_ = 0, silent_ = 0, drops_ = 0,
+           refused_ = 0;
+
+  friend struct Device;
+};
+
+void Agent::Send(Device& d) {
+  std::string bytes = d.tls->TakeCiphertext();
+  if (bytes.empty() || d.tcp == nullptr) return;
+  struct Req {
+    uv_write_t w;
+    std::string data;
+  };
+  auto* r = new Req;
+  r->data.swap(bytes);
+  uv_buf_t b = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
+  r->w.data = r;
+  if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(d.tcp), &b, 1,
+               [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
+    delete r;
+  }
+}
+
+void Agent::Closed(Device& d) {
+  if (d.tcp == nullptr) return;
+  if (d.connecting) {
+    d.connecting = false;
+    --connecting_;
+  }
+  if (d.connected) {
+    d.connected = false;
+    --connected_;
+    ++disconnects_;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(d.tcp), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  d.tcp = nullptr;
+  if (!stop_) to_connect_.push(static_cast<int>(&d - devices_.data()), NowMs() + 500 + (std::rand() % 1000));
+}
+
+void Agent::OnPlain(Device& d, std::string_view bytes) {
+  mqtt::Error ferr = d.framer.Feed(bytes, [&](uint8_t first, std::string_view body) {
+    mqtt::Packet p;
+    if (!mqtt::Decode(first, body, Version(), &p).ok()) return false;
+    if (auto* ca = std::get_if<mqtt::Connack>(&p)) {
+      d.connecting = false;
+      --connecting_;
+      if (ca->reason != mqtt::ReasonCode::kSuccess) {
+        ++refused_;
+        return false;
+      }
+      d.connected = true;
+      d.ever = true;
+      ++connected_;
+      ++connects_;
+      mqtt::Subscribe sub;
+      sub.packet_id = d.next_id++;
+      sub.entries.push_back({d.channel + "#", 1});
+      Write(d, sub);
+    } else if (std::get_if<mqtt::SubAck>(&p) != nullptr) {
+      Publish(d, "jobs/get", "{}");  // what is pending for me (the contract's reconnect step)
+    } else if (auto* pub = std::get_if<mqtt::Publish>(&p)) {
+      if (pub->qos == 1) {
+        mqtt::Ack ack;
+        ack.type = mqtt::PacketType::kPuback;
+        ack.packet_id = pub->packet_id;
+        // Dropping before the answer: the device goes away with the
+        // notification acknowledged and unanswered.
+        Write(d, ack);
+      }
+      std::string_view topic = pub->topic;
+      if (topic.substr(0, d.channel.size()) != d.channel) return true;
+      topic.remove_prefix(d.channel.size());
+      if (topic == "jobs/notify") {
+        OnNotify(d, pub->payload);
+      } else if (topic == "jobs/update/accepted") {
+        ++accepted_;
+      } else if (topic == "jobs/update/rejected") {
+        ++rejected_;
+      } else if (topic == "jobs/cancel") {
+        ++cancels_;
+        Json j = Json::parse(pub->payload, nullptr, false);
+        if (j.is_object() && j.contains("job_id") && j["job_id"].is_string()) {
+          d.seen[j["job_id"].get<std::string>()].second = "CANCELED";
+        }
+      } else if (topic == "errors") {
+        if (errors_++ < 5) {
+          std::fprintf(stderr, "fleetmq-device: %s: error: %.*s\n", d.id.c_str(), static_cast<int>(pub->payload.size()),
+                       pub->payload.data());
+        }
+      }
+    }
+    return true;
+  });
+  (void)ferr;
+  if (!d.connected && !d.connecting && d.tcp != nullptr) Closed(d);
+}
+
+void Agent::OnNotify(Device& d, std::string_view payload) {
+  Json j = Json::parse(payload, nullptr, false);
+  if (!j.is_object() || !j.contains("job_id") || !j.contains("attempt")) return;
+  const std::string job = j["job_id"].get<std::string>();
+  const uint32_t attempt = j["attempt"].get<uint32_t>();
+  last_notify_ms_ = NowMs();
+  ++notifications_;
+  auto& seen = d.seen[job];
+  if (seen.first == attempt) {
+    // The same attempt again (a resend after a reconnect or a restart):
+    // answered already → the final status again; running → nothing new.
+    ++duplicates_;
+    if (!seen.second.empty() && seen.second != "CANCELED" && seen.second != "SILENT") {
+      Report(d, job, attempt, seen.second, Json{{"result", "repeated"}});
+    }
+    return;
+  }
+  seen = {attempt, ""};
+  if (Roll(o_.seed, d.id, job + "/silent") < o_.silent_pct) {
+    seen.second = "SILENT";
+    ++silent_;
+    return;
+  }
+  if (Roll(o_.seed, d.id, job + "/" + std::to_string(attempt) + "/drop") < o_.drop_pct) {
+    ++drops_;
+    seen.first = 0;  // not executed: it comes again after the reconnect
+    if (d.tcp != nullptr) Closed(d);
+    return;
+  }
+  std::string status = "SUCCEEDED";
+  if (Roll(o_.seed, d.id, job + "/reject") < o_.reject_pct) {
+    status = "REJECTED";
+  } else if (Roll(o_.seed, d.id, job + "/" + std::to_string(attempt) + "/fail") < o_.fail_pct) {
+    status = "FAILED";
+  }
+  if (status != "REJECTED") Report(d, job, attempt, "IN_PROGRESS", Json());
+  answers_.push(Answer{NowMs() + o_.slow_ms, static_cast<int>(&d - devices_.data()), job, status, attempt});
+  if (o_.slow_ms == 0) Tick();
+}
+
+void Agent::Tick() {
+  const int64_t now = NowMs();
+  while (!answers_.empty() && answers_.top().at <= now) {
+    Answer a = answers_.top();
+    answers_.pop();
+    Device& d = devices_[a.device];
+    auto& seen = d.seen[a.job_id];
+    if (seen.first != a.attempt || !seen.second.empty()) continue;  // canceled or superseded
+    seen.second = a.status;
+    if (!d.connected) {
+      seen.second.clear();  // answered after the reconnect, when notified again
+      seen.first = 0;
+      continue;
+    }
+    const Json details = a.status == "SUCCEEDED" ? Json{{"result", "ok"}} : Json{{"error", "simulated " + a.status}};
+    Report(d, a.job_id, a.attempt, a.status, details);
+    (a.status == "SUCCEEDED" ? succeeded_ : a.status == "FAILED" ? failed_ : rejected_jobs_)++;
+    if (log_ != nullptr) {
+      std::fprintf(
+          log_, "%s\n",
+          Json{{"device", d.id}, {"job_id", a.job_id}, {"attempt", a.attempt}, {"status", a.status}}.dump().c_str());
+    }
+  }
+  Pump();
+  if (connected_ == o_.count && all_connected_ms_ == 0) all_connected_ms_ = now;
+  if (now - last_ping_ms_ >= 30'000) {  // keep alive 60 s
+    last_ping_ms_ = now;
+    for (Device& d : devices_) {
+      if (d.connected) Write(d, mqtt::Pingreq{});
+    }
+  }
+  if (now - last_line_ms_ >= 1000) {
+    last_line_ms_ = now;
+    std::fprintf(stderr,
+                 "fleetmq-device: %d/%d connected, %llu notified (%llu again), %llu succeeded, %llu failed, %llu "
+                 "rejected, %llu accepted, %llu refused replies, %llu errors\n",
+                 connected_, o_.count, static_cast<unsigned long long>(notifications_),
+                 static_cast<unsigned long long>(duplicates_), static_cast<unsigned long long>(succeeded_),
+                 static_cast<unsigned long long>(failed_), static_cast<unsigned long long>(rejected_jobs_),
+                 static_cast<unsigned long long>(accepted_), static_cast<unsigned long long>(rejected_),
+                 static_cast<unsigned long long>(errors_));
+  }
+  const bool timeout = o_.duration > 0 && now - start_ms_ >= o_.duration * 1000;
+  const bool idle = o_.idle_exit > 0 && all_connected_ms_ != 0 &&
+                    now - std::max(last_notify_ms_, all_connected_ms_) >= o_.idle_exit * 1000;
+  if (stop_ || timeout || idle) {
+    stop_ = true;
+    uv_timer_stop(&tick_);
+    for (Device& d : devices_) {
+      if (d.tcp != nullptr) {
+        if (d.connected) Write(d, mqtt::Disconnect{});
+        uv_close(reinterpret_cast<uv_handle_t*>(d.tcp), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+        d.tcp = nullptr;
+      }
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+  }
+}
+
+void Agent::Summary() {
+  Json s{{"devices", o_.count},
+         {"connects", connects_},
+         {"disconnects", disconnects_},
+         {"refused", refused_},
+         {"notifications", notifications_},
+         {"duplicates", duplicates_},
+         {"reports", reports_},
+         {"succeeded", succeeded_},
+         {"failed", failed_},
+         {"rejected", rejected_jobs_},
+         {"silent", silent_},
+         {"drops", drops_},
+         {"accepted", accepted_},
+         {"rejected_replies", rejected_},
+         {"cancels", cancels_},
+         {"errors", errors_},
+         {"seconds", (NowMs() - start_ms_) / 1000.0}};
+  std::printf("%s\n", s.dump().c_str());
+}
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage: fleetmq-device --port P --ca FILE --certs DIR --count N [--prefix dev-] [--start 0]\n"
+               "  [--host 127.0.0.1] [--fail-pct X] [--reject-pct X] [--silent-pct X] [--drop-pct X] [--slow-ms N]\n"
+               "  [--version 5|4] [--window 64] [--duration S] [--idle-exit S] [--log FILE] [--seed N]\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        Usage();
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--host")
+      o.host = val();
+    else if (a == "--port")
+      o.port = std::atoi(val().c_str());
+    else if (a == "--ca")
+      o.ca = val();
+    else if (a == "--certs")
+      o.certs = val();
+    else if (a == "--count")
+      o.count = std::atoi(val().c_str());
+    else if (a == "--start")
+      o.start = std::atoi(val().c_str());
+    else if (a == "--prefix")
+      o.prefix = val();
+    else if (a == "--fail-pct")
+      o.fail_pct = std::atof(val().c_str());
+    else if (a == "--reject-pct")
+      o.reject_pct = std::atof(val().c_str());
+    else if (a == "--silent-pct")
+      o.silent_pct = std::atof(val().c_str());
+    else if (a == "--drop-pct")
+      o.drop_pct = std::atof(val().c_str());
+    else if (a == "--slow-ms")
+      o.slow_ms = std::atoi(val().c_str());
+    else if (a == "--version")
+      o.version = std::atoi(val().c_str());
+    else if (a == "--window")
+      o.window = std::atoi(val().c_str());
+    else if (a == "--duration")
+      o.duration = std::atof(val().c_str());
+    else if (a == "--idle-exit")
+      o.idle_exit = std::atof(val().c_str());
+    else if (a == "--log")
+      o.log = val();
+    else if (a == "--seed")
+      o.seed = std::strtoull(val().c_str(), nullptr, 10);
+    else {
+      Usage();
+      return 2;
+    }
+  }
+  if (o.ca.empty() || o.certs.empty() || o.count < 1 || o.port <= 0 || (o.version != 4 && o.version != 5) ||
+      o.window < 1) {
+    Usage();
+    return 2;
+  }
+  sockaddr_in addr;
+  if (uv_ip4_addr(o.host.c_str(), o.port, &addr) != 0 || (ntohl(addr.sin_addr.s_addr) >> 24) != 127) {
+    std::fprintf(stderr, "fleetmq-device: loopback only (127.0.0.0/8)\n");
+    return 2;
+  }
+  return Agent(o).Run();
+}
