@@ -71,17 +71,18 @@ case "${1:-}" in
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       meson test -C build-asan --print-errorlogs || status=1
     # The multi-worker suites under ThreadSanitizer (every integration suite
-    # runs two workers): the workers, storage writers, management thread, TLS
+    # runs two workers): the workers, storage writers, management thread and
+    # its job engine with device messages and delivery outcomes, TLS
     # hand-over, tenant CAs added and CRLs reloaded during handshakes must
     # not race (tests/tsan.supp only hides reports from inside Debian's
     # uninstrumented RocksDB; a report fails the test through the harness).
     if [ -f build-tsan/build.ninja ]; then meson configure build-tsan -Db_sanitize=thread >/dev/null
     else meson setup build-tsan -Db_sanitize=thread; fi
     require_flag build-tsan -fsanitize=thread
-    ninja -C build-tsan broker/fleetmq tools/fleetmq-admin tools/fleetmq-pki
+    ninja -C build-tsan broker/fleetmq tools/fleetmq-admin tools/fleetmq-pki tools/fleetmq-device
     TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp" \
       meson test -C build-tsan --no-rebuild --print-errorlogs integration-workers integration-tls \
-      integration-admin || status=1
+      integration-admin integration-jobs || status=1
     # Skips fail the run, except the disk-full test as a non-root user on a
     # machine without user namespaces (it needs to mount a tmpfs).
     [ "$(id -u)" -eq 0 ] || export FMQ_ALLOWED_SKIPS=integration-disk-full

@@ -79,7 +79,11 @@ class Broker:
         # (hand-over to the session's home, forwarded messages).
         if not any(f.startswith("--workers") for f in self.flags):
             tls.append("--workers=2")
-        args = [FLEETMQ, "--listen=127.0.0.1:%d" % port, "--data_dir=" + self.data_dir, "--log_level=info"] + tls + self.flags
+        flags = self.flags
+        if getattr(self, "tls_port", None):  # a restart keeps the TLS port too (devices reconnect to it)
+            flags = [("--tls_listen=127.0.0.1:%d" % self.tls_port if f == "--tls_listen=127.0.0.1:0" else f)
+                     for f in flags]
+        args = [FLEETMQ, "--listen=127.0.0.1:%d" % port, "--data_dir=" + self.data_dir, "--log_level=info"] + tls + flags
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
