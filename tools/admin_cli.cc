@@ -72,6 +72,8 @@ void Usage(FILE* out) {
                "values: strings as is, integers, true/false, lists comma-separated, objects as JSON;\n"
                "name=@FILE reads the value from FILE (e.g. csr=@device.csr).\n\ncommands:\n");
   for (const CommandSpec& c : fmq::admin::Commands()) std::fprintf(out, "  %-22s %s\n", c.name, c.summary);
+  std::fprintf(out, "  %-22s %s\n", "job.watch",
+               "Follow a job live (job_id=X): a progress bar until it ends (exit 0 if COMPLETED, 3 otherwise)");
 }
 
 void CommandHelp(const CommandSpec& c) {
@@ -254,6 +256,86 @@ class Client {
 };
 
 // Sends one request, returns the reply JSON.
+std::string Thousands(uint64_t n) {
+  std::string s = std::to_string(n);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+
+// One progress line: "[#####.....] 750,000 / 1,000,000 devices ...".
+void PrintProgress(const Json& e, bool tty) {
+  const uint64_t total = e.value("total", uint64_t{0}), done = e.value("done", uint64_t{0});
+  const Json c = e.value("counts", Json::object());
+  const int width = 30;
+  const int fill = total == 0 ? 0 : static_cast<int>(static_cast<double>(done) / static_cast<double>(total) * width);
+  std::string bar(static_cast<size_t>(fill), '#');
+  bar.resize(width, '.');
+  char line[512];
+  std::snprintf(line, sizeof line, "[%s] %s / %s devices  %s  ok %s  failed %s  timed out %s  in flight %s",
+                bar.c_str(), Thousands(done).c_str(), Thousands(total).c_str(),
+                e.value("status", std::string("?")).c_str(), Thousands(c.value("SUCCEEDED", uint64_t{0})).c_str(),
+                Thousands(c.value("FAILED", uint64_t{0}) + c.value("REJECTED", uint64_t{0})).c_str(),
+                Thousands(c.value("TIMED_OUT", uint64_t{0})).c_str(),
+                Thousands(e.value("in_flight", uint64_t{0})).c_str());
+  std::string s = line;
+  if (e.contains("rate_per_s")) s += "  " + Thousands(static_cast<uint64_t>(e["rate_per_s"].get<double>())) + "/s";
+  if (e.contains("eta_s")) s += "  ETA " + std::to_string(static_cast<int64_t>(e["eta_s"].get<double>())) + " s";
+  if (e.contains("reason")) s += "  (" + e["reason"].get<std::string>() + ")";
+  std::printf(tty ? "\r%s\x1b[K" : "%s\n", s.c_str());
+  std::fflush(stdout);
+}
+
+Json Request(Client& cl, const std::string& client_id, const std::string& body);
+
+// job.watch: the job's retained progress events ($SYS/fleetmq/events/v1/
+// jobs/<id>, doc/jobs.md) until it ends.
+int Watch(Client& cl, const std::string& client_id, const std::string& job_id, bool json) {
+  // The job must exist (and be this tenant's): job.get first.
+  Json reply =
+      Request(cl, client_id, Json{{"commands", Json::array({{{"command", "job.get"}, {"job_id", job_id}}})}}.dump());
+  const Json& r = reply["responses"][0];
+  if (r.value("status", "") != "ok") {
+    const Json err = r.value("error", Json::object());
+    std::fprintf(stderr, "error %s: %s\n", err.value("code", "?").c_str(), err.value("message", "").c_str());
+    return 1;
+  }
+  auto ended = [](const std::string& st) { return st == "COMPLETED" || st == "CANCELED" || st == "ABORTED"; };
+  const bool tty = !json && isatty(1) != 0;
+  Json last = r["data"];
+  if (json)
+    std::printf("%s\n", last.dump().c_str());
+  else
+    PrintProgress(last, tty);
+  const std::string topic = std::string(fmq::topics::kJobEventsPrefix) + job_id;
+  mqtt::Subscribe sub;
+  sub.packet_id = 3;
+  sub.entries.push_back({topic, 1});
+  cl.Send(sub);
+  while (!ended(last.value("status", std::string()))) {
+    cl.deadline_ms_ = Client::NowMs() + 86'400'000;  // a job may run for long
+    mqtt::Packet p = cl.Receive();
+    auto* pub = std::get_if<mqtt::Publish>(&p);
+    if (pub == nullptr) continue;
+    if (pub->qos > 0) {
+      mqtt::Ack ack;
+      ack.type = mqtt::PacketType::kPuback;
+      ack.packet_id = pub->packet_id;
+      cl.Send(ack);
+    }
+    if (pub->topic != topic) continue;
+    Json e = Json::parse(pub->payload, nullptr, false);
+    if (!e.is_object()) continue;
+    last = std::move(e);
+    if (json)
+      std::printf("%s\n", last.dump().c_str());
+    else
+      PrintProgress(last, tty);
+  }
+  if (tty) std::printf("\n");
+  std::fflush(stdout);
+  return last.value("status", std::string()) == "COMPLETED" ? 0 : 3;
+}
+
 Json Request(Client& cl, const std::string& client_id, const std::string& body) {
   const std::string reply_topic = std::string(fmq::topics::kControlReplyPrefix) + client_id;
   mqtt::Subscribe sub;
@@ -428,6 +510,25 @@ int main(int argc, char** argv) {
     if (c == nullptr) Die(2, "unknown command '" + rest[1] + "'");
     CommandHelp(*c);
     return 0;
+  }
+  if (!rest.empty() && rest[0] == "job.watch") {
+    std::string job_id;
+    for (size_t i = 1; i < rest.size(); ++i) {
+      if (rest[i].rfind("job_id=", 0) == 0)
+        job_id = rest[i].substr(7);
+      else
+        Die(2, "job.watch takes job_id=X only");
+    }
+    if (job_id.empty()) Die(2, "job.watch needs job_id=X");
+    const std::string pki = o.data_dir + "/pki";
+    if (o.cafile.empty()) o.cafile = pki + "/root.crt";
+    if (o.cert.empty()) o.cert = pki + "/operator.crt";
+    if (o.key.empty()) o.key = pki + "/operator.key";
+    const std::string client_id = "fleetmq-admin-" + std::to_string(getpid());
+    Client cl(o);
+    cl.deadline_ms_ = Client::NowMs() + o.timeout_s * 1000LL;
+    cl.Connect(client_id);
+    return Watch(cl, client_id, job_id, o.json);
   }
   const CommandSpec* spec = rest.empty() ? nullptr : fmq::admin::FindCommand(rest[0]);
   if (!rest.empty() && spec == nullptr) Die(2, "unknown command '" + rest[0] + "' (fleetmq-admin help)");

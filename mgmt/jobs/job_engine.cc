@@ -1,6 +1,7 @@
 #include "mgmt/jobs/job_engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 
 #include "common/log.h"
@@ -15,6 +16,7 @@ struct JobEngine::Inflight {
   uint32_t attempt = 0;
   int64_t deadline = 0;  // wall ms: step or in-progress timeout
   uint64_t token = 0;    // the notification whose outcome is awaited (0: none)
+  std::string trail;     // this attempt's states: ["SENT",ms],["DELIVERED",ms],...
 };
 
 // A QUEUED execution on its way to being started.
@@ -22,6 +24,7 @@ struct JobEngine::Candidate {
   std::string device;
   uint32_t attempts = 0;      // attempts started so far
   bool same_attempt = false;  // recovered SENT/DELIVERED: resent as the same attempt
+  std::string trail;          // and the trail it had
 };
 
 struct JobEngine::Active {
@@ -150,43 +153,15 @@ absl::Status JobEngine::Load(const TenantId& t, fb::JobT rec) {
   // Every execution once: counts, and what the device may hold.
   absl::Status err = absl::OkStatus();
   uint64_t started = 0;
-  absl::Status s =
-      kv_->ScanPrefix(storage::Family::kJobDevices, storage::keys::JobDevicePrefix(t, j->rec.job_id),
-                      [&](std::string_view k, std::string_view v) {
-                        fb::JobDeviceT e;
-                        err = storage::DecodeRecord<fb::JobDevice>(storage::Family::kJobDevices, k, v, &e);
-                        if (!err.ok()) return false;
-                        if (e.attempts > 0) ++started;
-                        switch (e.state) {
-                          case ExecState::Sent:
-                          case ExecState::Delivered:
-                            if (!IsEnded(j->rec.status)) {
-                              // Sent before the crash, maybe never received: again, as the
-                              // same attempt (the device recognises it by job id and attempt).
-                              j->Count(ExecState::Pending)++;
-                              j->ready.push_back(Candidate{e.device_id, e.attempts, true});
-                              break;
-                            }
-                            // A canceled job's execution left running: followed to its end.
-                            {
-                              j->Count(e.state)++;
-                              Inflight f{e.state, e.attempts, now + j->spec.step_timeout_ms, 0};
-                              timeouts_.push(Due{f.deadline, Ref{j->tenant, j->rec.job_id, e.device_id, e.attempts}});
-                              j->inflight.emplace(e.device_id, f);
-                            }
-                            break;
-                          case ExecState::InProgress: {
-                            j->Count(ExecState::InProgress)++;
-                            Inflight f{ExecState::InProgress, e.attempts, now + j->spec.in_progress_timeout_ms, 0};
-                            timeouts_.push(Due{f.deadline, Ref{j->tenant, j->rec.job_id, e.device_id, e.attempts}});
-                            j->inflight.emplace(e.device_id, f);
-                            break;
-                          }
-                          default:
-                            j->Count(e.state)++;
-                        }
-                        return true;
-                      });
+  absl::Status s = kv_->ScanPrefix(storage::Family::kJobDevices, storage::keys::JobDevicePrefix(t, j->rec.job_id),
+                                   [&](std::string_view k, std::string_view v) {
+                                     fb::JobDeviceT e;
+                                     err = storage::DecodeRecord<fb::JobDevice>(storage::Family::kJobDevices, k, v, &e);
+                                     if (!err.ok()) return false;
+                                     if (e.attempts > 0) ++started;
+                                     LoadExecution(*j, std::move(e), now);
+                                     return true;
+                                   });
   if (!s.ok()) return s;
   if (!err.ok()) return err;
   j->pacer.set_started(started);
@@ -204,6 +179,33 @@ absl::Status JobEngine::Load(const TenantId& t, fb::JobT rec) {
   if (!slot) ++active_count_;
   slot = std::move(j);
   return absl::OkStatus();
+}
+
+void JobEngine::LoadExecution(Active& j, fb::JobDeviceT&& e, int64_t now) {
+  auto follow = [&](ExecState st, int64_t timeout_ms) {
+    j.Count(st)++;
+    Inflight f{st, e.attempts, now + timeout_ms, 0, std::move(e.trail)};
+    timeouts_.push(Due{f.deadline, Ref{j.tenant, j.rec.job_id, e.device_id, e.attempts}});
+    j.inflight.emplace(std::move(e.device_id), std::move(f));
+  };
+  switch (e.state) {
+    case ExecState::Sent:
+    case ExecState::Delivered:
+      if (j.Ended()) {  // a canceled job's execution left running: followed to its end
+        follow(e.state, j.spec.step_timeout_ms);
+        return;
+      }
+      // Sent before the crash, maybe never received: again, as the same
+      // attempt (the device recognises it by job id and attempt).
+      j.Count(ExecState::Pending)++;
+      j.ready.push_back(Candidate{std::move(e.device_id), e.attempts, true, std::move(e.trail)});
+      return;
+    case ExecState::InProgress:
+      follow(ExecState::InProgress, j.spec.in_progress_timeout_ms);
+      return;
+    default:
+      j.Count(e.state)++;
+  }
 }
 
 absl::Status JobEngine::Create(const TenantId& t, const NewJob& nj, storage::WriteBatch* b, fb::JobT* out) {
@@ -334,35 +336,70 @@ void JobEngine::SaveJob(Active& j) {
 }
 
 void JobEngine::Record(Active& j, const std::string& device, ExecState from, ExecState to, uint32_t attempt,
-                       std::string_view detail, int64_t not_before) {
+                       std::string_view detail, std::string* trail, int64_t not_before) {
   j.Count(from)--;
   j.Count(to)++;
   j.dirty = true;
   const int64_t now = clock_->WallMs();
-  fb::JobDeviceT e;
-  e.device_id = device;
-  e.state = to;
-  e.attempts = attempt;
-  e.updated_at_ms = now;
-  e.detail = std::string(detail);
-  e.not_before_ms = not_before;
-  const TenantId t = j.tid();
-  reg_->PutJobDevice(t, j.rec.job_id, e, &batch_);
-  unsynced_[UnsyncedKey(j, device)] = {to, attempt};
-  if (!opts_.audit_executions) return;
+  std::string own;
+  std::string& tr = trail != nullptr ? *trail : own;
+  if (!tr.empty()) tr.push_back(',');
+  tr += "[\"";
+  tr += ExecName(to);
+  tr += "\",";
+  tr += std::to_string(now);
+  tr += "]";
+  Unsynced& u = unsynced_[UnsyncedKey(j, device)];
+  if (u.tenant.empty()) {
+    u.tenant = j.tenant;
+    u.job_id = j.rec.job_id;
+  }
+  u.rec.device_id = device;
+  u.rec.state = to;
+  u.rec.attempts = attempt;
+  u.rec.updated_at_ms = now;
+  u.rec.detail = std::string(detail);
+  u.rec.not_before_ms = not_before;
+  const bool ends = IsTerminal(to) || to == ExecState::Pending;
+  u.rec.trail = ends ? std::string() : tr;
+  // SENT and DELIVERED need not be durable at once: after a crash an
+  // execution stored QUEUED with n attempts is sent as attempt n+1 — the
+  // attempt the device already has. Written when something else changes or
+  // a second later, they cost no write for a device that answers quickly.
+  if (to == ExecState::Sent || to == ExecState::Delivered) {
+    if (u.lazy_since == 0) u.lazy_since = now;
+  } else {
+    u.lazy_since = 0;
+  }
+  if (!ends || !opts_.audit_executions) return;
   fb::AuditEntryT a;
   a.time_ms = now;
   a.actor = "broker";
   a.action = "job.execution";
   a.device_id = device;
-  a.details_json = "{\"job_id\":\"" + j.rec.job_id + "\",\"attempt\":" + std::to_string(attempt) + ",\"from\":\"" +
-                   std::string(ExecName(from)) + "\",\"to\":\"" + std::string(ExecName(to)) + "\"}";
+  a.details_json = "{\"job_id\":\"" + j.rec.job_id + "\",\"attempt\":" + std::to_string(attempt) + ",\"to\":\"" +
+                   std::string(ExecName(to)) + "\",\"trail\":[" + tr + "]";
+  if (!detail.empty() && detail.size() <= 1024) a.details_json += ",\"details\":" + std::string(detail);
+  a.details_json += "}";
   a.result = "ok";
-  if (absl::Status s = reg_->AppendAudit(t, std::move(a), &batch_); !s.ok()) {
+  if (absl::Status s = reg_->AppendAudit(j.tid(), std::move(a), &batch_); !s.ok()) {
     FMQ_LOG_ERROR("audit of job '%s' execution of '%s' not written: %s", j.rec.job_id.c_str(), device.c_str(),
                   std::string(s.message()).c_str());
   }
   if (touched_tenants_.empty() || touched_tenants_.back() != j.tenant) touched_tenants_.push_back(j.tenant);
+}
+
+void JobEngine::FlushRecords(bool all) {
+  const int64_t now = clock_->WallMs();
+  for (auto it = unsynced_.begin(); it != unsynced_.end();) {
+    const Unsynced& u = it->second;
+    if (!all && u.lazy_since != 0 && now - u.lazy_since < kLazyMs) {
+      ++it;
+      continue;
+    }
+    reg_->PutJobDevice(TenantId::FromAuthenticated(u.tenant), u.job_id, u.rec, &batch_);
+    unsynced_.erase(it++);
+  }
 }
 
 std::string JobEngine::UnsyncedKey(const Active& j, std::string_view device) {
@@ -376,9 +413,7 @@ std::string JobEngine::UnsyncedKey(const Active& j, std::string_view device) {
 
 bool JobEngine::Lookup(Active& j, const std::string& device, fb::JobDeviceT* out) {
   if (auto it = unsynced_.find(UnsyncedKey(j, device)); it != unsynced_.end()) {
-    out->device_id = device;
-    out->state = it->second.first;
-    out->attempts = it->second.second;
+    *out = it->second.rec;
     return true;
   }
   return reg_->GetJobDevice(j.tid(), j.rec.job_id, device, out).ok();
@@ -386,7 +421,10 @@ bool JobEngine::Lookup(Active& j, const std::string& device, fb::JobDeviceT* out
 
 void JobEngine::Resolve(Active& j, int64_t now) {
   const TenantId t = j.tid();
-  for (int step = 0; step < 10 && !j.rec.resolved; ++step) {
+  // Up to 100 pages (100,000 devices) or 50 ms per turn: the management
+  // loop stays responsive while a million devices resolve.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+  for (int step = 0; step < 100 && !j.rec.resolved && std::chrono::steady_clock::now() < until; ++step) {
     storage::Page<fb::DeviceT> page;
     if (absl::Status s = reg_->ListDevices(t, j.target.filter, j.rec.resolve_cursor, opts_.resolve_batch, &page);
         !s.ok()) {
@@ -433,7 +471,7 @@ bool JobEngine::NextCandidate(Active& j, int64_t now, Candidate* c) {
           retries_.push(Due{e.not_before_ms, Ref{j.tenant, j.rec.job_id, e.device_id, e.attempts}});
           continue;
         }
-        j.scanned.push_back(Candidate{std::move(e.device_id), e.attempts, false});
+        j.scanned.push_back(Candidate{std::move(e.device_id), e.attempts, false, {}});
       }
       if (page.next_cursor.empty() && j.rec.resolved) j.cursor_end = true;
       continue;
@@ -468,9 +506,9 @@ void JobEngine::Dispatch(Active& j, int64_t now) {
 
 void JobEngine::StartExecution(Active& j, const Candidate& c, int64_t now) {
   const uint32_t attempt = c.same_attempt ? c.attempts : c.attempts + 1;
-  Record(j, c.device, ExecState::Pending, ExecState::Sent, attempt, "");
   Inflight& f = j.inflight[c.device];
-  f = Inflight{ExecState::Sent, attempt, now + j.spec.step_timeout_ms, 0};
+  f = Inflight{ExecState::Sent, attempt, now + j.spec.step_timeout_ms, 0, c.same_attempt ? c.trail : std::string()};
+  Record(j, c.device, ExecState::Pending, ExecState::Sent, attempt, "", &f.trail);
   timeouts_.push(Due{f.deadline, Ref{j.tenant, j.rec.job_id, c.device, attempt}});
   Notify(j, c.device, f);
 }
@@ -504,7 +542,7 @@ void JobEngine::OnOutcome(uint64_t token, bool acked, std::string_view why) {
   f->second.token = 0;
   if (acked) {
     if (f->second.state == ExecState::Sent) {
-      Record(*j, r.device, ExecState::Sent, ExecState::Delivered, r.attempt, "");
+      Record(*j, r.device, ExecState::Sent, ExecState::Delivered, r.attempt, "", &f->second.trail);
       f->second.state = ExecState::Delivered;
     }
     return;
@@ -517,13 +555,13 @@ void JobEngine::OnOutcome(uint64_t token, bool acked, std::string_view why) {
   if (f->second.state != ExecState::Sent) return;  // the device had it already (a resend)
   // Never reached the device: back in line, the attempt not spent.
   const uint32_t attempts = r.attempt - 1;
-  Record(*j, r.device, ExecState::Sent, ExecState::Pending, attempts, "");
+  Record(*j, r.device, ExecState::Sent, ExecState::Pending, attempts, "", &f->second.trail);
   j->inflight.erase(f);
   const int64_t now = clock_->WallMs();
   if (why == "queue_full") {
     retries_.push(Due{now + 1000, Ref{j->tenant, j->rec.job_id, r.device, attempts}});
   } else {
-    j->waiting.insert_or_assign(r.device, Candidate{r.device, attempts, false});
+    j->waiting.insert_or_assign(r.device, Candidate{r.device, attempts, false, {}});
   }
 }
 
@@ -572,7 +610,7 @@ void JobEngine::OnReport(const Report& r) {
   const int64_t now = clock_->WallMs();
   if (r.status == ExecState::InProgress) {
     const bool first = fl.state != ExecState::InProgress;
-    Record(*j, r.device_id, fl.state, ExecState::InProgress, fl.attempt, r.details);
+    Record(*j, r.device_id, fl.state, ExecState::InProgress, fl.attempt, r.details, &fl.trail);
     fl.state = ExecState::InProgress;
     if (first) {
       fl.deadline = now + j->spec.in_progress_timeout_ms;
@@ -589,19 +627,23 @@ void JobEngine::OnReport(const Report& r) {
 void JobEngine::Finish(Active& j, const std::string& device, ExecState to, std::string_view detail, bool may_retry) {
   auto it = j.inflight.find(device);
   if (it == j.inflight.end()) return;
-  const Inflight f = it->second;
+  Inflight f = std::move(it->second);
   if (f.token != 0) tokens_.erase(f.token);
   j.inflight.erase(it);
-  Record(j, device, f.state, to, f.attempt, detail);
   const bool retryable =
       (to == ExecState::Failed && j.spec.retry_failed) || (to == ExecState::TimedOut && j.spec.retry_timed_out);
   if (may_retry && retryable && f.attempt < j.spec.max_attempts && !j.Ended()) {
-    const int64_t at = clock_->WallMs() + BackoffMs(j.spec, f.attempt);
-    Record(j, device, to, ExecState::Pending, f.attempt, detail, at);
+    // The attempt ended `to` and the execution waits for the next one: one
+    // record and one audit entry, the trail showing both.
+    const int64_t now = clock_->WallMs();
+    f.trail += ",[\"" + std::string(ExecName(to)) + "\"," + std::to_string(now) + "]";
+    const int64_t at = now + BackoffMs(j.spec, f.attempt);
+    Record(j, device, f.state, ExecState::Pending, f.attempt, detail, &f.trail, at);
     retries_.push(Due{at, Ref{j.tenant, j.rec.job_id, device, f.attempt}});
     j.retries++;
     return;
   }
+  Record(j, device, f.state, to, f.attempt, detail, &f.trail);
   CheckAbort(j);
 }
 
@@ -643,6 +685,7 @@ void JobEngine::EndJob(Active& j, JobStatus status, std::string reason, bool for
 
 void JobEngine::CancelRemaining(Active& j, bool force) {
   // The store must hold every change made so far: the scan below reads it.
+  FlushRecords(true);
   if (!batch_.empty()) {
     if (absl::Status s = reg_->Commit(batch_, true); !s.ok()) {
       FMQ_LOG_ERROR("job '%s': cancel postponed, store not written: %s", j.rec.job_id.c_str(),
@@ -651,7 +694,6 @@ void JobEngine::CancelRemaining(Active& j, bool force) {
     }
     batch_.Clear();
     touched_tenants_.clear();
-    unsynced_.clear();
   }
   const TenantId t = j.tid();
   const char* why =
@@ -674,7 +716,7 @@ void JobEngine::CancelRemaining(Active& j, bool force) {
     return;
   }
   for (const auto& [device, attempts] : queued)
-    Record(j, device, ExecState::Pending, ExecState::Canceled, attempts, why);
+    Record(j, device, ExecState::Pending, ExecState::Canceled, attempts, why, nullptr);
   if (force) {
     std::vector<std::string> held;
     for (const auto& [device, f] : j.inflight) held.push_back(device);
@@ -750,7 +792,8 @@ void JobEngine::OnDeviceRetired(const TenantId& t, const std::string& device_id)
     }
     fb::JobDeviceT e;
     if (!Lookup(*j, device_id, &e) || IsTerminal(e.state)) continue;
-    Record(*j, device_id, ExecState::Pending, ExecState::Removed, e.attempts, "{\"reason\":\"device retired\"}");
+    Record(*j, device_id, ExecState::Pending, ExecState::Removed, e.attempts, "{\"reason\":\"device retired\"}",
+           nullptr);
     j->waiting.erase(device_id);
     j->removed.insert(device_id);
     MaybeComplete(*j);
@@ -777,7 +820,7 @@ void JobEngine::Retry(int64_t now) {
     retries_.pop();
     Active* j = Find(d.ref);
     if (j == nullptr || j->Ended() || j->inflight.contains(d.ref.device)) continue;
-    j->ready.push_back(Candidate{d.ref.device, d.ref.attempt, false});
+    j->ready.push_back(Candidate{d.ref.device, d.ref.attempt, false, {}});
   }
 }
 
@@ -886,6 +929,7 @@ void JobEngine::Sweep() {
 
 absl::Status JobEngine::Commit(Output* out) {
   absl::Status s = absl::OkStatus();
+  FlushRecords(false);
   if (!batch_.empty()) {
     s = reg_->Commit(batch_, true);
     batch_.Clear();
@@ -902,7 +946,6 @@ absl::Status JobEngine::Commit(Output* out) {
     pending_ = Output{};
   }
   touched_tenants_.clear();
-  unsynced_.clear();
   Sweep();
   return s;
 }

@@ -155,16 +155,23 @@ class JobEngine {
   Active* Find(const std::string& tenant, std::string_view job_id);
   Active* Find(const Ref& r) { return Find(r.tenant, r.job_id); }
   absl::Status Load(const storage::TenantId& t, fb::JobT rec);
+  void LoadExecution(Active& j, fb::JobDeviceT&& e, int64_t now);
   void Resolve(Active& j, int64_t now);
   void Dispatch(Active& j, int64_t now);
   bool NextCandidate(Active& j, int64_t now, Candidate* c);
   void StartExecution(Active& j, const Candidate& c, int64_t now);
   void Expire(int64_t now);
   void Retry(int64_t now);
-  // Moves an execution from `from` to `to`: counts, the stored record and
-  // (audit_executions) its audit entry.
+  // Moves an execution from `from` to `to`: counts, the stored record (one
+  // write per execution per commit) with the attempt's trail of states
+  // (`trail`, appended to; null: a trail of its own), and when the attempt
+  // ends (a terminal state, or back to QUEUED) its audit entry with the
+  // whole trail (audit_executions).
   void Record(Active& j, const std::string& device, ExecState from, ExecState to, uint32_t attempt,
-              std::string_view detail, int64_t not_before = 0);
+              std::string_view detail, std::string* trail, int64_t not_before = 0);
+  // Writes the execution records changed since the last flush into batch_;
+  // SENT and DELIVERED ones only once they are kLazyMs old (or with `all`).
+  void FlushRecords(bool all);
   // An execution in flight reached a terminal state (or a retry).
   void Finish(Active& j, const std::string& device, ExecState to, std::string_view detail, bool may_retry);
   void CheckAbort(Active& j);
@@ -192,8 +199,15 @@ class JobEngine {
   uint64_t next_token_ = 1;
   DueQueue timeouts_, retries_;
   storage::WriteBatch batch_;
-  // Executions changed in batch_ (tenant \0 job \0 device → state, attempt).
-  absl::flat_hash_map<std::string, std::pair<ExecState, uint32_t>> unsynced_;
+  // Executions changed since the last commit (tenant \0 job \0 device →
+  // the record to write), written by FlushRecords: one write each.
+  struct Unsynced {
+    std::string tenant, job_id;
+    fb::JobDeviceT rec;
+    int64_t lazy_since = 0;  // SENT/DELIVERED: not needed for recovery, written late (0: write now)
+  };
+  absl::flat_hash_map<std::string, Unsynced> unsynced_;
+  static constexpr int64_t kLazyMs = 1000;
   Output pending_;
   std::vector<std::string> touched_tenants_;  // audit heads to forget if the commit fails
   Stats stats_;

@@ -166,11 +166,15 @@ class JobsTest(JobsBase):
         self.assertGreater(c["SUCCEEDED"], FLEET * 0.85)
         self.assertGreater(g["retries"] if "retries" in g else 1, 0)
         self.assertEqual(summary["errors"], 0)
-        hist = self.admin("audit.query", "device_id=f1", "limit=100")["entries"]
-        states = [json.loads(e["details"])["to"] if isinstance(e["details"], str) else e["details"]["to"]
-                  for e in hist if e["action"] == "job.execution"]
-        self.assertIn(states[-1], ("SUCCEEDED", "FAILED", "TIMED_OUT"))
-        self.assertEqual(states[0], "SENT")
+        # One audit entry per attempt of each device, with every state it went through.
+        for dev in ("f1", "f2", "f3"):
+            hist = [e["details"] for e in self.admin("audit.query", "device_id=" + dev, "limit=100")["entries"]
+                    if e["action"] == "job.execution"]
+            hist = [json.loads(h) if isinstance(h, str) else h for h in hist]
+            self.assertEqual(hist[-1]["to"], ex[dev]["state"], hist)
+            self.assertEqual(hist[-1]["attempt"], ex[dev]["attempt"], hist)
+            self.assertEqual(hist[0]["trail"][0][0], "SENT", hist)
+            self.assertEqual(hist[-1]["trail"][-1][0], ex[dev]["state"], hist)
         self.assertTrue(self.admin("audit.verify")["valid"])
 
     def test_abort_threshold_cancels_the_rest(self):
@@ -198,9 +202,16 @@ class JobsTest(JobsBase):
         self.assertEqual(g["counts"]["SUCCEEDED"], 10)
         self.assertEqual(g["counts"]["QUEUED"], 10)
         self.assertEqual(g["waiting_offline"], 10)
+        watch = subprocess.Popen([ADMIN, "--data_dir", self.broker.data_dir, "--port", str(self.broker.tls_port),
+                                  "job.watch", "job_id=late"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
         second = self.agent("o", 10, start=10)
         g = self.wait_job("late", ("COMPLETED",), timeout=30)
         self.assertEqual(g["counts"]["SUCCEEDED"], 20)
+        out, _ = watch.communicate(timeout=10)
+        self.assertEqual(watch.returncode, 0, out)
+        self.assertIn("10 / 20 devices", out.splitlines()[0])
+        self.assertIn("20 / 20 devices  COMPLETED", out.splitlines()[-1])
         self.stop_agent(first)
         self.stop_agent(second)
 
