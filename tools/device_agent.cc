@@ -9,14 +9,15 @@
 //   fleetmq-device --port P --ca root.crt --certs DIR --count N [--prefix dev-]
 //       [--start 0] [--fail-pct 0] [--reject-pct 0] [--silent-pct 0]
 //       [--drop-pct 0] [--slow-ms 0] [--version 5|4] [--window 64]
-//       [--duration 0] [--idle-exit 0] [--log FILE] [--seed 1]
+//       [--duration 0] [--idle-exit 0] [--log FILE] [--seed 1] [--no-progress]
 //
 // Knobs (deterministic per device, job and attempt with --seed): --fail-pct
 // of attempts report FAILED; --reject-pct of executions report REJECTED;
 // --silent-pct of executions are never answered (acknowledged at the MQTT
 // level only); --drop-pct of notifications make the device drop its
 // connection before answering (it reconnects and gets it again); --slow-ms
-// between IN_PROGRESS and the final status. --log writes one JSON line per
+// between IN_PROGRESS and the final status; --no-progress reports the final
+// status only. --log writes one JSON line per
 // final status reported ({"device","job_id","attempt","status"}).
 // Prints one status line a second on stderr and a JSON summary on exit
 // (SIGINT/SIGTERM, --duration, or --idle-exit seconds without a notification
@@ -53,6 +54,7 @@ struct Options {
   int count = 1, start = 0, window = 64, version = 5;
   double fail_pct = 0, reject_pct = 0, silent_pct = 0, drop_pct = 0;
   int slow_ms = 0;
+  bool progress = true;  // report IN_PROGRESS before the final status
   double duration = 0, idle_exit = 0;
   uint64_t seed = 1;
 };
@@ -431,7 +433,7 @@ void Agent::OnNotify(Device& d, std::string_view payload) {
   } else if (Roll(o_.seed, d.id, job + "/" + std::to_string(attempt) + "/fail") < o_.fail_pct) {
     status = "FAILED";
   }
-  if (status != "REJECTED") Report(d, job, attempt, "IN_PROGRESS", Json());
+  if (status != "REJECTED" && o_.progress) Report(d, job, attempt, "IN_PROGRESS", Json());
   answers_.push(Answer{NowMs() + o_.slow_ms, static_cast<int>(&d - devices_.data()), job, status, attempt});
   if (o_.slow_ms == 0) Tick();
 }
@@ -520,7 +522,8 @@ void Usage() {
   std::fprintf(stderr,
                "usage: fleetmq-device --port P --ca FILE --certs DIR --count N [--prefix dev-] [--start 0]\n"
                "  [--host 127.0.0.1] [--fail-pct X] [--reject-pct X] [--silent-pct X] [--drop-pct X] [--slow-ms N]\n"
-               "  [--version 5|4] [--window 64] [--duration S] [--idle-exit S] [--log FILE] [--seed N]\n");
+               "  [--version 5|4] [--window 64] [--duration S] [--idle-exit S] [--log FILE] [--seed N]\n"
+               "  [--no-progress]\n");
 }
 
 }  // namespace
@@ -572,6 +575,8 @@ int main(int argc, char** argv) {
       o.log = val();
     else if (a == "--seed")
       o.seed = std::strtoull(val().c_str(), nullptr, 10);
+    else if (a == "--no-progress")
+      o.progress = false;
     else {
       Usage();
       return 2;

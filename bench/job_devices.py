@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""A command job over N real devices (issue 11's end-to-end figure): a broker
+on loopback, N fleetmq-device simulated devices over mutual TLS (each its own
+certificate, one socket each: N up to ~19,900 under the 20,000-file limit),
+one job over their group created with fleetmq-admin. Reports the time from
+job.create until every execution is SUCCEEDED and stored (job.get says
+COMPLETED), devices/s, and the broker's CPU time per device during the job.
+
+  bench/job_devices.py --build build [--devices 19900] [--workers 2] [--in-progress]
+
+Setup (certificates, registration, connecting) is timed separately. Loopback
+only; everything is stopped at the end.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--devices", type=int, default=19900)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--in-progress", action="store_true", help="devices report IN_PROGRESS before SUCCEEDED")
+    a = ap.parse_args()
+    b = os.path.abspath(a.build)
+    d = tempfile.mkdtemp(prefix="fleetmq-jobdev-")
+    broker = agent = None
+    phases = {}
+    try:
+        log = open(os.path.join(d, "broker.log"), "w")
+        broker = subprocess.Popen([b + "/broker/fleetmq", "--data_dir", d + "/data", "--listen", "127.0.0.1:0",
+                                   "--tls_listen", "127.0.0.1:0", "--workers", str(a.workers), "--sys_interval", "1",
+                                   "--log_level", "info"], stdout=log, stderr=subprocess.STDOUT)
+        text = ""
+        for _ in range(300):
+            time.sleep(0.05)
+            text = open(os.path.join(d, "broker.log")).read()
+            if " started (data dir" in text:
+                break
+        port = int(re.findall(r"listening for MQTT on 127\.0\.0\.1:(\d+)", text)[0])
+        tls = int(re.findall(r"listening for MQTT over mutual TLS on 127\.0\.0\.1:(\d+)", text)[0])
+        admin = [b + "/tools/fleetmq-admin", "--data_dir", d + "/data", "--timeout", "60"]
+        subprocess.run(admin + ["--port", str(tls), "model.create", "model_id=m", "manufacturer=bench"], check=True,
+                       capture_output=True)
+        admin += ["--port", str(tls)]
+        subprocess.run(admin + ["group.create", "group_id=all", "name=all"], check=True, capture_output=True)
+        t0 = time.time()
+        subprocess.run([b + "/tools/fleetmq-pki", "devices", "--dir", d + "/data", "--tenant", "default", "--prefix",
+                        "d", "--count", str(a.devices), "--out", d + "/certs"], check=True)
+        phases["certificates_s"] = round(time.time() - t0, 1)
+        t0 = time.time()
+        for i in range(0, a.devices, 100):
+            cmds = [{"command": "device.register", "device_id": "d%d" % k, "serial_number": "s%d" % k,
+                     "model_id": "m", "group_ids": ["all"]} for k in range(i, min(a.devices, i + 100))]
+            subprocess.run(admin + ["--raw", json.dumps({"commands": cmds})], check=True, capture_output=True)
+        phases["register_s"] = round(time.time() - t0, 1)
+        t0 = time.time()
+        agent = subprocess.Popen([b + "/tools/fleetmq-device", "--port", str(tls), "--ca", d + "/data/pki/root.crt",
+                                  "--certs", d + "/certs", "--prefix", "d", "--count", str(a.devices), "--window",
+                                  str(a.window)] + ([] if a.in_progress else ["--no-progress"]),
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        while True:
+            r = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", "$SYS/broker/clients/connected", "-C", "1",
+                                "-W", "3"], capture_output=True, text=True)
+            if int(r.stdout.strip() or 0) >= a.devices:
+                break
+            if agent.poll() is not None or time.time() - t0 > 1800:
+                print("devices did not connect", file=sys.stderr)
+                return 1
+            time.sleep(1)
+        phases["connect_s"] = round(time.time() - t0, 1)
+        time.sleep(3)  # connectivity events and their audit settle
+        cpu0 = cpu_seconds(broker.pid)
+        t0 = time.time()
+        subprocess.run(admin + ["job.create", "job_id=bench", 'document={"command":"reboot"}', "group_id=all"],
+                       check=True, capture_output=True)
+        # One connection following the job's events (polling job.get would
+        # add a TLS handshake per poll to the broker's CPU).
+        w = subprocess.run(admin + ["--json", "job.watch", "job_id=bench"], capture_output=True, text=True)
+        took = time.time() - t0
+        g = json.loads(w.stdout.strip().splitlines()[-1])
+        cpu = cpu_seconds(broker.pid) - cpu0
+        result = {"devices": a.devices, "workers": a.workers, "in_progress": a.in_progress,
+                  "job_s": round(took, 2), "devices_per_s": round(a.devices / took),
+                  "broker_cpu_s": round(cpu, 2), "broker_cpu_us_per_device": round(cpu / a.devices * 1e6, 1),
+                  "status": g["status"], "succeeded": g["counts"]["SUCCEEDED"], "setup": phases}
+        print(json.dumps(result))
+        return 0 if g["counts"]["SUCCEEDED"] == a.devices else 1
+    finally:
+        for p in (agent, broker):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
