@@ -68,6 +68,9 @@ absl::Status DecodeRecord(Family f, std::string_view key, std::string_view bytes
   }
   flatbuffers::Verifier v(p, n);
   if (!v.VerifyBuffer<Table>(nullptr)) return CorruptRecord(f, key, "flatbuffer verification failed");
+  // UnPackTo leaves fields the stored table lacks as they were: a reused
+  // object would keep another record's groups or strings.
+  *out = typename Table::NativeTableType();
   flatbuffers::GetRoot<Table>(p)->UnPackTo(out);
   return absl::OkStatus();
 }

@@ -401,6 +401,7 @@ Status DeviceRegister(Service::Ctx& ctx) {
     d.status = fb::DeviceStatus::Provisioned;
   }
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
+  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), d] { jobs.OnDeviceJoined(t, d); });
   ctx.data = Json{{"device_id", id}, {"status", StatusName(d.status)}};
   if (!d.cert_serial.empty()) CertReply(ctx, cert, *ctx.TenantCa(ctx.actor.tenant));
   return absl::OkStatus();
@@ -511,6 +512,7 @@ Status DeviceReplace(Service::Ctx& ctx) {
   old_d.replaced_by = new_id;
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), old_d, &ctx.batch); !s.ok()) return s;
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), new_d, &ctx.batch); !s.ok()) return s;
+  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), new_d] { jobs.OnDeviceJoined(t, new_d); });
   ctx.data = Json{{"old", DeviceJson(ctx, old_d)}, {"new", DeviceJson(ctx, new_d)}};
   return absl::OkStatus();
 }
@@ -529,6 +531,7 @@ Status DeviceSetGroups(Service::Ctx& ctx) {
   d.group_ids = groups;
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
   ctx.fx.regroups.push_back({ctx.actor.tenant, d.device_id, std::move(old_groups), groups});
+  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), d] { jobs.OnDeviceJoined(t, d); });
   ctx.data = DeviceJson(ctx, d);
   return absl::OkStatus();
 }

@@ -78,6 +78,7 @@ Status JobCreate(Service::Ctx& ctx) {
     }
     if (ctx.Has("online")) nj.target.online = ctx.Bool("online") ? 1 : 0;
   }
+  nj.target.continuous = ctx.Bool("continuous");
   auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Arg(ctx, "timeouts"), Arg(ctx, "retry"), Arg(ctx, "abort"));
   if (!spec.ok()) return spec.status();
   nj.spec = *spec;
@@ -219,6 +220,9 @@ std::vector<CommandSpec> JobCommands() {
         {"firmware_version", S, false, "target query: devices running this firmware"},
         {"status", S, false, "target query: devices in this lifecycle status"},
         {"online", B, false, "target query: only devices connected (true) or not (false) at resolution"},
+        {"continuous", B, false,
+         "with a query: devices that match it later (registered into the group, added to it) get the job too; "
+         "the job runs until canceled"},
         {"rollout", O, false, "{rate_per_s, ramp_factor, ramp_every, max_rate, max_in_flight}"},
         {"timeouts", O, false, "{step_s, in_progress_s}"},
         {"retry", O, false, "{max_attempts, backoff_ms, on: [FAILED, TIMED_OUT]}"},

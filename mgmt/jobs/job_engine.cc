@@ -79,6 +79,7 @@ Json TargetJson(const JobEngine::Target& t) {
   if (!t.filter.firmware_version.empty()) j["firmware_version"] = t.filter.firmware_version;
   if (t.filter.status) j["status"] = static_cast<int>(*t.filter.status);
   if (t.online >= 0) j["online"] = t.online == 1;
+  if (t.continuous) j["continuous"] = true;
   return j;
 }
 
@@ -95,6 +96,7 @@ JobEngine::Target TargetFromJson(const std::string& text) {
     t.filter.status = static_cast<fb::DeviceStatus>(j["status"].get<int>());
   }
   if (j.contains("online") && j["online"].is_boolean()) t.online = j["online"].get<bool>() ? 1 : 0;
+  t.continuous = j.value("continuous", false);
   return t;
 }
 
@@ -218,6 +220,9 @@ absl::Status JobEngine::Create(const TenantId& t, const NewJob& nj, storage::Wri
     return absl::AlreadyExistsError("job '" + nj.job_id + "' exists");
   } else if (!absl::IsNotFound(g)) {
     return g;
+  }
+  if (nj.target.continuous && !nj.target.has_query) {
+    return absl::InvalidArgumentError("continuous needs a query target (group_id, model_id, ...), not device_ids");
   }
   const int64_t now = clock_->WallMs();
   fb::JobT rec;
@@ -435,6 +440,8 @@ void JobEngine::Resolve(Active& j, int64_t now) {
       j.rec.resolve_cursor = d.device_id;
       if (!j.target.filter.status && Retired(d.status)) continue;
       if (j.target.online >= 0 && host_.online(j.tenant, d.device_id) != (j.target.online == 1)) continue;
+      fb::JobDeviceT existing;  // a continuous job may have met it already (it joined meanwhile)
+      if (j.target.continuous && Lookup(j, d.device_id, &existing)) continue;
       fb::JobDeviceT e;
       e.device_id = d.device_id;
       e.state = ExecState::Pending;
@@ -737,7 +744,7 @@ void JobEngine::CancelRemaining(Active& j, bool force) {
 
 void JobEngine::MaybeComplete(Active& j) {
   if (j.remove) return;
-  if (j.rec.status == JobStatus::Running && j.rec.resolved && j.Done() == j.rec.total_count) {
+  if (j.rec.status == JobStatus::Running && j.rec.resolved && j.Done() == j.rec.total_count && !j.target.continuous) {
     j.rec.status = JobStatus::Completed;
   }
   if (j.Ended() && j.inflight.empty() && !j.cancel_pending) {
@@ -779,6 +786,32 @@ void JobEngine::OnGetPending(const std::string& tenant, const std::string& devic
   Json body{{"executions", list}};
   if (!client_token.empty()) body["client_token"] = client_token;
   Reply(tenant, device_id, "jobs/pending", body);
+}
+
+void JobEngine::OnDeviceJoined(const TenantId& t, const fb::DeviceT& d) {
+  auto tj = active_.find(t.str());
+  if (tj == active_.end() || Retired(d.status)) return;
+  for (auto& [id, j] : tj->second) {
+    const Target& q = j->target;
+    if (j->remove || j->Ended() || !q.continuous) continue;
+    const bool match = (q.filter.group_id.empty() ||
+                        std::find(d.group_ids.begin(), d.group_ids.end(), q.filter.group_id) != d.group_ids.end()) &&
+                       (q.filter.model_id.empty() || q.filter.model_id == d.model_id) &&
+                       (q.filter.firmware_version.empty() || q.filter.firmware_version == d.firmware_version) &&
+                       (!q.filter.status || *q.filter.status == d.status);
+    fb::JobDeviceT e;
+    if (!match || Lookup(*j, d.device_id, &e)) continue;  // one execution per device and job
+    Unsynced& u = unsynced_[UnsyncedKey(*j, d.device_id)];
+    u.tenant = j->tenant;
+    u.job_id = j->rec.job_id;
+    u.rec.device_id = d.device_id;
+    u.rec.state = ExecState::Pending;
+    u.rec.updated_at_ms = clock_->WallMs();
+    j->Count(ExecState::Pending)++;
+    j->rec.total_count++;
+    SaveJob(*j);
+    j->ready.push_back(Candidate{d.device_id, 0, false, {}});
+  }
 }
 
 void JobEngine::OnDeviceRetired(const TenantId& t, const std::string& device_id) {

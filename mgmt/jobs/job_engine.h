@@ -91,6 +91,9 @@ class JobEngine {
     storage::DeviceFilter filter;         // or a query (group, model, firmware, status)
     bool has_query = false;
     int online = -1;  // -1 any, 0 offline only, 1 online only (at resolution)
+    // A query job that never completes by itself: devices that come to match
+    // it later (registered into the group, added to it) get an execution too.
+    bool continuous = false;
   };
   struct NewJob {
     std::string job_id, created_by, document_json;
@@ -120,6 +123,9 @@ class JobEngine {
   // The device asked for its pending executions (after a reconnect).
   void OnGetPending(const std::string& tenant, const std::string& device_id, const std::string& client_token);
   void OnOutcome(uint64_t token, bool acked, std::string_view why);
+  // A device was registered or its groups changed: continuous jobs whose
+  // query it now matches get an execution for it (once per job).
+  void OnDeviceJoined(const storage::TenantId& t, const fb::DeviceT& d);
   // The device was decommissioned or replaced: its executions not ended are REMOVED.
   void OnDeviceRetired(const storage::TenantId& t, const std::string& device_id);
 

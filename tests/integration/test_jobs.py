@@ -270,6 +270,68 @@ class JobsTest(JobsBase):
         self.assertEqual(self.stop_agent(agent)["succeeded"], 5)
 
 
+class MoreJobsTest(JobsBase):
+    flags = ("--management.max_queued_device_messages=5",)
+
+    def test_continuous_job_reaches_devices_added_later(self):
+        self.fleet("n", 3, groups=("grp",))
+        first = self.agent("n", 3)
+        self.connected(3)
+        self.admin("job.create", "job_id=always", 'document={"command":"onboard"}', "group_id=grp", "continuous=true")
+        wait_for(lambda: self.admin("job.get", "job_id=always")["counts"]["SUCCEEDED"] == 3, timeout=20)
+        r = run_cli([PKI, "devices", "--dir", self.broker.data_dir, "--tenant", "default", "--prefix", "n", "--count",
+                     "1", "--start", "3", "--out", os.path.join(self.tmp, "n")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.admin("device.register", "device_id=n3", "serial_number=sn-n3", "model_id=m1", "group_ids=grp")
+        late = self.agent("n", 1, start=3)
+        wait_for(lambda: self.admin("job.get", "job_id=always")["counts"]["SUCCEEDED"] == 4, timeout=20)
+        g = self.admin("job.get", "job_id=always")
+        self.assertEqual((g["status"], g["total"], g["counts"]["SUCCEEDED"]), ("IN_PROGRESS", 4, 4))
+        self.admin("job.cancel", "job_id=always")
+        self.assertEqual(self.wait_job("always", ("CANCELED",))["counts"]["SUCCEEDED"], 4)
+        self.stop_agent(first)
+        self.stop_agent(late)
+
+    def test_another_tenants_devices_are_not_targets(self):
+        self.fleet("t", 1)
+        self.admin("tenant.create", "tenant_id=globex", "name=Globex")
+        r = run_cli([PKI, "issue", "--dir", self.broker.data_dir, "--tenant", "globex", "--operator", "gop", "--out",
+                     self.tmp])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        glob = ["--cert", os.path.join(self.tmp, "gop.crt"), "--key", os.path.join(self.tmp, "gop.key")]
+        self.admin(*glob, "model.create", "model_id=gm", "manufacturer=globex")
+        self.admin(*glob, "device.register", "device_id=secret-1", "serial_number=g1", "model_id=gm")
+        code = self.error_code(self.admin("job.create", 'document={"c":1}', "device_ids=secret-1", ok=False))
+        self.assertEqual(code, "not_found")
+        self.admin(*glob, "job.create", "job_id=gjob", 'document={"c":1}', "device_ids=secret-1")
+        # Job ids are per tenant: the default tenant neither sees nor steers globex's.
+        self.assertEqual(self.error_code(self.admin("job.get", "job_id=gjob", ok=False)), "not_found")
+        self.assertEqual(self.error_code(self.admin("job.cancel", "job_id=gjob", ok=False)), "not_found")
+        self.assertEqual(self.admin("job.list")["jobs"], [])
+        self.assertEqual(self.admin(*glob, "job.get", "job_id=gjob")["status"], "IN_PROGRESS")
+
+    def test_report_flood_is_refused_busy_and_others_are_served(self):
+        certs = self.fleet("q", 2)
+        flood = RawDevice(self, certs, "q0")
+        self.assertEqual(flood.subscribe("$fleetmq/v1/devices/q0/#"), 0x01)
+        one = b'{"job_id":"nope","attempt":1,"status":"SUCCEEDED"}'
+        burst = b"".join(mqtt5_publish("$fleetmq/v1/devices/q0/jobs/update", one, 1, 100 + i) for i in range(90))
+        flood.s.sendall(burst)
+        codes = []
+        while len(codes) < 90:
+            body = flood._until(0x40)
+            codes.append(body[2] if len(body) > 2 else 0)
+        self.assertIn(0x97, codes)  # over management.max_queued_device_messages
+        self.assertIn(0x00, codes)
+        self.assertGreaterEqual(
+            sys_at_least(self.broker.port, "$SYS/broker/management/device_messages_refused_busy", 1), 1)
+        agent = self.agent("q", 1, start=1)
+        self.connected(2)
+        self.admin("job.create", "job_id=after", 'document={"c":1}', "device_ids=q1")
+        self.assertEqual(self.wait_job("after", ("COMPLETED",))["counts"]["SUCCEEDED"], 1)
+        self.stop_agent(agent)
+
+
 class RawDevice:
     """One device over raw MQTT 5 / TLS: PUBACK reason codes and its downlink."""
 

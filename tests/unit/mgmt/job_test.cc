@@ -663,5 +663,53 @@ TEST_CASE("jobs: a retired device's execution is REMOVED") {
   CHECK(w.Get()["status"] == "COMPLETED");
 }
 
+TEST_CASE("jobs: a continuous job reaches devices that join its group later and runs until canceled") {
+  Rig w(6);
+  JobEngine::NewJob j;
+  j.target.has_query = true;
+  j.target.filter.group_id = "g1";
+  j.target.continuous = true;
+  w.Create(j);
+  w.Pump();
+  w.Pump();
+  auto n = w.TakeNotifies();
+  REQUIRE(n.size() == 3);  // d0 d2 d4
+  for (auto& [dev, at] : n) w.Report(dev, at.first, ExecState::Succeeded);
+  w.Pump();
+  CHECK(w.Get()["status"] == "IN_PROGRESS");  // continuous: not COMPLETED
+  fb::DeviceT d;
+  REQUIRE(w.reg.GetDevice(w.t, "d1", &d).ok());
+  d.group_ids = {"g1"};
+  w.engine->OnDeviceJoined(w.t, d);
+  w.engine->OnDeviceJoined(w.t, d);  // once per device and job
+  fb::DeviceT other;
+  REQUIRE(w.reg.GetDevice(w.t, "d3", &other).ok());
+  w.engine->OnDeviceJoined(w.t, other);  // not in the group: nothing
+  w.Pump();
+  n = w.TakeNotifies();
+  REQUIRE(n.size() == 1);
+  CHECK(n.contains("d1"));
+  CHECK(w.Get()["total"] == 4);
+  w.Report("d1", 1, ExecState::Succeeded);
+  w.Pump();
+  CHECK(w.Get()["status"] == "IN_PROGRESS");
+  storage::WriteBatch b;
+  fb::JobT rec;
+  REQUIRE(w.engine->Control(w.t, "j1", JobEngine::Action::kCancel, false, "operator:o", &b, &rec).ok());
+  REQUIRE(w.reg.Commit(b).ok());
+  w.engine->ApplyControl(w.t, rec, JobEngine::Action::kCancel, false);
+  w.Pump();
+  w.Pump();
+  CHECK(w.Get()["status"] == "CANCELED");
+  CHECK(w.Get()["counts"]["SUCCEEDED"] == 4);
+  // device_ids cannot be continuous.
+  JobEngine::NewJob bad;
+  bad.job_id = "j2";
+  bad.target.device_ids = {"d0"};
+  bad.target.continuous = true;
+  storage::WriteBatch b2;
+  CHECK(w.engine->Create(w.t, bad, &b2, &rec).code() == absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace fmq::jobs

@@ -169,5 +169,22 @@ TEST_CASE("records: CRC32C matches the standard check values at every length and
   }
 }
 
+TEST_CASE("records: decoding into a reused object leaves nothing of the previous record") {
+  fb::DeviceT a;
+  a.device_id = "a";
+  a.group_ids = {"g1", "g2"};
+  a.firmware_version = "1.0";
+  fb::DeviceT b;
+  b.device_id = "b";  // no groups, no firmware
+  const std::string ea = EncodeRecord<fb::Device>(a), eb = EncodeRecord<fb::Device>(b);
+  fb::DeviceT out;
+  REQUIRE(DecodeRecord<fb::Device>(Family::kDevices, "k", ea, &out).ok());
+  CHECK(out.group_ids.size() == 2);
+  REQUIRE(DecodeRecord<fb::Device>(Family::kDevices, "k", eb, &out).ok());
+  CHECK(out.device_id == "b");
+  CHECK(out.group_ids.empty());
+  CHECK(out.firmware_version.empty());
+}
+
 }  // namespace
 }  // namespace fmq::storage
