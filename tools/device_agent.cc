@@ -86,6 +86,16 @@ struct Device {
   uint16_t next_id = 1;
   // Executions seen: job id → (attempt, final status reported or "").
   std::unordered_map<std::string, std::pair<uint32_t, std::string>> seen;
+  // Uplink messages not yet acknowledged: packet id → (topic suffix, payload);
+  // PUBACK 0x97 (the broker is busy) sends them again a second later.
+  std::unordered_map<uint16_t, std::pair<std::string, std::string>> unacked;
+};
+
+struct Retry {
+  int64_t at;
+  int device;
+  std::string suffix, payload;
+  bool operator>(const Retry& o) const { return at > o.at; }
 };
 
 struct Answer {
@@ -98,7 +108,10 @@ struct Answer {
 
 class Agent {
  public:
-  explicit Agent(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
+  explicit Agent(Options o) : o_(std::move(o)) {
+    uv_loop_init(&loop_);
+    mbedtls_x509_crt_init(&trust_);
+  }
 
   int Run() {
     if (!Load()) return 1;
@@ -125,12 +138,43 @@ class Agent {
     Pump();
     uv_run(&loop_, UV_RUN_DEFAULT);
     Summary();
+    std::fflush(stdout);  // before anything at exit (a sanitizer's report) can end the process
     if (log_ != nullptr) std::fclose(log_);
+    Free();
     return 0;
   }
 
+  ~Agent() { Free(); }
+
   void OnPlain(Device& d, std::string_view bytes);
   void Closed(Device& d);
+  // Closes every handle and frees the TLS material (once).
+  void Free() {
+    if (freed_) return;
+    freed_ = true;
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* h, void*) {
+          if (uv_is_closing(h)) return;
+          if (h->type == UV_SIGNAL) {
+            uv_close(h, [](uv_handle_t* x) { delete reinterpret_cast<uv_signal_t*>(x); });
+          } else if (h->type == UV_TCP) {
+            uv_close(h, [](uv_handle_t* x) { delete reinterpret_cast<uv_tcp_t*>(x); });
+          } else {
+            uv_close(h, nullptr);
+          }
+        },
+        nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+    for (Device& d : devices_) {
+      d.tls.reset();
+      mbedtls_ssl_config_free(&d.conf);
+      mbedtls_x509_crt_free(&d.chain);
+      mbedtls_pk_free(&d.key);
+    }
+    mbedtls_x509_crt_free(&trust_);
+  }
   void Send(Device& d);
 
  private:
@@ -140,22 +184,23 @@ class Agent {
       return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     };
     const std::string ca = read(o_.ca);
-    mbedtls_x509_crt_init(&trust_);
+    devices_.resize(o_.count);
+    for (Device& d : devices_) {  // all initialised first: Free() releases them whatever fails below
+      mbedtls_ssl_config_init(&d.conf);
+      mbedtls_x509_crt_init(&d.chain);
+      mbedtls_pk_init(&d.key);
+    }
     auto bytes = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.c_str()); };
     if (ca.empty() || mbedtls_x509_crt_parse(&trust_, bytes(ca), ca.size() + 1) != 0) {
       std::fprintf(stderr, "fleetmq-device: --ca must be a readable PEM CA certificate\n");
       return false;
     }
-    devices_.resize(o_.count);
     for (int i = 0; i < o_.count; ++i) {
       Device& d = devices_[i];
       d.agent = this;
       d.id = o_.prefix + std::to_string(o_.start + i);
       d.channel = "$fleetmq/v1/devices/" + d.id + "/";
       const std::string cert = read(o_.certs + "/" + d.id + ".crt"), key = read(o_.certs + "/" + d.id + ".key");
-      mbedtls_ssl_config_init(&d.conf);
-      mbedtls_x509_crt_init(&d.chain);
-      mbedtls_pk_init(&d.key);
       if (cert.empty() || key.empty() ||
           mbedtls_ssl_config_defaults(&d.conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
                                       MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
@@ -266,6 +311,7 @@ class Agent {
     p.packet_id = d.next_id++;
     if (d.next_id == 0) d.next_id = 1;
     p.payload = payload;
+    if (Version() == mqtt::Version::kV5) d.unacked[p.packet_id] = {suffix, payload};
     Write(d, p);
   }
   void Report(Device& d, const std::string& job, uint32_t attempt, const std::string& status, const Json& details) {
@@ -295,14 +341,16 @@ class Agent {
   std::vector<Device> devices_;
   ConnectQueue to_connect_;
   std::priority_queue<Answer, std::vector<Answer>, std::greater<Answer>> answers_;
+  std::priority_queue<Retry, std::vector<Retry>, std::greater<Retry>> retries_;
   char read_buf_[64 * 1024];
   FILE* log_ = nullptr;
   bool stop_ = false;
+  bool freed_ = false;
   int connecting_ = 0, connected_ = 0, tls_errors_ = 0;
   int64_t start_ms_ = 0, last_ping_ms_ = 0, last_notify_ms_ = 0, last_line_ms_ = 0, all_connected_ms_ = 0;
   uint64_t notifications_ = 0, duplicates_ = 0, reports_ = 0, accepted_ = 0, rejected_ = 0, errors_ = 0, cancels_ = 0,
            connects_ = 0, disconnects_ = 0, succeeded_ = 0, failed_ = 0, rejected_jobs_ = 0, silent_ = 0, drops_ = 0,
-           refused_ = 0;
+           refused_ = 0, busy_ = 0;
 
   friend struct Device;
 };
@@ -326,6 +374,7 @@ void Agent::Send(Device& d) {
 
 void Agent::Closed(Device& d) {
   if (d.tcp == nullptr) return;
+  d.unacked.clear();  // lost with the connection: jobs/get after the reconnect brings the work back
   if (d.connecting) {
     d.connecting = false;
     --connecting_;
@@ -359,6 +408,16 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
       sub.packet_id = d.next_id++;
       sub.entries.push_back({d.channel + "#", 1});
       Write(d, sub);
+    } else if (auto* ack = std::get_if<mqtt::Ack>(&p); ack != nullptr && ack->type == mqtt::PacketType::kPuback) {
+      auto it = d.unacked.find(ack->packet_id);
+      if (it != d.unacked.end()) {
+        if (ack->reason == mqtt::ReasonCode::kQuotaExceeded) {  // busy: the contract says retry after a second
+          ++busy_;
+          retries_.push(Retry{NowMs() + 1000, static_cast<int>(&d - devices_.data()), std::move(it->second.first),
+                              std::move(it->second.second)});
+        }
+        d.unacked.erase(it);
+      }
     } else if (std::get_if<mqtt::SubAck>(&p) != nullptr) {
       Publish(d, "jobs/get", "{}");  // what is pending for me (the contract's reconnect step)
     } else if (auto* pub = std::get_if<mqtt::Publish>(&p)) {
@@ -440,6 +499,12 @@ void Agent::OnNotify(Device& d, std::string_view payload) {
 
 void Agent::Tick() {
   const int64_t now = NowMs();
+  while (!retries_.empty() && retries_.top().at <= now) {
+    Retry r = retries_.top();
+    retries_.pop();
+    Device& d = devices_[r.device];
+    if (d.connected) Publish(d, r.suffix, r.payload);  // else: the reconnect's jobs/get brings it back
+  }
   while (!answers_.empty() && answers_.top().at <= now) {
     Answer a = answers_.top();
     answers_.pop();
@@ -514,6 +579,7 @@ void Agent::Summary() {
          {"rejected_replies", rejected_},
          {"cancels", cancels_},
          {"errors", errors_},
+         {"busy", busy_},
          {"seconds", (NowMs() - start_ms_) / 1000.0}};
   std::printf("%s\n", s.dump().c_str());
 }

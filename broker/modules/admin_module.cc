@@ -149,7 +149,7 @@ void AdminModule::ThreadMain() {
     events.swap(events_);
     for (auto& [key, ev] : coalesced_) events.push_back(std::move(ev));
     coalesced_.clear();
-    std::vector<admin::DeviceMessage> msgs;
+    std::vector<mgmt::DeviceMessage> msgs;
     msgs.swap(device_msgs_);
     std::vector<Outcome> outcomes;
     outcomes.swap(outcomes_);
@@ -167,7 +167,7 @@ void AdminModule::ThreadMain() {
       svc_->OnDeliveryOutcome(o.token, o.what == DeviceOutcome::kAcked || o.what == DeviceOutcome::kSentQos0,
                               DeviceOutcomeName(o.what));
     }
-    for (const admin::DeviceMessage& m : msgs) svc_->OnDeviceMessage(m);
+    for (const mgmt::DeviceMessage& m : msgs) svc_->OnDeviceMessage(m);
     for (Job& job : work) {
       if (auto* r = std::get_if<Request>(&job)) {
         Completion c;
@@ -284,19 +284,16 @@ void AdminModule::Apply(admin::Effects& fx) {
   for (auto& p : fx.publishes) {
     broker_->PublishInternal(MountOf(p.tenant) + p.topic, std::move(p.payload), p.retain);
   }
-  ApplyJobs(fx.jobs);
+  ApplyFeatures(fx.features);
 }
 
-void AdminModule::ApplyJobs(jobs::Output& out) {
+void AdminModule::ApplyFeatures(mgmt::Output& out) {
   if (broker_ == nullptr) return;
-  for (auto& p : out.progress) {
-    std::string topic = MountOf(p.tenant);
-    topic += topics::kJobEventsPrefix;
-    topic += p.job_id;
-    broker_->PublishInternal(std::move(topic), std::move(p.payload), true);
+  for (auto& e : out.events) {
+    broker_->PublishInternal(MountOf(e.tenant) + e.topic, std::move(e.payload), e.retain);
   }
   if (out.sends.empty()) return;
-  auto convert = [](jobs::DeviceSend& m) {
+  auto convert = [](mgmt::DeviceSend& m) {
     Broker::DeviceMessage d;
     d.topic = topics::DeviceChannel(m.device_id) + m.suffix;
     d.tenant = std::move(m.tenant);
@@ -498,8 +495,8 @@ std::string ClientToken(const nlohmann::json& j, std::string* err) {
 }  // namespace
 
 void AdminModule::DeviceError(const ClientInfo& info, std::string_view topic, std::string_view code,
-                              const std::string& msg, const std::string& client_token) {
-  counters_.device_rejected.fetch_add(1, std::memory_order_relaxed);
+                              const std::string& msg, const std::string& client_token, bool rejected) {
+  if (rejected) counters_.device_rejected.fetch_add(1, std::memory_order_relaxed);
   FMQ_LOG_DEBUG("device '%s' of tenant '%s': %.*s: %s", info.identity->name.c_str(), info.identity->tenant.c_str(),
                 static_cast<int>(topic.size()), topic.data(), msg.c_str());
   nlohmann::json body{{"code", code}, {"message", msg}, {"topic", std::string(topic)}};
@@ -538,68 +535,37 @@ mqtt::ReasonCode AdminModule::OnDevicePublish(const ClientInfo& info, const Mess
                 "");
     return ReasonCode::kPayloadFormatInvalid;
   }
-  admin::DeviceMessage dm;
-  dm.report.tenant = who.tenant;
-  dm.report.device_id = who.name;
-  nlohmann::json j;
-  std::string err;
-  if (what == "jobs/update") {
-    dm.kind = admin::DeviceMessage::Kind::kJobUpdate;
-    err = ParseObject(m.payload, false, &j);
-    if (err.empty()) dm.report.client_token = ClientToken(j, &err);
-    if (err.empty()) {
-      for (auto it = j.begin(); it != j.end() && err.empty(); ++it) {
-        const std::string& k = it.key();
-        if (k != "job_id" && k != "attempt" && k != "status" && k != "details" && k != "client_token") {
-          err = "unknown field '" + k + "'";
-        }
-      }
-    }
-    if (err.empty()) {
-      auto id = j.find("job_id");
-      auto at = j.find("attempt");
-      auto st = j.find("status");
-      auto det = j.find("details");
-      if (id == j.end() || !id->is_string() || id->get_ref<const std::string&>().empty() ||
-          id->get_ref<const std::string&>().size() > 128) {
-        err = "job_id must be a string of 1..128 bytes";
-      } else if (at == j.end() || !at->is_number_unsigned() || at->get<uint64_t>() < 1 ||
-                 at->get<uint64_t>() > 1'000'000) {
-        err = "attempt must be an integer of at least 1";
-      } else if (st == j.end() || !st->is_string() || !jobs::ParseExec(st->get<std::string>(), &dm.report.status) ||
-                 !(dm.report.status == jobs::ExecState::InProgress || dm.report.status == jobs::ExecState::Succeeded ||
-                   dm.report.status == jobs::ExecState::Failed || dm.report.status == jobs::ExecState::Rejected)) {
-        err = "status must be IN_PROGRESS, SUCCEEDED, FAILED or REJECTED";
-      } else if (det != j.end() && !det->is_object()) {
-        err = "details must be a JSON object";
-      } else {
-        dm.report.job_id = id->get<std::string>();
-        dm.report.attempt = static_cast<uint32_t>(at->get<uint64_t>());
-        if (det != j.end()) {
-          dm.report.details = det->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-          if (dm.report.details.size() > 1024) err = "details exceed 1024 bytes";
-        }
-      }
-    }
-  } else if (what == "jobs/get") {
-    dm.kind = admin::DeviceMessage::Kind::kJobsGet;
-    err = ParseObject(m.payload, true, &j);
-    if (err.empty()) dm.report.client_token = ClientToken(j, &err);
-  } else {
+  // The feature reading this topic checks its schema here, on the worker.
+  const mgmt::Feature* owner = svc_->runtime().OwnerOf(what);
+  if (owner == nullptr) {
     DeviceError(info, what, "unknown_topic", "no such device-channel topic (doc/device-api.md)", "");
     return ReasonCode::kTopicNameInvalid;
   }
+  mgmt::DeviceMessage dm;
+  dm.tenant = who.tenant;
+  dm.device_id = who.name;
+  dm.topic = std::string(what);
+  // An empty payload is an empty object (e.g. jobs/get).
+  std::string err = ParseObject(m.payload, true, &dm.body);
+  if (err.empty()) dm.client_token = ClientToken(dm.body, &err);
+  if (err.empty()) err = owner->Validate(what, dm.body);
   if (!err.empty()) {
-    DeviceError(info, what, "bad_request", err, dm.report.client_token);
+    DeviceError(info, what, "bad_request", err, dm.client_token);
     return ReasonCode::kPayloadFormatInvalid;
   }
+  bool busy = true;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (device_msgs_.size() >= opts_.max_queued_device_messages) {
-      counters_.device_busy.fetch_add(1, std::memory_order_relaxed);
-      return ReasonCode::kQuotaExceeded;
+    if (device_msgs_.size() < opts_.max_queued_device_messages) {
+      device_msgs_.push_back(std::move(dm));
+      busy = false;
     }
-    device_msgs_.push_back(std::move(dm));
+  }
+  if (busy) {
+    // PUBACK 0x97, and for 3.1.1 devices (no reason codes) an error naming it.
+    counters_.device_busy.fetch_add(1, std::memory_order_relaxed);
+    DeviceError(info, what, "busy", "the broker is busy: send it again in a second", dm.client_token, false);
+    return ReasonCode::kQuotaExceeded;
   }
   counters_.device_messages.fetch_add(1, std::memory_order_relaxed);
   cv_.notify_one();

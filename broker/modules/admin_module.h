@@ -117,10 +117,10 @@ class AdminModule : public BrokerHooks {
   void Event(const ClientInfo& info, bool connected, std::string_view reason);
   // Worker thread: an error reply on the device's errors topic.
   void DeviceError(const ClientInfo& info, std::string_view topic, std::string_view code, const std::string& msg,
-                   const std::string& client_token);
-  // Applies Effects::jobs: device messages to each device's home worker, in
-  // one batch per worker; progress events retained on the tenant's topic.
-  void ApplyJobs(jobs::Output& out);
+                   const std::string& client_token, bool rejected = true);
+  // Applies what the features released: device messages to each device's
+  // home worker, in one batch per worker; events on the tenant's topics.
+  void ApplyFeatures(mgmt::Output& out);
   // Management thread, mu_ held: whether there is input to process.
   bool HasInput() const;
   // Any thread: audits a denied attempt, aggregated per window (above).
@@ -151,7 +151,7 @@ class AdminModule : public BrokerHooks {
   size_t queued_requests_ = 0;
   std::vector<admin::ConnEvent> events_;   // in order, up to max_queued_events
   StringMap<admin::ConnEvent> coalesced_;  // beyond: tenant \0 device → its latest event
-  std::vector<admin::DeviceMessage> device_msgs_;
+  std::vector<mgmt::DeviceMessage> device_msgs_;
   std::vector<Outcome> outcomes_;
   StringMap<DeniedWindow> denied_;  // tenant \0 identity \0 reason
   std::vector<Completion> done_;

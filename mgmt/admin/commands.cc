@@ -401,7 +401,7 @@ Status DeviceRegister(Service::Ctx& ctx) {
     d.status = fb::DeviceStatus::Provisioned;
   }
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
-  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), d] { jobs.OnDeviceJoined(t, d); });
+  ctx.on_commit.push_back([&svc = ctx.svc, t = ctx.tenant(), d] { svc.DeviceJoined(t, d); });
   ctx.data = Json{{"device_id", id}, {"status", StatusName(d.status)}};
   if (!d.cert_serial.empty()) CertReply(ctx, cert, *ctx.TenantCa(ctx.actor.tenant));
   return absl::OkStatus();
@@ -465,7 +465,7 @@ Status DeviceDecommission(Service::Ctx& ctx) {
     return BadTransition(d, "decommission");
   }
   if (Status s = RetireDevice(ctx, d); !s.ok()) return s;
-  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), id = d.device_id] { jobs.OnDeviceRetired(t, id); });
+  ctx.on_commit.push_back([&svc = ctx.svc, t = ctx.tenant(), id = d.device_id] { svc.DeviceRetired(t, id); });
   d.status = fb::DeviceStatus::Decommissioned;  // the record stays, archived
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
   ctx.data = DeviceJson(ctx, d);
@@ -506,13 +506,12 @@ Status DeviceReplace(Service::Ctx& ctx) {
     return st;
   }
   if (Status s = RetireDevice(ctx, old_d); !s.ok()) return s;
-  ctx.on_commit.push_back(
-      [&jobs = ctx.jobs(), t = ctx.tenant(), id = old_d.device_id] { jobs.OnDeviceRetired(t, id); });
+  ctx.on_commit.push_back([&svc = ctx.svc, t = ctx.tenant(), id = old_d.device_id] { svc.DeviceRetired(t, id); });
   old_d.status = fb::DeviceStatus::Replaced;
   old_d.replaced_by = new_id;
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), old_d, &ctx.batch); !s.ok()) return s;
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), new_d, &ctx.batch); !s.ok()) return s;
-  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), new_d] { jobs.OnDeviceJoined(t, new_d); });
+  ctx.on_commit.push_back([&svc = ctx.svc, t = ctx.tenant(), new_d] { svc.DeviceJoined(t, new_d); });
   ctx.data = Json{{"old", DeviceJson(ctx, old_d)}, {"new", DeviceJson(ctx, new_d)}};
   return absl::OkStatus();
 }
@@ -531,7 +530,7 @@ Status DeviceSetGroups(Service::Ctx& ctx) {
   d.group_ids = groups;
   if (Status s = ctx.reg().PutDevice(ctx.tenant(), d, &ctx.batch); !s.ok()) return s;
   ctx.fx.regroups.push_back({ctx.actor.tenant, d.device_id, std::move(old_groups), groups});
-  ctx.on_commit.push_back([&jobs = ctx.jobs(), t = ctx.tenant(), d] { jobs.OnDeviceJoined(t, d); });
+  ctx.on_commit.push_back([&svc = ctx.svc, t = ctx.tenant(), d] { svc.DeviceJoined(t, d); });
   ctx.data = DeviceJson(ctx, d);
   return absl::OkStatus();
 }

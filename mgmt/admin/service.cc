@@ -85,6 +85,7 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
     return c != nullptr && c->online;
   };
   jobs_ = std::make_unique<jobs::JobEngine>(kv_, &registry_, clock_, std::move(host), opts_.jobs);
+  runtime_.Add(jobs_.get());
 }
 
 Service::~Service() = default;
@@ -209,7 +210,10 @@ absl::Status Service::Init(Effects* fx) {
   if (!b.empty()) {
     if (absl::Status s = registry_.Commit(b); !s.ok()) return s;
   }
-  return jobs_->Recover();
+  for (mgmt::Feature* f : runtime_.features()) {
+    if (absl::Status s = f->Recover(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 std::string Service::Handle(const Actor& actor, std::string_view request, Effects* fx) {
@@ -277,8 +281,11 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
     }
   }
   // Commands read the store: every change the features made so far is in it.
-  if (absl::Status s = jobs_->Commit(&fx->jobs); !s.ok()) {
-    return finish(ErrorJson("storage_error", "job state not written: " + std::string(s.message())));
+  for (mgmt::Feature* f : runtime_.features()) {
+    if (absl::Status s = f->Commit(&fx->features); !s.ok()) {
+      return finish(
+          ErrorJson("storage_error", std::string(f->name()) + " state not written: " + std::string(s.message())));
+    }
   }
   Json data = Json::object();
   Effects local;
@@ -386,7 +393,7 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
     c.last_seen_ms = ev.wall_ms;
     if (ev.connected) {
       c.connected_since_ms = ev.wall_ms;
-      jobs_->OnConnected(ev.tenant, ev.device_id);
+      for (mgmt::Feature* f : runtime_.features()) f->OnConnected(ev.tenant, ev.device_id);
     } else {
       c.last_disconnect_reason = ev.reason;
     }
@@ -439,25 +446,29 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
   }
 }
 
-void Service::OnDeviceMessage(const DeviceMessage& m) {
-  switch (m.kind) {
-    case DeviceMessage::Kind::kJobUpdate:
-      jobs_->OnReport(m.report);
-      break;
-    case DeviceMessage::Kind::kJobsGet:
-      jobs_->OnGetPending(m.report.tenant, m.report.device_id, m.report.client_token);
-      break;
-  }
+void Service::OnDeviceMessage(const mgmt::DeviceMessage& m) {
+  if (mgmt::Feature* f = runtime_.OwnerOf(m.topic); f != nullptr) f->OnDeviceMessage(m);
 }
 
 void Service::OnDeliveryOutcome(uint64_t token, bool acked, std::string_view why) {
-  jobs_->OnOutcome(token, acked, why);
+  if (mgmt::Feature* f = runtime_.ByToken(token); f != nullptr) f->OnOutcome(token, acked, why);
+}
+
+void Service::DeviceJoined(const storage::TenantId& t, const fb::DeviceT& d) {
+  for (mgmt::Feature* f : runtime_.features()) f->OnDeviceJoined(t, d);
+}
+
+void Service::DeviceRetired(const storage::TenantId& t, const std::string& device_id) {
+  for (mgmt::Feature* f : runtime_.features()) f->OnDeviceRetired(t, device_id);
 }
 
 int64_t Service::Pump(Effects* fx) {
-  const int64_t next = jobs_->Pump();
-  if (absl::Status s = jobs_->Commit(&fx->jobs); !s.ok()) {
-    FMQ_LOG_ERROR("job state not committed: %s", std::string(s.message()).c_str());
+  int64_t next = INT64_MAX;
+  for (mgmt::Feature* f : runtime_.features()) {
+    next = std::min(next, f->Pump());
+    if (absl::Status s = f->Commit(&fx->features); !s.ok()) {
+      FMQ_LOG_ERROR("%s state not committed: %s", std::string(f->name()).c_str(), std::string(s.message()).c_str());
+    }
   }
   return next;
 }

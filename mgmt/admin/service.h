@@ -21,6 +21,7 @@
 #include "common/string_map.h"
 #include "mgmt/jobs/job_engine.h"
 #include "mgmt/pki/pki.h"
+#include "mgmt/runtime/feature.h"
 #include "storage/registry.h"
 
 namespace fmq::admin {
@@ -72,11 +73,11 @@ struct Effects {
   std::vector<Quota> quotas;
   std::vector<std::string> trusted_cas;  // PEM of tenant CAs created at run time
   std::vector<Publish> publishes;
-  // The device channel (doc/device-api.md) and job progress events.
-  jobs::Output jobs;
+  // What the features release: device-channel messages and events.
+  mgmt::Output features;
   bool empty() const {
     return kicks.empty() && revoked.empty() && blocks.empty() && regroups.empty() && quotas.empty() &&
-           trusted_cas.empty() && publishes.empty() && jobs.empty();
+           trusted_cas.empty() && publishes.empty() && features.empty();
   }
 };
 
@@ -85,14 +86,6 @@ struct ConnEvent {
   std::string tenant, device_id, reason, peer;
   bool connected = false;
   int64_t wall_ms = 0;
-};
-
-// A message a device published on its channel, validated by the broker's
-// module (schema and sizes; the device id is the certificate's).
-struct DeviceMessage {
-  enum class Kind : uint8_t { kJobUpdate, kJobsGet };
-  Kind kind = Kind::kJobUpdate;
-  jobs::Report report;  // tenant, device_id, client_token always set
 };
 
 struct ServiceOptions {
@@ -136,10 +129,16 @@ class Service {
   // minute).
   void Tick(Effects* fx);
 
-  // The device channel: a validated device message, and the outcome of a
-  // message sent to a device (Effects::jobs.sends with a token).
-  void OnDeviceMessage(const DeviceMessage& m);
+  // The features (mgmt/runtime/feature.h), read-only once started: the
+  // broker's module asks it which feature validates a device message.
+  const mgmt::Runtime& runtime() const { return runtime_; }
+  // The device channel: a device message valid for its feature's schema,
+  // and the outcome of a message sent to a device (with a token).
+  void OnDeviceMessage(const mgmt::DeviceMessage& m);
   void OnDeliveryOutcome(uint64_t token, bool acked, std::string_view why);
+  // Registry changes made by commands, once committed: every feature hears them.
+  void DeviceJoined(const storage::TenantId& t, const fb::DeviceT& d);
+  void DeviceRetired(const storage::TenantId& t, const std::string& device_id);
   // Runs the features' deadlines and pending work (job timeouts, retries,
   // dispatch), commits their state, and returns what must go out now and
   // the wall ms at which it must run again (INT64_MAX: only on new input).
@@ -176,6 +175,7 @@ class Service {
   StringMap<StringMap<Connectivity>> conn_;  // tenant → device → state
   int64_t last_tick_ms_ = 0;
   std::unique_ptr<jobs::JobEngine> jobs_;
+  mgmt::Runtime runtime_;  // jobs_ (more features: configuration, firmware, ...)
 };
 
 }  // namespace fmq::admin

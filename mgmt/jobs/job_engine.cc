@@ -5,6 +5,7 @@
 #include <climits>
 
 #include "common/log.h"
+#include "common/mgmt_topics.h"
 
 namespace fmq::jobs {
 
@@ -109,6 +110,59 @@ JobEngine::JobEngine(storage::KvStore* kv, storage::Registry* reg, const Clock* 
     : kv_(kv), reg_(reg), clock_(clock), host_(std::move(host)), opts_(opts) {}
 
 JobEngine::~JobEngine() = default;
+
+std::vector<std::string> JobEngine::DeviceTopics() const { return {"jobs/update", "jobs/get"}; }
+
+std::string JobEngine::Validate(std::string_view topic, const Json& j) const {
+  if (topic == "jobs/get") return "";  // {} or {"client_token"}: checked by the runtime
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    if (k != "job_id" && k != "attempt" && k != "status" && k != "details" && k != "client_token") {
+      return "unknown field '" + k + "'";
+    }
+  }
+  auto id = j.find("job_id");
+  auto at = j.find("attempt");
+  auto st = j.find("status");
+  auto det = j.find("details");
+  ExecState status;
+  if (id == j.end() || !id->is_string() || id->get_ref<const std::string&>().empty() ||
+      id->get_ref<const std::string&>().size() > 128) {
+    return "job_id must be a string of 1..128 bytes";
+  }
+  if (at == j.end() || !at->is_number_unsigned() || at->get<uint64_t>() < 1 || at->get<uint64_t>() > 1'000'000) {
+    return "attempt must be an integer of at least 1";
+  }
+  if (st == j.end() || !st->is_string() || !ParseExec(st->get<std::string>(), &status) ||
+      !(status == ExecState::InProgress || status == ExecState::Succeeded || status == ExecState::Failed ||
+        status == ExecState::Rejected)) {
+    return "status must be IN_PROGRESS, SUCCEEDED, FAILED or REJECTED";
+  }
+  if (det != j.end()) {
+    if (!det->is_object()) return "details must be a JSON object";
+    if (det->dump(-1, ' ', false, Json::error_handler_t::replace).size() > opts_.max_detail_bytes) {
+      return "details exceed " + std::to_string(opts_.max_detail_bytes) + " bytes";
+    }
+  }
+  return "";
+}
+
+void JobEngine::OnDeviceMessage(const mgmt::DeviceMessage& m) {
+  if (m.topic == "jobs/get") {
+    OnGetPending(m.tenant, m.device_id, m.client_token);
+    return;
+  }
+  // jobs/update, valid (Validate ran on the worker).
+  Report r;
+  r.tenant = m.tenant;
+  r.device_id = m.device_id;
+  r.client_token = m.client_token;
+  r.job_id = m.body["job_id"].get<std::string>();
+  r.attempt = static_cast<uint32_t>(m.body["attempt"].get<uint64_t>());
+  ParseExec(m.body["status"].get<std::string>(), &r.status);
+  if (auto det = m.body.find("details"); det != m.body.end()) r.details = Dump(*det);
+  OnReport(r);
+}
 
 JobEngine::Active* JobEngine::Find(const std::string& tenant, std::string_view job_id) {
   auto t = active_.find(tenant);
@@ -522,7 +576,7 @@ void JobEngine::StartExecution(Active& j, const Candidate& c, int64_t now) {
 
 void JobEngine::Notify(Active& j, const std::string& device, Inflight& f) {
   if (f.token != 0) tokens_.erase(f.token);
-  f.token = next_token_++;
+  f.token = TokenOf(next_token_++);
   tokens_.emplace(f.token, Ref{j.tenant, j.rec.job_id, device, f.attempt});
   std::string p = "{\"job_id\":\"" + j.rec.job_id + "\",\"attempt\":" + std::to_string(f.attempt) +
                   ",\"type\":\"command\",\"status\":\"" + std::string(ExecName(f.state)) + "\",\"document\":";
@@ -937,7 +991,8 @@ void JobEngine::ProgressEvents(int64_t now) {
       if (!j->dirty || (now - j->last_progress_ms < opts_.progress_interval_ms && !j->remove)) continue;
       j->dirty = false;
       j->last_progress_ms = now;
-      pending_.progress.push_back(Progress{tenant, id, Dump(ProgressJson(*j, now))});
+      pending_.events.push_back(
+          mgmt::Event{tenant, std::string(topics::kJobEventsPrefix) + id, Dump(ProgressJson(*j, now)), true});
     }
   }
 }
@@ -975,7 +1030,7 @@ absl::Status JobEngine::Commit(Output* out) {
     pending_ = Output{};
   } else {
     for (auto& m : pending_.sends) out->sends.push_back(std::move(m));
-    for (auto& p : pending_.progress) out->progress.push_back(std::move(p));
+    for (auto& e : pending_.events) out->events.push_back(std::move(e));
     pending_ = Output{};
   }
   touched_tenants_.clear();

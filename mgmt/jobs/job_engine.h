@@ -29,26 +29,13 @@
 #include "common/clock.h"
 #include "common/string_map.h"
 #include "mgmt/jobs/job_state.h"
+#include "mgmt/runtime/feature.h"
 #include "storage/registry.h"
 
 namespace fmq::jobs {
 
-// A message to a device's channel (the topic below "$fleetmq/v1/devices/<id>/"
-// is `suffix`). token != 0: the broker reports its outcome (OnOutcome).
-struct DeviceSend {
-  std::string tenant, device_id, suffix, payload;
-  uint64_t token = 0;
-};
-// A retained progress event on a tenant's job events topic.
-struct Progress {
-  std::string tenant, job_id, payload;
-};
-
-struct Output {
-  std::vector<DeviceSend> sends;
-  std::vector<Progress> progress;
-  bool empty() const { return sends.empty() && progress.empty(); }
-};
+using mgmt::DeviceSend;
+using mgmt::Output;
 
 // What the engine needs from its host.
 struct Host {
@@ -74,14 +61,20 @@ struct Report {
   std::string details;  // JSON text, bounded
 };
 
-class JobEngine {
+class JobEngine : public mgmt::Feature {
  public:
   JobEngine(storage::KvStore* kv, storage::Registry* reg, const Clock* clock, Host host,
             const EngineOptions& opts = {});
-  ~JobEngine();
+  ~JobEngine() override;
 
+  // --- The feature (mgmt/runtime/feature.h).
+  std::string_view name() const override { return "jobs"; }
+  // jobs/update and jobs/get (doc/device-api.md).
+  std::vector<std::string> DeviceTopics() const override;
+  std::string Validate(std::string_view topic, const Json& body) const override;
+  void OnDeviceMessage(const mgmt::DeviceMessage& m) override;
   // Start-up: every job not ended is loaded and its executions read back.
-  absl::Status Recover();
+  absl::Status Recover() override;
 
   // --- Commands (admin command table). Each writes to `b` (committed by the
   // caller with the audit entry) and returns the change to apply once that
@@ -117,23 +110,23 @@ class JobEngine {
   size_t active_jobs() const { return active_count_; }
 
   // --- Events (management thread).
-  void OnConnected(const std::string& tenant, const std::string& device_id);
+  void OnConnected(const std::string& tenant, const std::string& device_id) override;
   // A device report; the reply (accepted / rejected) goes out after Commit.
   void OnReport(const Report& r);
   // The device asked for its pending executions (after a reconnect).
   void OnGetPending(const std::string& tenant, const std::string& device_id, const std::string& client_token);
-  void OnOutcome(uint64_t token, bool acked, std::string_view why);
+  void OnOutcome(uint64_t token, bool acked, std::string_view why) override;
   // A device was registered or its groups changed: continuous jobs whose
   // query it now matches get an execution for it (once per job).
-  void OnDeviceJoined(const storage::TenantId& t, const fb::DeviceT& d);
+  void OnDeviceJoined(const storage::TenantId& t, const fb::DeviceT& d) override;
   // The device was decommissioned or replaced: its executions not ended are REMOVED.
-  void OnDeviceRetired(const storage::TenantId& t, const std::string& device_id);
+  void OnDeviceRetired(const storage::TenantId& t, const std::string& device_id) override;
 
   // Timeouts, retries, resolution and dispatch up to now. Returns the next
   // wall ms it needs to run again (or INT64_MAX).
-  int64_t Pump();
+  int64_t Pump() override;
   // Writes the batch; on success moves what it releases into `out`.
-  absl::Status Commit(Output* out);
+  absl::Status Commit(Output* out) override;
 
   struct Stats {
     uint64_t reports_rejected = 0;  // unknown job, stale attempt, terminal, invalid transition
