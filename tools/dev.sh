@@ -57,7 +57,7 @@ case "${1:-}" in
     shift
     install_packages
     [ -f build-release/build.ninja ] || meson setup build-release --buildtype=release
-    ninja -C build-release broker/fleetmq bench/fleetmq-bench tools/fleetmq-pki tools/fleetmq-admin
+    ninja -C build-release broker/fleetmq bench/fleetmq-bench tools/fleetmq-pki tools/fleetmq-admin tools/fleetmq-device
     exec ./build-release/broker/fleetmq --data_dir=./data "$@"
     ;;
   test)
