@@ -134,7 +134,6 @@ void AdminModule::ThreadMain() {
       if (wait_ms > 0) cv_.wait_for(l, std::chrono::milliseconds(wait_ms));
     }
     if (stop_) return;
-    counters_.pumps.fetch_add(1, std::memory_order_relaxed);
     std::vector<Denied> ended;
     bool duties = false;
     if (const int64_t now = clock_->NowMs(); now >= next_duties_ms) {

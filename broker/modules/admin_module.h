@@ -73,7 +73,6 @@ class AdminModule : public BrokerHooks {
     std::atomic<uint64_t> device_rejected{0};   // malformed, oversized, unknown topic, not the device's own
     std::atomic<uint64_t> device_busy{0};       // over max_queued_device_messages: PUBACK 0x97
     std::atomic<uint64_t> outcomes{0};          // delivery outcomes reported to the features
-    std::atomic<uint64_t> pumps{0};             // management loop iterations
     std::atomic<uint64_t> blocked_connects{0};
     std::atomic<uint64_t> revoked_connects{0};  // CONNECT with a certificate revoked after its handshake
     std::atomic<uint64_t> denied_unaudited{0};  // over max_denied_tracked

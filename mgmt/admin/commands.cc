@@ -674,8 +674,8 @@ constexpr ArgType L = ArgType::kStringList;
 constexpr ArgType O = ArgType::kObject;
 constexpr Role kOp = Role::kOperator;
 
-const ArgSpec kCursor{"cursor", S, false, "next_cursor of the previous page"};
-const ArgSpec kLimit{"limit", I, false, "page size (default 100, at most 1000)"};
+const ArgSpec& kCursor = kCursorArg;
+const ArgSpec& kLimit = kLimitArg;
 const ArgSpec kDevice{"device_id", S, true, "the device"};
 
 }  // namespace

@@ -97,6 +97,9 @@ absl::Status CheckId(const char* what, std::string_view s);
 size_t PageLimit(Service::Ctx& ctx, size_t ceiling);
 absl::Status CheckLimit(Service::Ctx& ctx);
 bool ParseDeviceStatus(std::string_view s, fb::DeviceStatus* out);
+// Arguments every paginated command takes.
+inline const ArgSpec kCursorArg{"cursor", ArgType::kString, false, "next_cursor of the previous page"};
+inline const ArgSpec kLimitArg{"limit", ArgType::kInt, false, "page size (default 100, at most 1000)"};
 const CommandSpec* FindCommand(std::string_view name);
 
 // Stable error codes of replies (doc/admin-api.md lists them).

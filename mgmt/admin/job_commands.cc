@@ -199,8 +199,8 @@ constexpr ArgType L = ArgType::kStringList;
 constexpr ArgType O = ArgType::kObject;
 constexpr Role kOp = Role::kOperator;
 const ArgSpec kJob{"job_id", S, true, "the job"};
-const ArgSpec kCursor{"cursor", S, false, "next_cursor of the previous page"};
-const ArgSpec kLimit{"limit", I, false, "page size (default 100, at most 1000)"};
+const ArgSpec& kCursor = kCursorArg;
+const ArgSpec& kLimit = kLimitArg;
 
 }  // namespace
 

@@ -143,7 +143,6 @@ class Service {
   // dispatch), commits their state, and returns what must go out now and
   // the wall ms at which it must run again (INT64_MAX: only on new input).
   int64_t Pump(Effects* fx);
-  jobs::JobEngine& job_engine() { return *jobs_; }
 
   // A device refused at CONNECT (suspended...) or a denied admin attempt
   // that never reached a command: audited.

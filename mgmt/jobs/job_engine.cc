@@ -171,10 +171,6 @@ JobEngine::Active* JobEngine::Find(const std::string& tenant, std::string_view j
   return j == t->second.end() || j->second->remove ? nullptr : j->second.get();
 }
 
-bool JobEngine::IsActive(const TenantId& t, std::string_view job_id) const {
-  return const_cast<JobEngine*>(this)->Find(t.str(), job_id) != nullptr;
-}
-
 absl::Status JobEngine::Recover() {
   std::vector<std::pair<std::string, fb::JobT>> open;
   absl::Status s = reg_->ForEachJob([&](const TenantId& t, fb::JobT&& rec) {
@@ -584,7 +580,6 @@ void JobEngine::Notify(Active& j, const std::string& device, Inflight& f) {
   p += ",\"step_timeout_s\":" + std::to_string(j.spec.step_timeout_ms / 1000) +
        ",\"in_progress_timeout_s\":" + std::to_string(j.spec.in_progress_timeout_ms / 1000) + "}";
   pending_.sends.push_back(DeviceSend{j.tenant, device, "jobs/notify", std::move(p), f.token});
-  stats_.notifications++;
 }
 
 void JobEngine::Reply(const std::string& tenant, const std::string& device, std::string_view suffix, const Json& body) {

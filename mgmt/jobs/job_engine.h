@@ -106,7 +106,6 @@ class JobEngine : public mgmt::Feature {
   void ApplyControl(const storage::TenantId& t, const fb::JobT& rec, Action a, bool force);
   // job.get: the record with live counts, rate and ETA.
   absl::StatusOr<Json> Describe(const storage::TenantId& t, std::string_view job_id);
-  bool IsActive(const storage::TenantId& t, std::string_view job_id) const;
   size_t active_jobs() const { return active_count_; }
 
   // --- Events (management thread).
@@ -131,7 +130,6 @@ class JobEngine : public mgmt::Feature {
   struct Stats {
     uint64_t reports_rejected = 0;  // unknown job, stale attempt, terminal, invalid transition
     uint64_t commits_failed = 0;
-    uint64_t notifications = 0;
   };
   const Stats& stats() const { return stats_; }
 

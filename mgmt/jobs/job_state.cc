@@ -108,41 +108,34 @@ class Reader {
 
 bool Has(const std::vector<ExecState>& v, ExecState s) { return std::find(v.begin(), v.end(), s) != v.end(); }
 
+// The name tables above, both ways. `unused` is a stored value never written
+// (kept by the schema's evolution rule): shown if read, never parsed.
+template <class Table, class E>
+std::string_view NameIn(const Table& t, E v) {
+  for (const auto& [st, name] : t) {
+    if (st == v) return name;
+  }
+  return "UNKNOWN";
+}
+template <class Table, class E>
+bool ParseIn(const Table& t, std::string_view name, E unused, E* out) {
+  for (const auto& [st, n] : t) {
+    if (n == name && st != unused) {
+      *out = st;
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
-std::string_view ExecName(ExecState s) {
-  for (const auto& [st, name] : kExecNames) {
-    if (st == s) return name;
-  }
-  return "UNKNOWN";
-}
-
+std::string_view ExecName(ExecState s) { return NameIn(kExecNames, s); }
 bool ParseExec(std::string_view name, ExecState* out) {
-  for (const auto& [st, n] : kExecNames) {
-    if (n == name && st != ExecState::Acknowledged) {
-      *out = st;
-      return true;
-    }
-  }
-  return false;
+  return ParseIn(kExecNames, name, ExecState::Acknowledged, out);
 }
-
-std::string_view JobName(JobStatus s) {
-  for (const auto& [st, name] : kJobNames) {
-    if (st == s) return name;
-  }
-  return "UNKNOWN";
-}
-
-bool ParseJob(std::string_view name, JobStatus* out) {
-  for (const auto& [st, n] : kJobNames) {
-    if (n == name && st != JobStatus::Failed) {
-      *out = st;
-      return true;
-    }
-  }
-  return false;
-}
+std::string_view JobName(JobStatus s) { return NameIn(kJobNames, s); }
+bool ParseJob(std::string_view name, JobStatus* out) { return ParseIn(kJobNames, name, JobStatus::Failed, out); }
 
 bool IsTerminal(ExecState s) {
   switch (s) {
