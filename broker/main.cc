@@ -120,6 +120,12 @@ int main(int argc, char** argv) {
   }
   aopts.jobs.max_active_jobs = cfg.management.jobs_max_active;
   aopts.jobs.audit_executions = cfg.management.jobs_audit_executions;
+  aopts.max_request_bytes = cfg.management.max_request_bytes;
+  aopts.config.limits.max_bytes = cfg.management.config_max_document_bytes;
+  aopts.config.limits.max_depth = cfg.management.config_max_depth;
+  aopts.config.limits.max_key_bytes = cfg.management.config_max_key_bytes;
+  aopts.config.history = cfg.management.config_history;
+  aopts.config.ack_timeout_ms = cfg.management.config_ack_timeout_ms;
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.

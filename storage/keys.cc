@@ -85,12 +85,18 @@ std::string TenantPrefix(const TenantId& t) { return Base(t).Take(); }
 std::string Device(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
 std::string Model(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
 std::string Group(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
-std::string Config(const TenantId& t, bool group, std::string_view target, uint64_t version) {
-  return Base(t).Str(group ? "g" : "d").Str(target).U64(version).Take();
+namespace {
+std::string_view KindTag(ConfigKind k) { return k == ConfigKind::kGroup ? "g" : k == ConfigKind::kModel ? "m" : "d"; }
+}  // namespace
+std::string Config(const TenantId& t, ConfigKind kind, std::string_view target, uint64_t version) {
+  return Base(t).Str(KindTag(kind)).Str(target).U64(version).Take();
 }
-std::string ConfigPrefix(const TenantId& t, bool group, std::string_view target) {
-  return Base(t).Str(group ? "g" : "d").Str(target).Take();
+std::string ConfigPrefix(const TenantId& t, ConfigKind kind, std::string_view target) {
+  return Base(t).Str(KindTag(kind)).Str(target).Take();
 }
+std::string DeviceConfig(const TenantId& t, std::string_view device_id) { return Base(t).Str(device_id).Take(); }
+std::string ConfigBlob(const TenantId& t, std::string_view hash) { return Base(t).Str(hash).Take(); }
+std::string ConfigRev(const TenantId& t) { return Base(t, "config.rev").Take(); }
 std::string Cert(const TenantId& t, std::string_view serial) { return Base(t).Str(serial).Take(); }
 std::string Job(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
 std::string JobDevice(const TenantId& t, std::string_view job, std::string_view dev) {

@@ -54,6 +54,9 @@ class KeyReader {
   std::string_view rest_;
 };
 
+// Whose configuration document (doc/configuration-management.md).
+enum class ConfigKind : uint8_t { kDevice = 0, kGroup = 1, kModel = 2 };
+
 // Device lifecycle states [seed: registration_status / status].
 enum class DeviceStatus : uint8_t {
   kRegistered = 0,
@@ -80,8 +83,11 @@ std::string TenantPrefix(const TenantId& t);  // the whole key range of a tenant
 std::string Device(const TenantId& t, std::string_view device_id);
 std::string Model(const TenantId& t, std::string_view model_id);
 std::string Group(const TenantId& t, std::string_view group_id);
-std::string Config(const TenantId& t, bool group, std::string_view target_id, uint64_t version);
-std::string ConfigPrefix(const TenantId& t, bool group, std::string_view target_id);
+std::string Config(const TenantId& t, ConfigKind kind, std::string_view target_id, uint64_t version);
+std::string ConfigPrefix(const TenantId& t, ConfigKind kind, std::string_view target_id);
+std::string DeviceConfig(const TenantId& t, std::string_view device_id);  // Family::kDeviceConfigs
+std::string ConfigBlob(const TenantId& t, std::string_view hash);         // Family::kConfigBlobs
+std::string ConfigRev(const TenantId& t);  // Family::kMeta: the tenant's last configuration revision
 std::string Cert(const TenantId& t, std::string_view serial);
 std::string Job(const TenantId& t, std::string_view job_id);
 std::string JobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id);

@@ -33,8 +33,10 @@ enum class Family : uint8_t {
   kJobs,
   kJobDevices,
   kAudit,
-  kIndex,        // secondary indexes (values empty or small)
-  kSessionQos2,  // inbound QoS 2 packet ids awaiting PUBREL, per session
+  kIndex,          // secondary indexes (values empty or small)
+  kSessionQos2,    // inbound QoS 2 packet ids awaiting PUBREL, per session
+  kDeviceConfigs,  // per device: desired, delivered and applied configuration
+  kConfigBlobs,    // effective configuration documents by their hash (what devices applied)
   kCount,
 };
 std::string_view FamilyName(Family f);

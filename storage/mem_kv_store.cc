@@ -7,8 +7,9 @@ namespace fmq::storage {
 
 std::string_view FamilyName(Family f) {
   static constexpr std::string_view kNames[] = {
-      "meta",  "sessions", "session_messages", "retained", "tenants", "devices",     "models", "groups", "configs",
-      "certs", "jobs",     "job_devices",      "audit",    "index",   "session_qos2"};
+      "meta",   "sessions", "session_messages", "retained",       "tenants",     "devices",
+      "models", "groups",   "configs",          "certs",          "jobs",        "job_devices",
+      "audit",  "index",    "session_qos2",     "device_configs", "config_blobs"};
   return kNames[static_cast<size_t>(f)];
 }
 

@@ -194,18 +194,31 @@ absl::Status Registry::ListDevices(const TenantId& t, const DeviceFilter& f, std
   return absl::OkStatus();
 }
 
+namespace {
+ConfigKind KindOf(const fb::ConfigurationT& rec) {
+  if (rec.kind != 0) return static_cast<ConfigKind>(rec.kind);
+  return rec.is_group ? ConfigKind::kGroup : ConfigKind::kDevice;
+}
+}  // namespace
+
 void Registry::PutConfig(const TenantId& t, const fb::ConfigurationT& rec, WriteBatch* b) {
-  b->Put(Family::kConfigs, keys::Config(t, rec.is_group, rec.target_id, rec.version),
+  b->Put(Family::kConfigs, keys::Config(t, KindOf(rec), rec.target_id, rec.version),
          EncodeRecord<fb::Configuration>(rec));
 }
 
-absl::Status Registry::GetConfig(const TenantId& t, bool group, std::string_view target, uint64_t version,
+void Registry::DeleteConfig(const TenantId& t, ConfigKind kind, std::string_view target, uint64_t version,
+                            WriteBatch* b) {
+  b->Delete(Family::kConfigs, keys::Config(t, kind, target, version));
+}
+
+absl::Status Registry::GetConfig(const TenantId& t, ConfigKind kind, std::string_view target, uint64_t version,
                                  fb::ConfigurationT* out) {
   if (version != 0) {
-    return ReadRecord<fb::Configuration>(*kv_, Family::kConfigs, keys::Config(t, group, target, version), out);
+    return ReadRecord<fb::Configuration>(*kv_, Family::kConfigs, keys::Config(t, kind, target, version), out);
   }
   std::string last_key, last_value;
-  absl::Status s = kv_->ScanPrefix(Family::kConfigs, keys::ConfigPrefix(t, group, target),
+  // The history is bounded (config.history), so the scan is too.
+  absl::Status s = kv_->ScanPrefix(Family::kConfigs, keys::ConfigPrefix(t, kind, target),
                                    [&](std::string_view k, std::string_view v) {
                                      last_key.assign(k);
                                      last_value.assign(v);
@@ -214,6 +227,42 @@ absl::Status Registry::GetConfig(const TenantId& t, bool group, std::string_view
   if (!s.ok()) return s;
   if (last_key.empty()) return absl::NotFoundError("no configuration");
   return DecodeRecord<fb::Configuration>(Family::kConfigs, last_key, last_value, out);
+}
+
+absl::Status Registry::ListConfigs(const TenantId& t, ConfigKind kind, std::string_view target, uint64_t before,
+                                   size_t limit, std::vector<fb::ConfigurationT>* out) {
+  std::vector<std::pair<std::string, std::string>> all;
+  absl::Status s = kv_->ScanPrefix(Family::kConfigs, keys::ConfigPrefix(t, kind, target),
+                                   [&](std::string_view k, std::string_view v) {
+                                     all.emplace_back(std::string(k), std::string(v));
+                                     return true;
+                                   });
+  if (!s.ok()) return s;
+  for (auto it = all.rbegin(); it != all.rend() && out->size() < limit; ++it) {
+    fb::ConfigurationT c;
+    if (absl::Status d = DecodeRecord<fb::Configuration>(Family::kConfigs, it->first, it->second, &c); !d.ok()) {
+      return d;
+    }
+    if (before != 0 && c.version >= before) continue;
+    out->push_back(std::move(c));
+  }
+  return absl::OkStatus();
+}
+
+void Registry::PutDeviceConfig(const TenantId& t, const fb::DeviceConfigT& rec, WriteBatch* b) {
+  b->Put(Family::kDeviceConfigs, keys::DeviceConfig(t, rec.device_id), EncodeRecord<fb::DeviceConfig>(rec));
+}
+
+absl::Status Registry::GetDeviceConfig(const TenantId& t, std::string_view device_id, fb::DeviceConfigT* out) {
+  return ReadRecord<fb::DeviceConfig>(*kv_, Family::kDeviceConfigs, keys::DeviceConfig(t, device_id), out);
+}
+
+void Registry::PutConfigBlob(const TenantId& t, std::string_view hash, std::string_view canonical, WriteBatch* b) {
+  b->Put(Family::kConfigBlobs, keys::ConfigBlob(t, hash), std::string(canonical));
+}
+
+absl::StatusOr<std::string> Registry::GetConfigBlob(const TenantId& t, std::string_view hash) {
+  return kv_->Get(Family::kConfigBlobs, keys::ConfigBlob(t, hash));
 }
 
 void Registry::PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b) {

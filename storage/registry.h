@@ -66,10 +66,22 @@ class Registry {
   absl::Status ListDevices(const TenantId& t, const DeviceFilter& f, std::string_view cursor, size_t limit,
                            Page<fb::DeviceT>* out);
 
+  // Configuration versions (the kind: rec.kind, or is_group for records
+  // written before kinds).
   void PutConfig(const TenantId& t, const fb::ConfigurationT& rec, WriteBatch* b);
+  void DeleteConfig(const TenantId& t, ConfigKind kind, std::string_view target, uint64_t version, WriteBatch* b);
   // version 0 = the latest.
-  absl::Status GetConfig(const TenantId& t, bool group, std::string_view target, uint64_t version,
+  absl::Status GetConfig(const TenantId& t, ConfigKind kind, std::string_view target, uint64_t version,
                          fb::ConfigurationT* out);
+  // Versions newest first, from below `before` (0: the latest).
+  absl::Status ListConfigs(const TenantId& t, ConfigKind kind, std::string_view target, uint64_t before, size_t limit,
+                           std::vector<fb::ConfigurationT>* out);
+  void PutDeviceConfig(const TenantId& t, const fb::DeviceConfigT& rec, WriteBatch* b);
+  // NotFound: the device never had configuration state.
+  absl::Status GetDeviceConfig(const TenantId& t, std::string_view device_id, fb::DeviceConfigT* out);
+  // Effective documents by hash (canonical text), written once per hash.
+  void PutConfigBlob(const TenantId& t, std::string_view hash, std::string_view canonical, WriteBatch* b);
+  absl::StatusOr<std::string> GetConfigBlob(const TenantId& t, std::string_view hash);
 
   void PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b);
   absl::Status GetCert(const TenantId& t, std::string_view serial, fb::CertificateT* out);

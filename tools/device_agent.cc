@@ -4,12 +4,17 @@
 // to its device channel, asks for its pending job executions, and executes
 // job notifications: IN_PROGRESS, then SUCCEEDED (or FAILED / REJECTED /
 // nothing, by the knobs below), deduplicating by (job id, attempt) as the
-// contract asks. It reconnects after any disconnect.
+// contract asks. It applies configuration (config/desired: a merge patch on
+// the version it has, or the whole document), checks the result against the
+// broker's hash and reports APPLIED with it, or asks for the whole document
+// when its base does not match. It reconnects after any disconnect, keeping
+// its configuration (as a device keeps it in flash).
 //
 //   fleetmq-device --port P --ca root.crt --certs DIR --count N [--prefix dev-]
 //       [--start 0] [--fail-pct 0] [--reject-pct 0] [--silent-pct 0]
 //       [--drop-pct 0] [--slow-ms 0] [--version 5|4] [--window 64]
 //       [--duration 0] [--idle-exit 0] [--log FILE] [--seed 1] [--no-progress]
+//       [--config-reject-pct 0] [--config-drift-pct 0]
 //
 // Knobs (deterministic per device, job and attempt with --seed): --fail-pct
 // of attempts report FAILED; --reject-pct of executions report REJECTED;
@@ -18,7 +23,12 @@
 // connection before answering (it reconnects and gets it again); --slow-ms
 // between IN_PROGRESS and the final status; --no-progress reports the final
 // status only. --log writes one JSON line per
-// final status reported ({"device","job_id","attempt","status"}).
+// final status reported ({"device","job_id","attempt","status"}) and per
+// configuration report ({"device","config_version","status","hash"}).
+// --config-reject-pct of configuration versions are REJECTED; with
+// --config-drift-pct the device's applied document is corrupted before it
+// reports (a wrong hash: the broker sends the whole document, which is then
+// applied correctly).
 // Prints one status line a second on stderr and a JSON summary on exit
 // (SIGINT/SIGTERM, --duration, or --idle-exit seconds without a notification
 // once every device connected). Loopback only.
@@ -40,6 +50,7 @@
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 #include "broker/tls/tls.h"
+#include "mgmt/config/document.h"
 #include "mgmt/pki/pki.h"
 
 namespace {
@@ -53,6 +64,7 @@ struct Options {
   std::string ca, certs, prefix = "dev-", log;
   int count = 1, start = 0, window = 64, version = 5;
   double fail_pct = 0, reject_pct = 0, silent_pct = 0, drop_pct = 0;
+  double config_reject_pct = 0, config_drift_pct = 0;
   int slow_ms = 0;
   bool progress = true;  // report IN_PROGRESS before the final status
   double duration = 0, idle_exit = 0;
@@ -89,6 +101,10 @@ struct Device {
   // Uplink messages not yet acknowledged: packet id → (topic suffix, payload);
   // PUBACK 0x97 (the broker is busy) sends them again a second later.
   std::unordered_map<uint16_t, std::pair<std::string, std::string>> unacked;
+  // Configuration: the version applied and its document (version 0: {}).
+  uint64_t cfg_version = 0;
+  Json cfg_doc = Json::object();
+  std::string cfg_hash = config::Hash(Json::object());
 };
 
 struct Retry {
@@ -321,6 +337,8 @@ class Agent {
     reports_++;
   }
   void OnNotify(Device& d, std::string_view payload);
+  void OnDesired(Device& d, std::string_view payload);
+  void ConfigReport(Device& d, uint64_t version, const char* status, const std::string& hash, const char* reason);
   mqtt::Version Version() const { return o_.version == 4 ? mqtt::Version::kV311 : mqtt::Version::kV5; }
   void Summary();
 
@@ -350,7 +368,8 @@ class Agent {
   int64_t start_ms_ = 0, last_ping_ms_ = 0, last_notify_ms_ = 0, last_line_ms_ = 0, all_connected_ms_ = 0;
   uint64_t notifications_ = 0, duplicates_ = 0, reports_ = 0, accepted_ = 0, rejected_ = 0, errors_ = 0, cancels_ = 0,
            connects_ = 0, disconnects_ = 0, succeeded_ = 0, failed_ = 0, rejected_jobs_ = 0, silent_ = 0, drops_ = 0,
-           refused_ = 0, busy_ = 0;
+           refused_ = 0, busy_ = 0, cfg_desired_ = 0, cfg_patches_ = 0, cfg_full_ = 0, cfg_applied_ = 0,
+           cfg_rejected_ = 0, cfg_gets_ = 0, cfg_accepted_ = 0, cfg_refused_ = 0, cfg_drifts_ = 0;
 
   friend struct Device;
 };
@@ -434,6 +453,12 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
       topic.remove_prefix(d.channel.size());
       if (topic == "jobs/notify") {
         OnNotify(d, pub->payload);
+      } else if (topic == "config/desired") {
+        OnDesired(d, pub->payload);
+      } else if (topic == "config/report/accepted") {
+        ++cfg_accepted_;
+      } else if (topic == "config/report/rejected") {
+        ++cfg_refused_;
       } else if (topic == "jobs/update/accepted") {
         ++accepted_;
       } else if (topic == "jobs/update/rejected") {
@@ -495,6 +520,70 @@ void Agent::OnNotify(Device& d, std::string_view payload) {
   if (status != "REJECTED" && o_.progress) Report(d, job, attempt, "IN_PROGRESS", Json());
   answers_.push(Answer{NowMs() + o_.slow_ms, static_cast<int>(&d - devices_.data()), job, status, attempt});
   if (o_.slow_ms == 0) Tick();
+}
+
+void Agent::ConfigReport(Device& d, uint64_t version, const char* status, const std::string& hash, const char* reason) {
+  Json j{{"version", version}, {"status", status}};
+  if (!hash.empty()) j["hash"] = hash;
+  if (reason != nullptr) j["reason"] = reason;
+  Publish(d, "config/report", j.dump());
+  if (log_ != nullptr) {
+    std::fprintf(
+        log_, "%s\n",
+        Json{{"device", d.id}, {"config_version", version}, {"status", status}, {"hash", hash}}.dump().c_str());
+  }
+}
+
+// config/desired (doc/device-api.md, "Configuration"): apply, check, report.
+void Agent::OnDesired(Device& d, std::string_view payload) {
+  Json j = Json::parse(payload, nullptr, false);
+  if (!j.is_object() || !j.contains("version") || !j["version"].is_number_unsigned() || !j.contains("hash") ||
+      !j["hash"].is_string()) {
+    return;
+  }
+  ++cfg_desired_;
+  last_notify_ms_ = NowMs();
+  const uint64_t version = j["version"].get<uint64_t>();
+  const std::string want = j["hash"].get<std::string>();
+  Json next;
+  if (auto doc = j.find("document"); doc != j.end() && doc->is_object()) {
+    ++cfg_full_;
+    next = *doc;
+  } else if (auto patch = j.find("patch"); patch != j.end() && patch->is_object()) {
+    ++cfg_patches_;
+    if (j.value("base_version", uint64_t{0}) != d.cfg_version || j.value("base_hash", std::string()) != d.cfg_hash) {
+      ++cfg_gets_;  // not on the base it was made for: the whole document, please
+      Publish(d, "config/get", "{}");
+      return;
+    }
+    next = config::ApplyMergePatch(d.cfg_doc, *patch);
+  } else {
+    return;
+  }
+  const std::string key = "config/" + std::to_string(version);
+  if (Roll(o_.seed, d.id, key + "/reject") < o_.config_reject_pct) {
+    ++cfg_rejected_;
+    ConfigReport(d, version, "REJECTED", "", "simulated rejection");
+    return;
+  }
+  std::string hash = config::Hash(next);
+  if (hash != want) {
+    ++cfg_gets_;  // the result is not what the broker computed: start from the whole document
+    Publish(d, "config/get", "{}");
+    return;
+  }
+  if (j.contains("patch") && Roll(o_.seed, d.id, key + "/drift") < o_.config_drift_pct) {
+    // A device whose stored document went wrong (and does not check): it
+    // reports the hash of what it holds; the broker repairs it.
+    ++cfg_drifts_;
+    next["_drift"] = true;
+    hash = config::Hash(next);
+  }
+  d.cfg_version = version;
+  d.cfg_doc = std::move(next);
+  d.cfg_hash = hash;
+  ++cfg_applied_;
+  ConfigReport(d, version, "APPLIED", hash, nullptr);
 }
 
 void Agent::Tick() {
@@ -580,6 +669,15 @@ void Agent::Summary() {
          {"cancels", cancels_},
          {"errors", errors_},
          {"busy", busy_},
+         {"config", Json{{"desired", cfg_desired_},
+                         {"patches", cfg_patches_},
+                         {"full", cfg_full_},
+                         {"applied", cfg_applied_},
+                         {"rejected", cfg_rejected_},
+                         {"gets", cfg_gets_},
+                         {"accepted", cfg_accepted_},
+                         {"refused", cfg_refused_},
+                         {"drifts", cfg_drifts_}}},
          {"seconds", (NowMs() - start_ms_) / 1000.0}};
   std::printf("%s\n", s.dump().c_str());
 }
@@ -589,7 +687,7 @@ void Usage() {
                "usage: fleetmq-device --port P --ca FILE --certs DIR --count N [--prefix dev-] [--start 0]\n"
                "  [--host 127.0.0.1] [--fail-pct X] [--reject-pct X] [--silent-pct X] [--drop-pct X] [--slow-ms N]\n"
                "  [--version 5|4] [--window 64] [--duration S] [--idle-exit S] [--log FILE] [--seed N]\n"
-               "  [--no-progress]\n");
+               "  [--no-progress] [--config-reject-pct X] [--config-drift-pct X]\n");
 }
 
 }  // namespace
@@ -643,6 +741,10 @@ int main(int argc, char** argv) {
       o.seed = std::strtoull(val().c_str(), nullptr, 10);
     else if (a == "--no-progress")
       o.progress = false;
+    else if (a == "--config-reject-pct")
+      o.config_reject_pct = std::atof(val().c_str());
+    else if (a == "--config-drift-pct")
+      o.config_drift_pct = std::atof(val().c_str());
     else {
       Usage();
       return 2;

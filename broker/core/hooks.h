@@ -78,6 +78,9 @@ class BrokerHooks {
   virtual void ResolveIdentity(PeerIdentity&) {}
   virtual void OnConnected(const ClientInfo&) {}
   virtual void OnDisconnected(const ClientInfo&, DisconnectReason) {}
+  // A device was granted a subscription in its own channel (after its
+  // SUBACK was queued): the management plane may send to it now.
+  virtual void OnChannelSubscribed(const ClientInfo&) {}
   // A client published under BrokerOptions::control_prefix. Returns the
   // reason for the publisher's PUBACK (kSuccess, or kNotAuthorized, ...).
   virtual mqtt::ReasonCode OnControlPublish(const ClientInfo&, const Message&) {

@@ -57,6 +57,7 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
   ack.packet_id = sub.packet_id;
   ack.codes.reserve(sub.entries.size());
   std::vector<std::pair<std::string, SubOptions>> want_retained;
+  bool channel_granted = false;
   for (const mqtt::SubscribeEntry& e : sub.entries) {
     mqtt::Error err = mqtt::ValidateTopicFilter(e.filter, opts_.topic_limits);
     if (!err.ok()) {
@@ -102,6 +103,7 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
       stats_.subscriptions++;
     }
     ack.codes.push_back(static_cast<ReasonCode>(o.qos));
+    channel_granted = channel_granted || channel;
     // Retained messages on subscribe [MQTT-3.3.1-9..11]; never for shared
     // subscriptions (MQTT 5.0 section 4.8.2: a shared subscription gets no
     // retained messages when it is made; it has no normative identifier).
@@ -114,6 +116,7 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
     s.persisted = true;
   }
   AckWhenDurable(c, ack);  // SUBACK goes before the retained messages it unlocks
+  if (channel_granted) hooks_->OnChannelSubscribed(InfoOf(c));
   const int64_t now = NowMs();
   for (const auto& want : want_retained) {
     const SubOptions& o = want.second;

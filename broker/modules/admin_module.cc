@@ -113,7 +113,8 @@ bool AdminModule::IsBlocked(std::string_view tenant, std::string_view device) co
 }
 
 bool AdminModule::HasInput() const {
-  return !jobs_.empty() || !events_.empty() || !coalesced_.empty() || !device_msgs_.empty() || !outcomes_.empty();
+  return !jobs_.empty() || !events_.empty() || !coalesced_.empty() || !subscribed_.empty() || !device_msgs_.empty() ||
+         !outcomes_.empty();
 }
 
 // The management loop: sleeps until input arrives, the next second's duties
@@ -148,6 +149,10 @@ void AdminModule::ThreadMain() {
     events.swap(events_);
     for (auto& [key, ev] : coalesced_) events.push_back(std::move(ev));
     coalesced_.clear();
+    std::vector<std::pair<std::string, std::string>> subs;
+    subs.reserve(subscribed_.size());
+    for (auto& [key, s] : subscribed_) subs.push_back(std::move(s));
+    subscribed_.clear();
     std::vector<mgmt::DeviceMessage> msgs;
     msgs.swap(device_msgs_);
     std::vector<Outcome> outcomes;
@@ -162,6 +167,7 @@ void AdminModule::ThreadMain() {
       svc_->OnConnectivity(std::vector<admin::ConnEvent>(std::make_move_iterator(events.begin() + i),
                                                          std::make_move_iterator(events.begin() + i + n)));
     }
+    for (const auto& [tenant, device] : subs) svc_->OnSubscribed(tenant, device);
     for (const Outcome& o : outcomes) {
       svc_->OnDeliveryOutcome(o.token, o.what == DeviceOutcome::kAcked || o.what == DeviceOutcome::kSentQos0,
                               DeviceOutcomeName(o.what));
@@ -416,6 +422,16 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
 }
 
 void AdminModule::OnConnected(const ClientInfo& info) { Event(info, true, ""); }
+
+void AdminModule::OnChannelSubscribed(const ClientInfo& info) {
+  if (info.identity == nullptr || !info.identity->device) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    subscribed_.insert_or_assign(BlockKey(info.identity->tenant, info.identity->name),
+                                 std::make_pair(info.identity->tenant, info.identity->name));
+  }
+  cv_.notify_one();
+}
 
 void AdminModule::OnDisconnected(const ClientInfo& info, DisconnectReason why) {
   Event(info, false, DisconnectReasonName(why));

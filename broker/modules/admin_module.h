@@ -52,6 +52,7 @@ class AdminModule : public BrokerHooks {
   mqtt::ReasonCode Authenticate(const mqtt::Connect&, const ClientInfo& info) override;
   void OnConnected(const ClientInfo& info) override;
   void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
+  void OnChannelSubscribed(const ClientInfo& info) override;
   mqtt::ReasonCode OnControlPublish(const ClientInfo& info, const Message& m) override;
   // The device channel (doc/device-api.md): validated here, on the worker
   // thread (schema, sizes, the device's own topic), then queued for the
@@ -150,6 +151,9 @@ class AdminModule : public BrokerHooks {
   size_t queued_requests_ = 0;
   std::vector<admin::ConnEvent> events_;   // in order, up to max_queued_events
   StringMap<admin::ConnEvent> coalesced_;  // beyond: tenant \0 device → its latest event
+  // Devices that subscribed to their channel since the last turn (one entry
+  // per device: bounded by the devices connected).
+  StringMap<std::pair<std::string, std::string>> subscribed_;
   std::vector<mgmt::DeviceMessage> device_msgs_;
   std::vector<Outcome> outcomes_;
   StringMap<DeniedWindow> denied_;  // tenant \0 identity \0 reason

@@ -31,6 +31,14 @@ struct AdminModuleOptions {
   // Distinct (tenant, identity, reason) tracked at once; beyond it denials
   // are counted (denied_unaudited) but not audited until the windows drain.
   size_t max_denied_tracked = 100'000;
+  // Largest admin request (one MQTT message on the control topic).
+  size_t max_request_bytes = 256 * 1024;
+  // Configuration (mgmt/config/config_feature.h Options).
+  size_t config_max_document_bytes = 64 * 1024;
+  size_t config_max_depth = 16;
+  size_t config_max_key_bytes = 128;
+  size_t config_history = 100;
+  int64_t config_ack_timeout_ms = 60'000;
 };
 
 }  // namespace fmq

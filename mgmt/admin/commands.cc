@@ -117,6 +117,8 @@ Json GroupJson(const fb::DeviceGroupT& g) {
   return Json{{"group_id", g.group_id},
               {"name", g.name},
               {"config_template", ParsedOrString(g.config_template_json)},
+              {"config_version", g.config_version},
+              {"config_priority", g.config_priority},
               {"firmware_target_version", g.firmware_target_version}};
 }
 
@@ -125,7 +127,8 @@ Json ModelJson(const fb::DeviceModelT& m) {
               {"manufacturer", m.manufacturer},
               {"hw_revision", m.hw_revision},
               {"supported_protocols", m.supported_protocols},
-              {"default_config", ParsedOrString(m.default_config_json)}};
+              {"default_config", ParsedOrString(m.default_config_json)},
+              {"config_version", m.config_version}};
 }
 
 Json AuditJson(const fb::AuditEntryT& e) {
@@ -265,7 +268,10 @@ Status ModelCreate(Service::Ctx& ctx) {
   m.manufacturer = ctx.Str("manufacturer");
   m.hw_revision = ctx.Str("hw_revision");
   m.supported_protocols = ctx.List("supported_protocols");
-  if (ctx.Has("default_config")) m.default_config_json = ctx.args["default_config"].dump();
+  Json change;
+  if (ctx.Has("default_config")) {
+    if (Status s = ChangeModelDocument(ctx, &m, ctx.args["default_config"], false, &change); !s.ok()) return s;
+  }
   ctx.reg().PutModel(ctx.tenant(), m, &ctx.batch);
   ctx.data = ModelJson(m);
   return absl::OkStatus();
@@ -295,8 +301,11 @@ Status GroupCreate(Service::Ctx& ctx) {
   if (!absl::IsNotFound(st)) return st;
   g.group_id = id;
   g.name = ctx.Str("name", id);
-  if (ctx.Has("config_template")) g.config_template_json = ctx.args["config_template"].dump();
   g.firmware_target_version = ctx.Str("firmware_target_version");
+  Json change;
+  if (ctx.Has("config_template")) {
+    if (Status s = ChangeGroupDocument(ctx, &g, ctx.args["config_template"], false, &change); !s.ok()) return s;
+  }
   ctx.reg().PutGroup(ctx.tenant(), g, &ctx.batch);
   ctx.data = GroupJson(g);
   return absl::OkStatus();
@@ -335,10 +344,15 @@ Status GroupUpdate(Service::Ctx& ctx) {
     return absl::InvalidArgumentError("nothing to update: give name, config_template or firmware_target_version");
   }
   if (ctx.Has("name")) g.name = ctx.Str("name");
-  if (ctx.Has("config_template")) g.config_template_json = ctx.args["config_template"].dump();
   if (ctx.Has("firmware_target_version")) g.firmware_target_version = ctx.Str("firmware_target_version");
+  Json change;
+  if (ctx.Has("config_template")) {
+    // A new version of the template, to the members as a config job.
+    if (Status s = ChangeGroupDocument(ctx, &g, ctx.args["config_template"], true, &change); !s.ok()) return s;
+  }
   ctx.reg().PutGroup(ctx.tenant(), g, &ctx.batch);
   ctx.data = GroupJson(g);
+  if (!change.is_null()) ctx.data["config"] = change;
   return absl::OkStatus();
 }
 
@@ -495,15 +509,10 @@ Status DeviceReplace(Service::Ctx& ctx) {
   old_d.group_ids.clear();
   ctx.other_devices.push_back(new_id);
   new_d.config_version = old_d.config_version;
-  fb::ConfigurationT cfg;
-  st = ctx.reg().GetConfig(ctx.tenant(), false, old_d.device_id, 0, &cfg);
-  if (st.ok()) {
-    cfg.target_id = new_id;
-    cfg.created_by = ctx.actor.Label();
-    cfg.created_at_ms = ctx.now_ms;
-    ctx.reg().PutConfig(ctx.tenant(), cfg, &ctx.batch);
-  } else if (!absl::IsNotFound(st)) {
-    return st;
+  // The old device's own configuration document becomes the newcomer's.
+  if (Status s = ctx.config().CarryOver(ctx.tenant(), old_d.device_id, new_id, ctx.actor.Label(), &ctx.batch);
+      !s.ok()) {
+    return s;
   }
   if (Status s = RetireDevice(ctx, old_d); !s.ok()) return s;
   ctx.on_commit.push_back([&svc = ctx.svc, t = ctx.tenant(), id = old_d.device_id] { svc.DeviceRetired(t, id); });
@@ -834,6 +843,7 @@ const std::vector<CommandSpec>& Commands() {
   static const std::vector<CommandSpec> kAll = [] {
     std::vector<CommandSpec> all = kTable;
     for (auto& c : JobCommands()) all.push_back(std::move(c));
+    for (auto& c : ConfigCommands()) all.push_back(std::move(c));
     return all;
   }();
   return kAll;

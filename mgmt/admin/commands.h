@@ -37,8 +37,10 @@ struct Service::Ctx {
   std::vector<std::string> other_devices;        // more devices it changed: an entry each (audit)
   std::vector<std::string> crl_tenants;          // tenants whose CRL changed
   std::vector<std::function<void()>> on_commit;  // in-memory changes once the batch committed
+  Json audit_change;                             // non-null: kept in the audit entry as "change" (a diff)
 
   jobs::JobEngine& jobs() { return *svc.jobs_; }
+  config::ConfigFeature& config() { return *svc.config_; }
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
   storage::Registry& reg() { return svc.registry_; }
   const ServiceOptions& opts() const { return svc.opts_; }
@@ -87,6 +89,12 @@ struct CommandSpec {
 // job commands (job_commands.cc).
 const std::vector<CommandSpec>& Commands();
 std::vector<CommandSpec> JobCommands();
+std::vector<CommandSpec> ConfigCommands();
+// A group's or model's configuration document changes (config.set and the
+// group/model commands): a new version in the record `g`/`m` (the caller
+// stores it); when `stored`, its devices get it through a config job.
+absl::Status ChangeGroupDocument(Service::Ctx& ctx, fb::DeviceGroupT* g, const Json& next, bool stored, Json* out);
+absl::Status ChangeModelDocument(Service::Ctx& ctx, fb::DeviceModelT* m, const Json& next, bool stored, Json* out);
 
 // Shared by the handlers of every domain.
 inline constexpr size_t kDefaultPage = 100;

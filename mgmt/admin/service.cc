@@ -86,6 +86,8 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   };
   jobs_ = std::make_unique<jobs::JobEngine>(kv_, &registry_, clock_, std::move(host), opts_.jobs);
   runtime_.Add(jobs_.get());
+  config_ = std::make_unique<config::ConfigFeature>(kv_, &registry_, clock_, jobs_.get(), opts_.config);
+  runtime_.Add(config_.get());
 }
 
 Service::~Service() = default;
@@ -291,7 +293,7 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
   Effects local;
   WriteBatch batch;
   const int64_t now = clock_->WallMs();
-  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}, {}, {}};
+  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}, {}, {}, Json()};
   absl::Status st = spec->handler(ctx);
   if (!spec->mutating) {
     if (!st.ok()) return finish(ErrorJson(ErrorCodeOf(st), std::string(st.message())));
@@ -302,6 +304,7 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
   if (!st.ok()) batch.Clear();
   Json details = args;
   if (details.contains("csr")) details["csr"] = "<" + std::to_string(args["csr"].get<std::string>().size()) + " bytes>";
+  if (!ctx.audit_change.is_null()) details["change"] = ctx.audit_change;
   fb::AuditEntryT e;
   e.time_ms = now;
   e.actor = actor.Label();
@@ -396,6 +399,7 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
       for (mgmt::Feature* f : runtime_.features()) f->OnConnected(ev.tenant, ev.device_id);
     } else {
       c.last_disconnect_reason = ev.reason;
+      for (mgmt::Feature* f : runtime_.features()) f->OnDisconnected(ev.tenant, ev.device_id);
     }
     const TenantId t = TenantId::FromAuthenticated(ev.tenant);
     std::string key = ev.tenant;
@@ -448,6 +452,12 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
 
 void Service::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   if (mgmt::Feature* f = runtime_.OwnerOf(m.topic); f != nullptr) f->OnDeviceMessage(m);
+}
+
+void Service::OnSubscribed(const std::string& tenant, const std::string& device_id) {
+  const Connectivity* c = ConnectivityOf(tenant, device_id);
+  if (c == nullptr || !c->online) return;  // disconnected again meanwhile
+  for (mgmt::Feature* f : runtime_.features()) f->OnSubscribed(tenant, device_id);
 }
 
 void Service::OnDeliveryOutcome(uint64_t token, bool acked, std::string_view why) {

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "common/clock.h"
 #include "common/string_map.h"
+#include "mgmt/config/config_feature.h"
 #include "mgmt/jobs/job_engine.h"
 #include "mgmt/pki/pki.h"
 #include "mgmt/runtime/feature.h"
@@ -91,11 +92,12 @@ struct ConnEvent {
 struct ServiceOptions {
   std::string pki_dir;                                   // DATA_DIR/pki
   std::string mqtt_endpoint = "mqtts://127.0.0.1:8883";  // returned by device.register
-  size_t max_request_bytes = 64 * 1024;
+  size_t max_request_bytes = 256 * 1024;
   size_t max_commands = 100;  // per request
   size_t max_page = 1000;     // list limit ceiling
   int64_t crl_validity_ms = 7 * pki::kDay;
   jobs::EngineOptions jobs;
+  config::Options config;
 };
 
 // Live connectivity as last reported by the broker's hooks.
@@ -135,6 +137,8 @@ class Service {
   // The device channel: a device message valid for its feature's schema,
   // and the outcome of a message sent to a device (with a token).
   void OnDeviceMessage(const mgmt::DeviceMessage& m);
+  // The device subscribed to its channel (after OnConnectivity's connect).
+  void OnSubscribed(const std::string& tenant, const std::string& device_id);
   void OnDeliveryOutcome(uint64_t token, bool acked, std::string_view why);
   // Registry changes made by commands, once committed: every feature hears them.
   void DeviceJoined(const storage::TenantId& t, const fb::DeviceT& d);
@@ -174,7 +178,8 @@ class Service {
   StringMap<StringMap<Connectivity>> conn_;  // tenant → device → state
   int64_t last_tick_ms_ = 0;
   std::unique_ptr<jobs::JobEngine> jobs_;
-  mgmt::Runtime runtime_;  // jobs_ (more features: configuration, firmware, ...)
+  std::unique_ptr<config::ConfigFeature> config_;
+  mgmt::Runtime runtime_;  // jobs_, config_ (more features: firmware, health, ...)
 };
 
 }  // namespace fmq::admin

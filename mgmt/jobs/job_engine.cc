@@ -101,6 +101,22 @@ JobEngine::Target TargetFromJson(const std::string& text) {
   return t;
 }
 
+}  // namespace
+
+std::string_view JobTypeName(fb::JobType t) {
+  switch (t) {
+    case fb::JobType::Ota:
+      return "ota";
+    case fb::JobType::Config:
+      return "config";
+    case fb::JobType::Command:
+      return "command";
+  }
+  return "?";
+}
+
+namespace {
+
 bool Retired(fb::DeviceStatus s) { return s == fb::DeviceStatus::Decommissioned || s == fb::DeviceStatus::Replaced; }
 
 }  // namespace
@@ -162,6 +178,28 @@ void JobEngine::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   ParseExec(m.body["status"].get<std::string>(), &r.status);
   if (auto det = m.body.find("details"); det != m.body.end()) r.details = Dump(*det);
   OnReport(r);
+}
+
+TypeHandler* JobEngine::HandlerOf(const Active& j) const {
+  const auto i = static_cast<size_t>(j.rec.type);
+  return i < std::size(handlers_) ? handlers_[i] : nullptr;
+}
+
+bool JobEngine::Advance(const std::string& tenant, std::string_view job_id, const std::string& device, ExecState to,
+                        std::string_view detail) {
+  Active* j = Find(tenant, job_id);
+  if (j == nullptr) return false;
+  auto f = j->inflight.find(device);
+  if (f == j->inflight.end()) return false;
+  if (to == ExecState::Delivered) {
+    if (f->second.state != ExecState::Sent) return false;
+    Record(*j, device, ExecState::Sent, ExecState::Delivered, f->second.attempt, "", &f->second.trail);
+    f->second.state = ExecState::Delivered;
+    return true;
+  }
+  if (!IsTerminal(to)) return false;
+  Finish(*j, device, to, detail, true);
+  return true;
 }
 
 JobEngine::Active* JobEngine::Find(const std::string& tenant, std::string_view job_id) {
@@ -427,6 +465,7 @@ void JobEngine::Record(Active& j, const std::string& device, ExecState from, Exe
     u.lazy_since = 0;
   }
   if (!ends || !opts_.audit_executions) return;
+  if (const TypeHandler* h = HandlerOf(j); h != nullptr && !h->engine_audits()) return;
   fb::AuditEntryT a;
   a.time_ms = now;
   a.actor = "broker";
@@ -567,6 +606,11 @@ void JobEngine::StartExecution(Active& j, const Candidate& c, int64_t now) {
   f = Inflight{ExecState::Sent, attempt, now + j.spec.step_timeout_ms, 0, c.same_attempt ? c.trail : std::string()};
   Record(j, c.device, ExecState::Pending, ExecState::Sent, attempt, "", &f.trail);
   timeouts_.push(Due{f.deadline, Ref{j.tenant, j.rec.job_id, c.device, attempt}});
+  if (TypeHandler* h = HandlerOf(j); h != nullptr) {
+    TypeHandler::Started st = h->OnStart(TypeHandler::Exec{j.tenant, j.rec, c.device, attempt});
+    if (st.kind == TypeHandler::Started::kDone) Finish(j, c.device, st.state, st.detail, true);
+    return;
+  }
   Notify(j, c.device, f);
 }
 
@@ -640,6 +684,11 @@ void JobEngine::OnReport(const Report& r) {
     }
     return;
   }
+  if (HandlerOf(*j) != nullptr) {
+    reject("not_found", "job '" + r.job_id + "' is a " + std::string(JobTypeName(j->rec.type)) +
+                            " job: its devices answer on their own topics (doc/device-api.md)");
+    return;
+  }
   auto f = j->inflight.find(r.device_id);
   if (f == j->inflight.end()) {
     fb::JobDeviceT e;
@@ -686,6 +735,8 @@ void JobEngine::Finish(Active& j, const std::string& device, ExecState to, std::
   Inflight f = std::move(it->second);
   if (f.token != 0) tokens_.erase(f.token);
   j.inflight.erase(it);
+  if (TypeHandler* h = HandlerOf(j); h != nullptr)
+    h->OnEnded(TypeHandler::Exec{j.tenant, j.rec, device, f.attempt}, to);
   const bool retryable =
       (to == ExecState::Failed && j.spec.retry_failed) || (to == ExecState::TimedOut && j.spec.retry_timed_out);
   if (may_retry && retryable && f.attempt < j.spec.max_attempts && !j.Ended()) {
@@ -779,7 +830,9 @@ void JobEngine::CancelRemaining(Active& j, bool force) {
     for (const std::string& device : held) {
       const uint32_t attempt = j.inflight[device].attempt;
       Finish(j, device, ExecState::Canceled, why, false);
-      Reply(j.tenant, device, "jobs/cancel", Json{{"job_id", j.rec.job_id}, {"attempt", attempt}});
+      if (HandlerOf(j) == nullptr) {
+        Reply(j.tenant, device, "jobs/cancel", Json{{"job_id", j.rec.job_id}, {"attempt", attempt}});
+      }
     }
   }
   j.ready.clear();
@@ -811,7 +864,7 @@ void JobEngine::OnConnected(const std::string& tenant, const std::string& device
     if (auto w = j->waiting.find(device_id); w != j->waiting.end()) {
       j->ready.push_back(std::move(w->second));
       j->waiting.erase(w);
-    } else if (auto f = j->inflight.find(device_id); f != j->inflight.end()) {
+    } else if (auto f = j->inflight.find(device_id); f != j->inflight.end() && HandlerOf(*j) == nullptr) {
       Notify(*j, device_id, f->second);  // it may have been lost with the old connection
     }
   }
@@ -822,11 +875,12 @@ void JobEngine::OnGetPending(const std::string& tenant, const std::string& devic
   if (auto t = active_.find(tenant); t != active_.end()) {
     for (auto& [id, j] : t->second) {
       if (j->remove) continue;
+      const bool own = HandlerOf(*j) == nullptr;  // other types are not the device's jobs to list
       if (auto w = j->waiting.find(device_id); w != j->waiting.end()) {
         j->ready.push_back(std::move(w->second));
         j->waiting.erase(w);
-        list.push_back(Json{{"job_id", id}, {"status", "QUEUED"}});
-      } else if (auto f = j->inflight.find(device_id); f != j->inflight.end()) {
+        if (own) list.push_back(Json{{"job_id", id}, {"status", "QUEUED"}});
+      } else if (auto f = j->inflight.find(device_id); f != j->inflight.end() && own) {
         Notify(*j, device_id, f->second);
         list.push_back(Json{{"job_id", id}, {"attempt", f->second.attempt}, {"status", ExecName(f->second.state)}});
       }
@@ -1060,7 +1114,7 @@ absl::StatusOr<Json> JobEngine::Describe(const TenantId& t, std::string_view job
              {"counts", counts}};
     if (!rec.reason.empty()) p["reason"] = rec.reason;
   }
-  p["type"] = "command";
+  p["type"] = JobTypeName(rec.type);
   p["document"] = Json::parse(rec.document_json.empty() ? "{}" : rec.document_json, nullptr, false);
   p["target"] = Json::parse(rec.target_query_json.empty() ? "{}" : rec.target_query_json, nullptr, false);
   p["options"] = Json::parse(rec.options_json.empty() ? "{}" : rec.options_json, nullptr, false);

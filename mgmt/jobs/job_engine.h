@@ -43,6 +43,39 @@ struct Host {
   std::function<bool(const std::string& tenant, std::string_view device_id)> online;
 };
 
+// A job type whose executions another feature delivers and settles
+// (configuration now; firmware and renewal next): the engine keeps the
+// rollout, in-flight bound, timeouts, retries, abort criteria, progress and
+// durability; the handler decides what the device is sent and when the
+// attempt ended, through JobEngine::Advance. Management thread only.
+class TypeHandler {
+ public:
+  virtual ~TypeHandler() = default;
+  struct Exec {
+    const std::string& tenant;
+    const fb::JobT& job;
+    const std::string& device;
+    uint32_t attempt;
+  };
+  // An attempt starts (the execution is SENT): the handler sends what it
+  // must and returns kWait, or returns kDone with the attempt's final state
+  // (e.g. SUCCEEDED: the device has it already).
+  struct Started {
+    enum Kind : uint8_t { kWait, kDone } kind = kWait;
+    ExecState state = ExecState::Succeeded;
+    std::string detail;  // JSON object text, or empty
+  };
+  virtual Started OnStart(const Exec& e) = 0;
+  // The attempt ended by the engine (timeout, cancel, removal).
+  virtual void OnEnded(const Exec& /*e*/, ExecState /*to*/) {}
+  // Whether the engine writes an audit entry per attempt (jobs.audit_executions);
+  // false: the handler's own entries say what happened.
+  virtual bool engine_audits() const { return true; }
+};
+
+// "command", "config", "ota" as stored and shown.
+std::string_view JobTypeName(fb::JobType t);
+
 struct EngineOptions {
   size_t resolve_batch = 1000;     // devices resolved per pump step
   size_t dispatch_scan = 1000;     // executions read per cursor step
@@ -104,6 +137,12 @@ class JobEngine : public mgmt::Feature {
   absl::Status Control(const storage::TenantId& t, std::string_view job_id, Action a, bool force, const std::string& by,
                        storage::WriteBatch* b, fb::JobT* out);
   void ApplyControl(const storage::TenantId& t, const fb::JobT& rec, Action a, bool force);
+  // Delivery of executions of `type` by another feature (above).
+  void SetTypeHandler(fb::JobType type, TypeHandler* h) { handlers_[static_cast<size_t>(type)] = h; }
+  // A handler moves the current attempt of an execution of one of its jobs:
+  // DELIVERED, or a final state. False when the execution is not in flight.
+  bool Advance(const std::string& tenant, std::string_view job_id, const std::string& device, ExecState to,
+               std::string_view detail);
   // job.get: the record with live counts, rate and ETA.
   absl::StatusOr<Json> Describe(const storage::TenantId& t, std::string_view job_id);
   size_t active_jobs() const { return active_count_; }
@@ -208,6 +247,8 @@ class JobEngine : public mgmt::Feature {
   Output pending_;
   std::vector<std::string> touched_tenants_;  // audit heads to forget if the commit fails
   Stats stats_;
+  TypeHandler* handlers_[3] = {nullptr, nullptr, nullptr};
+  TypeHandler* HandlerOf(const Active& j) const;
 };
 
 }  // namespace fmq::jobs

@@ -65,6 +65,9 @@ class Feature {
   // Start-up, before any input: its state back from the store.
   virtual absl::Status Recover() { return absl::OkStatus(); }
   virtual void OnConnected(const std::string& /*tenant*/, const std::string& /*device_id*/) {}
+  virtual void OnDisconnected(const std::string& /*tenant*/, const std::string& /*device_id*/) {}
+  // The device subscribed to (part of) its channel: it can be sent to now.
+  virtual void OnSubscribed(const std::string& /*tenant*/, const std::string& /*device_id*/) {}
   virtual void OnDeviceMessage(const DeviceMessage& /*m*/) {}
   virtual void OnOutcome(uint64_t /*token*/, bool /*acked*/, std::string_view /*why*/) {}
   // Registry changes made by commands, once committed.

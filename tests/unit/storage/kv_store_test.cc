@@ -135,7 +135,7 @@ TEST_CASE("every tenant key lies inside the tenant's prefix and outside others'"
     for (const std::string& k :
          {keys::Device(*t, "d"), keys::Session(*t, "c"), keys::Retained(*t, "x/y"), keys::Audit(*t, 3),
           keys::DeviceIndexEntry(*t, keys::DeviceIndex::kGroup, "g", "", "d"), keys::Cert(*t, "01"),
-          keys::JobDevice(*t, "j", "d"), keys::Config(*t, true, "g", 2)}) {
+          keys::JobDevice(*t, "j", "d"), keys::Config(*t, ConfigKind::kGroup, "g", 2)}) {
       CHECK(k.rfind(prefix, 0) == 0);
       for (const TenantId* o : {&a, &b, &c}) {
         if (o != t) CHECK(k.rfind(keys::TenantPrefix(*o), 0) != 0);

@@ -104,9 +104,9 @@ TEST_CASE("every record kind round-trips") {
   CHECK(d2.group_ids == std::vector<std::string>{"g1", "g2"});
   CHECK(d2.config_version == 3);
   fb::ConfigurationT c2;
-  REQUIRE(r.GetConfig(t, true, "g1", 0, &c2).ok());
+  REQUIRE(r.GetConfig(t, ConfigKind::kGroup, "g1", 0, &c2).ok());
   CHECK(c2.version == 2);
-  REQUIRE(r.GetConfig(t, true, "g1", 1, &c2).ok());
+  REQUIRE(r.GetConfig(t, ConfigKind::kGroup, "g1", 1, &c2).ok());
   CHECK(c2.config_json == "{\"rate\":1}");
   std::vector<fb::CertificateT> certs;
   REQUIRE(r.CertsOfDevice(t, "d1", &certs).ok());
