@@ -866,6 +866,8 @@ std::string_view ErrorCodeOf(const absl::Status& s) {
       return "already_exists";
     case absl::StatusCode::kFailedPrecondition:
       return "invalid_transition";
+    case absl::StatusCode::kAborted:
+      return "version_conflict";
     case absl::StatusCode::kPermissionDenied:
       return "forbidden";
     case absl::StatusCode::kDataLoss:

@@ -72,8 +72,8 @@ Status PushJob(Service::Ctx& ctx, ConfigKind kind, const std::string& id, uint64
 // The next document of a target from the command's document or patch.
 Status NextDocument(Service::Ctx& ctx, const Json& current, uint64_t current_version, Json* next) {
   if (ctx.Has("if_version") && ctx.Int("if_version") != static_cast<int64_t>(current_version)) {
-    return absl::FailedPreconditionError("the document is at version " + std::to_string(current_version) + ", not " +
-                                         std::to_string(ctx.Int("if_version")) + " (if_version)");
+    return absl::AbortedError("the document is at version " + std::to_string(current_version) + ", not " +
+                              std::to_string(ctx.Int("if_version")) + " (if_version)");
   }
   if (ctx.Has("document") == ctx.Has("patch")) {
     return absl::InvalidArgumentError("give the whole document or a merge patch (patch), not both or neither");
@@ -207,7 +207,7 @@ Status DeviceView(Service::Ctx& ctx, const std::string& id, Json* out) {
   config::Desired want;
   if (Status s = cf.DesiredOf(ctx.tenant(), d, dc, &want); !s.ok()) return s;
   *out = Json{{"device_id", id},
-              {"state", config::StateName(ConfigFeature::Shown(dc, want.version))},
+              {"state", config::StateName(ConfigFeature::Shown(dc, want))},
               {"desired", Json{{"version", want.version}, {"hash", want.doc->hash}, {"document", want.doc->doc}}},
               {"applied", Json{{"version", dc.applied_version}, {"hash", dc.applied_hash}}},
               {"delivered_version", dc.delivered_version},
@@ -328,7 +328,7 @@ Status ConfigStatus(Service::Ctx& ctx) {
     if (Status s = cf.StateOf(ctx.tenant(), d.device_id, &dc); !s.ok()) return s;
     config::Desired want;
     if (Status s = cf.DesiredOf(ctx.tenant(), d, dc, &want); !s.ok()) return s;
-    const fb::ConfigState st = ConfigFeature::Shown(dc, want.version);
+    const fb::ConfigState st = ConfigFeature::Shown(dc, want);
     counts[std::string(config::StateName(st))] = counts[std::string(config::StateName(st))].get<uint64_t>() + 1;
     if (st != fb::ConfigState::Applied && st != fb::ConfigState::None && bad.size() < limit) {
       Json x{{"device_id", d.device_id},

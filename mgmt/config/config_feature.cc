@@ -580,12 +580,13 @@ absl::Status ConfigFeature::DesiredOf(const TenantId& t, const fb::DeviceT& d, c
   return absl::OkStatus();
 }
 
-fb::ConfigState ConfigFeature::Shown(const fb::DeviceConfigT& dc, uint64_t desired) {
-  if (dc.applied_version == desired &&
-      (desired != 0 || !dc.applied_hash.empty() || dc.state != fb::ConfigState::None)) {
-    return fb::ConfigState::Applied;
+fb::ConfigState ConfigFeature::Shown(const fb::DeviceConfigT& dc, const Desired& want) {
+  const uint64_t desired = want.version;
+  const std::string& applied_hash = dc.applied_hash.empty() ? EmptyHash() : dc.applied_hash;
+  if (dc.applied_version == desired || applied_hash == want.doc->hash) {
+    const bool never = dc.applied_hash.empty() && want.doc->hash == EmptyHash();
+    return never ? fb::ConfigState::None : fb::ConfigState::Applied;
   }
-  if (desired == 0) return fb::ConfigState::None;
   if (dc.state_version == desired && (dc.state == fb::ConfigState::Rejected || dc.state == fb::ConfigState::TimedOut)) {
     return dc.state;
   }

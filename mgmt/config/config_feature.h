@@ -112,7 +112,8 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
   absl::Status StateOf(const storage::TenantId& t, const std::string& device, fb::DeviceConfigT* out);
   // The state shown: APPLIED/REJECTED/TIMED_OUT when they are about the
   // desired version, else DELIVERED/PENDING (a desired version above the applied one).
-  static fb::ConfigState Shown(const fb::DeviceConfigT& dc, uint64_t desired);
+  // NONE: nothing was ever desired ({} at version 0 and never anything else).
+  static fb::ConfigState Shown(const fb::DeviceConfigT& dc, const Desired& desired);
   // An applied document by its hash ({} for the empty hash).
   absl::StatusOr<std::shared_ptr<const Effective>> Blob(const storage::TenantId& t, const std::string& hash);
 

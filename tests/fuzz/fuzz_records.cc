@@ -29,7 +29,7 @@ void Try(std::string_view bytes) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   std::string_view bytes(reinterpret_cast<const char*>(data + 1), size - 1);
-  switch (data[0] % 13) {
+  switch (data[0] % 14) {
     case 0:
       Try<fmq::fb::Session>(bytes);
       break;
@@ -66,8 +66,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 11:
       Try<fmq::fb::DeviceModel>(bytes);
       break;
-    default:
+    case 12:
       Try<fmq::fb::JobDevice>(bytes);
+      break;
+    default:
+      Try<fmq::fb::DeviceConfig>(bytes);
       break;
   }
   return 0;

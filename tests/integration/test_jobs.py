@@ -123,7 +123,8 @@ class JobsBase(unittest.TestCase):
             with open(a.log_path) as f:
                 for line in f:
                     e = json.loads(line)
-                    last[e["device"]] = (e["status"], e["attempt"])
+                    if "job_id" in e:  # (configuration reports are logged too)
+                        last[e["device"]] = (e["status"], e["attempt"])
         return last
 
 

@@ -369,7 +369,7 @@ TEST_CASE("config: a device change goes out at once; the next one as a patch on 
   fb::DeviceConfigT st = r.State("d0");
   CHECK(st.applied_version == m1["version"].get<uint64_t>());
   CHECK(st.applied_hash == Hash(doc1));
-  CHECK(ConfigFeature::Shown(st, r.Want("d0").version) == fb::ConfigState::Applied);
+  CHECK(ConfigFeature::Shown(st, r.Want("d0")) == fb::ConfigState::Applied);
 
   r.Set(ConfigKind::kDevice, "d0",
         Json{{"rate", 20}, {"mode", "eco"}, {"servers", {"a", "b"}}, {"blob", std::string(300, 'x')}});
@@ -466,7 +466,7 @@ TEST_CASE("config: a rejection keeps the device's reason and is not resent for t
   const fb::DeviceConfigT st = r.State("d0");
   CHECK(st.state == fb::ConfigState::Rejected);
   CHECK(st.reason == "mode turbo unsupported");
-  CHECK(ConfigFeature::Shown(st, r.Want("d0").version) == fb::ConfigState::Rejected);
+  CHECK(ConfigFeature::Shown(st, r.Want("d0")) == fb::ConfigState::Rejected);
   r.Disconnect("d0");
   r.Connect("d0");
   r.Pump();
@@ -573,7 +573,7 @@ TEST_CASE("config: no answer within the timeout is TIMED_OUT, and sent again on 
   r.Pump();
   fb::DeviceConfigT st = r.State("d0");
   CHECK(st.state == fb::ConfigState::TimedOut);
-  CHECK(ConfigFeature::Shown(st, r.Want("d0").version) == fb::ConfigState::TimedOut);
+  CHECK(ConfigFeature::Shown(st, r.Want("d0")) == fb::ConfigState::TimedOut);
   r.Disconnect("d0");
   r.Connect("d0");
   r.Pump();

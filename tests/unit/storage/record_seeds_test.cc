@@ -60,6 +60,8 @@ std::vector<std::pair<std::string, std::string>> Seeds() {
   g.name = "lobby";
   g.config_template_json = R"({"rate":5})";
   g.firmware_target_version = "1.2.0";
+  g.config_version = 3;
+  g.config_priority = -2;
   add("group", 4, EncodeRecord<fb::DeviceGroup>(g));
   fb::ConfigurationT c;
   c.target_id = "g1";
@@ -67,6 +69,9 @@ std::vector<std::pair<std::string, std::string>> Seeds() {
   c.version = 3;
   c.config_json = R"({"rate":5})";
   c.created_by = "operator:alice";
+  c.kind = 1;
+  c.rev = 12;
+  c.patch_json = R"({"rate":5})";
   add("configuration", 5, EncodeRecord<fb::Configuration>(c));
   fb::CertificateT cert;
   cert.serial = "1a2b";
@@ -102,6 +107,16 @@ std::vector<std::pair<std::string, std::string>> Seeds() {
   jd.attempts = 2;
   jd.detail = "ok";
   add("job-device", 12, EncodeRecord<fb::JobDevice>(jd));
+  fb::DeviceConfigT dc;
+  dc.device_id = "d1";
+  dc.override_version = 2;
+  dc.membership_rev = 5;
+  dc.applied_version = 7;
+  dc.applied_hash = std::string(64, 'a');
+  dc.state = fb::ConfigState::Rejected;
+  dc.state_version = 9;
+  dc.reason = "unsupported";
+  add("device-config", 13, EncodeRecord<fb::DeviceConfig>(dc));
   return out;
 }
 
