@@ -68,7 +68,7 @@ void Usage(FILE* out) {
                "                     or admin.crt for platform commands, and root.crt)\n"
                "  --json             print the server's JSON reply (for scripts)\n"
                "  --timeout S        seconds to wait for the reply (default 10)\n"
-               "  --raw JSON         send JSON as the request body, unchanged\n\n"
+               "  --raw JSON         send JSON as the request body, unchanged (@FILE: read it from FILE)\n\n"
                "values: strings as is, integers, true/false, lists comma-separated, objects as JSON;\n"
                "name=@FILE reads the value from FILE (e.g. csr=@device.csr).\n\ncommands:\n");
   for (const CommandSpec& c : fmq::admin::Commands()) std::fprintf(out, "  %-22s %s\n", c.name, c.summary);
@@ -496,6 +496,11 @@ int main(int argc, char** argv) {
       Die(2, "unknown option " + a);
     else
       rest.push_back(a);
+  }
+  if (!o.raw.empty() && o.raw[0] == '@') {  // a request larger than one argument may be (128 KiB)
+    std::ifstream in(o.raw.substr(1), std::ios::binary);
+    if (!in) Die(2, "cannot read " + o.raw.substr(1));
+    o.raw.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   if (rest.empty() && o.raw.empty()) {
     Usage(stderr);

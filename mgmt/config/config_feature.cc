@@ -127,38 +127,47 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
     Reply(m.tenant, m.device_id, "config/report/rejected", body);
   };
   const TenantId t = TenantId::FromAuthenticated(m.tenant);
-  fb::DeviceT d;
-  if (!reg_->GetDevice(t, m.device_id, &d).ok()) {
-    refuse("unknown_version", "the device is not registered");
-    return;
-  }
+  Live& l = LiveOf(m.tenant, m.device_id);
   fb::DeviceConfigT dc;
   Lookup(m.tenant, m.device_id, &dc);
+  // The answer to what is in flight, with its hash: nothing to recompute
+  // (the hot path of a push). Anything else is checked against what the
+  // device should have now.
+  const bool in_flight =
+      l.sent != 0 && version == l.sent && (!applied || m.body["hash"].get_ref<const std::string&>() == l.sent_hash);
   Desired want;
-  if (absl::Status s = DesiredOf(t, d, dc, &want); !s.ok()) {
-    refuse("unknown_version", "desired configuration not readable: " + std::string(s.message()));
-    return;
-  }
-  Live& l = LiveOf(m.tenant, m.device_id);
-  if (version > want.version) {
-    refuse("unknown_version",
-           "version " + std::to_string(version) + " was never sent (desired: " + std::to_string(want.version) + ")");
-    return;
-  }
-  if (version < want.version) {
-    // An older version while the documents moved on: the latest is on its
-    // way, or goes out now.
-    refuse("stale_version", "version " + std::to_string(version) + " is superseded by " + std::to_string(want.version));
-    if (l.sent != want.version && l.subscribed) {
-      l.sent = 0;
-      Send(m.tenant, m.device_id, l, dc, want, false);
+  if (!in_flight) {
+    fb::DeviceT d;
+    if (!reg_->GetDevice(t, m.device_id, &d).ok()) {
+      refuse("unknown_version", "the device is not registered");
+      return;
     }
-    return;
+    if (absl::Status s = DesiredOf(t, d, dc, &want); !s.ok()) {
+      refuse("unknown_version", "desired configuration not readable: " + std::string(s.message()));
+      return;
+    }
+    if (version > want.version) {
+      refuse("unknown_version",
+             "version " + std::to_string(version) + " was never sent (desired: " + std::to_string(want.version) + ")");
+      return;
+    }
+    if (version < want.version && version != l.sent) {
+      // An older version while the documents moved on: the latest is on its
+      // way, or goes out now.
+      refuse("stale_version",
+             "version " + std::to_string(version) + " is superseded by " + std::to_string(want.version));
+      if (l.sent != want.version && l.subscribed) {
+        l.sent = 0;
+        Send(m.tenant, m.device_id, l, dc, want, false);
+      }
+      return;
+    }
   }
+  const std::string& expected = in_flight ? l.sent_hash : want.doc->hash;
   const int64_t now = clock_->WallMs();
   if (applied) {
     const std::string hash = m.body["hash"].get<std::string>();
-    if (hash != want.doc->hash) {
+    if (hash != expected) {
       if (l.repaired != version) {
         // Drift: the device's document is not what it should be; the whole
         // document repairs it (once per version).
@@ -174,7 +183,7 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
       dc.state_version = version;
       dc.reason = "hash mismatch after the whole document (the device computes another canonical form)";
       dc.updated_at_ms = now;
-      Put(m.tenant, dc, false);
+      Put(m.tenant, dc);
       l.sent = 0;
       Audit(t, m.device_id, "config.rejected", Json{{"version", version}, {"reason", dc.reason}});
       Settle(m.tenant, m.device_id, version, ExecState::Failed, Dump(Json{{"reason", dc.reason}}));
@@ -190,7 +199,7 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
     dc.state_version = version;
     dc.reason.clear();
     dc.updated_at_ms = now;
-    Put(m.tenant, dc, false);
+    Put(m.tenant, dc);
     stats_.applied++;
     Audit(t, m.device_id, "config.applied", Json{{"version", version}, {"hash", hash}, {"from_version", from}});
     if (l.sent == version) l.sent = 0;
@@ -201,7 +210,7 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
     dc.state_version = version;
     dc.reason = reason;
     dc.updated_at_ms = now;
-    Put(m.tenant, dc, false);
+    Put(m.tenant, dc);
     stats_.rejected++;
     Audit(t, m.device_id, "config.rejected", Json{{"version", version}, {"reason", reason}});
     if (l.sent == version) l.sent = 0;
@@ -210,6 +219,7 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
   Json body = base;
   body["status"] = applied ? "APPLIED" : "REJECTED";
   Reply(m.tenant, m.device_id, "config/report/accepted", body);
+  if (l.sent == 0) l.state.reset();  // answered: the store (or unsynced_) has it
   DropLiveIfIdle(m.tenant, m.device_id);
 }
 
@@ -276,6 +286,7 @@ void ConfigFeature::OnDisconnected(const std::string& tenant, const std::string&
   if (l->token != 0) tokens_.erase(l->token);
   l->token = 0;
   l->sent = 0;  // lost with the connection: sent again when it subscribes
+  l->state.reset();
   DropLiveIfIdle(tenant, device);
 }
 
@@ -288,17 +299,10 @@ void ConfigFeature::OnOutcome(uint64_t token, bool acked, std::string_view why) 
   if (l == nullptr || l->token != token) return;
   l->token = 0;
   if (acked) {
-    fb::DeviceConfigT dc;
-    Lookup(tenant, device, &dc);
-    if (dc.delivered_version < l->sent) {
-      dc.delivered_version = l->sent;
-      if (dc.applied_version < l->sent) {
-        dc.state = fb::ConfigState::Delivered;
-        dc.state_version = l->sent;
-      }
-      dc.updated_at_ms = clock_->WallMs();
-      Put(tenant, dc, true);
-    }
+    // DELIVERED costs no I/O now: written a second later if the device has
+    // not answered by then (most answer first, and their answer says more).
+    l->delivered = l->sent;
+    delivered_.push_back(Due{clock_->WallMs() + 1000, tenant, device, l->sent});
     for (const Waiter& w : l->waiters) engine_->Advance(tenant, w.job_id, device, ExecState::Delivered, "");
     return;
   }
@@ -311,7 +315,7 @@ void ConfigFeature::OnOutcome(uint64_t token, bool acked, std::string_view why) 
     dc.state_version = version;
     dc.reason = "the document is larger than the device's Maximum Packet Size";
     dc.updated_at_ms = clock_->WallMs();
-    Put(tenant, dc, false);
+    Put(tenant, dc);
     Settle(tenant, device, version, ExecState::Failed, Dump(Json{{"reason", dc.reason}}));
   } else if (why == "queue_full") {
     resends_.push(Due{clock_->WallMs() + 1000, tenant, device, version});
@@ -328,7 +332,7 @@ void ConfigFeature::OnDeviceJoined(const TenantId& t, const fb::DeviceT& d) {
   dc.device_id = d.device_id;
   dc.membership_rev = NextRev(t, &batch_);
   dc.updated_at_ms = clock_->WallMs();
-  Put(t.str(), dc, false);
+  Put(t.str(), dc);
   if (Live* l = FindLive(t.str(), d.device_id); l != nullptr && l->subscribed) {
     l->sent = 0;
     Reconcile(t.str(), d.device_id, false);
@@ -377,7 +381,7 @@ ConfigFeature::Outcome ConfigFeature::Reconcile(const std::string& tenant, const
         dc.state_version = want.version;
         dc.reason = "unchanged document";
         dc.updated_at_ms = clock_->WallMs();
-        Put(tenant, dc, false);
+        Put(tenant, dc);
       }
       out.result = Result::kInSync;
       return out;
@@ -438,6 +442,8 @@ void ConfigFeature::Send(const std::string& tenant, const std::string& device, L
   l.token = TokenOf(next_token_++);
   tokens_.emplace(l.token, std::make_pair(tenant, device));
   l.sent = want.version;
+  l.delivered = 0;
+  if (!l.state) l.state = std::make_unique<fb::DeviceConfigT>(dc);
   l.sent_hash = to.hash;
   timeouts_.push(Due{clock_->WallMs() + opts_.ack_timeout_ms, tenant, device, want.version});
   stats_.sends++;
@@ -594,9 +600,11 @@ fb::ConfigState ConfigFeature::Shown(const fb::DeviceConfigT& dc, const Desired&
 }
 
 absl::Status ConfigFeature::StateOf(const TenantId& t, const std::string& device, fb::DeviceConfigT* out) {
-  if (Lookup(t.str(), device, out)) return absl::OkStatus();
-  *out = fb::DeviceConfigT();
-  out->device_id = device;
+  Lookup(t.str(), device, out);
+  // A PUBACK not written yet (WriteDelivered) is shown all the same.
+  if (const Live* l = FindLive(t.str(), device); l != nullptr && l->delivered > out->delivered_version) {
+    out->delivered_version = l->delivered;
+  }
   return absl::OkStatus();
 }
 
@@ -605,6 +613,10 @@ absl::Status ConfigFeature::StateOf(const TenantId& t, const std::string& device
 bool ConfigFeature::Lookup(const std::string& tenant, const std::string& device, fb::DeviceConfigT* out) {
   if (auto it = unsynced_.find(Key(tenant, device)); it != unsynced_.end()) {
     *out = it->second.rec;
+    return true;
+  }
+  if (const Live* l = FindLive(tenant, device); l != nullptr && l->state) {
+    *out = *l->state;
     return true;
   }
   absl::Status s = reg_->GetDeviceConfig(TenantId::FromAuthenticated(tenant), device, out);
@@ -619,14 +631,30 @@ bool ConfigFeature::Lookup(const std::string& tenant, const std::string& device,
   return true;
 }
 
-void ConfigFeature::Put(const std::string& tenant, fb::DeviceConfigT rec, bool lazy) {
+void ConfigFeature::Put(const std::string& tenant, fb::DeviceConfigT rec) {
+  if (Live* l = FindLive(tenant, rec.device_id); l != nullptr && l->state) *l->state = rec;
   Unsynced& u = unsynced_[Key(tenant, rec.device_id)];
   u.tenant = tenant;
   u.rec = std::move(rec);
-  if (!lazy) {
-    u.lazy_since = 0;
-  } else if (u.lazy_since == 0) {
-    u.lazy_since = clock_->WallMs();
+}
+
+void ConfigFeature::WriteDelivered(int64_t now) {
+  while (!delivered_.empty() && delivered_.front().at <= now) {
+    const Due d = std::move(delivered_.front());
+    delivered_.pop_front();
+    Live* l = FindLive(d.tenant, d.device);
+    if (l == nullptr || l->sent != d.version || l->delivered != d.version) continue;  // answered or superseded
+    fb::DeviceConfigT dc;
+    Lookup(d.tenant, d.device, &dc);
+    if (dc.delivered_version >= d.version) continue;
+    dc.device_id = d.device;
+    dc.delivered_version = d.version;
+    if (dc.applied_version < d.version) {
+      dc.state = fb::ConfigState::Delivered;
+      dc.state_version = d.version;
+    }
+    dc.updated_at_ms = now;
+    Put(d.tenant, dc);
   }
 }
 
@@ -686,6 +714,7 @@ absl::Status ConfigFeature::SetOverride(const TenantId& t, const std::string& de
   dc.updated_at_ms = clock_->WallMs();
   reg_->PutDeviceConfig(t, dc, b);
   unsynced_.erase(Key(t.str(), device));  // the command's batch carries the latest
+  if (Live* l = FindLive(t.str(), device); l != nullptr && l->state) *l->state = dc;
   return absl::OkStatus();
 }
 
@@ -780,7 +809,7 @@ int64_t ConfigFeature::Pump() {
     dc.state_version = d.version;
     dc.reason = "no APPLIED or REJECTED within config.ack_timeout_s";
     dc.updated_at_ms = now;
-    Put(d.tenant, dc, false);
+    Put(d.tenant, dc);
     stats_.timed_out++;
     l->sent = 0;  // sent again on the next subscribe, push or job
     DropLiveIfIdle(d.tenant, d.device);
@@ -795,25 +824,14 @@ int64_t ConfigFeature::Pump() {
   int64_t next = INT64_MAX;
   if (!timeouts_.empty()) next = std::min(next, timeouts_.top().at);
   if (!resends_.empty()) next = std::min(next, resends_.top().at);
-  for (const auto& [k, u] : unsynced_) {
-    if (u.lazy_since != 0) {
-      next = std::min(next, u.lazy_since + 1000);
-      break;
-    }
-  }
+  if (!delivered_.empty()) next = std::min(next, delivered_.front().at);
   return next;
 }
 
 absl::Status ConfigFeature::Commit(mgmt::Output* out) {
-  const int64_t now = clock_->WallMs();
-  for (auto it = unsynced_.begin(); it != unsynced_.end();) {
-    if (it->second.lazy_since != 0 && now - it->second.lazy_since < 1000) {
-      ++it;
-      continue;
-    }
-    reg_->PutDeviceConfig(TenantId::FromAuthenticated(it->second.tenant), it->second.rec, &batch_);
-    unsynced_.erase(it++);
-  }
+  WriteDelivered(clock_->WallMs());
+  for (auto& [key, u] : unsynced_) reg_->PutDeviceConfig(TenantId::FromAuthenticated(u.tenant), u.rec, &batch_);
+  unsynced_.clear();
   absl::Status s = absl::OkStatus();
   if (!batch_.empty()) {
     s = reg_->Commit(batch_, true);

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <queue>
 #include <string>
@@ -135,11 +136,16 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
   // A device the feature is talking to (subscribed, or awaited by a job).
   struct Live {
     bool subscribed = false;
-    uint64_t sent = 0;  // version in flight (0: none)
+    uint64_t sent = 0;       // version in flight (0: none)
+    uint64_t delivered = 0;  // the version the device acknowledged with PUBACK
     std::string sent_hash;
     uint64_t token = 0;
     uint64_t repaired = 0;  // the version a whole document was sent again for (drift repair)
     std::vector<Waiter> waiters;
+    // The device's state while a send is in flight, so its answer needs no
+    // read (every write of the state goes through Put or SetOverride, which
+    // keep it current).
+    std::unique_ptr<fb::DeviceConfigT> state;
   };
   enum class Result : uint8_t { kInSync, kRejected, kSent, kWaiting, kGone };
   struct Outcome {
@@ -174,7 +180,9 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
   void Audit(const storage::TenantId& t, const std::string& device, const char* action, Json details);
   // A device's state: changed in this turn (not yet written), else stored.
   bool Lookup(const std::string& tenant, const std::string& device, fb::DeviceConfigT* out);
-  void Put(const std::string& tenant, fb::DeviceConfigT rec, bool lazy);
+  void Put(const std::string& tenant, fb::DeviceConfigT rec);
+  // DELIVERED states due to be written (PUBACKed a second ago, no answer yet).
+  void WriteDelivered(int64_t now);
   absl::StatusOr<std::shared_ptr<const Head>> HeadOf(const storage::TenantId& t, ConfigKind kind,
                                                      const std::string& id);
   absl::StatusOr<std::shared_ptr<const Effective>> Merge(const std::string& key, const std::vector<const Json*>& docs);
@@ -199,9 +207,9 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
   struct Unsynced {
     std::string tenant;
     fb::DeviceConfigT rec;
-    int64_t lazy_since = 0;  // DELIVERED only: written a second later unless superseded
   };
-  StringMap<Unsynced> unsynced_;  // tenant \0 device
+  StringMap<Unsynced> unsynced_;  // tenant \0 device: written at the next Commit
+  std::deque<Due> delivered_;     // PUBACKs by time, for WriteDelivered
   storage::WriteBatch batch_;
   mgmt::Output pending_;
   std::vector<std::string> touched_tenants_;

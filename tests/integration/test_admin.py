@@ -234,8 +234,10 @@ class Commands(AdminBase):
                           ('{"commands":[{"command":"device.list","tenant":"other"}]}', "invalid_argument")):
             r = self.admin("--raw", raw, ok=False)
             self.assertEqual(self.error_code(r), code, raw)
-        big = json.dumps({"commands": [{"command": "model.list"}], "pad": "x" * 70000})
-        self.assertEqual(self.error_code(self.admin("--raw", big, ok=False)), "too_large")
+        big = os.path.join(self.broker.data_dir, "big.json")  # > management.max_request_bytes, > one argument
+        with open(big, "w") as f:
+            json.dump({"commands": [{"command": "model.list"}], "pad": "x" * 270000}, f)
+        self.assertEqual(self.error_code(self.admin("--raw", "@" + big, ok=False)), "too_large")
         # The broker is still serving.
         self.assertEqual(self.admin("model.list")["models"][0]["model_id"], "m1")
 

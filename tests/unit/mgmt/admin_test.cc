@@ -573,5 +573,69 @@ TEST_CASE("admin: audit.verify answers data_loss after the log was tampered with
   CHECK(w.Run(w.beta, R"({"command":"audit.verify"})")["data"]["valid"] == true);
 }
 
+TEST_CASE("admin: configuration commands version documents, make group changes jobs and audit the diff") {
+  World w;
+  w.Setup(w.acme);
+  REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"dev-1","group_ids":["g1"]})")));
+  // A group created with a template has version 1 of it, and no job.
+  Json g2 = w.Run(w.acme, R"({"command":"group.create","group_id":"g2","config_template":{"a":1}})");
+  REQUIRE(World::Ok(g2));
+  CHECK(g2["data"]["config_version"] == 1);
+  // A change of g1: version 1, a config job over its members.
+  Json r = w.Run(w.acme, R"({"command":"config.set","group_id":"g1","document":{"rate":5,"mode":"eco"},"priority":3})");
+  REQUIRE(World::Ok(r));
+  CHECK(r["data"]["version"] == 1);
+  CHECK(r["data"]["hash"] == config::Hash(Json{{"rate", 5}, {"mode", "eco"}}));
+  const std::string job = r["data"]["job_id"].get<std::string>();
+  Json j = w.Run(w.acme, Json{{"command", "job.get"}, {"job_id", job}});
+  REQUIRE(World::Ok(j));
+  CHECK(j["data"]["type"] == "config");
+  // A patch; if_version guards it.
+  CHECK(World::Code(w.Run(w.acme, R"({"command":"config.set","group_id":"g1","patch":{"rate":6},"if_version":7})")) ==
+        "version_conflict");
+  Json p = w.Run(w.acme, R"({"command":"config.set","group_id":"g1","patch":{"rate":6,"mode":null},"if_version":1})");
+  REQUIRE(World::Ok(p));
+  CHECK(p["data"]["version"] == 2);
+  CHECK(p["data"]["diff"] == Json{{"rate", 6}, {"mode", nullptr}});
+  // group.update config_template is a change too (version 3, a job).
+  Json u = w.Run(w.acme, R"({"command":"group.update","group_id":"g1","config_template":{"rate":7}})");
+  REQUIRE(World::Ok(u));
+  CHECK(u["data"]["config"]["version"] == 3);
+  CHECK(u["data"]["config"].contains("job_id"));
+  Json h = w.Run(w.acme, R"({"command":"config.history","group_id":"g1","limit":2})");
+  REQUIRE(World::Ok(h));
+  REQUIRE(h["data"]["versions"].size() == 2);
+  CHECK(h["data"]["versions"][0]["version"] == 3);
+  CHECK(h["data"]["versions"][1]["change"] == Json{{"rate", 6}, {"mode", nullptr}});
+  Json h2 =
+      w.Run(w.acme, Json{{"command", "config.history"}, {"group_id", "g1"}, {"cursor", h["data"]["next_cursor"]}});
+  REQUIRE(h2["data"]["versions"].size() == 1);
+  CHECK(h2["data"]["versions"][0]["version"] == 1);
+  // The device's view: desired from g1 (priority 3) and its own document.
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"config.set","device_id":"dev-1","document":{"own":true}})")));
+  Json v = w.Run(w.acme, R"({"command":"config.get","device_id":"dev-1","diff":true})");
+  REQUIRE(World::Ok(v));
+  CHECK(v["data"]["desired"]["document"] == Json{{"rate", 7}, {"own", true}});
+  CHECK(v["data"]["state"] == "PENDING");
+  CHECK(v["data"]["diff"] == Json{{"rate", 7}, {"own", true}});
+  CHECK(v["data"]["inputs"].size() == 2);
+  Json st = w.Run(w.acme, R"({"command":"config.status","group_id":"g1"})");
+  REQUIRE(World::Ok(st));
+  CHECK(st["data"]["counts"]["PENDING"] == 1);
+  CHECK(st["data"]["non_compliant"][0]["device_id"] == "dev-1");
+  // The change is in the audit log with its diff.
+  Json a = w.Run(w.acme, R"({"command":"audit.query","device_id":"dev-1"})");
+  bool found = false;
+  for (const Json& e : a["data"]["entries"]) {
+    if (e["action"] == "config.set") found = e["details"]["change"] == Json{{"own", true}};
+  }
+  CHECK(found);
+  // Another tenant sees none of it.
+  CHECK(World::Code(w.Run(w.beta, R"({"command":"config.get","device_id":"dev-1"})")) == "not_found");
+  CHECK(World::Code(w.Run(w.beta, R"({"command":"config.set","group_id":"g1","document":{}})")) == "not_found");
+  CHECK(w.Run(w.acme, R"({"command":"audit.verify"})")["data"]["valid"] == true);
+}
+
 }  // namespace
 }  // namespace fmq::admin

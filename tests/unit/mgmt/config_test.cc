@@ -580,6 +580,33 @@ TEST_CASE("config: no answer within the timeout is TIMED_OUT, and sent again on 
   CHECK(r.Sent()["d0"].size() == 1);
 }
 
+TEST_CASE("config: DELIVERED is shown at once and written only when no answer came within a second") {
+  Rig r(2);
+  r.Connect("d0");
+  r.Connect("d1");
+  r.Set(ConfigKind::kDevice, "d0", Json{{"a", 1}});
+  r.Set(ConfigKind::kDevice, "d1", Json{{"a", 2}});
+  r.Pump();
+  auto sent = r.Sent();
+  for (const char* d : {"d0", "d1"}) r.cfg->OnOutcome(sent[d].at(0)["_token"].get<uint64_t>(), true, "acked");
+  const uint64_t v0 = sent["d0"][0]["version"].get<uint64_t>();
+  r.Report("d1", Json{{"version", sent["d1"][0]["version"]}, {"status", "APPLIED"}, {"hash", Hash(Json{{"a", 2}})}});
+  r.Pump();
+  CHECK(r.State("d0").delivered_version == v0);  // shown from memory
+  CHECK(ConfigFeature::Shown(r.State("d0"), r.Want("d0")) == fb::ConfigState::Delivered);
+  fb::DeviceConfigT stored;
+  REQUIRE(r.reg.GetDeviceConfig(r.t, "d0", &stored).ok());
+  CHECK(stored.delivered_version == 0);  // not written yet
+  r.clock.Advance(1001);
+  r.Pump();
+  REQUIRE(r.reg.GetDeviceConfig(r.t, "d0", &stored).ok());
+  CHECK(stored.delivered_version == v0);
+  CHECK(stored.state == fb::ConfigState::Delivered);
+  // d1 answered within the second: its record says APPLIED, never DELIVERED.
+  REQUIRE(r.reg.GetDeviceConfig(r.t, "d1", &stored).ok());
+  CHECK(stored.state == fb::ConfigState::Applied);
+}
+
 TEST_CASE("config: after a restart a group push resumes and every device ends APPLIED on the latest") {
   Rig r(20);
   for (int i = 0; i < 20; ++i) r.Connect("d" + std::to_string(i));
