@@ -21,6 +21,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "bench/fleet.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "mgmt/config/config_feature.h"
@@ -186,27 +187,7 @@ int main(int argc, char** argv) {
   storage::Registry reg(kv->get());
   const auto t = storage::TenantId::FromAuthenticated("bench");
   const auto t0 = Steady::now();
-  {
-    storage::WriteBatch b;
-    fb::DeviceGroupT g;
-    g.group_id = "all";
-    reg.PutGroup(t, g, &b);
-    for (long i = 0; i < o.devices; ++i) {
-      fb::DeviceT d;
-      d.device_id = "dev-" + std::to_string(i);
-      d.tenant_id = "bench";
-      d.serial_number = "sn-" + std::to_string(i);
-      d.model_id = "m";
-      d.group_ids = {"all"};
-      d.status = fb::DeviceStatus::Active;
-      if (!reg.PutDevice(t, d, &b).ok()) return 1;
-      if (b.ops().size() >= 20'000) {
-        if (!reg.Commit(b, false).ok()) return 1;
-        b.Clear();
-      }
-    }
-    if (!reg.Commit(b, true).ok()) return 1;
-  }
+  if (!bench::RegisterFleet(reg, t, o.devices, "all")) return 1;
   jobs::EngineOptions eo;
   eo.max_active_jobs = 10;
   Bench bench(kv->get(), reg, eo);

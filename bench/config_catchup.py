@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -29,6 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration"))
+import local_broker  # noqa: E402
 from harness import mqtt5_connect, mqtt5_publish, mqtt5_subscribe, read_packet, parse_publish  # noqa: E402
 
 
@@ -100,17 +100,7 @@ def main():
     d = tempfile.mkdtemp(prefix="fleetmq-catchup-")
     broker = None
     try:
-        log = open(os.path.join(d, "broker.log"), "w")
-        broker = subprocess.Popen([b + "/broker/fleetmq", "--data_dir", d + "/data", "--listen", "127.0.0.1:0",
-                                   "--tls_listen", "127.0.0.1:0", "--log_level", "info"], stdout=log,
-                                  stderr=subprocess.STDOUT)
-        text = ""
-        for _ in range(300):
-            time.sleep(0.05)
-            text = open(os.path.join(d, "broker.log")).read()
-            if " started (data dir" in text:
-                break
-        tls = int(re.findall(r"listening for MQTT over mutual TLS on 127\.0\.0\.1:(\d+)", text)[0])
+        broker, _, tls = local_broker.start(b, d)
         pki = d + "/data/pki"
         admin = [b + "/tools/fleetmq-admin", "--data_dir", d + "/data", "--port", str(tls)]
         subprocess.run(admin + ["model.create", "model_id=m"], check=True, capture_output=True)

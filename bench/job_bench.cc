@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "bench/fleet.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "mgmt/jobs/job_engine.h"
@@ -114,27 +115,7 @@ int main(int argc, char** argv) {
   if (o.verify) return Verify(kv->get(), reg, t, o.devices);
   SystemClock clock;
   const auto t0 = Steady::now();
-  if (!o.resume) {
-    storage::WriteBatch b;
-    fb::DeviceGroupT g;
-    g.group_id = "all";
-    reg.PutGroup(t, g, &b);
-    for (long i = 0; i < o.devices; ++i) {
-      fb::DeviceT d;
-      d.device_id = "dev-" + std::to_string(i);
-      d.tenant_id = "bench";
-      d.serial_number = "sn-" + std::to_string(i);
-      d.model_id = "m";
-      d.group_ids = {"all"};
-      d.status = fb::DeviceStatus::Active;
-      if (!reg.PutDevice(t, d, &b).ok()) return 1;
-      if (b.ops().size() >= 20'000) {
-        if (!reg.Commit(b, false).ok()) return 1;
-        b.Clear();
-      }
-    }
-    if (!reg.Commit(b, true).ok()) return 1;
-  }
+  if (!o.resume && !bench::RegisterFleet(reg, t, o.devices, "all")) return 1;
   const auto t_registered = Steady::now();
   jobs::Host host;
   host.online = [](const std::string&, std::string_view) { return true; };

@@ -16,7 +16,6 @@ only; everything is stopped at the end.
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -24,11 +23,10 @@ import sys
 import tempfile
 import time
 
+import local_broker
 
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+cpu_seconds = local_broker.cpu_seconds
 
 
 def main():
@@ -47,18 +45,7 @@ def main():
     broker = agent = None
     phases = {}
     try:
-        log = open(os.path.join(d, "broker.log"), "w")
-        broker = subprocess.Popen([b + "/broker/fleetmq", "--data_dir", d + "/data", "--listen", "127.0.0.1:0",
-                                   "--tls_listen", "127.0.0.1:0", "--workers", str(a.workers), "--sys_interval", "1",
-                                   "--log_level", "info"], stdout=log, stderr=subprocess.STDOUT)
-        text = ""
-        for _ in range(300):
-            time.sleep(0.05)
-            text = open(os.path.join(d, "broker.log")).read()
-            if " started (data dir" in text:
-                break
-        port = int(re.findall(r"listening for MQTT on 127\.0\.0\.1:(\d+)", text)[0])
-        tls = int(re.findall(r"listening for MQTT over mutual TLS on 127\.0\.0\.1:(\d+)", text)[0])
+        broker, port, tls = local_broker.start(b, d, "--workers", str(a.workers), "--sys_interval", "1")
         admin = [b + "/tools/fleetmq-admin", "--data_dir", d + "/data", "--timeout", "60"]
         subprocess.run(admin + ["--port", str(tls), "model.create", "model_id=m", "manufacturer=bench"], check=True,
                        capture_output=True)

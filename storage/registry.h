@@ -30,6 +30,11 @@ struct Page {
   std::string next_cursor;  // empty: no more
 };
 
+// Decommissioned or replaced: archived, never served or targeted again.
+inline bool IsRetired(fb::DeviceStatus s) {
+  return s == fb::DeviceStatus::Decommissioned || s == fb::DeviceStatus::Replaced;
+}
+
 struct DeviceFilter {
   std::string serial_number;     // empty = any (unique per tenant: at most one)
   std::string group_id;          // empty = any

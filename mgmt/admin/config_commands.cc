@@ -95,45 +95,39 @@ Json ChangeJson(ConfigKind kind, const std::string& id, const ConfigFeature::Cha
               {"diff", c.patch}};
 }
 
-}  // namespace
-
-// A group's document changes (config.set, group.create, group.update): a
-// new version in the group record; members get it through a job unless the
-// group is new (`g` not stored yet, so it has none).
-Status ChangeGroupDocument(Service::Ctx& ctx, fb::DeviceGroupT* g, const Json& next, bool stored, Json* out) {
+// A group's or model's document changes (config.set; group.create,
+// group.update, model.create): a new version in the record; its devices get
+// it through a job unless the record is new (`stored` false: no devices yet).
+template <class Rec>
+Status ChangeDocument(Service::Ctx& ctx, ConfigKind kind, Rec* r, const std::string& id, std::string Rec::*doc,
+                      const Json& next, bool stored, Json* out) {
   ConfigFeature& cf = ctx.config();
-  auto c = cf.NewVersion(ctx.tenant(), ConfigKind::kGroup, g->group_id, ParsedDoc(g->config_template_json),
-                         g->config_version, next, ctx.actor.Label(), &ctx.batch);
+  auto c =
+      cf.NewVersion(ctx.tenant(), kind, id, ParsedDoc(r->*doc), r->config_version, next, ctx.actor.Label(), &ctx.batch);
   if (!c.ok()) return c.status();
-  g->config_template_json = config::Canonical(c->doc);
-  g->config_version = c->version;
-  g->config_rev = c->rev;
-  *out = ChangeJson(ConfigKind::kGroup, g->group_id, *c);
+  r->*doc = config::Canonical(c->doc);
+  r->config_version = c->version;
+  r->config_rev = c->rev;
+  *out = ChangeJson(kind, id, *c);
   ctx.audit_change = c->patch;
-  ctx.on_commit.push_back([&cf, t = ctx.tenant(), id = g->group_id] { cf.Forget(t, ConfigKind::kGroup, id); });
+  ctx.on_commit.push_back([&cf, t = ctx.tenant(), kind, id] { cf.Forget(t, kind, id); });
   if (!stored) return absl::OkStatus();
   std::string job;
-  if (Status s = PushJob(ctx, ConfigKind::kGroup, g->group_id, c->rev, c->version, false, &job); !s.ok()) return s;
+  if (Status s = PushJob(ctx, kind, id, c->rev, c->version, false, &job); !s.ok()) return s;
   (*out)["job_id"] = job;
   return absl::OkStatus();
 }
 
+}  // namespace
+
+Status ChangeGroupDocument(Service::Ctx& ctx, fb::DeviceGroupT* g, const Json& next, bool stored, Json* out) {
+  return ChangeDocument(ctx, ConfigKind::kGroup, g, g->group_id, &fb::DeviceGroupT::config_template_json, next, stored,
+                        out);
+}
+
 Status ChangeModelDocument(Service::Ctx& ctx, fb::DeviceModelT* m, const Json& next, bool stored, Json* out) {
-  ConfigFeature& cf = ctx.config();
-  auto c = cf.NewVersion(ctx.tenant(), ConfigKind::kModel, m->model_id, ParsedDoc(m->default_config_json),
-                         m->config_version, next, ctx.actor.Label(), &ctx.batch);
-  if (!c.ok()) return c.status();
-  m->default_config_json = config::Canonical(c->doc);
-  m->config_version = c->version;
-  m->config_rev = c->rev;
-  *out = ChangeJson(ConfigKind::kModel, m->model_id, *c);
-  ctx.audit_change = c->patch;
-  ctx.on_commit.push_back([&cf, t = ctx.tenant(), id = m->model_id] { cf.Forget(t, ConfigKind::kModel, id); });
-  if (!stored) return absl::OkStatus();
-  std::string job;
-  if (Status s = PushJob(ctx, ConfigKind::kModel, m->model_id, c->rev, c->version, false, &job); !s.ok()) return s;
-  (*out)["job_id"] = job;
-  return absl::OkStatus();
+  return ChangeDocument(ctx, ConfigKind::kModel, m, m->model_id, &fb::DeviceModelT::default_config_json, next, stored,
+                        out);
 }
 
 namespace {
@@ -179,7 +173,7 @@ Status ConfigSet(Service::Ctx& ctx) {
   }
   fb::DeviceT d;
   if (Status s = LoadDevice(ctx, id, &d); !s.ok()) return s;
-  if (d.status == fb::DeviceStatus::Decommissioned || d.status == fb::DeviceStatus::Replaced) {
+  if (storage::IsRetired(d.status)) {
     return absl::FailedPreconditionError("device '" + id + "' is retired");
   }
   ConfigFeature& cf = ctx.config();
@@ -323,7 +317,7 @@ Status ConfigStatus(Service::Ctx& ctx) {
   auto visit = [&](const fb::DeviceT& d) -> Status {
     ++read;
     cursor = d.device_id;
-    if (d.status == fb::DeviceStatus::Decommissioned || d.status == fb::DeviceStatus::Replaced) return absl::OkStatus();
+    if (storage::IsRetired(d.status)) return absl::OkStatus();
     fb::DeviceConfigT dc;
     if (Status s = cf.StateOf(ctx.tenant(), d.device_id, &dc); !s.ok()) return s;
     config::Desired want;

@@ -24,8 +24,6 @@ bool IsHex64(const std::string& s) {
          std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
-bool Retired(fb::DeviceStatus s) { return s == fb::DeviceStatus::Decommissioned || s == fb::DeviceStatus::Replaced; }
-
 }  // namespace
 
 std::string_view StateName(fb::ConfigState s) {
@@ -354,7 +352,7 @@ ConfigFeature::Outcome ConfigFeature::Reconcile(const std::string& tenant, const
   Outcome out;
   const TenantId t = TenantId::FromAuthenticated(tenant);
   fb::DeviceT d;
-  if (!reg_->GetDevice(t, device, &d).ok() || Retired(d.status)) return out;
+  if (!reg_->GetDevice(t, device, &d).ok() || storage::IsRetired(d.status)) return out;
   fb::DeviceConfigT dc;
   Lookup(tenant, device, &dc);
   Desired want;

@@ -115,12 +115,6 @@ std::string_view JobTypeName(fb::JobType t) {
   return "?";
 }
 
-namespace {
-
-bool Retired(fb::DeviceStatus s) { return s == fb::DeviceStatus::Decommissioned || s == fb::DeviceStatus::Replaced; }
-
-}  // namespace
-
 JobEngine::JobEngine(storage::KvStore* kv, storage::Registry* reg, const Clock* clock, Host host,
                      const EngineOptions& opts)
     : kv_(kv), reg_(reg), clock_(clock), host_(std::move(host)), opts_(opts) {}
@@ -334,7 +328,7 @@ absl::Status JobEngine::Create(const TenantId& t, const NewJob& nj, storage::Wri
       absl::Status g = reg_->GetDevice(t, id, &d);
       if (absl::IsNotFound(g)) return absl::NotFoundError("device '" + id + "' is not registered");
       if (!g.ok()) return g;
-      if (Retired(d.status)) {
+      if (storage::IsRetired(d.status)) {
         return absl::FailedPreconditionError("device '" + id + "' is " +
                                              (d.status == fb::DeviceStatus::Replaced ? "replaced" : "decommissioned"));
       }
@@ -527,7 +521,7 @@ void JobEngine::Resolve(Active& j, int64_t now) {
     }
     for (const fb::DeviceT& d : page.items) {
       j.rec.resolve_cursor = d.device_id;
-      if (!j.target.filter.status && Retired(d.status)) continue;
+      if (!j.target.filter.status && storage::IsRetired(d.status)) continue;
       if (j.target.online >= 0 && host_.online(j.tenant, d.device_id) != (j.target.online == 1)) continue;
       fb::JobDeviceT existing;  // a continuous job may have met it already (it joined meanwhile)
       if (j.target.continuous && Lookup(j, d.device_id, &existing)) continue;
@@ -893,7 +887,7 @@ void JobEngine::OnGetPending(const std::string& tenant, const std::string& devic
 
 void JobEngine::OnDeviceJoined(const TenantId& t, const fb::DeviceT& d) {
   auto tj = active_.find(t.str());
-  if (tj == active_.end() || Retired(d.status)) return;
+  if (tj == active_.end() || storage::IsRetired(d.status)) return;
   for (auto& [id, j] : tj->second) {
     const Target& q = j->target;
     if (j->remove || j->Ended() || !q.continuous) continue;
