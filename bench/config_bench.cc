@@ -14,7 +14,8 @@
 //   sim_s      the simulated devices' own work (not the broker's)
 //   bytes      payload bytes sent to devices
 //
-//   fleetmq-config-bench --dir DIR [--devices 1000000] [--doc-kb 5] [--max-in-flight 10000]
+//   fleetmq-config-bench --dir DIR [--devices 1000000] [--doc-kb 5] [--max-in-flight 10000] [--no-audit]
+// (--no-audit: config.audit_applied=false)
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -43,6 +44,7 @@ struct Options {
   long devices = 1'000'000;
   long doc_kb = 5;
   long max_in_flight = 10'000;
+  bool audit = true;
 };
 
 Json Document(long kb, int variant) {
@@ -66,11 +68,11 @@ struct Bench {
   // The simulated devices' view: payload → (version, hash of the result).
   std::unordered_map<std::string, std::pair<uint64_t, std::string>> results;
 
-  Bench(storage::KvStore* k, storage::Registry& r, const jobs::EngineOptions& eo)
+  Bench(storage::KvStore* k, storage::Registry& r, const jobs::EngineOptions& eo, const config::Options& co)
       : kv(k),
         reg(r),
         engine(k, &r, &clock, jobs::Host{[](const std::string&, std::string_view) { return true; }}, eo),
-        cfg(k, &r, &clock, &engine) {
+        cfg(k, &r, &clock, &engine, co) {
     engine.set_index(0);
     cfg.set_index(1);
   }
@@ -172,8 +174,12 @@ int main(int argc, char** argv) {
       o.doc_kb = num();
     else if (a == "--max-in-flight")
       o.max_in_flight = num();
+    else if (a == "--no-audit")
+      o.audit = false;
     else {
-      std::fprintf(stderr, "usage: fleetmq-config-bench --dir DIR [--devices N] [--doc-kb 5] [--max-in-flight N]\n");
+      std::fprintf(
+          stderr,
+          "usage: fleetmq-config-bench --dir DIR [--devices N] [--doc-kb 5] [--max-in-flight N] [--no-audit]\n");
       return 2;
     }
   }
@@ -190,7 +196,9 @@ int main(int argc, char** argv) {
   if (!bench::RegisterFleet(reg, t, o.devices, "all")) return 1;
   jobs::EngineOptions eo;
   eo.max_active_jobs = 10;
-  Bench bench(kv->get(), reg, eo);
+  config::Options co;
+  co.audit_applied = o.audit;
+  Bench bench(kv->get(), reg, eo, co);
   if (!bench.engine.Recover().ok() || !bench.cfg.Recover().ok()) return 1;
   const auto t1 = Steady::now();
   // Every device connected and subscribed (in sync with {}: nothing sent).

@@ -304,6 +304,10 @@ const std::vector<OptionDef>& Options() {
        "sent again when it next subscribes, on config.push or by a config job's retry.",
        UintSetter("config.ack_timeout_s", 1, 604800,
                   [](Config& c, uint64_t n) { c.management.config_ack_timeout_ms = static_cast<int64_t>(n) * 1000; })},
+      {"config.audit_applied", "true",
+       "Write an audit entry for every device's APPLIED answer (audit.query device_id=X shows them); false keeps only "
+       "the stored state (changes and refusals are audited either way).",
+       BoolSetter("config.audit_applied", [](Config& c, bool v) { c.management.config_audit_applied = v; })},
       {"management.denied_audit_window_ms", "60000",
        "Denied attempts of one identity and reason are audited once, then counted and written as one entry per window.",
        UintSetter("management.denied_audit_window_ms", 1000, 86400000,

@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
   aopts.config.limits.max_key_bytes = cfg.management.config_max_key_bytes;
   aopts.config.history = cfg.management.config_history;
   aopts.config.ack_timeout_ms = cfg.management.config_ack_timeout_ms;
+  aopts.config.audit_applied = cfg.management.config_audit_applied;
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.

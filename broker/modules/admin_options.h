@@ -39,6 +39,7 @@ struct AdminModuleOptions {
   size_t config_max_key_bytes = 128;
   size_t config_history = 100;
   int64_t config_ack_timeout_ms = 60'000;
+  bool config_audit_applied = true;
 };
 
 }  // namespace fmq

@@ -199,7 +199,9 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
     dc.updated_at_ms = now;
     Put(m.tenant, dc);
     stats_.applied++;
-    Audit(t, m.device_id, "config.applied", Json{{"version", version}, {"hash", hash}, {"from_version", from}});
+    if (opts_.audit_applied) {
+      Audit(t, m.device_id, "config.applied", Json{{"version", version}, {"hash", hash}, {"from_version", from}});
+    }
     if (l.sent == version) l.sent = 0;
     Settle(m.tenant, m.device_id, version, ExecState::Succeeded, Dump(Json{{"version", version}}));
   } else {

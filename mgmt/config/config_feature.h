@@ -40,6 +40,7 @@ struct Options {
   size_t history = 100;             // versions kept per target (older ones are deleted)
   int64_t ack_timeout_ms = 60'000;  // a device's APPLIED/REJECTED after a send, else TIMED_OUT
   size_t cache_entries = 4096;      // effective documents, applied documents and diffs kept in memory
+  bool audit_applied = true;        // an audit entry per APPLIED answer (refusals are always audited)
 };
 
 // "NONE", "PENDING", ... as operators see them.

@@ -607,6 +607,31 @@ TEST_CASE("config: DELIVERED is shown at once and written only when no answer ca
   CHECK(stored.state == fb::ConfigState::Applied);
 }
 
+TEST_CASE("config: with audit_applied off, APPLIED answers write no audit entry; rejections still do") {
+  Rig r(2);
+  r.opts.audit_applied = false;
+  r.Restart();
+  r.Connect("d0");
+  r.Connect("d1");
+  r.Set(ConfigKind::kDevice, "d0", Json{{"a", 1}});
+  r.Set(ConfigKind::kDevice, "d1", Json{{"a", 2}});
+  r.Pump();
+  auto sent = r.Sent();
+  r.Apply("d0", Json::object(), sent["d0"].at(0));
+  r.Report("d1", Json{{"version", sent["d1"].at(0)["version"]}, {"status", "REJECTED"}, {"reason", "no"}});
+  r.Pump();
+  CHECK(r.State("d0").state == fb::ConfigState::Applied);
+  auto actions = [&](const char* d) {
+    std::multiset<std::string> a;
+    storage::Page<fb::AuditEntryT> page;
+    REQUIRE(r.reg.AuditOfDevice(r.t, d, "", 100, &page).ok());
+    for (const auto& e : page.items) a.insert(e.action);
+    return a;
+  };
+  CHECK(actions("d0").count("config.applied") == 0);
+  CHECK(actions("d1").count("config.rejected") == 1);
+}
+
 TEST_CASE("config: after a restart a group push resumes and every device ends APPLIED on the latest") {
   Rig r(20);
   for (int i = 0; i < 20; ++i) r.Connect("d" + std::to_string(i));
