@@ -242,10 +242,7 @@ void ConfigFeature::Audit(const TenantId& t, const std::string& device, const ch
   a.device_id = device;
   a.details_json = Dump(details);
   a.result = "ok";
-  if (absl::Status s = reg_->AppendAudit(t, std::move(a), &batch_); !s.ok()) {
-    FMQ_LOG_ERROR("audit of %s by '%s' not written: %s", action, device.c_str(), std::string(s.message()).c_str());
-  }
-  if (touched_tenants_.empty() || touched_tenants_.back() != t.str()) touched_tenants_.push_back(t.str());
+  audits_.emplace_back(t.str(), std::move(a));
 }
 
 // ---- connectivity ----
@@ -832,6 +829,19 @@ absl::Status ConfigFeature::Commit(mgmt::Output* out) {
   WriteDelivered(clock_->WallMs());
   for (auto& [key, u] : unsynced_) reg_->PutDeviceConfig(TenantId::FromAuthenticated(u.tenant), u.rec, &batch_);
   unsynced_.clear();
+  // Chained now, not when they happened: another feature's batch of this
+  // turn (the job engine's, committed before) is then either in the store or
+  // forgotten, so the tenant's hash chain never points at an entry that
+  // failed to commit.
+  for (auto& [tenant, a] : audits_) {
+    const std::string action = a.action, device = a.device_id;
+    if (absl::Status s = reg_->AppendAudit(TenantId::FromAuthenticated(tenant), std::move(a), &batch_); !s.ok()) {
+      FMQ_LOG_ERROR("audit of %s by '%s' not written: %s", action.c_str(), device.c_str(),
+                    std::string(s.message()).c_str());
+    }
+    if (touched_tenants_.empty() || touched_tenants_.back() != tenant) touched_tenants_.push_back(tenant);
+  }
+  audits_.clear();
   absl::Status s = absl::OkStatus();
   if (!batch_.empty()) {
     s = reg_->Commit(batch_, true);

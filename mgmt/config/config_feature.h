@@ -212,6 +212,7 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
   StringMap<Unsynced> unsynced_;  // tenant \0 device: written at the next Commit
   std::deque<Due> delivered_;     // PUBACKs by time, for WriteDelivered
   storage::WriteBatch batch_;
+  std::vector<std::pair<std::string, fb::AuditEntryT>> audits_;  // (tenant, entry): appended to the chain at Commit
   mgmt::Output pending_;
   std::vector<std::string> touched_tenants_;
   Stats stats_;

@@ -632,6 +632,48 @@ TEST_CASE("config: with audit_applied off, APPLIED answers write no audit entry;
   CHECK(actions("d1").count("config.rejected") == 1);
 }
 
+TEST_CASE("config: the audit chain stays whole when the job engine's commit fails in the same turn") {
+  Rig r(2);
+  r.Connect("d0");
+  r.Connect("d1");
+  // A command job's execution of d1 ends this turn (an audit entry in the engine's batch) ...
+  jobs::JobEngine::NewJob nj;
+  nj.job_id = "cmd";
+  nj.document_json = R"({"command":"x"})";
+  nj.target.device_ids = {"d1"};
+  storage::WriteBatch b;
+  fb::JobT rec;
+  REQUIRE(r.engine->Create(r.t, nj, &b, &rec).ok());
+  REQUIRE(r.reg.Commit(b).ok());
+  r.engine->Activate(r.t, rec);
+  r.Set(ConfigKind::kDevice, "d0", Json{{"a", 1}});
+  r.Pump();
+  uint32_t attempt = 0;
+  for (const auto& s : r.out.sends) {
+    if (s.suffix == "jobs/notify") attempt = Json::parse(s.payload)["attempt"].get<uint32_t>();
+  }
+  REQUIRE(attempt == 1);
+  auto sent = r.Sent();
+  jobs::Report rep;
+  rep.tenant = "acme";
+  rep.device_id = "d1";
+  rep.job_id = "cmd";
+  rep.attempt = attempt;
+  rep.status = jobs::ExecState::Succeeded;
+  r.engine->OnReport(rep);
+  // ... and d0's configuration answer (an audit entry of the config feature).
+  r.Apply("d0", Json::object(), sent["d0"].at(0));
+  r.engine->Pump();
+  r.kv.FailWrites(absl::UnavailableError("disk"));
+  CHECK_FALSE(r.engine->Commit(&r.out).ok());
+  r.kv.FailWrites(absl::OkStatus());
+  REQUIRE(r.cfg->Commit(&r.out).ok());
+  uint64_t n = 0;
+  absl::Status v = r.reg.VerifyAudit(r.t, &n);
+  CHECK_MESSAGE(v.ok(), v.message());
+  CHECK(n >= 1);
+}
+
 TEST_CASE("config: after a restart a group push resumes and every device ends APPLIED on the latest") {
   Rig r(20);
   for (int i = 0; i < 20; ++i) r.Connect("d" + std::to_string(i));
