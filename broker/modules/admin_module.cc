@@ -186,6 +186,12 @@ void AdminModule::ThreadMain() {
       }
     }
     next_pump_wall = svc_->Pump(&side.fx);
+    {
+      std::vector<std::pair<std::string, uint64_t>> fc;
+      svc_->FeatureCounters([&](const char* name, uint64_t n) { fc.emplace_back(name, n); });
+      std::lock_guard<std::mutex> fl(feature_counters_mu_);
+      feature_counters_.swap(fc);
+    }
     if (!side.fx.empty()) Post(std::move(side));
     l.lock();
   }
@@ -609,6 +615,8 @@ void AdminModule::SysCounters(const std::function<void(const char*, uint64_t)>& 
   pub("management/connects_blocked", v(counters_.blocked_connects));
   pub("management/connects_revoked", v(counters_.revoked_connects));
   pub("management/denied_unaudited", v(counters_.denied_unaudited));
+  std::lock_guard<std::mutex> l(feature_counters_mu_);
+  for (const auto& [name, n] : feature_counters_) pub(("management/" + name).c_str(), n);
 }
 
 }  // namespace fmq

@@ -142,6 +142,10 @@ class AdminModule : public BrokerHooks {
   mutable std::mutex gate_mu_;
   absl::flat_hash_set<std::string> blocked_;  // tenant \0 device
   Counters counters_;
+  // The features' counters as of the management thread's last turn (it
+  // writes them, SysCounters on worker 0 reads them).
+  mutable std::mutex feature_counters_mu_;
+  std::vector<std::pair<std::string, uint64_t>> feature_counters_;
 
   // Shared with the management thread and every worker (hooks).
   StringMap<uint64_t> event_seq_;  // tenant → last sequence number

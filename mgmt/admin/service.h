@@ -134,6 +134,10 @@ class Service {
   // The features (mgmt/runtime/feature.h), read-only once started: the
   // broker's module asks it which feature validates a device message.
   const mgmt::Runtime& runtime() const { return runtime_; }
+  // Every feature's counters (management thread).
+  void FeatureCounters(const std::function<void(const char*, uint64_t)>& pub) const {
+    for (const mgmt::Feature* f : runtime_.features()) f->Counters(pub);
+  }
   // The device channel: a device message valid for its feature's schema,
   // and the outcome of a message sent to a device (with a token).
   void OnDeviceMessage(const mgmt::DeviceMessage& m);

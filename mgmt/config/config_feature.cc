@@ -789,6 +789,18 @@ void ConfigFeature::OnEnded(const Exec& e, ExecState /*to*/) {
   DropLiveIfIdle(e.tenant, e.device);
 }
 
+void ConfigFeature::Counters(const std::function<void(const char*, uint64_t)>& pub) const {
+  pub("config/sends", stats_.sends);
+  pub("config/patches", stats_.patches);
+  pub("config/whole_documents", stats_.full);
+  pub("config/applied", stats_.applied);
+  pub("config/rejected", stats_.rejected);
+  pub("config/reports_refused", stats_.reports_refused);
+  pub("config/drift_repairs", stats_.drift_repairs);
+  pub("config/timed_out", stats_.timed_out);
+  pub("config/commits_failed", stats_.commits_failed);
+}
+
 // ---- deadlines and commit ----
 
 int64_t ConfigFeature::Pump() {

@@ -76,6 +76,7 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
   void OnDeviceRetired(const storage::TenantId& t, const std::string& device_id) override;
   int64_t Pump() override;
   absl::Status Commit(mgmt::Output* out) override;
+  void Counters(const std::function<void(const char*, uint64_t)>& pub) const override;
 
   // --- The "config" job type (jobs::TypeHandler).
   Started OnStart(const Exec& e) override;

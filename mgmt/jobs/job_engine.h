@@ -170,6 +170,10 @@ class JobEngine : public mgmt::Feature {
     uint64_t reports_rejected = 0;  // unknown job, stale attempt, terminal, invalid transition
     uint64_t commits_failed = 0;
   };
+  void Counters(const std::function<void(const char*, uint64_t)>& pub) const override {
+    pub("jobs/reports_rejected", stats_.reports_rejected);
+    pub("jobs/commits_failed", stats_.commits_failed);
+  }
   const Stats& stats() const { return stats_; }
 
  private:

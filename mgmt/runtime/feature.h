@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
@@ -77,6 +78,9 @@ class Feature {
   virtual int64_t Pump() { return INT64_MAX; }
   // Writes what changed; on success appends what it releases to `out`.
   virtual absl::Status Commit(Output* /*out*/) { return absl::OkStatus(); }
+  // Its counters, by name below $SYS/broker/management/ (e.g.
+  // "config/reports_refused"); copied out after every turn.
+  virtual void Counters(const std::function<void(const char*, uint64_t)>& /*pub*/) const {}
 
   // Set when the runtime adds it; tokens it hands out carry it.
   void set_index(uint8_t i) { index_ = i; }

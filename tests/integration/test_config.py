@@ -255,6 +255,8 @@ class ConfigTest(JobsBase):
         self.assertEqual(self.admin("config.get", "device_id=b0")["state"], "APPLIED")
         self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/management/device_messages_rejected", 9),
                                 9)
+        self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/management/config/reports_refused", 1), 1)
+        self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/management/config/applied", 1), 1)
 
     def test_operator_bad_input(self):
         self.fleet("p", 1, groups=("pg",))
