@@ -676,12 +676,7 @@ Status AuditVerify(Service::Ctx& ctx) {
   return absl::OkStatus();
 }
 
-constexpr ArgType S = ArgType::kString;
-constexpr ArgType I = ArgType::kInt;
-constexpr ArgType B = ArgType::kBool;
-constexpr ArgType L = ArgType::kStringList;
-constexpr ArgType O = ArgType::kObject;
-constexpr Role kOp = Role::kOperator;
+using namespace table;  // NOLINT(build/namespaces): the table's shorthands
 
 const ArgSpec& kCursor = kCursorArg;
 const ArgSpec& kLimit = kLimitArg;

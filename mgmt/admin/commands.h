@@ -105,6 +105,16 @@ absl::Status CheckId(const char* what, std::string_view s);
 size_t PageLimit(Service::Ctx& ctx, size_t ceiling);
 absl::Status CheckLimit(Service::Ctx& ctx);
 bool ParseDeviceStatus(std::string_view s, fb::DeviceStatus* out);
+// Shorthands for the command tables (commands.cc, job_commands.cc,
+// config_commands.cc): `using namespace table;` inside each file.
+namespace table {
+inline constexpr ArgType S = ArgType::kString;
+inline constexpr ArgType I = ArgType::kInt;
+inline constexpr ArgType B = ArgType::kBool;
+inline constexpr ArgType L = ArgType::kStringList;
+inline constexpr ArgType O = ArgType::kObject;
+inline constexpr Role kOp = Role::kOperator;
+}  // namespace table
 // Arguments every paginated command takes.
 inline const ArgSpec kCursorArg{"cursor", ArgType::kString, false, "next_cursor of the previous page"};
 inline const ArgSpec kLimitArg{"limit", ArgType::kInt, false, "page size (default 100, at most 1000)"};

@@ -400,12 +400,7 @@ Status ConfigPush(Service::Ctx& ctx) {
   return absl::OkStatus();
 }
 
-constexpr ArgType S = ArgType::kString;
-constexpr ArgType I = ArgType::kInt;
-constexpr ArgType B = ArgType::kBool;
-constexpr ArgType L = ArgType::kStringList;
-constexpr ArgType O = ArgType::kObject;
-constexpr Role kOp = Role::kOperator;
+using namespace table;  // NOLINT(build/namespaces): the table's shorthands
 const ArgSpec kDev{"device_id", S, false, "target: this device's own document"};
 const ArgSpec kGroup{"group_id", S, false, "target: this group's template"};
 const ArgSpec kModel{"model_id", S, false, "target: this model's default"};

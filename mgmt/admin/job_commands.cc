@@ -192,12 +192,7 @@ Status JobCancel(Service::Ctx& ctx) { return Control(ctx, JobEngine::Action::kCa
 Status JobPause(Service::Ctx& ctx) { return Control(ctx, JobEngine::Action::kPause); }
 Status JobResume(Service::Ctx& ctx) { return Control(ctx, JobEngine::Action::kResume); }
 
-constexpr ArgType S = ArgType::kString;
-constexpr ArgType I = ArgType::kInt;
-constexpr ArgType B = ArgType::kBool;
-constexpr ArgType L = ArgType::kStringList;
-constexpr ArgType O = ArgType::kObject;
-constexpr Role kOp = Role::kOperator;
+using namespace table;  // NOLINT(build/namespaces): the table's shorthands
 const ArgSpec kJob{"job_id", S, true, "the job"};
 const ArgSpec& kCursor = kCursorArg;
 const ArgSpec& kLimit = kLimitArg;

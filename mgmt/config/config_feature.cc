@@ -188,14 +188,8 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
       return;
     }
     const uint64_t from = dc.applied_version;
-    dc.applied_version = version;
-    dc.applied_hash = hash;
-    dc.desired_version = version;
-    dc.desired_hash = hash;
+    MarkApplied(&dc, version, hash, "");
     dc.delivered_version = std::max(dc.delivered_version, version);
-    dc.state = fb::ConfigState::Applied;
-    dc.state_version = version;
-    dc.reason.clear();
     dc.updated_at_ms = now;
     Put(m.tenant, dc);
     stats_.applied++;
@@ -221,6 +215,14 @@ void ConfigFeature::OnReport(const mgmt::DeviceMessage& m) {
   Reply(m.tenant, m.device_id, "config/report/accepted", body);
   if (l.sent == 0) l.state.reset();  // answered: the store (or unsynced_) has it
   DropLiveIfIdle(m.tenant, m.device_id);
+}
+
+void ConfigFeature::MarkApplied(fb::DeviceConfigT* dc, uint64_t version, const std::string& hash, const char* reason) {
+  dc->applied_version = version;
+  dc->applied_hash = hash;
+  dc->state = fb::ConfigState::Applied;
+  dc->state_version = version;
+  dc->reason = reason;
 }
 
 void ConfigFeature::Settle(const std::string& tenant, const std::string& device, uint64_t version, ExecState to,
@@ -370,13 +372,7 @@ ConfigFeature::Outcome ConfigFeature::Reconcile(const std::string& tenant, const
         // Same document under a newer version (e.g. a change masked by the
         // device's own document): in sync without a message.
         dc.device_id = device;
-        dc.applied_version = want.version;
-        dc.applied_hash = want.doc->hash;
-        dc.desired_version = want.version;
-        dc.desired_hash = want.doc->hash;
-        dc.state = fb::ConfigState::Applied;
-        dc.state_version = want.version;
-        dc.reason = "unchanged document";
+        MarkApplied(&dc, want.version, want.doc->hash, "unchanged document");
         dc.updated_at_ms = clock_->WallMs();
         Put(tenant, dc);
       }

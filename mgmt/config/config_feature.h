@@ -175,6 +175,8 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
   Outcome Reconcile(const std::string& tenant, const std::string& device, bool full);
   void Send(const std::string& tenant, const std::string& device, Live& l, const fb::DeviceConfigT& dc,
             const Desired& want, bool full);
+  // The device holds `version` with `hash` (reported, or the same document found in sync).
+  static void MarkApplied(fb::DeviceConfigT* dc, uint64_t version, const std::string& hash, const char* reason);
   void Settle(const std::string& tenant, const std::string& device, uint64_t version, jobs::ExecState to,
               const std::string& detail);
   void OnReport(const mgmt::DeviceMessage& m);
