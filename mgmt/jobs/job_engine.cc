@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cmath>
 
 #include "common/log.h"
 #include "common/mgmt_topics.h"
@@ -43,6 +44,7 @@ struct JobEngine::Active {
   std::string cursor;                                   // last execution read by the dispatch cursor
   bool cursor_end = false;
   bool throttled = false;  // candidates left, held back by the rate
+  bool held = false;       // candidates left, held back for the next wave
   bool dirty = true;       // progress changed since the last event
   bool cancel_pending = false;
   bool cancel_force = false;
@@ -51,6 +53,8 @@ struct JobEngine::Active {
   int64_t started_ms = 0;
   uint64_t done_at_start = 0;
   uint64_t retries = 0;
+  uint64_t started = 0;  // executions whose first attempt started (waves count these)
+  uint64_t open = 0;     // of those, not yet in a terminal state
 
   TenantId tid() const { return TenantId::FromAuthenticated(tenant); }
   uint64_t Done() const {
@@ -191,9 +195,40 @@ bool JobEngine::Advance(const std::string& tenant, std::string_view job_id, cons
     f->second.state = ExecState::Delivered;
     return true;
   }
+  if (to == ExecState::InProgress) {
+    Record(*j, device, f->second.state, ExecState::InProgress, f->second.attempt, detail, &f->second.trail);
+    f->second.state = ExecState::InProgress;
+    return true;
+  }
   if (!IsTerminal(to)) return false;
   Finish(*j, device, to, detail, true);
   return true;
+}
+
+bool JobEngine::Extend(const std::string& tenant, std::string_view job_id, const std::string& device,
+                       int64_t deadline_ms) {
+  Active* j = Find(tenant, job_id);
+  if (j == nullptr) return false;
+  auto f = j->inflight.find(device);
+  if (f == j->inflight.end()) return false;
+  f->second.deadline = deadline_ms;
+  timeouts_.push(Due{deadline_ms, Ref{j->tenant, j->rec.job_id, device, f->second.attempt}});
+  return true;
+}
+
+uint32_t JobEngine::AttemptOf(const std::string& tenant, std::string_view job_id, const std::string& device) {
+  Active* j = Find(tenant, job_id);
+  if (j == nullptr) return 0;
+  auto f = j->inflight.find(device);
+  return f == j->inflight.end() ? 0 : f->second.attempt;
+}
+
+void JobEngine::ForEachActive(const std::string& tenant, const std::function<void(const fb::JobT&)>& fn) const {
+  auto t = active_.find(tenant);
+  if (t == active_.end()) return;
+  for (const auto& [id, j] : t->second) {
+    if (!j->remove && !j->Ended()) fn(j->rec);
+  }
 }
 
 JobEngine::Active* JobEngine::Find(const std::string& tenant, std::string_view job_id) {
@@ -242,12 +277,17 @@ absl::Status JobEngine::Load(const TenantId& t, fb::JobT rec) {
                                      fb::JobDeviceT e;
                                      err = storage::DecodeRecord<fb::JobDevice>(storage::Family::kJobDevices, k, v, &e);
                                      if (!err.ok()) return false;
-                                     if (e.attempts > 0) ++started;
+                                     if (e.attempts > 0) {
+                                       ++started;
+                                       if (!IsTerminal(e.state)) ++j->open;
+                                     }
                                      LoadExecution(*j, std::move(e), now);
                                      return true;
                                    });
   if (!s.ok()) return s;
   if (!err.ok()) return err;
+  j->started = started;
+  StartWave(*j, now);
   j->pacer.set_started(started);
   j->pacer.Start(now);
   j->started_ms = now;
@@ -284,9 +324,14 @@ void JobEngine::LoadExecution(Active& j, fb::JobDeviceT&& e, int64_t now) {
       j.Count(ExecState::Pending)++;
       j.ready.push_back(Candidate{std::move(e.device_id), e.attempts, true, std::move(e.trail)});
       return;
-    case ExecState::InProgress:
+    case ExecState::InProgress: {
+      const std::string device = e.device_id;
+      const uint32_t attempt = e.attempts;
       follow(ExecState::InProgress, j.spec.in_progress_timeout_ms);
+      if (TypeHandler* h = HandlerOf(j); h != nullptr)
+        h->OnResumed(TypeHandler::Exec{j.tenant, j.rec, device, attempt});
       return;
+    }
     default:
       j.Count(e.state)++;
   }
@@ -305,6 +350,12 @@ absl::Status JobEngine::Create(const TenantId& t, const NewJob& nj, storage::Wri
   }
   if (nj.target.continuous && !nj.target.has_query) {
     return absl::InvalidArgumentError("continuous needs a query target (group_id, model_id, ...), not device_ids");
+  }
+  if (nj.spec.abort_rolls_back) {
+    const TypeHandler* h = handlers_[static_cast<size_t>(nj.type)];
+    if (h == nullptr || !h->supports_rollback()) {
+      return absl::InvalidArgumentError("abort.action \"rollback\" is for firmware campaigns (ota.create) only");
+    }
   }
   const int64_t now = clock_->WallMs();
   fb::JobT rec;
@@ -427,6 +478,7 @@ void JobEngine::Record(Active& j, const std::string& device, ExecState from, Exe
   j.Count(from)--;
   j.Count(to)++;
   j.dirty = true;
+  if (attempt > 0 && IsTerminal(to) && !IsTerminal(from) && j.open > 0) j.open--;
   const int64_t now = clock_->WallMs();
   std::string own;
   std::string& tr = trail != nullptr ? *trail : own;
@@ -576,6 +628,7 @@ bool JobEngine::NextCandidate(Active& j, int64_t now, Candidate* c) {
 
 void JobEngine::Dispatch(Active& j, int64_t now) {
   j.throttled = false;
+  j.held = false;
   j.pacer.Refill(now);
   Candidate c;
   while (j.inflight.size() < j.spec.max_in_flight && NextCandidate(j, now, &c)) {
@@ -584,14 +637,82 @@ void JobEngine::Dispatch(Active& j, int64_t now) {
       j.waiting.insert_or_assign(std::move(dev), std::move(c));
       continue;
     }
+    const bool first = c.attempts == 0 && !c.same_attempt;
+    if (first && j.started >= WaveCap(j)) {
+      j.ready.push_front(std::move(c));  // the next wave's: after the gate
+      j.held = true;
+      return;
+    }
     if (!j.pacer.Take()) {
       j.ready.push_front(std::move(c));
       j.throttled = true;
       return;
     }
     j.waiting.erase(c.device);
+    if (first) {
+      j.started++;
+      j.open++;
+    }
     StartExecution(j, c, now);
   }
+}
+
+uint64_t JobEngine::WaveCap(const Active& j) const {
+  const auto& w = j.spec.waves;
+  if (w.empty() || j.rec.wave + 1 >= w.size()) return UINT64_MAX;  // the last wave takes the rest
+  if (!j.rec.resolved) {
+    for (size_t i = 0; i <= j.rec.wave; ++i) {
+      if (w[i].percent > 0) return 0;  // a share of a total not known yet
+    }
+  }
+  uint64_t cap = 0;
+  double pct = 0;
+  for (size_t i = 0; i <= j.rec.wave && i < w.size(); ++i) {
+    cap += w[i].count;
+    pct += w[i].percent;
+  }
+  if (pct > 0) cap += static_cast<uint64_t>(std::ceil(pct * static_cast<double>(j.rec.total_count) / 100.0 - 1e-9));
+  return std::max<uint64_t>(cap, 1);
+}
+
+void JobEngine::StartWave(Active& j, int64_t now) {
+  Spec s = j.spec;
+  if (j.rec.wave < s.waves.size() && s.waves[j.rec.wave].rate_per_s > 0) {
+    s.rate_per_s = s.waves[j.rec.wave].rate_per_s;
+    s.ramp_factor = 1;
+    s.max_rate = 0;
+  }
+  const uint64_t started = j.pacer.started();
+  j.pacer = Pacer(s);
+  j.pacer.set_started(started);
+  j.pacer.Start(now);
+}
+
+void JobEngine::CheckWave(Active& j) {
+  const auto& w = j.spec.waves;
+  if (j.rec.status != JobStatus::Running || w.empty() || j.rec.wave + 1 >= w.size()) return;
+  const uint64_t cap = WaveCap(j);
+  // The wave is over when its executions all started and all ended — or
+  // when nothing is left to start (a smaller target than the waves).
+  const bool nothing_left = j.rec.resolved && j.Count(ExecState::Pending) == 0 && j.ready.empty();
+  if ((j.started < cap && !nothing_left) || j.open > 0 || j.started == 0) return;
+  const uint64_t ok = j.Count(ExecState::Succeeded);
+  const double pct = 100.0 * static_cast<double>(ok) / static_cast<double>(j.started);
+  const uint32_t done_wave = j.rec.wave + 1;
+  j.rec.wave++;
+  StartWave(j, clock_->WallMs());
+  if (j.spec.success_gate_pct > 0 && pct + 1e-9 < j.spec.success_gate_pct) {
+    char why[200];
+    std::snprintf(why, sizeof why,
+                  "wave %u of %zu: %llu of %llu started succeeded (%.1f%%), under the gate of %g%%: paused before "
+                  "wave %u (job.resume starts it)",
+                  done_wave, w.size(), static_cast<unsigned long long>(ok), static_cast<unsigned long long>(j.started),
+                  pct, j.spec.success_gate_pct, done_wave + 1);
+    FMQ_LOG_WARN("job '%s' of tenant '%s': %s", j.rec.job_id.c_str(), j.tenant.c_str(), why);
+    j.rec.status = JobStatus::Paused;
+    j.rec.reason = why;
+  }
+  SaveJob(j);
 }
 
 void JobEngine::StartExecution(Active& j, const Candidate& c, int64_t now) {
@@ -751,8 +872,9 @@ void JobEngine::Finish(Active& j, const std::string& device, ExecState to, std::
 void JobEngine::CheckAbort(Active& j) {
   if (j.spec.abort_threshold_pct <= 0 || j.rec.status != JobStatus::Running) return;
   const uint64_t executed = j.Count(ExecState::Succeeded) + j.Count(ExecState::Failed) + j.Count(ExecState::TimedOut) +
-                            j.Count(ExecState::Rejected);
-  const uint64_t bad = (j.spec.abort_on_failed ? j.Count(ExecState::Failed) : 0) +
+                            j.Count(ExecState::Rejected) + j.Count(ExecState::RolledBack);
+  // A device-side rollback is a failed update.
+  const uint64_t bad = (j.spec.abort_on_failed ? j.Count(ExecState::Failed) + j.Count(ExecState::RolledBack) : 0) +
                        (j.spec.abort_on_timed_out ? j.Count(ExecState::TimedOut) : 0) +
                        (j.spec.abort_on_rejected ? j.Count(ExecState::Rejected) : 0);
   if (executed < j.spec.abort_min_executed || static_cast<double>(bad) * 100 < j.spec.abort_threshold_pct * executed) {
@@ -769,7 +891,8 @@ void JobEngine::CheckAbort(Active& j) {
     SaveJob(j);
     return;
   }
-  EndJob(j, JobStatus::Aborted, why, true);
+  const TypeHandler* h = HandlerOf(j);
+  EndJob(j, JobStatus::Aborted, why, h == nullptr || h->cancel_in_flight_on_abort());
 }
 
 void JobEngine::EndJob(Active& j, JobStatus status, std::string reason, bool force) {
@@ -847,6 +970,9 @@ void JobEngine::MaybeComplete(Active& j) {
     j.remove = true;  // dropped from memory once its last progress event is out
     j.rec.ended_at_ms = clock_->WallMs();
     SaveJob(j);
+    if (TypeHandler* h = HandlerOf(j); h != nullptr) {
+      h->OnJobEnded(j.tenant, j.rec, j.rec.status == JobStatus::Aborted && j.spec.abort_rolls_back);
+    }
   }
 }
 
@@ -939,8 +1065,12 @@ void JobEngine::Expire(int64_t now) {
     auto f = j->inflight.find(d.ref.device);
     if (f == j->inflight.end() || f->second.attempt != d.ref.attempt || f->second.deadline > now) continue;
     const bool running = f->second.state == ExecState::InProgress;
-    Finish(*j, d.ref.device, ExecState::TimedOut,
-           running ? "{\"reason\":\"in_progress timeout\"}" : "{\"reason\":\"step timeout\"}", true);
+    std::string why;
+    if (TypeHandler* h = HandlerOf(*j); h != nullptr) {
+      why = h->TimeoutDetail(TypeHandler::Exec{j->tenant, j->rec, d.ref.device, f->second.attempt});
+    }
+    if (why.empty()) why = running ? "{\"reason\":\"in_progress timeout\"}" : "{\"reason\":\"step timeout\"}";
+    Finish(*j, d.ref.device, ExecState::TimedOut, why, true);
   }
 }
 
@@ -982,7 +1112,7 @@ int64_t JobEngine::Pump() {
         if (j.throttled) {
           const double r = j.pacer.rate();
           next = std::min<int64_t>(next, now + std::max<int64_t>(1, r > 0 ? static_cast<int64_t>(1000 / r) : 1));
-        } else if (j.inflight.size() < j.spec.max_in_flight && (!j.scanned.empty() || !j.ready.empty())) {
+        } else if (!j.held && j.inflight.size() < j.spec.max_in_flight && (!j.scanned.empty() || !j.ready.empty())) {
           next = now;
         }
       }
@@ -990,6 +1120,9 @@ int64_t JobEngine::Pump() {
         Resolve(j, now);
         next = now;  // more to resolve, or the new executions to start
       }
+      const uint32_t wave = j.rec.wave;
+      CheckWave(j);
+      if (j.rec.wave != wave && j.rec.status == JobStatus::Running) next = now;
       MaybeComplete(j);
       if (j.dirty) next = std::min(next, j.last_progress_ms + opts_.progress_interval_ms);
     }
@@ -1018,6 +1151,10 @@ Json JobEngine::ProgressJson(const Active& j, int64_t now) const {
          {"waiting_offline", j.waiting.size()},
          {"retries", j.retries},
          {"time_ms", now}};
+  if (!j.spec.waves.empty()) {
+    p["wave"] = Json{{"current", j.rec.wave + 1}, {"of", j.spec.waves.size()}, {"started", j.started}};
+    if (const uint64_t cap = WaveCap(j); cap != UINT64_MAX) p["wave"]["ends_at"] = cap;
+  }
   const double secs = static_cast<double>(now - j.started_ms) / 1000.0;
   if (secs > 0 && done > j.done_at_start) {
     const double rate = static_cast<double>(done - j.done_at_start) / secs;

@@ -68,6 +68,21 @@ class TypeHandler {
   virtual Started OnStart(const Exec& e) = 0;
   // The attempt ended by the engine (timeout, cancel, removal).
   virtual void OnEnded(const Exec& /*e*/, ExecState /*to*/) {}
+  // After a restart: an execution the device was running (IN_PROGRESS) is
+  // followed again; the handler re-arms what it needs (Extend, its state).
+  virtual void OnResumed(const Exec& /*e*/) {}
+  // The detail an attempt that timed out is stored with (JSON object text;
+  // empty: the engine's own). The handler knows which phase it was in.
+  virtual std::string TimeoutDetail(const Exec& /*e*/) { return ""; }
+  // The job ended (completed, canceled, aborted) and its last execution in
+  // flight settled; `rollback`: aborted by its criteria with the "rollback"
+  // action — the handler undoes what it did.
+  virtual void OnJobEnded(const std::string& /*tenant*/, const fb::JobT& /*job*/, bool /*rollback*/) {}
+  // Whether the abort criteria cancel executions in flight (commands: yes);
+  // false: they run to their end (a device mid-install cannot stop), only
+  // the queued ones are canceled.
+  virtual bool cancel_in_flight_on_abort() const { return true; }
+  virtual bool supports_rollback() const { return false; }
   // Whether the engine writes an audit entry per attempt (jobs.audit_executions);
   // false: the handler's own entries say what happened.
   virtual bool engine_audits() const { return true; }
@@ -141,11 +156,21 @@ class JobEngine : public mgmt::Feature {
   void SetTypeHandler(fb::JobType type, TypeHandler* h) { handlers_[static_cast<size_t>(type)] = h; }
   // A handler moves the current attempt of an execution of one of its jobs:
   // DELIVERED, or a final state. False when the execution is not in flight.
+  // IN_PROGRESS (again: a progress update, `detail` kept) is allowed too.
   bool Advance(const std::string& tenant, std::string_view job_id, const std::string& device, ExecState to,
                std::string_view detail);
+  // Moves the deadline of an execution in flight (a handler's phase timeout,
+  // e.g. download, install, reboot). False when it is not in flight.
+  bool Extend(const std::string& tenant, std::string_view job_id, const std::string& device, int64_t deadline_ms);
+  // The execution's current attempt, or 0 when it is not in flight.
+  uint32_t AttemptOf(const std::string& tenant, std::string_view job_id, const std::string& device);
   // job.get: the record with live counts, rate and ETA.
   absl::StatusOr<Json> Describe(const storage::TenantId& t, std::string_view job_id);
   size_t active_jobs() const { return active_count_; }
+  // Whether the device is connected (the host's view), for the type handlers.
+  bool Online(const std::string& tenant, std::string_view device) const { return host_.online(tenant, device); }
+  // Every job of the tenant not ended (e.g. to refuse deleting what one uses).
+  void ForEachActive(const std::string& tenant, const std::function<void(const fb::JobT&)>& fn) const;
 
   // --- Events (management thread).
   void OnConnected(const std::string& tenant, const std::string& device_id) override;
@@ -215,6 +240,11 @@ class JobEngine : public mgmt::Feature {
   // An execution in flight reached a terminal state (or a retry).
   void Finish(Active& j, const std::string& device, ExecState to, std::string_view detail, bool may_retry);
   void CheckAbort(Active& j);
+  // Waves: how many executions may have started by the end of the current
+  // wave, and the gate between waves once they all ended.
+  uint64_t WaveCap(const Active& j) const;
+  void CheckWave(Active& j);
+  void StartWave(Active& j, int64_t now);
   void EndJob(Active& j, JobStatus status, std::string reason, bool force);
   void CancelRemaining(Active& j, bool force);
   void MaybeComplete(Active& j);

@@ -18,6 +18,7 @@ constexpr std::array<std::pair<ExecState, std::string_view>, kExecStates> kExecN
     {ExecState::Rejected, "REJECTED"},
     {ExecState::Canceled, "CANCELED"},
     {ExecState::Removed, "REMOVED"},
+    {ExecState::RolledBack, "ROLLED_BACK"},
 }};
 
 constexpr std::array<std::pair<JobStatus, std::string_view>, 7> kJobNames{{
@@ -145,6 +146,7 @@ bool IsTerminal(ExecState s) {
     case ExecState::TimedOut:
     case ExecState::Canceled:
     case ExecState::Removed:
+    case ExecState::RolledBack:
     case ExecState::Acknowledged:  // never written; terminal if ever read
       return true;
     default:
@@ -196,9 +198,21 @@ Json Spec::ToJson() const {
     rollout["ramp_every"] = ramp_every;
   }
   if (max_rate > 0) rollout["max_rate"] = max_rate;
+  if (!waves.empty()) {
+    Json w = Json::array();
+    for (const Wave& v : waves) {
+      Json e = v.count > 0 ? Json{{"count", v.count}} : Json{{"percent", v.percent}};
+      if (v.rate_per_s > 0) e["rate_per_s"] = v.rate_per_s;
+      w.push_back(std::move(e));
+    }
+    rollout["waves"] = std::move(w);
+  }
+  if (success_gate_pct > 0) rollout["success_gate_pct"] = success_gate_pct;
   Json abort{{"min_executed", abort_min_executed},
              {"on", states(abort_on_failed, abort_on_timed_out, abort_on_rejected)},
-             {"action", abort_pauses ? "pause" : "abort"}};
+             {"action", abort_rolls_back ? "rollback"
+                        : abort_pauses   ? "pause"
+                                         : "abort"}};
   if (abort_threshold_pct > 0) abort["threshold_pct"] = abort_threshold_pct;
   return Json{
       {"rollout", rollout},
@@ -214,9 +228,10 @@ Json Spec::ToJson() const {
 absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const Json& retry, const Json& abort) {
   Spec s;
   const Reader ro(rollout, "rollout"), to(timeouts, "timeouts"), re(retry, "retry"), ab(abort, "abort");
-  for (absl::Status st : {ro.Check({"rate_per_s", "ramp_factor", "ramp_every", "max_rate", "max_in_flight"}),
-                          to.Check({"step_s", "in_progress_s"}), re.Check({"max_attempts", "backoff_ms", "on"}),
-                          ab.Check({"threshold_pct", "min_executed", "on", "action"})}) {
+  for (absl::Status st :
+       {ro.Check({"rate_per_s", "ramp_factor", "ramp_every", "max_rate", "max_in_flight", "waves", "success_gate_pct"}),
+        to.Check({"step_s", "in_progress_s"}), re.Check({"max_attempts", "backoff_ms", "on"}),
+        ab.Check({"threshold_pct", "min_executed", "on", "action"})}) {
     if (!st.ok()) return st;
   }
   double step_s = s.step_timeout_ms / 1000.0, prog_s = s.in_progress_timeout_ms / 1000.0;
@@ -228,6 +243,7 @@ absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const 
            ro.Int("ramp_every", 1, int64_t{1} << 40, &s.ramp_every),
            ro.Num("max_rate", 0.001, 10'000'000, &s.max_rate),
            ro.Int("max_in_flight", 1, 1'000'000, &s.max_in_flight),
+           ro.Num("success_gate_pct", 0, 100, &s.success_gate_pct),
            to.Num("step_s", 0.1, 7 * 86400, &step_s),
            to.Num("in_progress_s", 0.1, 30 * 86400, &prog_s),
            re.Int("max_attempts", 1, 100, &s.max_attempts),
@@ -239,6 +255,27 @@ absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const 
        }) {
     if (!st.ok()) return st;
   }
+  if (rollout.is_object() && rollout.contains("waves")) {
+    const Json& w = rollout["waves"];
+    if (!w.is_array() || w.empty() || w.size() > 20) return Bad("rollout.waves must be a list of 1..20 waves");
+    double pct = 0;
+    for (size_t i = 0; i < w.size(); ++i) {
+      const std::string name = "rollout.waves[" + std::to_string(i) + "]";
+      const Reader wr(w[i], name.c_str());
+      if (!w[i].is_object()) return Bad(name + " must be an object");
+      if (absl::Status st = wr.Check({"count", "percent", "rate_per_s"}); !st.ok()) return st;
+      Wave v;
+      for (absl::Status st : {wr.Int("count", 1, int64_t{1} << 40, &v.count), wr.Num("percent", 0.001, 100, &v.percent),
+                              wr.Num("rate_per_s", 0.001, 10'000'000, &v.rate_per_s)}) {
+        if (!st.ok()) return st;
+      }
+      if ((v.count > 0) == (v.percent > 0)) return Bad(name + " needs one of count or percent");
+      pct += v.percent;
+      s.waves.push_back(v);
+    }
+    if (pct > 100.0001) return Bad("rollout.waves: the percents add up to more than 100");
+  }
+  if (s.success_gate_pct > 0 && s.waves.size() < 2) return Bad("rollout.success_gate_pct needs two or more waves");
   if (s.ramp_factor > 1 && s.ramp_every == 0) return Bad("rollout.ramp_factor needs rollout.ramp_every");
   if (s.ramp_factor > 1 && s.rate_per_s == 0)
     return Bad("rollout.ramp_factor needs rollout.rate_per_s (the base rate)");
@@ -256,8 +293,11 @@ absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const 
   }
   if (abort.is_object() && abort.contains("action")) {
     const Json& a = abort["action"];
-    if (!a.is_string() || (a != "abort" && a != "pause")) return Bad("abort.action must be \"abort\" or \"pause\"");
+    if (!a.is_string() || (a != "abort" && a != "pause" && a != "rollback")) {
+      return Bad("abort.action must be \"abort\", \"pause\" or \"rollback\"");
+    }
     s.abort_pauses = a == "pause";
+    s.abort_rolls_back = a == "rollback";
   }
   return s;
 }

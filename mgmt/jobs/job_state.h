@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "storage/records.h"
@@ -19,7 +20,7 @@ using Json = nlohmann::json;
 using ExecState = fb::JobDeviceState;
 using JobStatus = fb::JobStatus;
 
-inline constexpr size_t kExecStates = static_cast<size_t>(ExecState::Removed) + 1;
+inline constexpr size_t kExecStates = static_cast<size_t>(ExecState::RolledBack) + 1;
 using Counts = std::array<uint64_t, kExecStates>;
 
 // "QUEUED", "SENT", ... as operators and devices see them.
@@ -28,7 +29,7 @@ bool ParseExec(std::string_view name, ExecState* out);
 std::string_view JobName(JobStatus s);
 bool ParseJob(std::string_view name, JobStatus* out);
 
-// SUCCEEDED, FAILED, REJECTED, TIMED_OUT, CANCELED, REMOVED.
+// SUCCEEDED, FAILED, REJECTED, TIMED_OUT, CANCELED, REMOVED, ROLLED_BACK.
 bool IsTerminal(ExecState s);
 // SENT, DELIVERED, IN_PROGRESS: the device has it.
 bool IsInFlight(ExecState s);
@@ -43,6 +44,14 @@ bool DeviceMayReport(ExecState from, ExecState to);
 // Whether an operator action may move a job from `from` to `to`.
 bool JobMayMove(JobStatus from, JobStatus to);
 
+// A rollout wave (doc/jobs.md, "Waves"): how many executions it starts —
+// `count`, or `percent` of the job's total — and at what rate (0: the job's).
+struct Wave {
+  uint64_t count = 0;
+  double percent = 0;
+  double rate_per_s = 0;
+};
+
 // A job's options, as given to job.create (every field has a default).
 struct Spec {
   // Rollout: executions started per second (0 = as fast as max_in_flight
@@ -53,6 +62,12 @@ struct Spec {
   uint64_t ramp_every = 0;
   double max_rate = 0;
   uint32_t max_in_flight = 10000;  // SENT + DELIVERED + IN_PROGRESS at once
+  // Waves: executions are started wave by wave; the next wave starts once
+  // every execution started so far ended and at least success_gate_pct of
+  // them SUCCEEDED, else the job pauses before it (resume starts it). The
+  // last wave takes everything left. Empty: one wave of everything.
+  std::vector<Wave> waves;
+  double success_gate_pct = 0;
   // Timeouts: from SENT to the device's first report (IN_PROGRESS or a
   // terminal state), and from IN_PROGRESS to a terminal state.
   int64_t step_timeout_ms = 60'000;
@@ -71,6 +86,9 @@ struct Spec {
   bool abort_on_timed_out = true;
   bool abort_on_rejected = false;
   bool abort_pauses = false;  // pause instead of abort
+  // Abort, then undo: the job type's handler returns the devices this job
+  // changed to what they had (firmware campaigns; refused for other types).
+  bool abort_rolls_back = false;
 
   // Every option back as JSON (stored with the job, shown by job.get).
   Json ToJson() const;

@@ -711,5 +711,81 @@ TEST_CASE("jobs: a continuous job reaches devices that join its group later and 
   CHECK(w.engine->Create(w.t, bad, &b2, &rec).code() == absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("jobs: waves start wave by wave; a wave under its success gate pauses the job before the next") {
+  Rig w(10);
+  JobEngine::NewJob j;
+  j.target.device_ids = w.Ids(10);
+  auto spec = jobs::ParseSpec(Json::parse(R"({"waves":[{"count":2},{"percent":30},{"percent":50}],
+                                              "success_gate_pct":100})"),
+                              Json(), Json(), Json());
+  REQUIRE(spec.ok());
+  j.spec = *spec;
+  w.Create(j);
+  w.Pump();
+  auto n1 = w.TakeNotifies();
+  REQUIRE(n1.size() == 2);  // wave 1: 2 devices
+  for (auto& [dev, at] : n1) w.Report(dev, at.first, ExecState::Succeeded);
+  w.Pump();
+  w.Pump();
+  Json g = w.Get();
+  CHECK(g["wave"]["current"] == 2);  // all succeeded: wave 2 started
+  CHECK(g["status"] == "IN_PROGRESS");
+  auto n2 = w.TakeNotifies();
+  REQUIRE(n2.size() == 3);  // 30 % of 10
+  size_t i = 0;
+  for (auto& [dev, at] : n2) w.Report(dev, at.first, ++i == 1 ? ExecState::Failed : ExecState::Succeeded);
+  w.Pump();
+  w.Pump();
+  CHECK(w.TakeNotifies().empty());  // 4 of 5 < 100 %: nothing of wave 3
+  g = w.Get();
+  CHECK(g["status"] == "PAUSED");
+  CHECK(g["wave"]["current"] == 3);
+  CHECK(g["reason"].get<std::string>().find("wave 2 of 3") != std::string::npos);
+  CHECK(w.Count("QUEUED") == 5);
+  // The wave survives a restart; resume starts the last wave (the rest).
+  w.Restart();
+  CHECK(w.Get()["wave"]["current"] == 3);
+  storage::WriteBatch b;
+  fb::JobT rec;
+  REQUIRE(w.engine->Control(w.t, "j1", JobEngine::Action::kResume, false, "op", &b, &rec).ok());
+  REQUIRE(w.reg.Commit(b).ok());
+  w.engine->ApplyControl(w.t, rec, JobEngine::Action::kResume, false);
+  w.Pump();
+  auto n = w.TakeNotifies();
+  CHECK(n.size() == 5);
+  for (auto& [dev, at] : n) w.Report(dev, at.first, ExecState::Succeeded);
+  w.Pump();
+  w.Pump();
+  CHECK(w.Get()["status"] == "COMPLETED");
+  CHECK(w.Count("SUCCEEDED") == 9);
+}
+
+TEST_CASE("jobs: wave and rollback options are checked") {
+  for (const char* bad : {R"({"waves":[]})", R"({"waves":[{"count":1,"percent":5}]})", R"({"waves":[{}]})",
+                          R"({"waves":[{"percent":70},{"percent":40}]})", R"({"waves":[{"count":0}]})",
+                          R"({"waves":[{"count":2,"x":1}]})", R"({"success_gate_pct":90})",
+                          R"({"waves":[{"count":2}],"success_gate_pct":101})"}) {
+    CHECK_MESSAGE(!jobs::ParseSpec(Json::parse(bad), Json(), Json(), Json()).ok(), bad);
+  }
+  auto s =
+      jobs::ParseSpec(Json::parse(R"({"waves":[{"count":5,"rate_per_s":2},{"percent":100}],"success_gate_pct":95})"),
+                      Json(), Json(), Json::parse(R"({"threshold_pct":10,"action":"rollback"})"));
+  REQUIRE(s.ok());
+  CHECK(s->abort_rolls_back);
+  auto back = jobs::SpecFromJson(s->ToJson());
+  REQUIRE(back.ok());
+  CHECK(back->ToJson() == s->ToJson());
+  CHECK(back->waves.size() == 2);
+  // A command job cannot roll back (no handler knows how).
+  Rig w(1);
+  JobEngine::NewJob j;
+  j.job_id = "r";
+  j.document_json = "{}";
+  j.target.device_ids = w.Ids(1);
+  j.spec = *s;
+  storage::WriteBatch b;
+  fb::JobT rec;
+  CHECK(absl::IsInvalidArgument(w.engine->Create(w.t, j, &b, &rec)));
+}
 }  // namespace
 }  // namespace fmq::jobs
