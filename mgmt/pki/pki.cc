@@ -54,7 +54,9 @@ class Der {
 absl::StatusOr<std::string> ExtKeyUsage(Role role) {
   Der d;
   size_t len = 0;
-  const char* oid = role == Role::kServer ? MBEDTLS_OID_SERVER_AUTH : MBEDTLS_OID_CLIENT_AUTH;
+  const char* oid = role == Role::kServer   ? MBEDTLS_OID_SERVER_AUTH
+                    : role == Role::kSigner ? MBEDTLS_OID_CODE_SIGNING
+                                            : MBEDTLS_OID_CLIENT_AUTH;
   CHK(mbedtls_asn1_write_oid(d.p(), d.start(), oid, MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)));
   CHK(mbedtls_asn1_write_len(d.p(), d.start(), len));
   CHK(mbedtls_asn1_write_tag(d.p(), d.start(), MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE));
@@ -156,6 +158,8 @@ std::string_view RoleName(Role r) {
       return "root-ca";
     case Role::kAdmin:
       return "admin";
+    case Role::kSigner:
+      return "signer";
   }
   return "unknown";
 }
@@ -425,7 +429,8 @@ absl::StatusOr<Identity> IdentityOf(const mbedtls_x509_crt& crt) {
     else if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_ORGANIZATION, &n->oid) == 0)
       id.tenant = v;
   }
-  for (Role r : {Role::kDevice, Role::kOperator, Role::kServer, Role::kTenantCa, Role::kRootCa, Role::kAdmin}) {
+  for (Role r :
+       {Role::kDevice, Role::kOperator, Role::kServer, Role::kTenantCa, Role::kRootCa, Role::kAdmin, Role::kSigner}) {
     if (role == RoleName(r)) {
       id.role = r;
       if (id.name.empty()) return absl::InvalidArgumentError("certificate subject has no CN");
@@ -435,6 +440,59 @@ absl::StatusOr<Identity> IdentityOf(const mbedtls_x509_crt& crt) {
     }
   }
   return absl::InvalidArgumentError("certificate subject OU '" + role + "' is not a fleetmq role");
+}
+
+absl::StatusOr<std::string> SignData(Rng& rng, Key& key, std::string_view data) {
+  unsigned char hash[32];
+  int rc = mbedtls_md(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), reinterpret_cast<const unsigned char*>(data.data()),
+                      data.size(), hash);
+  if (rc != 0) return Fail("hash", rc);
+  unsigned char sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
+  size_t len = 0;
+  rc = mbedtls_pk_sign(key.pk(), MBEDTLS_MD_SHA256, hash, sizeof hash, sig, &len, Rng::Fill, &rng);
+  if (rc != 0) return Fail("sign", rc);
+  return std::string(reinterpret_cast<const char*>(sig), len);
+}
+
+absl::Status VerifySigned(mbedtls_x509_crt* trust, std::string_view chain_pem, std::string_view tenant,
+                          std::string_view data, std::string_view sig_der) {
+  mbedtls_x509_crt chain;
+  mbedtls_x509_crt_init(&chain);
+  struct Free {
+    mbedtls_x509_crt* c;
+    ~Free() { mbedtls_x509_crt_free(c); }
+  } free_chain{&chain};
+  std::string z(chain_pem);
+  int rc = mbedtls_x509_crt_parse(&chain, reinterpret_cast<const unsigned char*>(z.c_str()), z.size() + 1);
+  if (rc != 0) return absl::InvalidArgumentError("signer chain does not parse: " + MbedError(rc));
+  uint32_t flags = 0;
+  rc = mbedtls_x509_crt_verify(&chain, trust, nullptr, nullptr, &flags, nullptr, nullptr);
+  if (rc != 0) {
+    char buf[256];
+    mbedtls_x509_crt_verify_info(buf, sizeof buf, "", flags);
+    return absl::PermissionDeniedError("signer certificate does not verify: " + std::string(buf));
+  }
+  auto id = IdentityOf(chain);
+  if (!id.ok() || id->role != Role::kSigner) return absl::PermissionDeniedError("certificate is not a firmware signer");
+  if (id->tenant != tenant) return absl::PermissionDeniedError("signer belongs to tenant '" + id->tenant + "'");
+  if (chain.next == nullptr) return absl::PermissionDeniedError("signer chain lacks its tenant CA");
+  auto ca = IdentityOf(*chain.next);
+  if (!ca.ok() || ca->role != Role::kTenantCa || ca->tenant != tenant) {
+    return absl::PermissionDeniedError("signer is not issued by the tenant's CA");
+  }
+  if (mbedtls_x509_crt_check_extended_key_usage(&chain, MBEDTLS_OID_CODE_SIGNING,
+                                                MBEDTLS_OID_SIZE(MBEDTLS_OID_CODE_SIGNING)) != 0) {
+    return absl::PermissionDeniedError("signer certificate lacks the codeSigning key usage");
+  }
+  unsigned char hash[32];
+  rc = mbedtls_md(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), reinterpret_cast<const unsigned char*>(data.data()),
+                  data.size(), hash);
+  if (rc == 0) {
+    rc = mbedtls_pk_verify(&chain.pk, MBEDTLS_MD_SHA256, hash, sizeof hash,
+                           reinterpret_cast<const unsigned char*>(sig_der.data()), sig_der.size());
+  }
+  if (rc != 0) return absl::PermissionDeniedError("signature does not verify");
+  return absl::OkStatus();
 }
 
 }  // namespace fmq::pki

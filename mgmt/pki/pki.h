@@ -57,7 +57,9 @@ class Key {
 
 // kAdmin: a platform administrator (tenant commands), issued by the root CA
 // with O=_platform (tenant ids never start with '_').
-enum class Role : uint8_t { kDevice, kOperator, kServer, kTenantCa, kRootCa, kAdmin };
+// kSigner: a tenant's firmware signer (doc/ota.md), issued by the tenant CA
+// with EKU codeSigning; never accepted as a TLS client.
+enum class Role : uint8_t { kDevice, kOperator, kServer, kTenantCa, kRootCa, kAdmin, kSigner };
 inline constexpr const char* kPlatformTenant = "_platform";
 std::string_view RoleName(Role r);
 
@@ -158,6 +160,16 @@ std::string SerialHex(const mbedtls_x509_buf& serial);
 // Names in certificates (CN, O): letters, digits and - _ . : @, 1..128
 // characters, so nothing needs escaping in a DN or a topic level.
 bool SafeName(std::string_view s);
+
+// Firmware manifests (doc/ota.md, "The signed manifest"): an ECDSA-SHA256
+// signature (DER) over `data`, and its check by a device. VerifySigned
+// parses `chain_pem` (the signer's certificate, then its tenant CA), checks
+// it chains to `trust` (the platform root the device holds), that the
+// signer is OU=signer of `tenant` with EKU codeSigning under that tenant's
+// CA, and that `sig_der` verifies over `data` with the signer's key.
+absl::StatusOr<std::string> SignData(Rng& rng, Key& key, std::string_view data);
+absl::Status VerifySigned(mbedtls_x509_crt* trust, std::string_view chain_pem, std::string_view tenant,
+                          std::string_view data, std::string_view sig_der);
 
 // "DNNAME" validity strings and small helpers exposed for tests.
 std::string MbedError(int rc);

@@ -65,6 +65,29 @@ absl::StatusOr<std::string> EnsureTenantCa(const std::string& dir, const std::st
   return ReadFile(tdir + "/ca.crt");
 }
 
+absl::StatusOr<Signer> EnsureTenantSigner(const std::string& dir, const std::string& tenant, int64_t now_ms) {
+  auto ca_pem = EnsureTenantCa(dir, tenant, now_ms);
+  if (!ca_pem.ok()) return ca_pem.status();
+  const std::string tdir = dir + "/tenants/" + tenant;
+  if (!Exists(tdir + "/signer.crt")) {
+    Rng rng;
+    if (!rng.status().ok()) return rng.status();
+    auto ca = LoadCa(tdir + "/ca.crt", tdir + "/ca.key");
+    if (!ca.ok()) return ca.status();
+    std::string key;
+    auto cert =
+        ca->IssueWithNewKey(rng, Subject{tenant, "firmware-signer", Role::kSigner}, now_ms, 5 * 365 * kDay, &key);
+    if (!cert.ok()) return cert.status();
+    if (auto s = WriteFileAtomic(tdir + "/signer.key", key, 0600); !s.ok()) return s;
+    if (auto s = WriteFileAtomic(tdir + "/signer.crt", cert->pem, 0644); !s.ok()) return s;
+  }
+  Signer out;
+  out.chain_pem = ReadFile(tdir + "/signer.crt") + *ca_pem;
+  out.key_pem = ReadFile(tdir + "/signer.key");
+  if (out.key_pem.empty()) return absl::UnavailableError("cannot read " + tdir + "/signer.key");
+  return out;
+}
+
 absl::StatusOr<PkiFiles> EnsurePki(const std::string& dir, const std::string& tenant, const std::string& server_name,
                                    int64_t now_ms) {
   PkiFiles f;

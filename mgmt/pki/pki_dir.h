@@ -42,4 +42,12 @@ absl::Status WriteFileAtomic(const std::string& path, const std::string& data, m
 // root if missing (tenant.create). Returns the CA certificate (PEM).
 absl::StatusOr<std::string> EnsureTenantCa(const std::string& pki_dir, const std::string& tenant, int64_t now_ms);
 
+// DATA_DIR/pki/tenants/<tenant>/{signer.crt,signer.key}: the tenant's
+// firmware signer (OU=signer, EKU codeSigning, 5 years), issued by its CA
+// when missing. `chain_pem` gets the signer certificate then the tenant CA.
+struct Signer {
+  std::string chain_pem, key_pem;
+};
+absl::StatusOr<Signer> EnsureTenantSigner(const std::string& pki_dir, const std::string& tenant, int64_t now_ms);
+
 }  // namespace fmq::pki
