@@ -308,6 +308,40 @@ const std::vector<OptionDef>& Options() {
        "Write an audit entry for every device's APPLIED answer (audit.query device_id=X shows them); false keeps only "
        "the stored state (changes and refusals are audited either way).",
        BoolSetter("config.audit_applied", [](Config& c, bool v) { c.management.config_audit_applied = v; })},
+      {"ota.max_artifact_bytes", "268435456",
+       "Largest firmware image stored for in-band delivery (256 MiB: a full Linux root filesystem image; larger "
+       "images carry a url in their signed manifest and devices fetch them over HTTP).",
+       UintSetter("ota.max_artifact_bytes", 1, uint64_t{1} << 40,
+                  [](Config& c, uint64_t n) { c.management.ota_max_artifact_bytes = n; })},
+      {"ota.max_block_bytes", "65536",
+       "Largest block a device may ask for in one ota/block request (it also stays under its own Maximum Packet "
+       "Size).",
+       UintSetter("ota.max_block_bytes", 512, 1048576,
+                  [](Config& c, uint64_t n) { c.management.ota_max_block_bytes = static_cast<uint32_t>(n); })},
+      {"ota.tenant_bytes_per_s", "67108864",
+       "In-band firmware bytes per second a tenant's devices may download from this node together (0 = no budget); "
+       "over it a block request is answered busy with retry_after_ms.",
+       UintSetter("ota.tenant_bytes_per_s", 0, uint64_t{1} << 40,
+                  [](Config& c, uint64_t n) { c.management.ota_tenant_bytes_per_s = n; })},
+      {"ota.device_bytes_per_s", "4194304",
+       "In-band firmware bytes per second one device may download (0 = no budget).",
+       UintSetter("ota.device_bytes_per_s", 0, uint64_t{1} << 40,
+                  [](Config& c, uint64_t n) { c.management.ota_device_bytes_per_s = n; })},
+      {"ota.download_timeout_s", "3600",
+       "Default seconds a campaign's device has from its first downloading report to installing (ota.create "
+       "timeouts.download_s overrides).",
+       UintSetter(
+           "ota.download_timeout_s", 1, 2592000,
+           [](Config& c, uint64_t n) { c.management.ota_download_timeout_ms = static_cast<int64_t>(n) * 1000; })},
+      {"ota.install_timeout_s", "600",
+       "Default seconds from installing to the device's disconnect (its reboot) or verdict.",
+       UintSetter("ota.install_timeout_s", 1, 2592000,
+                  [](Config& c, uint64_t n) { c.management.ota_install_timeout_ms = static_cast<int64_t>(n) * 1000; })},
+      {"ota.reboot_timeout_s", "300",
+       "Default seconds from the reboot (disconnect after installing) to the device reporting its new version; "
+       "a device that never comes back is TIMED_OUT.",
+       UintSetter("ota.reboot_timeout_s", 1, 2592000,
+                  [](Config& c, uint64_t n) { c.management.ota_reboot_timeout_ms = static_cast<int64_t>(n) * 1000; })},
       {"management.denied_audit_window_ms", "60000",
        "Denied attempts of one identity and reason are audited once, then counted and written as one entry per window.",
        UintSetter("management.denied_audit_window_ms", 1000, 86400000,

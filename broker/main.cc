@@ -127,6 +127,13 @@ int main(int argc, char** argv) {
   aopts.config.history = cfg.management.config_history;
   aopts.config.ack_timeout_ms = cfg.management.config_ack_timeout_ms;
   aopts.config.audit_applied = cfg.management.config_audit_applied;
+  aopts.ota.max_artifact_bytes = cfg.management.ota_max_artifact_bytes;
+  aopts.ota.max_block_bytes = cfg.management.ota_max_block_bytes;
+  aopts.ota.tenant_bytes_per_s = cfg.management.ota_tenant_bytes_per_s;
+  aopts.ota.device_bytes_per_s = cfg.management.ota_device_bytes_per_s;
+  aopts.ota.download_timeout_ms = cfg.management.ota_download_timeout_ms;
+  aopts.ota.install_timeout_ms = cfg.management.ota_install_timeout_ms;
+  aopts.ota.reboot_timeout_ms = cfg.management.ota_reboot_timeout_ms;
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.

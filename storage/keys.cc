@@ -97,6 +97,17 @@ std::string ConfigPrefix(const TenantId& t, ConfigKind kind, std::string_view ta
 std::string DeviceConfig(const TenantId& t, std::string_view device_id) { return Base(t).Str(device_id).Take(); }
 std::string ConfigBlob(const TenantId& t, std::string_view hash) { return Base(t).Str(hash).Take(); }
 std::string ConfigRev(const TenantId& t) { return Base(t, "config.rev").Take(); }
+std::string Firmware(const TenantId& t, std::string_view model, std::string_view version) {
+  return Base(t, "a").Str(model).Str(version).Take();
+}
+std::string FirmwarePrefix(const TenantId& t) { return Base(t, "a").Take(); }
+std::string FirmwareUpload(const TenantId& t, std::string_view sha256) { return Base(t, "u").Str(sha256).Take(); }
+std::string FirmwareUploadPrefix(const TenantId& t) { return Base(t, "u").Take(); }
+std::string FirmwareChunk(const TenantId& t, std::string_view sha256, uint64_t index) {
+  return Base(t).Str(sha256).U64(index).Take();
+}
+std::string FirmwareChunkPrefix(const TenantId& t, std::string_view sha256) { return Base(t).Str(sha256).Take(); }
+std::string DeviceFirmware(const TenantId& t, std::string_view device_id) { return Base(t).Str(device_id).Take(); }
 std::string Cert(const TenantId& t, std::string_view serial) { return Base(t).Str(serial).Take(); }
 std::string Job(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
 std::string JobDevice(const TenantId& t, std::string_view job, std::string_view dev) {

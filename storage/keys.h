@@ -88,6 +88,14 @@ std::string ConfigPrefix(const TenantId& t, ConfigKind kind, std::string_view ta
 std::string DeviceConfig(const TenantId& t, std::string_view device_id);  // Family::kDeviceConfigs
 std::string ConfigBlob(const TenantId& t, std::string_view hash);         // Family::kConfigBlobs
 std::string ConfigRev(const TenantId& t);  // Family::kMeta: the tenant's last configuration revision
+// Firmware (Family::kFirmware, kFirmwareChunks, kDeviceFirmware; doc/ota.md).
+std::string Firmware(const TenantId& t, std::string_view model_id, std::string_view version);
+std::string FirmwarePrefix(const TenantId& t);  // every artifact of the tenant, by model then version
+std::string FirmwareUpload(const TenantId& t, std::string_view sha256);
+std::string FirmwareUploadPrefix(const TenantId& t);
+std::string FirmwareChunk(const TenantId& t, std::string_view sha256, uint64_t index);
+std::string FirmwareChunkPrefix(const TenantId& t, std::string_view sha256);
+std::string DeviceFirmware(const TenantId& t, std::string_view device_id);
 std::string Cert(const TenantId& t, std::string_view serial);
 std::string Job(const TenantId& t, std::string_view job_id);
 std::string JobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id);

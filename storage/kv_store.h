@@ -33,10 +33,13 @@ enum class Family : uint8_t {
   kJobs,
   kJobDevices,
   kAudit,
-  kIndex,          // secondary indexes (values empty or small)
-  kSessionQos2,    // inbound QoS 2 packet ids awaiting PUBREL, per session
-  kDeviceConfigs,  // per device: desired, delivered and applied configuration
-  kConfigBlobs,    // effective configuration documents by their hash (what devices applied)
+  kIndex,           // secondary indexes (values empty or small)
+  kSessionQos2,     // inbound QoS 2 packet ids awaiting PUBREL, per session
+  kDeviceConfigs,   // per device: desired, delivered and applied configuration
+  kConfigBlobs,     // effective configuration documents by their hash (what devices applied)
+  kFirmware,        // firmware artifacts (metadata, signed manifest) and uploads in progress
+  kFirmwareChunks,  // artifact bytes in 64 KiB chunks by content hash (RocksDB blob files)
+  kDeviceFirmware,  // per device: the version it reports, the one before, the campaign that changed it
   kCount,
 };
 std::string_view FamilyName(Family f);

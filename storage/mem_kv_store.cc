@@ -6,10 +6,26 @@
 namespace fmq::storage {
 
 std::string_view FamilyName(Family f) {
-  static constexpr std::string_view kNames[] = {
-      "meta",   "sessions", "session_messages", "retained",       "tenants",     "devices",
-      "models", "groups",   "configs",          "certs",          "jobs",        "job_devices",
-      "audit",  "index",    "session_qos2",     "device_configs", "config_blobs"};
+  static constexpr std::string_view kNames[] = {"meta",
+                                                "sessions",
+                                                "session_messages",
+                                                "retained",
+                                                "tenants",
+                                                "devices",
+                                                "models",
+                                                "groups",
+                                                "configs",
+                                                "certs",
+                                                "jobs",
+                                                "job_devices",
+                                                "audit",
+                                                "index",
+                                                "session_qos2",
+                                                "device_configs",
+                                                "config_blobs",
+                                                "firmware",
+                                                "firmware_chunks",
+                                                "device_firmware"};
   return kNames[static_cast<size_t>(f)];
 }
 

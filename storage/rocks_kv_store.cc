@@ -144,7 +144,15 @@ absl::StatusOr<std::unique_ptr<KvStore>> OpenRocksKvStore(const std::string& dir
   std::vector<rocksdb::ColumnFamilyDescriptor> descs;
   for (size_t i = 0; i < static_cast<size_t>(Family::kCount); ++i) {
     std::string name = i == 0 ? rocksdb::kDefaultColumnFamilyName : std::string(FamilyName(static_cast<Family>(i)));
-    descs.emplace_back(name, cf_opts);
+    rocksdb::ColumnFamilyOptions o = cf_opts;
+    if (static_cast<Family>(i) == Family::kFirmwareChunks) {
+      // Firmware images: 64 KiB values written once, read by offset. Kept in
+      // blob files, so compaction moves only the keys (doc/storage-format.md).
+      o.enable_blob_files = true;
+      o.min_blob_size = 4096;
+      o.enable_blob_garbage_collection = true;
+    }
+    descs.emplace_back(name, o);
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;

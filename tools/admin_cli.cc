@@ -7,6 +7,8 @@
 //   fleetmq-admin [options] <command> [name=value ...]
 //   fleetmq-admin help [command]
 #include <arpa/inet.h>
+#include <mbedtls/base64.h>
+#include <mbedtls/sha256.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -447,6 +449,85 @@ void PrintHuman(const Json& data) {
 
 }  // namespace
 
+// firmware.upload model_id=M version=V file=@IMAGE [notes=...] [url=...]:
+// begin (or resume where the broker's copy ends), the chunks, commit.
+int Upload(Options& o, const std::vector<std::string>& rest) {
+  std::map<std::string, std::string> args;
+  for (size_t i = 1; i < rest.size(); ++i) {
+    const size_t eq = rest[i].find('=');
+    if (eq == std::string::npos) Die(2, "'" + rest[i] + "' is not name=value");
+    args[rest[i].substr(0, eq)] = rest[i].substr(eq + 1);
+  }
+  for (const auto& [k, v] : args) {
+    if (k != "model_id" && k != "version" && k != "file" && k != "notes" && k != "url") {
+      Die(2, "firmware.upload takes model_id, version, file=@IMAGE, notes, url");
+    }
+  }
+  if (!args.count("model_id") || !args.count("version") || !args.count("file") || args["file"].empty() ||
+      args["file"][0] != '@') {
+    Die(2, "firmware.upload needs model_id=M version=V file=@IMAGE");
+  }
+  std::ifstream in(args["file"].substr(1), std::ios::binary);
+  if (!in) Die(2, "cannot read " + args["file"].substr(1));
+  const std::string image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (image.empty()) Die(2, "the image is empty");
+  unsigned char digest[32];
+  mbedtls_sha256_ret(reinterpret_cast<const unsigned char*>(image.data()), image.size(), digest, 0);
+  std::string sha;
+  for (unsigned char c : digest) {
+    char h[3];
+    std::snprintf(h, sizeof h, "%02x", c);
+    sha += h;
+  }
+  const std::string pki = o.data_dir + "/pki";
+  if (o.cafile.empty()) o.cafile = pki + "/root.crt";
+  if (o.cert.empty()) o.cert = pki + "/operator.crt";
+  if (o.key.empty()) o.key = pki + "/operator.key";
+  const std::string client_id = "fleetmq-admin-" + std::to_string(getpid());
+  Client cl(o);
+  cl.deadline_ms_ = Client::NowMs() + o.timeout_s * 1000LL;
+  cl.Connect(client_id);
+  auto call = [&](const Json& cmd) {
+    cl.deadline_ms_ = Client::NowMs() + o.timeout_s * 1000LL;
+    Json reply = Request(cl, client_id, Json{{"commands", Json::array({cmd})}}.dump());
+    const Json r = reply.contains("responses") ? reply["responses"][0] : reply;
+    if (r.value("status", "") != "ok") {
+      const Json err = r.value("error", Json::object());
+      std::fprintf(stderr, "error %s: %s\n", err.value("code", "?").c_str(), err.value("message", "").c_str());
+      std::exit(1);
+    }
+    return r["data"];
+  };
+  Json begin{{"command", "firmware.upload.begin"},
+             {"model_id", args["model_id"]},
+             {"version", args["version"]},
+             {"size", image.size()},
+             {"sha256", sha}};
+  if (args.count("notes")) begin["notes"] = args["notes"];
+  if (args.count("url")) begin["url"] = args["url"];
+  const Json b = call(begin);
+  uint64_t at = b.value("received", uint64_t{0});
+  const uint64_t chunk = b.value("chunk_bytes", uint64_t{65536});
+  if (at > 0) std::fprintf(stderr, "fleetmq-admin: resuming at byte %llu\n", static_cast<unsigned long long>(at));
+  while (at < image.size()) {
+    const size_t n = std::min<uint64_t>(chunk, image.size() - at);
+    size_t len = 0;
+    std::string b64(4 * ((n + 2) / 3) + 1, '\0');
+    mbedtls_base64_encode(reinterpret_cast<unsigned char*>(b64.data()), b64.size(), &len,
+                          reinterpret_cast<const unsigned char*>(image.data() + at), n);
+    b64.resize(len);
+    const Json r = call(Json{{"command", "firmware.upload.chunk"}, {"sha256", sha}, {"offset", at}, {"data", b64}});
+    at = r.value("received", at + n);
+  }
+  const Json done = call(Json{{"command", "firmware.upload.commit"}, {"sha256", sha}});
+  if (o.json) {
+    std::printf("%s\n", Json{{"command", "firmware.upload"}, {"status", "ok"}, {"data", done}}.dump(2).c_str());
+  } else {
+    PrintHuman(done);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   Options o;
   std::vector<std::string> rest;
@@ -535,6 +616,7 @@ int main(int argc, char** argv) {
     cl.Connect(client_id);
     return Watch(cl, client_id, job_id, o.json);
   }
+  if (!rest.empty() && rest[0] == "firmware.upload") return Upload(o, rest);
   const CommandSpec* spec = rest.empty() ? nullptr : fmq::admin::FindCommand(rest[0]);
   if (!rest.empty() && spec == nullptr) Die(2, "unknown command '" + rest[0] + "' (fleetmq-admin help)");
   Json cmd;

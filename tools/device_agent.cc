@@ -14,7 +14,10 @@
 //       [--start 0] [--fail-pct 0] [--reject-pct 0] [--silent-pct 0]
 //       [--drop-pct 0] [--slow-ms 0] [--version 5|4] [--window 64]
 //       [--duration 0] [--idle-exit 0] [--log FILE] [--seed 1] [--no-progress]
-//       [--config-reject-pct 0] [--config-drift-pct 0]
+//       [--config-reject-pct 0] [--config-drift-pct 0] [--firmware 1.0.0]
+//       [--block 32768] [--ota-window 4] [--ota-corrupt-pct 0]
+//       [--ota-fail-pct 0] [--ota-rollback-pct 0] [--ota-never-pct 0]
+//       [--ota-drop-pct 0]
 //
 // Knobs (deterministic per device, job and attempt with --seed): --fail-pct
 // of attempts report FAILED; --reject-pct of executions report REJECTED;
@@ -29,13 +32,27 @@
 // --config-drift-pct the device's applied document is corrupted before it
 // reports (a wrong hash: the broker sends the whole document, which is then
 // applied correctly).
+// Firmware (ota/notify, doc/device-api.md "Firmware"): it checks the signed
+// manifest against the platform root (--ca) and its own tenant, pulls the
+// image in --block byte blocks with --ota-window requests outstanding,
+// resumes at the byte it has after a disconnect, checks the SHA-256,
+// reports installing, and "reboots" (disconnects, comes back reporting the
+// new version on ota/version). Knobs: --ota-corrupt-pct of images arrive
+// corrupted (hash mismatch: FAILED), --ota-fail-pct fail to install,
+// --ota-rollback-pct come back on the old version with rolled_back (an A/B
+// device's own rollback), --ota-never-pct never come back, --ota-drop-pct
+// drop the connection once halfway through the download. The knobs spare
+// offers that return a device to its previous version (rollback jobs).
 // Prints one status line a second on stderr and a JSON summary on exit
 // (SIGINT/SIGTERM, --duration, or --idle-exit seconds without a notification
 // once every device connected). Loopback only.
+#include <mbedtls/base64.h>
+#include <mbedtls/sha256.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <uv.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -65,6 +82,9 @@ struct Options {
   int count = 1, start = 0, window = 64, version = 5;
   double fail_pct = 0, reject_pct = 0, silent_pct = 0, drop_pct = 0;
   double config_reject_pct = 0, config_drift_pct = 0;
+  std::string firmware = "1.0.0";
+  int block = 32768, ota_window = 4;
+  double ota_corrupt_pct = 0, ota_fail_pct = 0, ota_rollback_pct = 0, ota_never_pct = 0, ota_drop_pct = 0;
   int slow_ms = 0;
   bool progress = true;  // report IN_PROGRESS before the final status
   double duration = 0, idle_exit = 0;
@@ -105,6 +125,21 @@ struct Device {
   uint64_t cfg_version = 0;
   Json cfg_doc = Json::object();
   std::string cfg_hash = config::Hash(Json::object());
+  // Firmware: what it runs, and the update it is downloading (kept across
+  // reconnects, as a device keeps the partial image in flash).
+  std::string tenant;
+  std::string fw_version;
+  bool rolled_back = false, dead = false;
+  struct Ota {
+    std::string job_id, sha256, version, from;
+    uint32_t attempt = 0;
+    uint64_t size = 0, have = 0, next = 0;  // bytes hashed; next offset requested
+    int outstanding = 0;
+    bool dropped = false, corrupt = false, installing = false;
+    bool rollback = false;  // an offer to return to the old version: the knobs spare it (the old image is good)
+    uint64_t reported = 0;
+    std::unique_ptr<mbedtls_sha256_context> hash;
+  } ota;
 };
 
 struct Retry {
@@ -226,6 +261,8 @@ class Agent {
                      d.id.c_str());
         return false;
       }
+      d.fw_version = o_.firmware;
+      if (auto id = pki::IdentityOf(d.chain); id.ok()) d.tenant = id->tenant;
       mbedtls_ssl_conf_rng(&d.conf, pki::Rng::Fill, &rng_);
       mbedtls_ssl_conf_authmode(&d.conf, MBEDTLS_SSL_VERIFY_REQUIRED);
       mbedtls_ssl_conf_ca_chain(&d.conf, &trust_, nullptr);
@@ -338,6 +375,13 @@ class Agent {
   }
   void OnNotify(Device& d, std::string_view payload);
   void OnDesired(Device& d, std::string_view payload);
+  void OnOta(Device& d, std::string_view payload);
+  void OnBlock(Device& d, uint64_t offset, std::string_view bytes);
+  void OnBlockRejected(Device& d, std::string_view payload);
+  void Reboot(Device& d);
+  void RequestBlocks(Device& d);
+  void OtaReport(Device& d, const char* phase, const std::string& reason);
+  void OtaLog(Device& d, const char* status, const std::string& reason);
   void ConfigReport(Device& d, uint64_t version, const char* status, const std::string& hash, const char* reason);
   mqtt::Version Version() const { return o_.version == 4 ? mqtt::Version::kV311 : mqtt::Version::kV5; }
   void Summary();
@@ -369,7 +413,9 @@ class Agent {
   uint64_t notifications_ = 0, duplicates_ = 0, reports_ = 0, accepted_ = 0, rejected_ = 0, errors_ = 0, cancels_ = 0,
            connects_ = 0, disconnects_ = 0, succeeded_ = 0, failed_ = 0, rejected_jobs_ = 0, silent_ = 0, drops_ = 0,
            refused_ = 0, busy_ = 0, cfg_desired_ = 0, cfg_patches_ = 0, cfg_full_ = 0, cfg_applied_ = 0,
-           cfg_rejected_ = 0, cfg_gets_ = 0, cfg_accepted_ = 0, cfg_refused_ = 0, cfg_drifts_ = 0;
+           cfg_rejected_ = 0, cfg_gets_ = 0, cfg_accepted_ = 0, cfg_refused_ = 0, cfg_drifts_ = 0, ota_offers_ = 0,
+           ota_blocks_ = 0, ota_bytes_ = 0, ota_busy_ = 0, ota_installed_ = 0, ota_failed_ = 0, ota_bad_manifest_ = 0,
+           ota_resumed_ = 0, ota_rolled_back_ = 0, ota_never_ = 0;
 
   friend struct Device;
 };
@@ -405,7 +451,9 @@ void Agent::Closed(Device& d) {
   }
   uv_close(reinterpret_cast<uv_handle_t*>(d.tcp), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
   d.tcp = nullptr;
-  if (!stop_) to_connect_.push(static_cast<int>(&d - devices_.data()), NowMs() + 500 + (std::rand() % 1000));
+  d.ota.outstanding = 0;  // requests in flight are lost with the connection
+  d.ota.next = d.ota.have;
+  if (!stop_ && !d.dead) to_connect_.push(static_cast<int>(&d - devices_.data()), NowMs() + 500 + (std::rand() % 1000));
 }
 
 void Agent::OnPlain(Device& d, std::string_view bytes) {
@@ -439,6 +487,10 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
       }
     } else if (std::get_if<mqtt::SubAck>(&p) != nullptr) {
       Publish(d, "jobs/get", "{}");  // what is pending for me (the contract's reconnect step)
+      Json v{{"version", d.fw_version}};
+      if (d.rolled_back) v["rolled_back"] = true;
+      Publish(d, "ota/version", v.dump());                   // what I run (the firmware section's reconnect step)
+      if (d.ota.installing) OtaReport(d, "installing", "");  // its answer never came: again
     } else if (auto* pub = std::get_if<mqtt::Publish>(&p)) {
       if (pub->qos == 1) {
         mqtt::Ack ack;
@@ -451,7 +503,18 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
       std::string_view topic = pub->topic;
       if (topic.substr(0, d.channel.size()) != d.channel) return true;
       topic.remove_prefix(d.channel.size());
-      if (topic == "jobs/notify") {
+      if (topic.substr(0, 9) == "ota/data/") {
+        OnBlock(d, std::strtoull(std::string(topic.substr(9)).c_str(), nullptr, 10), pub->payload);
+      } else if (topic == "ota/notify") {
+        OnOta(d, pub->payload);
+      } else if (topic == "ota/block/rejected") {
+        OnBlockRejected(d, pub->payload);
+      } else if (topic == "ota/report/accepted") {
+        Json j = Json::parse(pub->payload, nullptr, false);
+        if (j.is_object() && j.value("phase", "") == "installing") Reboot(d);
+      } else if (topic == "ota/cancel") {
+        d.ota = Device::Ota{};
+      } else if (topic == "jobs/notify") {
         OnNotify(d, pub->payload);
       } else if (topic == "config/desired") {
         OnDesired(d, pub->payload);
@@ -586,6 +649,199 @@ void Agent::OnDesired(Device& d, std::string_view payload) {
   ConfigReport(d, version, "APPLIED", hash, nullptr);
 }
 
+void Agent::OtaLog(Device& d, const char* status, const std::string& reason) {
+  if (log_ == nullptr) return;
+  std::fprintf(log_, "%s\n",
+               Json{{"device", d.id},
+                    {"ota", d.ota.job_id},
+                    {"attempt", d.ota.attempt},
+                    {"status", status},
+                    {"version", d.fw_version},
+                    {"reason", reason}}
+                   .dump()
+                   .c_str());
+}
+
+void Agent::OtaReport(Device& d, const char* phase, const std::string& reason) {
+  Json j{{"job_id", d.ota.job_id}, {"attempt", d.ota.attempt}, {"phase", phase}};
+  if (std::string_view(phase) == "downloading") j["offset"] = d.ota.have;
+  if (!reason.empty()) j["reason"] = reason;
+  Publish(d, "ota/report", j.dump());
+}
+
+// ota/notify: check the manifest, then download (or resume).
+void Agent::OnOta(Device& d, std::string_view payload) {
+  Json j = Json::parse(payload, nullptr, false);
+  if (!j.is_object() || !j.contains("job_id") || !j.contains("attempt") || !j.contains("sha256")) return;
+  last_notify_ms_ = NowMs();
+  ++ota_offers_;
+  const std::string job = j.value("job_id", ""), sha = j.value("sha256", "");
+  const uint32_t attempt = j.value("attempt", 0u);
+  Device::Ota& o = d.ota;
+  if (o.job_id == job && o.attempt == attempt && o.sha256 == sha && o.hash) {
+    ++ota_resumed_;  // the same offer again after a reconnect: carry on from the bytes held
+    RequestBlocks(d);
+    return;
+  }
+  o = Device::Ota{};
+  o.job_id = job;
+  o.attempt = attempt;
+  o.sha256 = sha;
+  o.version = j.value("version", "");
+  o.from = d.fw_version;
+  o.size = j.value("size", uint64_t{0});
+  // The manifest: signed by this tenant's firmware signer under the root it trusts.
+  const std::string manifest = j.value("manifest", ""), sig64 = j.value("signature", "");
+  std::string sig(sig64.size(), '\0');
+  size_t n = 0;
+  bool ok = mbedtls_base64_decode(reinterpret_cast<unsigned char*>(sig.data()), sig.size(), &n,
+                                  reinterpret_cast<const unsigned char*>(sig64.data()), sig64.size()) == 0;
+  sig.resize(n);
+  std::string why;
+  if (ok) {
+    absl::Status v = pki::VerifySigned(&trust_, j.value("signer", ""), d.tenant, manifest, sig);
+    if (!v.ok()) why = "signature: " + std::string(v.message());
+  } else {
+    why = "signature: not base64";
+  }
+  if (why.empty()) {
+    Json m = Json::parse(manifest, nullptr, false);
+    if (!m.is_object() || m.value("tenant", "") != d.tenant || m.value("sha256", "") != sha ||
+        m.value("version", "") != o.version || m.value("size", uint64_t{0}) != o.size) {
+      why = "manifest does not match the offer";
+    }
+  }
+  if (!why.empty() || o.size == 0) {
+    ++ota_bad_manifest_;
+    ++ota_failed_;
+    OtaReport(d, "failed", why.empty() ? "empty image" : why);
+    OtaLog(d, "FAILED", why);
+    o = Device::Ota{};
+    return;
+  }
+  o.hash = std::make_unique<mbedtls_sha256_context>();
+  mbedtls_sha256_init(o.hash.get());
+  mbedtls_sha256_starts_ret(o.hash.get(), 0);
+  o.rollback = j.contains("rollback_of");
+  o.corrupt = !o.rollback && Roll(o_.seed, d.id, job + "/ota-corrupt") < o_.ota_corrupt_pct;
+  OtaReport(d, "downloading", "");
+  RequestBlocks(d);
+}
+
+void Agent::RequestBlocks(Device& d) {
+  Device::Ota& o = d.ota;
+  if (!o.hash || !d.connected) return;
+  while (o.outstanding < o_.ota_window && o.next < o.size) {
+    const uint64_t len = std::min<uint64_t>(static_cast<uint64_t>(o_.block), o.size - o.next);
+    Publish(d, "ota/block", Json{{"sha256", o.sha256}, {"offset", o.next}, {"length", len}}.dump());
+    o.next += len;
+    ++o.outstanding;
+  }
+}
+
+void Agent::OnBlockRejected(Device& d, std::string_view payload) {
+  Json j = Json::parse(payload, nullptr, false);
+  if (!j.is_object() || !d.ota.hash) return;
+  Device::Ota& o = d.ota;
+  const std::string code = j.contains("error") ? j["error"].value("code", "") : "";
+  if (o.outstanding > 0) --o.outstanding;
+  if (code == "busy") {
+    // Over the budget: that block again after the time the broker says.
+    ++ota_busy_;
+    const uint64_t off = j.value("offset", o.have);
+    const uint64_t len = std::min<uint64_t>(static_cast<uint64_t>(o_.block), o.size - off);
+    ++o.outstanding;
+    retries_.push(Retry{NowMs() + std::max<int64_t>(1, j.value("retry_after_ms", int64_t{100})),
+                        static_cast<int>(&d - devices_.data()), "ota/block",
+                        Json{{"sha256", o.sha256}, {"offset", off}, {"length", len}}.dump()});
+    return;
+  }
+  ++ota_failed_;
+  OtaReport(d, "failed", "block refused: " + code);
+  OtaLog(d, "FAILED", code);
+  o = Device::Ota{};
+}
+
+void Agent::OnBlock(Device& d, uint64_t offset, std::string_view bytes) {
+  Device::Ota& o = d.ota;
+  if (!o.hash) return;
+  last_notify_ms_ = NowMs();
+  if (o.outstanding > 0) --o.outstanding;
+  if (offset != o.have || bytes.empty()) {  // not the next bytes (an old request): ask again from where it is
+    o.next = o.have;
+    o.outstanding = 0;
+    RequestBlocks(d);
+    return;
+  }
+  ++ota_blocks_;
+  ota_bytes_ += bytes.size();
+  std::string b(bytes);
+  if (o.corrupt && offset == 0) b[0] = static_cast<char>(b[0] ^ 0x5a);  // flash went wrong
+  mbedtls_sha256_update_ret(o.hash.get(), reinterpret_cast<const unsigned char*>(b.data()), b.size());
+  o.have += b.size();
+  if (o.have < o.size) {
+    if (o.have * 4 / o.size > o.reported * 4 / o.size) {  // progress every quarter
+      o.reported = o.have;
+      OtaReport(d, "downloading", "");
+    }
+    if (!o.dropped && o.have * 2 >= o.size && Roll(o_.seed, d.id, o.job_id + "/ota-drop") < o_.ota_drop_pct) {
+      o.dropped = true;  // once, halfway: the download resumes after the reconnect
+      Closed(d);
+      return;
+    }
+    RequestBlocks(d);
+    return;
+  }
+  unsigned char digest[32];
+  mbedtls_sha256_finish_ret(o.hash.get(), digest);
+  std::string hex;
+  for (unsigned char c : digest) {
+    char h[3];
+    std::snprintf(h, sizeof h, "%02x", c);
+    hex += h;
+  }
+  if (hex != o.sha256) {
+    ++ota_failed_;
+    OtaReport(d, "failed", "hash_mismatch");
+    OtaLog(d, "FAILED", "hash_mismatch");
+    o = Device::Ota{};
+    return;
+  }
+  if (!o.rollback && Roll(o_.seed, d.id, o.job_id + "/ota-fail") < o_.ota_fail_pct) {
+    ++ota_failed_;
+    OtaReport(d, "failed", "install failed (simulated)");
+    OtaLog(d, "FAILED", "install");
+    o = Device::Ota{};
+    return;
+  }
+  // Installed: it reboots once the broker stored this report (Reboot).
+  o.installing = true;
+  OtaReport(d, "installing", "");
+}
+
+void Agent::Reboot(Device& d) {
+  Device::Ota& o = d.ota;
+  if (!o.installing) return;
+  // The new version (or, rolled back by its bootloader, the old one), or
+  // never again.
+  ++ota_installed_;
+  if (!o.rollback && Roll(o_.seed, d.id, o.job_id + "/ota-never") < o_.ota_never_pct) {
+    ++ota_never_;
+    d.dead = true;
+    OtaLog(d, "NEVER_BACK", "");
+  } else if (!o.rollback && Roll(o_.seed, d.id, o.job_id + "/ota-rollback") < o_.ota_rollback_pct) {
+    ++ota_rolled_back_;
+    d.rolled_back = true;
+    OtaLog(d, "ROLLED_BACK", "");
+  } else {
+    d.fw_version = o.version;
+    d.rolled_back = false;
+    OtaLog(d, "INSTALLED", "");
+  }
+  o = Device::Ota{};
+  Closed(d);
+}
+
 void Agent::Tick() {
   const int64_t now = NowMs();
   while (!retries_.empty() && retries_.top().at <= now) {
@@ -678,6 +934,16 @@ void Agent::Summary() {
                          {"accepted", cfg_accepted_},
                          {"refused", cfg_refused_},
                          {"drifts", cfg_drifts_}}},
+         {"ota", Json{{"offers", ota_offers_},
+                      {"blocks", ota_blocks_},
+                      {"bytes", ota_bytes_},
+                      {"busy", ota_busy_},
+                      {"installed", ota_installed_},
+                      {"failed", ota_failed_},
+                      {"bad_manifest", ota_bad_manifest_},
+                      {"resumed", ota_resumed_},
+                      {"rolled_back", ota_rolled_back_},
+                      {"never_back", ota_never_}}},
          {"seconds", (NowMs() - start_ms_) / 1000.0}};
   std::printf("%s\n", s.dump().c_str());
 }
@@ -687,7 +953,9 @@ void Usage() {
                "usage: fleetmq-device --port P --ca FILE --certs DIR --count N [--prefix dev-] [--start 0]\n"
                "  [--host 127.0.0.1] [--fail-pct X] [--reject-pct X] [--silent-pct X] [--drop-pct X] [--slow-ms N]\n"
                "  [--version 5|4] [--window 64] [--duration S] [--idle-exit S] [--log FILE] [--seed N]\n"
-               "  [--no-progress] [--config-reject-pct X] [--config-drift-pct X]\n");
+               "  [--no-progress] [--config-reject-pct X] [--config-drift-pct X] [--firmware V]\n"
+               "  [--block N] [--ota-window N] [--ota-corrupt-pct X] [--ota-fail-pct X] [--ota-rollback-pct X]\n"
+               "  [--ota-never-pct X] [--ota-drop-pct X]\n");
 }
 
 }  // namespace
@@ -745,13 +1013,29 @@ int main(int argc, char** argv) {
       o.config_reject_pct = std::atof(val().c_str());
     else if (a == "--config-drift-pct")
       o.config_drift_pct = std::atof(val().c_str());
+    else if (a == "--firmware")
+      o.firmware = val();
+    else if (a == "--block")
+      o.block = std::atoi(val().c_str());
+    else if (a == "--ota-window")
+      o.ota_window = std::atoi(val().c_str());
+    else if (a == "--ota-corrupt-pct")
+      o.ota_corrupt_pct = std::atof(val().c_str());
+    else if (a == "--ota-fail-pct")
+      o.ota_fail_pct = std::atof(val().c_str());
+    else if (a == "--ota-rollback-pct")
+      o.ota_rollback_pct = std::atof(val().c_str());
+    else if (a == "--ota-never-pct")
+      o.ota_never_pct = std::atof(val().c_str());
+    else if (a == "--ota-drop-pct")
+      o.ota_drop_pct = std::atof(val().c_str());
     else {
       Usage();
       return 2;
     }
   }
   if (o.ca.empty() || o.certs.empty() || o.count < 1 || o.port <= 0 || (o.version != 4 && o.version != 5) ||
-      o.window < 1) {
+      o.window < 1 || o.block < 1 || o.block > 1048576 || o.ota_window < 1) {
     Usage();
     return 2;
   }
@@ -760,5 +1044,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "fleetmq-device: loopback only (127.0.0.0/8)\n");
     return 2;
   }
+  std::signal(SIGPIPE, SIG_IGN);  // a write to a connection the broker closed is an error, not the end
   return Agent(o).Run();
 }

@@ -119,6 +119,7 @@ class Broker {
   struct DeviceMessage {
     std::string tenant, device_id, topic, payload;
     uint64_t token = 0;
+    bool binary = false;  // application/octet-stream (else application/json)
   };
   void SendToDevice(const DeviceMessage& m);
   // Monotonic ms of the last packet of the connected (tenant, client id),

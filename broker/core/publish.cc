@@ -630,7 +630,7 @@ void Broker::SendToDevice(const DeviceMessage& dm) {
   m->topic = MountOf(dm.tenant) + dm.topic;
   m->payload = dm.payload;
   m->qos = 1;
-  m->props.content_type = "application/json";
+  m->props.content_type = dm.binary ? "application/octet-stream" : "application/json";
   m->props.Mark(PropertyId::kContentType);
   SealMessage(m.get());
   Delivery d;

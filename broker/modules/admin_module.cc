@@ -574,6 +574,23 @@ mqtt::ReasonCode AdminModule::OnDevicePublish(const ClientInfo& info, const Mess
     DeviceError(info, what, "bad_request", err, dm.client_token);
     return ReasonCode::kPayloadFormatInvalid;
   }
+  // Answered here, on the worker owning the session (e.g. firmware blocks
+  // read from the store): the management thread never sees it.
+  if (std::vector<mgmt::WorkerReply> replies; owner->Serve(dm, &replies)) {
+    Broker* b = info.broker != nullptr ? info.broker : broker_;
+    counters_.device_served.fetch_add(1, std::memory_order_relaxed);
+    for (mgmt::WorkerReply& r : replies) {
+      if (b == nullptr) break;
+      Broker::DeviceMessage out;
+      out.tenant = who.tenant;
+      out.device_id = who.name;
+      out.topic = own + r.suffix;
+      out.payload = std::move(r.payload);
+      out.binary = r.binary;
+      b->SendToDevice(out);
+    }
+    return ReasonCode::kSuccess;
+  }
   bool busy = true;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -609,6 +626,7 @@ void AdminModule::SysCounters(const std::function<void(const char*, uint64_t)>& 
   pub("management/requests_refused_role", v(counters_.refused_role));
   pub("management/events_coalesced", v(counters_.events_coalesced));
   pub("management/device_messages", v(counters_.device_messages));
+  pub("management/device_messages_served", v(counters_.device_served));
   pub("management/device_messages_rejected", v(counters_.device_rejected));
   pub("management/device_messages_refused_busy", v(counters_.device_busy));
   pub("management/delivery_outcomes", v(counters_.outcomes));

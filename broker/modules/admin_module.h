@@ -71,6 +71,7 @@ class AdminModule : public BrokerHooks {
     std::atomic<uint64_t> refused_role{0};
     std::atomic<uint64_t> events_coalesced{0};  // connectivity events merged into a device's latest state
     std::atomic<uint64_t> device_messages{0};   // device-channel messages accepted
+    std::atomic<uint64_t> device_served{0};     // answered on the worker (Feature::Serve)
     std::atomic<uint64_t> device_rejected{0};   // malformed, oversized, unknown topic, not the device's own
     std::atomic<uint64_t> device_busy{0};       // over max_queued_device_messages: PUBACK 0x97
     std::atomic<uint64_t> outcomes{0};          // delivery outcomes reported to the features

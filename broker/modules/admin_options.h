@@ -40,6 +40,14 @@ struct AdminModuleOptions {
   size_t config_history = 100;
   int64_t config_ack_timeout_ms = 60'000;
   bool config_audit_applied = true;
+  // Firmware (mgmt/ota/ota_feature.h Options).
+  uint64_t ota_max_artifact_bytes = 256ull << 20;
+  uint32_t ota_max_block_bytes = 64 * 1024;
+  uint64_t ota_tenant_bytes_per_s = 64ull << 20;
+  uint64_t ota_device_bytes_per_s = 4ull << 20;
+  int64_t ota_download_timeout_ms = 3'600'000;
+  int64_t ota_install_timeout_ms = 600'000;
+  int64_t ota_reboot_timeout_ms = 300'000;
 };
 
 }  // namespace fmq

@@ -839,6 +839,7 @@ const std::vector<CommandSpec>& Commands() {
     std::vector<CommandSpec> all = kTable;
     for (auto& c : JobCommands()) all.push_back(std::move(c));
     for (auto& c : ConfigCommands()) all.push_back(std::move(c));
+    for (auto& c : OtaCommands()) all.push_back(std::move(c));
     return all;
   }();
   return kAll;

@@ -41,8 +41,10 @@ struct Service::Ctx {
 
   jobs::JobEngine& jobs() { return *svc.jobs_; }
   config::ConfigFeature& config() { return *svc.config_; }
+  ota::OtaFeature& ota() { return *svc.ota_; }
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
   storage::Registry& reg() { return svc.registry_; }
+  storage::KvStore& kv() { return *svc.kv_; }
   const ServiceOptions& opts() const { return svc.opts_; }
   pki::Rng& rng() { return svc.rng_; }
   absl::StatusOr<pki::CertificateAuthority*> TenantCa(const std::string& t) { return svc.TenantCa(t); }
@@ -90,6 +92,7 @@ struct CommandSpec {
 const std::vector<CommandSpec>& Commands();
 std::vector<CommandSpec> JobCommands();
 std::vector<CommandSpec> ConfigCommands();
+std::vector<CommandSpec> OtaCommands();
 // A group's or model's configuration document changes (config.set and the
 // group/model commands): a new version in the record `g`/`m` (the caller
 // stores it); when `stored`, its devices get it through a config job.

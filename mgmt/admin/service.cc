@@ -88,6 +88,16 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   runtime_.Add(jobs_.get());
   config_ = std::make_unique<config::ConfigFeature>(kv_, &registry_, clock_, jobs_.get(), opts_.config);
   runtime_.Add(config_.get());
+  auto signer = [this](const std::string& tenant) -> absl::StatusOr<pki::Signer> {
+    if (auto it = signers_.find(tenant); it != signers_.end()) return it->second;
+    auto s = pki::EnsureTenantSigner(opts_.pki_dir, tenant, clock_->WallMs());
+    if (!s.ok())
+      return absl::UnavailableError("firmware signer of tenant '" + tenant + "': " + std::string(s.status().message()));
+    signers_.emplace(tenant, *s);
+    return *s;
+  };
+  ota_ = std::make_unique<ota::OtaFeature>(kv_, &registry_, clock_, jobs_.get(), std::move(signer), opts_.ota);
+  runtime_.Add(ota_.get());
 }
 
 Service::~Service() = default;

@@ -21,6 +21,7 @@
 #include "common/string_map.h"
 #include "mgmt/config/config_feature.h"
 #include "mgmt/jobs/job_engine.h"
+#include "mgmt/ota/ota_feature.h"
 #include "mgmt/pki/pki.h"
 #include "mgmt/runtime/feature.h"
 #include "storage/registry.h"
@@ -98,6 +99,7 @@ struct ServiceOptions {
   int64_t crl_validity_ms = 7 * pki::kDay;
   jobs::EngineOptions jobs;
   config::Options config;
+  ota::Options ota;
 };
 
 // Live connectivity as last reported by the broker's hooks.
@@ -183,7 +185,9 @@ class Service {
   int64_t last_tick_ms_ = 0;
   std::unique_ptr<jobs::JobEngine> jobs_;
   std::unique_ptr<config::ConfigFeature> config_;
-  mgmt::Runtime runtime_;  // jobs_, config_ (more features: firmware, health, ...)
+  std::unique_ptr<ota::OtaFeature> ota_;
+  StringMap<pki::Signer> signers_;  // tenant → firmware signer (loaded or made on first use)
+  mgmt::Runtime runtime_;           // jobs_, config_, ota_ (more features: health, ...)
 };
 
 }  // namespace fmq::admin

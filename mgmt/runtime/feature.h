@@ -44,6 +44,13 @@ struct Output {
   bool empty() const { return sends.empty() && events.empty(); }
 };
 
+// An answer a feature gives on the worker that received the device's
+// message (Feature::Serve): published on the device's channel at once.
+struct WorkerReply {
+  std::string suffix, payload;
+  bool binary = false;  // application/octet-stream (else application/json)
+};
+
 // A device-channel message, valid for its feature's schema.
 struct DeviceMessage {
   std::string tenant, device_id;
@@ -62,6 +69,11 @@ class Feature {
   // Checks a message for one of its topics: "" when valid, else what is
   // wrong (the device gets it as a bad_request error). Any thread; pure.
   virtual std::string Validate(std::string_view /*topic*/, const Json& /*body*/) const { return ""; }
+  // Answers a valid message on the worker thread that received it, without
+  // the management thread (reads from the store only, e.g. firmware blocks):
+  // true when answered here (`out` is published to the device), false to
+  // queue it for OnDeviceMessage. Any thread; thread-safe.
+  virtual bool Serve(const DeviceMessage& /*m*/, std::vector<WorkerReply>* /*out*/) const { return false; }
 
   // Start-up, before any input: its state back from the store.
   virtual absl::Status Recover() { return absl::OkStatus(); }
