@@ -306,8 +306,13 @@ Status GroupCreate(Service::Ctx& ctx) {
   if (ctx.Has("config_template")) {
     if (Status s = ChangeGroupDocument(ctx, &g, ctx.args["config_template"], false, &change); !s.ok()) return s;
   }
+  Json fw;
+  if (!g.firmware_target_version.empty()) {
+    if (Status s = GroupFirmwareTarget(ctx, g, &fw); !s.ok()) return s;
+  }
   ctx.reg().PutGroup(ctx.tenant(), g, &ctx.batch);
   ctx.data = GroupJson(g);
+  if (!fw.is_null()) ctx.data["firmware"] = fw;
   return absl::OkStatus();
 }
 
@@ -350,9 +355,14 @@ Status GroupUpdate(Service::Ctx& ctx) {
     // A new version of the template, to the members as a config job.
     if (Status s = ChangeGroupDocument(ctx, &g, ctx.args["config_template"], true, &change); !s.ok()) return s;
   }
+  Json fw;
+  if (ctx.Has("firmware_target_version")) {
+    if (Status s = GroupFirmwareTarget(ctx, g, &fw); !s.ok()) return s;
+  }
   ctx.reg().PutGroup(ctx.tenant(), g, &ctx.batch);
   ctx.data = GroupJson(g);
   if (!change.is_null()) ctx.data["config"] = change;
+  if (!fw.is_null()) ctx.data["firmware"] = fw;
   return absl::OkStatus();
 }
 
@@ -732,7 +742,9 @@ const std::vector<CommandSpec>& Commands() {
        {{"group_id", S, true, "group id"},
         {"name", S, false, "display name"},
         {"config_template", O, false, "configuration template"},
-        {"firmware_target_version", S, false, "firmware the group should run"}},
+        {"firmware_target_version", S, false,
+         "firmware the group should run: a continuous ota campaign per model with that version (doc/ota.md)"},
+        {"firmware_rollout", O, false, "that campaign's rollout options (doc/jobs.md)"}},
        GroupCreate},
       {"group.get", kOp, false, "Show a device group", {{"group_id", S, true, "group id"}}, GroupGet},
       {"group.list", kOp, false, "List device groups", {kCursor, kLimit}, GroupList},
@@ -743,7 +755,9 @@ const std::vector<CommandSpec>& Commands() {
        {{"group_id", S, true, "group id"},
         {"name", S, false, ""},
         {"config_template", O, false, ""},
-        {"firmware_target_version", S, false, ""}},
+        {"firmware_target_version", S, false,
+         "a new target: the group's earlier target campaigns are canceled, a new one starts (\"\": none)"},
+        {"firmware_rollout", O, false, "the new campaign's rollout options"}},
        GroupUpdate},
       {"device.register",
        kOp,

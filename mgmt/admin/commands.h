@@ -97,6 +97,10 @@ std::vector<CommandSpec> OtaCommands();
 // group/model commands): a new version in the record `g`/`m` (the caller
 // stores it); when `stored`, its devices get it through a config job.
 absl::Status ChangeGroupDocument(Service::Ctx& ctx, fb::DeviceGroupT* g, const Json& next, bool stored, Json* out);
+// A group's firmware_target_version was set (or cleared): its earlier target
+// campaigns are canceled and a continuous ota campaign per model with an
+// artifact of that version starts (doc/ota.md); `out` names them.
+absl::Status GroupFirmwareTarget(Service::Ctx& ctx, const fb::DeviceGroupT& g, Json* out);
 absl::Status ChangeModelDocument(Service::Ctx& ctx, fb::DeviceModelT* m, const Json& next, bool stored, Json* out);
 
 // Shared by the handlers of every domain.

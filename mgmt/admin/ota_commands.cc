@@ -285,6 +285,69 @@ Status OtaRollback(Service::Ctx& ctx) {
 
 }  // namespace
 
+Status GroupFirmwareTarget(Service::Ctx& ctx, const fb::DeviceGroupT& g, Json* out) {
+  const storage::TenantId t = ctx.tenant();
+  const std::string prefix = "fwt-" + g.group_id + "-";
+  *out = Json{{"canceled", Json::array()}, {"campaigns", Json::array()}};
+  // The group's previous target campaigns end (what they updated stays).
+  std::vector<std::string> old;
+  ctx.jobs().ForEachActive(ctx.actor.tenant, [&](const fb::JobT& j) {
+    if (j.type == fb::JobType::Ota && j.job_id.rfind(prefix, 0) == 0) old.push_back(j.job_id);
+  });
+  for (const std::string& id : old) {
+    fb::JobT rec;
+    if (Status s =
+            ctx.jobs().Control(t, id, jobs::JobEngine::Action::kCancel, false, ctx.actor.Label(), &ctx.batch, &rec);
+        !s.ok()) {
+      return s;
+    }
+    ctx.on_commit.push_back(
+        [&jobs = ctx.jobs(), t, rec] { jobs.ApplyControl(t, rec, jobs::JobEngine::Action::kCancel, false); });
+    (*out)["canceled"].push_back(id);
+  }
+  if (g.firmware_target_version.empty()) return absl::OkStatus();
+  if (Status s = CheckVersion(g.firmware_target_version); !s.ok()) return s;
+  // One continuous campaign per model with an artifact of that version: the
+  // group's devices of that model, now and whenever they join.
+  std::vector<fb::FirmwareT> arts;
+  Status err = absl::OkStatus();
+  const std::string fp = storage::keys::FirmwarePrefix(t);
+  Status s = ctx.kv().ScanPrefix(storage::Family::kFirmware, fp, [&](std::string_view k, std::string_view v) {
+    fb::FirmwareT f;
+    err = storage::DecodeRecord<fb::Firmware>(storage::Family::kFirmware, k, v, &f);
+    if (err.ok() && f.version == g.firmware_target_version) arts.push_back(std::move(f));
+    return err.ok();
+  });
+  if (!s.ok()) return s;
+  if (!err.ok()) return err;
+  if (arts.empty()) {
+    return absl::NotFoundError("no firmware " + g.firmware_target_version +
+                               " for any model (firmware.upload it first)");
+  }
+  for (const fb::FirmwareT& f : arts) {
+    jobs::JobEngine::NewJob nj;
+    nj.type = fb::JobType::Ota;
+    nj.job_id = prefix + f.model_id + "-" + f.version + NewCampaignId("", "").substr(5);
+    nj.created_by = ctx.actor.Label();
+    nj.target.has_query = true;
+    nj.target.continuous = true;
+    nj.target.filter.group_id = g.group_id;
+    nj.target.filter.model_id = f.model_id;
+    Json engine_to, phases;
+    if (Status st = OtaTimeouts(ctx, &engine_to, &phases); !st.ok()) return st;
+    auto spec = jobs::ParseSpec(Arg(ctx, "firmware_rollout"), engine_to, Json(), Json());
+    if (!spec.ok()) return spec.status();
+    nj.spec = *spec;
+    nj.document_json =
+        Json{{"model_id", f.model_id}, {"version", f.version}, {"sha256", f.sha256}, {"timeouts", phases}}.dump();
+    fb::JobT rec;
+    if (Status st = ctx.jobs().Create(t, nj, &ctx.batch, &rec); !st.ok()) return st;
+    ctx.on_commit.push_back([&jobs = ctx.jobs(), t, rec] { jobs.Activate(t, rec); });
+    (*out)["campaigns"].push_back(rec.job_id);
+  }
+  return absl::OkStatus();
+}
+
 std::vector<CommandSpec> OtaCommands() {
   using namespace table;
   const ArgSpec model{"model_id", S, true, "the device model the image is for"};

@@ -154,6 +154,32 @@ class CampaignTest(OtaBase):
         self.stop_agent(agent)
 
 
+class GroupTargetTest(OtaBase):
+    def test_group_target_version_updates_members_and_later_joiners(self):
+        """group.update firmware_target_version=V starts a continuous
+        campaign: the members are updated, a device added to the group later
+        is updated too; a new target cancels the old campaign."""
+        self.fleet("t", 4, groups=("fld",))
+        self.admin("device.set_groups", "device_id=t3", "group_ids=")
+        self.upload("2.0.0", image(30_000))
+        agent = self.agent("t", 4)
+        self.connected(4, timeout=60)
+        r = self.admin("group.update", "group_id=fld", "firmware_target_version=2.0.0")
+        self.assertEqual(len(r["firmware"]["campaigns"]), 1, r)
+        camp = r["firmware"]["campaigns"][0]
+        self.assertTrue(wait_for(lambda: all(self.firmware_of("t%d" % i) == "2.0.0" for i in range(3)), timeout=60))
+        self.assertEqual(self.firmware_of("t3"), "1.0.0")
+        self.admin("device.set_groups", "device_id=t3", "group_ids=fld")
+        self.assertTrue(wait_for(lambda: self.firmware_of("t3") == "2.0.0", timeout=60))
+        self.assertEqual(self.admin("job.get", "job_id=" + camp)["status"], "IN_PROGRESS")  # continuous
+        r = self.admin("group.update", "group_id=fld", "firmware_target_version=9.9", ok=False)
+        self.assertEqual(self.error_code(r), "not_found")
+        r = self.admin("group.update", "group_id=fld", "firmware_target_version=")
+        self.assertEqual(r["firmware"]["canceled"], [camp])
+        self.wait_job(camp, ("CANCELED",), timeout=20)
+        self.stop_agent(agent)
+
+
 class DeliveryTest(OtaBase):
     def test_resume_after_disconnect_mid_download(self):
         """The device drops its connection halfway: after the reconnect it
