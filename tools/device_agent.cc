@@ -52,6 +52,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -657,7 +658,10 @@ void Agent::OtaLog(Device& d, const char* status, const std::string& reason) {
                     {"attempt", d.ota.attempt},
                     {"status", status},
                     {"version", d.fw_version},
-                    {"reason", reason}}
+                    {"reason", reason},
+                    {"wall_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count()}}
                    .dump()
                    .c_str());
 }
