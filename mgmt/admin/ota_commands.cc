@@ -321,8 +321,10 @@ Status GroupFirmwareTarget(Service::Ctx& ctx, const fb::DeviceGroupT& g, Json* o
   if (!s.ok()) return s;
   if (!err.ok()) return err;
   if (arts.empty()) {
-    return absl::NotFoundError("no firmware " + g.firmware_target_version +
-                               " for any model (firmware.upload it first)");
+    // The target is recorded all the same (a plan before its image exists);
+    // no campaign starts until one is created for an uploaded artifact.
+    (*out)["note"] = "no firmware " + g.firmware_target_version + " uploaded for any model: no campaign started";
+    return absl::OkStatus();
   }
   for (const fb::FirmwareT& f : arts) {
     jobs::JobEngine::NewJob nj;

@@ -172,10 +172,12 @@ class GroupTargetTest(OtaBase):
         self.admin("device.set_groups", "device_id=t3", "group_ids=fld")
         self.assertTrue(wait_for(lambda: self.firmware_of("t3") == "2.0.0", timeout=60))
         self.assertEqual(self.admin("job.get", "job_id=" + camp)["status"], "IN_PROGRESS")  # continuous
-        r = self.admin("group.update", "group_id=fld", "firmware_target_version=9.9", ok=False)
-        self.assertEqual(self.error_code(r), "not_found")
-        r = self.admin("group.update", "group_id=fld", "firmware_target_version=")
+        # A target without an image yet: recorded, the old campaign ends, nothing new starts.
+        r = self.admin("group.update", "group_id=fld", "firmware_target_version=9.9")
         self.assertEqual(r["firmware"]["canceled"], [camp])
+        self.assertEqual(r["firmware"]["campaigns"], [])
+        self.assertIn("no firmware 9.9", r["firmware"]["note"])
+        self.assertEqual(self.admin("group.get", "group_id=fld")["firmware_target_version"], "9.9")
         self.wait_job(camp, ("CANCELED",), timeout=20)
         self.stop_agent(agent)
 
