@@ -449,6 +449,15 @@ void PrintHuman(const Json& data) {
 
 }  // namespace
 
+// The embedded default's files for what was not given: the root, and the
+// operator's (or the platform admin's) certificate and key.
+void DefaultCredentials(Options& o, bool admin) {
+  const std::string pki = o.data_dir + "/pki";
+  if (o.cafile.empty()) o.cafile = pki + "/root.crt";
+  if (o.cert.empty()) o.cert = pki + (admin ? "/admin.crt" : "/operator.crt");
+  if (o.key.empty()) o.key = pki + (admin ? "/admin.key" : "/operator.key");
+}
+
 // firmware.upload model_id=M version=V file=@IMAGE [notes=...] [url=...]:
 // begin (or resume where the broker's copy ends), the chunks, commit.
 int Upload(Options& o, const std::vector<std::string>& rest) {
@@ -479,10 +488,7 @@ int Upload(Options& o, const std::vector<std::string>& rest) {
     std::snprintf(h, sizeof h, "%02x", c);
     sha += h;
   }
-  const std::string pki = o.data_dir + "/pki";
-  if (o.cafile.empty()) o.cafile = pki + "/root.crt";
-  if (o.cert.empty()) o.cert = pki + "/operator.crt";
-  if (o.key.empty()) o.key = pki + "/operator.key";
+  DefaultCredentials(o, false);
   const std::string client_id = "fleetmq-admin-" + std::to_string(getpid());
   Client cl(o);
   cl.deadline_ms_ = Client::NowMs() + o.timeout_s * 1000LL;
@@ -606,10 +612,7 @@ int main(int argc, char** argv) {
         Die(2, "job.watch takes job_id=X only");
     }
     if (job_id.empty()) Die(2, "job.watch needs job_id=X");
-    const std::string pki = o.data_dir + "/pki";
-    if (o.cafile.empty()) o.cafile = pki + "/root.crt";
-    if (o.cert.empty()) o.cert = pki + "/operator.crt";
-    if (o.key.empty()) o.key = pki + "/operator.key";
+    DefaultCredentials(o, false);
     const std::string client_id = "fleetmq-admin-" + std::to_string(getpid());
     Client cl(o);
     cl.deadline_ms_ = Client::NowMs() + o.timeout_s * 1000LL;
@@ -635,11 +638,7 @@ int main(int argc, char** argv) {
       cmd[name] = ParseValue(*a, rest[i].substr(eq + 1));
     }
   }
-  const std::string pki = o.data_dir + "/pki";
-  const bool admin = spec != nullptr && spec->role == fmq::admin::Role::kAdmin;
-  if (o.cafile.empty()) o.cafile = pki + "/root.crt";
-  if (o.cert.empty()) o.cert = pki + (admin ? "/admin.crt" : "/operator.crt");
-  if (o.key.empty()) o.key = pki + (admin ? "/admin.key" : "/operator.key");
+  DefaultCredentials(o, spec != nullptr && spec->role == fmq::admin::Role::kAdmin);
 
   const std::string client_id = "fleetmq-admin-" + std::to_string(getpid());
   Client cl(o);

@@ -799,17 +799,16 @@ absl::StatusOr<OtaFeature::UploadState> OtaFeature::PutChunk(const TenantId& t, 
                                       ", got " + std::to_string(data.size()));
   }
   if (absl::Status s = WriteChunk(t, sha256, u.received / opts_.chunk_bytes, data, b); !s.ok()) return s;
-  auto& h = hashing_[Key(t.str(), sha256)];
-  if (h && h->at == u.received) {
-    mbedtls_sha256_update_ret(&h->ctx, reinterpret_cast<const unsigned char*>(data.data()), data.size());
-    h->at += data.size();
-  } else {
-    h.reset();  // rebuilt from the stored chunks at the end
-  }
-  if (u.received == 0 && !h) {
-    h = std::make_unique<Hashing>();
-    mbedtls_sha256_update_ret(&h->ctx, reinterpret_cast<const unsigned char*>(data.data()), data.size());
-    h->at = data.size();
+  // The running hash follows the chunks in order; without it (a restart
+  // mid-upload) FinishUpload hashes the stored chunks instead.
+  const std::string hkey = Key(t.str(), sha256);
+  if (u.received == 0) hashing_[hkey] = std::make_unique<Hashing>();
+  auto h = hashing_.find(hkey);
+  if (h != hashing_.end() && h->second && h->second->at == u.received) {
+    mbedtls_sha256_update_ret(&h->second->ctx, reinterpret_cast<const unsigned char*>(data.data()), data.size());
+    h->second->at += data.size();
+  } else if (h != hashing_.end()) {
+    hashing_.erase(h);
   }
   u.received += data.size();
   b->Put(Family::kFirmware, key, storage::EncodeRecord<fb::FirmwareUpload>(u));
