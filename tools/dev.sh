@@ -12,7 +12,7 @@ PACKAGES=(
   libuv1-dev libmbedtls-dev librocksdb-dev libflatbuffers-dev flatbuffers-compiler
   libjemalloc-dev libabsl-dev doctest-dev libtomlplusplus-dev nlohmann-json3-dev
   mosquitto-clients python3 python3-paho-mqtt openssl
-  clang-format cppcheck git
+  clang-format cppcheck git tzdata
 )
 
 install_packages() {

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "absl/status/statusor.h"
+#include "mgmt/jobs/window.h"
 
 namespace fmq::admin {
 
@@ -216,6 +217,9 @@ Status TenantCreate(Service::Ctx& ctx) {
   if (maxc < 0 || maxc > UINT32_MAX || rate < 0 || rate > UINT32_MAX) {
     return absl::InvalidArgumentError("quotas must be between 0 (unlimited) and 4294967295");
   }
+  const std::string zone = ctx.Str("time_zone", "UTC");
+  absl::TimeZone tz;
+  if (Status s = jobs::LoadZone(zone, &tz); !s.ok()) return s;
   std::string ca_pem;
   if (Status s = ctx.CreateTenantPki(id, &ca_pem); !s.ok()) return s;
   rec.tenant_id = id;
@@ -223,6 +227,7 @@ Status TenantCreate(Service::Ctx& ctx) {
   rec.created_at_ms = ctx.now_ms;
   rec.max_connections = static_cast<uint32_t>(maxc);
   rec.max_publish_rate = static_cast<uint32_t>(rate);
+  rec.time_zone = zone;
   ctx.reg().PutTenant(t, rec, &ctx.batch);
   // The tenant's own chain starts with its creation.
   fb::AuditEntryT e;
@@ -234,7 +239,60 @@ Status TenantCreate(Service::Ctx& ctx) {
   ctx.fx.trusted_cas.push_back(ca_pem);
   ctx.fx.quotas.push_back({id, rec.max_connections, rec.max_publish_rate});
   ctx.crl_tenants.push_back(id);
-  ctx.data = Json{{"tenant_id", id}, {"name", rec.name}, {"ca_pem", ca_pem}};
+  ctx.data = Json{{"tenant_id", id}, {"name", rec.name}, {"time_zone", zone}, {"ca_pem", ca_pem}};
+  return absl::OkStatus();
+}
+
+Json TenantJson(const fb::TenantT& t) {
+  return Json{{"tenant_id", t.tenant_id},
+              {"name", t.name},
+              {"created_at_ms", t.created_at_ms},
+              {"max_connections", t.max_connections},
+              {"max_publish_rate", t.max_publish_rate},
+              {"time_zone", t.time_zone.empty() ? "UTC" : t.time_zone}};
+}
+
+// Name, quotas and time zone of an existing tenant; an entry in the
+// tenant's own audit chain says what changed.
+Status TenantUpdate(Service::Ctx& ctx) {
+  const std::string id = ctx.Str("tenant_id");
+  if (Status s = CheckTenantId(id); !s.ok()) return s;
+  const auto t = storage::TenantId::FromAuthenticated(id);
+  fb::TenantT rec;
+  if (Status g = ctx.reg().GetTenant(t, &rec); !g.ok()) {
+    return absl::IsNotFound(g) ? absl::NotFoundError("no tenant '" + id + "'") : g;
+  }
+  const Json before = TenantJson(rec);
+  for (const char* q : {"max_connections", "max_publish_rate"}) {
+    if (ctx.Has(q) && (ctx.Int(q) < 0 || ctx.Int(q) > UINT32_MAX)) {
+      return absl::InvalidArgumentError("quotas must be between 0 (unlimited) and 4294967295");
+    }
+  }
+  if (ctx.Has("time_zone")) {
+    absl::TimeZone tz;
+    if (Status s = jobs::LoadZone(ctx.Str("time_zone"), &tz); !s.ok()) return s;
+    rec.time_zone = ctx.Str("time_zone");
+  }
+  if (ctx.Has("name")) rec.name = ctx.Str("name");
+  if (ctx.Has("max_connections")) rec.max_connections = static_cast<uint32_t>(ctx.Int("max_connections"));
+  if (ctx.Has("max_publish_rate")) rec.max_publish_rate = static_cast<uint32_t>(ctx.Int("max_publish_rate"));
+  const Json after = TenantJson(rec);
+  Json change = Json::object();
+  for (auto it = after.begin(); it != after.end(); ++it) {
+    if (before[it.key()] != it.value()) change[it.key()] = Json{{"from", before[it.key()]}, {"to", it.value()}};
+  }
+  ctx.data = after;
+  if (change.empty()) return absl::OkStatus();
+  ctx.reg().PutTenant(t, rec, &ctx.batch);
+  fb::AuditEntryT e;
+  e.time_ms = ctx.now_ms;
+  e.actor = ctx.actor.Label();
+  e.action = "tenant.update";
+  e.details_json = Json{{"change", change}}.dump();
+  e.result = "ok";
+  if (Status s = ctx.reg().AppendAudit(t, std::move(e), &ctx.batch); !s.ok()) return s;
+  ctx.audit_change = change;
+  ctx.fx.quotas.push_back({id, rec.max_connections, rec.max_publish_rate});
   return absl::OkStatus();
 }
 
@@ -244,13 +302,7 @@ Status TenantList(Service::Ctx& ctx) {
   if (Status s = ctx.reg().ListTenants(ctx.Str("cursor"), PageLimit(ctx, ctx.opts().max_page), &page); !s.ok())
     return s;
   Json items = Json::array();
-  for (const auto& t : page.items) {
-    items.push_back(Json{{"tenant_id", t.tenant_id},
-                         {"name", t.name},
-                         {"created_at_ms", t.created_at_ms},
-                         {"max_connections", t.max_connections},
-                         {"max_publish_rate", t.max_publish_rate}});
-  }
+  for (const auto& t : page.items) items.push_back(TenantJson(t));
   ctx.data = Json{{"tenants", items}, {"next_cursor", page.next_cursor}};
   return absl::OkStatus();
 }
@@ -721,8 +773,19 @@ const std::vector<CommandSpec>& Commands() {
        {{"tenant_id", S, true, "lowercase id: a-z, 0-9, '-'"},
         {"name", S, false, "display name"},
         {"max_connections", I, false, "connection quota (0 = unlimited)"},
-        {"max_publish_rate", I, false, "PUBLISH per second quota (0 = unlimited)"}},
+        {"max_publish_rate", I, false, "PUBLISH per second quota (0 = unlimited)"},
+        {"time_zone", S, false, "IANA time zone of maintenance windows (default UTC)"}},
        TenantCreate},
+      {"tenant.update",
+       Role::kAdmin,
+       true,
+       "Change a tenant's name, quotas or time zone",
+       {{"tenant_id", S, true, "the tenant"},
+        {"name", S, false, "display name"},
+        {"max_connections", I, false, "connection quota (0 = unlimited)"},
+        {"max_publish_rate", I, false, "PUBLISH per second quota (0 = unlimited)"},
+        {"time_zone", S, false, "IANA time zone, e.g. Europe/Berlin"}},
+       TenantUpdate},
       {"tenant.list", Role::kAdmin, false, "List tenants", {kCursor, kLimit}, TenantList},
       {"model.create",
        kOp,

@@ -53,6 +53,11 @@ struct Service::Ctx {
   const Connectivity* ConnectivityOf(std::string_view device) const { return svc.ConnectivityOf(actor.tenant, device); }
 
   // Typed argument access; the dispatcher already checked types.
+  // The time zone of the actor's tenant (maintenance windows): UTC unless set.
+  std::string TenantZone() {
+    fb::TenantT r;
+    return reg().GetTenant(tenant(), &r).ok() && !r.time_zone.empty() ? r.time_zone : "UTC";
+  }
   bool Has(const char* name) const { return args.contains(name); }
   std::string Str(const char* name, std::string def = {}) const {
     auto it = args.find(name);

@@ -59,7 +59,8 @@ Status PushJob(Service::Ctx& ctx, ConfigKind kind, const std::string& id, uint64
   nj.document_json = doc.dump();
   nj.target.has_query = true;
   (kind == ConfigKind::kGroup ? nj.target.filter.group_id : nj.target.filter.model_id) = id;
-  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Arg(ctx, "timeouts"), Arg(ctx, "retry"), Arg(ctx, "abort"));
+  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Arg(ctx, "timeouts"), Arg(ctx, "retry"), Arg(ctx, "abort"),
+                              ctx.TenantZone());
   if (!spec.ok()) return spec.status();
   nj.spec = *spec;
   fb::JobT rec;
@@ -422,7 +423,7 @@ std::vector<CommandSpec> ConfigCommands() {
         {"if_version", I, false, "refuse unless the document is at this version (optimistic concurrency)"},
         {"priority", I, false, "group only: merge order (groups apply in ascending priority, then id)"},
         {"job_id", S, false, "id of the config job (default: generated)"},
-        {"rollout", O, false, "the job's {rate_per_s, ramp_factor, ramp_every, max_rate, max_in_flight}"},
+        {"rollout", O, false, "the job's rollout options (as job.create: rates, waves, window)"},
         {"timeouts", O, false, "the job's {step_s, in_progress_s}"},
         {"retry", O, false, "the job's {max_attempts, backoff_ms, on}"},
         {"abort", O, false, "the job's {threshold_pct, min_executed, on, action}"}},

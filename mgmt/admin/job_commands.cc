@@ -79,7 +79,8 @@ Status JobCreate(Service::Ctx& ctx) {
     if (ctx.Has("online")) nj.target.online = ctx.Bool("online") ? 1 : 0;
   }
   nj.target.continuous = ctx.Bool("continuous");
-  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Arg(ctx, "timeouts"), Arg(ctx, "retry"), Arg(ctx, "abort"));
+  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Arg(ctx, "timeouts"), Arg(ctx, "retry"), Arg(ctx, "abort"),
+                              ctx.TenantZone());
   if (!spec.ok()) return spec.status();
   nj.spec = *spec;
   fb::JobT rec;
@@ -218,7 +219,9 @@ std::vector<CommandSpec> JobCommands() {
         {"continuous", B, false,
          "with a query: devices that match it later (registered into the group, added to it) get the job too; "
          "the job runs until canceled"},
-        {"rollout", O, false, "{rate_per_s, ramp_factor, ramp_every, max_rate, max_in_flight}"},
+        {"rollout", O, false,
+         "{rate_per_s, ramp_factor, ramp_every, max_rate, max_in_flight, waves, success_gate_pct, window: {start, "
+         "end, time_zone}}"},
         {"timeouts", O, false, "{step_s, in_progress_s}"},
         {"retry", O, false, "{max_attempts, backoff_ms, on: [FAILED, TIMED_OUT]}"},
         {"abort", O, false, "{threshold_pct, min_executed, on: [FAILED, TIMED_OUT, REJECTED], action: abort|pause}"},

@@ -234,7 +234,7 @@ Status OtaCreate(Service::Ctx& ctx) {
   }
   Json engine_to, phases;
   if (Status s = OtaTimeouts(ctx, &engine_to, &phases); !s.ok()) return s;
-  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), engine_to, Arg(ctx, "retry"), Arg(ctx, "abort"));
+  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), engine_to, Arg(ctx, "retry"), Arg(ctx, "abort"), ctx.TenantZone());
   if (!spec.ok()) return spec.status();
   nj.spec = *spec;
   nj.document_json =
@@ -268,7 +268,7 @@ Status OtaRollback(Service::Ctx& ctx) {
   Json next{{"rollback_of", campaign}};
   if (doc.is_object() && doc.contains("timeouts")) next["timeouts"] = doc["timeouts"];
   nj.document_json = next.dump();
-  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Json(), Arg(ctx, "retry"), Json());
+  auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Json(), Arg(ctx, "retry"), Json(), ctx.TenantZone());
   if (!spec.ok()) return spec.status();
   nj.spec = *spec;
   auto old = jobs::SpecFromJson(Json::parse(c.options_json, nullptr, false));
@@ -337,7 +337,7 @@ Status GroupFirmwareTarget(Service::Ctx& ctx, const fb::DeviceGroupT& g, Json* o
     nj.target.filter.model_id = f.model_id;
     Json engine_to, phases;
     if (Status st = OtaTimeouts(ctx, &engine_to, &phases); !st.ok()) return st;
-    auto spec = jobs::ParseSpec(Arg(ctx, "firmware_rollout"), engine_to, Json(), Json());
+    auto spec = jobs::ParseSpec(Arg(ctx, "firmware_rollout"), engine_to, Json(), Json(), ctx.TenantZone());
     if (!spec.ok()) return spec.status();
     nj.spec = *spec;
     nj.document_json =
@@ -415,7 +415,8 @@ std::vector<CommandSpec> OtaCommands() {
         {"continuous", B, false, "query targets: devices that join later are updated too"},
         {"start_at_ms", I, false, "not before this unix time (ms)"},
         {"rollout", O, false,
-         "{rate_per_s, max_in_flight, waves: [{count|percent, rate_per_s}], success_gate_pct, ramp_*}"},
+         "{rate_per_s, max_in_flight, waves: [{count|percent, rate_per_s}], success_gate_pct, ramp_*, "
+         "window: {start, end, time_zone} (daily, default zone: the tenant's)}"},
         {"timeouts", O, false, "{step_s, download_s, install_s, reboot_s}"},
         {"retry", O, false, "{max_attempts, backoff_ms, on}"},
         {"abort", O, false, "{threshold_pct, min_executed, on, action: abort|pause|rollback}"}},

@@ -43,9 +43,10 @@ struct JobEngine::Active {
   absl::flat_hash_set<std::string> removed;             // retired devices still in ready/scanned
   std::string cursor;                                   // last execution read by the dispatch cursor
   bool cursor_end = false;
-  bool throttled = false;  // candidates left, held back by the rate
-  bool held = false;       // candidates left, held back for the next wave
-  bool dirty = true;       // progress changed since the last event
+  bool throttled = false;    // candidates left, held back by the rate
+  bool held = false;         // candidates left, held back for the next wave
+  int64_t window_opens = 0;  // > now: outside the maintenance window until then
+  bool dirty = true;         // progress changed since the last event
   bool cancel_pending = false;
   bool cancel_force = false;
   bool remove = false;  // ended and drained: dropped at the next Sweep
@@ -1107,7 +1108,13 @@ int64_t JobEngine::Pump() {
       // Dispatch reads the store, so it runs before resolution adds to the
       // batch: what is resolved now is started at the next turn.
       const bool resolving = !j.Ended() && !j.rec.resolved;
-      if (j.rec.status == JobStatus::Running) {
+      if (j.rec.status == JobStatus::Running && j.spec.window.set()) {
+        const int64_t opens = j.spec.window.NextOpen(now);
+        if ((opens > now) != (j.window_opens > now)) j.dirty = true;  // closed or opened: say so
+        j.window_opens = opens;
+        if (opens > now) next = std::min(next, opens);
+      }
+      if (j.rec.status == JobStatus::Running && j.window_opens <= now) {
         Dispatch(j, now);
         if (j.throttled) {
           const double r = j.pacer.rate();
@@ -1160,6 +1167,11 @@ Json JobEngine::ProgressJson(const Active& j, int64_t now) const {
     const double rate = static_cast<double>(done - j.done_at_start) / secs;
     p["rate_per_s"] = rate;
     if (j.rec.resolved && !j.Ended()) p["eta_s"] = static_cast<double>(j.rec.total_count - done) / rate;
+  }
+  if (j.spec.window.set()) {
+    const DailyWindow& w = j.spec.window;
+    p["window"] = Json{{"start", w.start()}, {"end", w.end()}, {"time_zone", w.zone_name()}, {"open", w.Open(now)}};
+    if (!w.Open(now)) p["window"]["opens_at_ms"] = w.NextOpen(now);
   }
   if (!j.rec.reason.empty()) p["reason"] = j.rec.reason;
   return p;

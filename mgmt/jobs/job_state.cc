@@ -208,6 +208,9 @@ Json Spec::ToJson() const {
     rollout["waves"] = std::move(w);
   }
   if (success_gate_pct > 0) rollout["success_gate_pct"] = success_gate_pct;
+  if (window.set()) {
+    rollout["window"] = Json{{"start", window.start()}, {"end", window.end()}, {"time_zone", window.zone_name()}};
+  }
   Json abort{{"min_executed", abort_min_executed},
              {"on", states(abort_on_failed, abort_on_timed_out, abort_on_rejected)},
              {"action", abort_rolls_back ? "rollback"
@@ -225,13 +228,14 @@ Json Spec::ToJson() const {
   };
 }
 
-absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const Json& retry, const Json& abort) {
+absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const Json& retry, const Json& abort,
+                               std::string_view zone) {
   Spec s;
   const Reader ro(rollout, "rollout"), to(timeouts, "timeouts"), re(retry, "retry"), ab(abort, "abort");
-  for (absl::Status st :
-       {ro.Check({"rate_per_s", "ramp_factor", "ramp_every", "max_rate", "max_in_flight", "waves", "success_gate_pct"}),
-        to.Check({"step_s", "in_progress_s"}), re.Check({"max_attempts", "backoff_ms", "on"}),
-        ab.Check({"threshold_pct", "min_executed", "on", "action"})}) {
+  for (absl::Status st : {ro.Check({"rate_per_s", "ramp_factor", "ramp_every", "max_rate", "max_in_flight", "waves",
+                                    "success_gate_pct", "window"}),
+                          to.Check({"step_s", "in_progress_s"}), re.Check({"max_attempts", "backoff_ms", "on"}),
+                          ab.Check({"threshold_pct", "min_executed", "on", "action"})}) {
     if (!st.ok()) return st;
   }
   double step_s = s.step_timeout_ms / 1000.0, prog_s = s.in_progress_timeout_ms / 1000.0;
@@ -274,6 +278,22 @@ absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const 
       s.waves.push_back(v);
     }
     if (pct > 100.0001) return Bad("rollout.waves: the percents add up to more than 100");
+  }
+  if (rollout.is_object() && rollout.contains("window")) {
+    const Json& w = rollout["window"];
+    const Reader wr(w, "rollout.window");
+    if (!w.is_object()) return Bad("rollout.window must be an object {start, end, time_zone}");
+    if (absl::Status st = wr.Check({"start", "end", "time_zone"}); !st.ok()) return st;
+    auto str = [&](const char* k, std::string_view def) -> std::string {
+      return w.contains(k) && w[k].is_string() ? w[k].get<std::string>() : std::string(def);
+    };
+    for (const char* k : {"start", "end", "time_zone"}) {
+      if (w.contains(k) && !w[k].is_string()) return Bad("rollout.window." + std::string(k) + " must be a string");
+    }
+    if (absl::Status st = DailyWindow::Parse(str("start", ""), str("end", ""), str("time_zone", zone), &s.window);
+        !st.ok()) {
+      return st;
+    }
   }
   if (s.success_gate_pct > 0 && s.waves.size() < 2) return Bad("rollout.success_gate_pct needs two or more waves");
   if (s.ramp_factor > 1 && s.ramp_every == 0) return Bad("rollout.ramp_factor needs rollout.ramp_every");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mgmt/jobs/window.h"
 #include "storage/records.h"
 
 namespace fmq::jobs {
@@ -68,6 +69,10 @@ struct Spec {
   // last wave takes everything left. Empty: one wave of everything.
   std::vector<Wave> waves;
   double success_gate_pct = 0;
+  // A daily maintenance window (rollout.window): executions start only
+  // inside it, in its time zone (the tenant's unless given); those started
+  // run to their end after it closed. Unset: any time.
+  DailyWindow window;
   // Timeouts: from SENT to the device's first report (IN_PROGRESS or a
   // terminal state), and from IN_PROGRESS to a terminal state.
   int64_t step_timeout_ms = 60'000;
@@ -97,7 +102,9 @@ struct Spec {
 // Parses the option objects of job.create (each may be null: defaults).
 // Rejects unknown keys, wrong types and out-of-range values with a message
 // naming the option.
-absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const Json& retry, const Json& abort);
+// `zone`: the time zone of a rollout.window that names none (the tenant's).
+absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const Json& retry, const Json& abort,
+                               std::string_view zone = "UTC");
 // The stored form (Spec::ToJson) back; a stored value that no longer parses
 // is reported, never trusted.
 absl::StatusOr<Spec> SpecFromJson(const Json& stored);

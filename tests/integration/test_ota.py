@@ -154,6 +154,50 @@ class CampaignTest(OtaBase):
         self.stop_agent(agent)
 
 
+class WindowTest(OtaBase):
+    def test_maintenance_window_holds_the_campaign_until_it_opens(self):
+        """A campaign whose daily window (in a named zone) is closed now
+        offers nothing and says when the window opens; one whose window is
+        open now runs to its end."""
+        from datetime import datetime, timedelta
+        from zoneinfo import ZoneInfo
+        n = 6
+        self.fleet("m", n)
+        self.upload("1.0.0", image(20_000, seed=0))
+        self.upload("2.0.0", image(60_000))
+        agent = self.agent("m", n)
+        self.connected(n, timeout=60)
+        self.assertTrue(wait_for(lambda: self.firmware_of("m0") == "1.0.0", timeout=20))
+        zone = "Asia/Tokyo"
+        local = datetime.now(ZoneInfo(zone)).replace(second=0, microsecond=0)
+        hhmm = lambda t: t.strftime("%H:%M")
+        later = local + timedelta(hours=2)
+        self.admin("ota.create", "model_id=m1", "version=2.0.0", "all=true", "job_id=shut",
+                   'rollout={"window":{"start":"%s","end":"%s","time_zone":"%s"}}'
+                   % (hhmm(later), hhmm(later + timedelta(hours=1)), zone))
+        time.sleep(3)
+        j = self.admin("job.get", "job_id=shut")
+        self.assertEqual(j["status"], "IN_PROGRESS", j)
+        self.assertFalse(j["window"]["open"], j)
+        self.assertEqual(j["window"]["time_zone"], zone)
+        self.assertEqual(j["window"]["opens_at_ms"], int(later.timestamp() * 1000), j)
+        self.assertEqual(j["counts"]["SENT"] + j["counts"]["IN_PROGRESS"] + j["counts"]["SUCCEEDED"], 0, j)
+        self.assertEqual(self.firmware_of("m0"), "1.0.0")
+        self.admin("job.cancel", "job_id=shut")
+        earlier = local - timedelta(hours=1)
+        self.admin("ota.create", "model_id=m1", "version=2.0.0", "all=true", "job_id=open",
+                   'rollout={"window":{"start":"%s","end":"%s","time_zone":"%s"}}'
+                   % (hhmm(earlier), hhmm(earlier + timedelta(hours=3)), zone))
+        j = self.wait_job("open", ("COMPLETED",), timeout=90)
+        self.assertEqual(j["counts"]["SUCCEEDED"], n, j)
+        self.assertTrue(j["window"]["open"], j)
+        bad = self.admin("ota.create", "model_id=m1", "version=1.0.0", "all=true",
+                         'rollout={"window":{"start":"01:00","end":"02:00","time_zone":"Mars/Base"}}', ok=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("unknown time zone", bad.stdout + bad.stderr)
+        self.stop_agent(agent)
+
+
 class GroupTargetTest(OtaBase):
     def test_group_target_version_updates_members_and_later_joiners(self):
         """group.update firmware_target_version=V starts a continuous

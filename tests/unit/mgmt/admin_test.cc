@@ -639,3 +639,54 @@ TEST_CASE("admin: configuration commands version documents, make group changes j
 
 }  // namespace
 }  // namespace fmq::admin
+
+namespace fmq::admin {
+namespace {
+
+TEST_CASE("admin: a tenant's time zone is checked, updated, audited, and the zone of its job windows") {
+  World w;
+  CHECK(World::Code(w.Run(w.admin, R"({"command":"tenant.create","tenant_id":"gamma","time_zone":"Nowhere/City"})")) ==
+        "invalid_argument");
+  CHECK(World::Code(w.Run(w.admin, R"({"command":"tenant.update","tenant_id":"gamma"})")) == "not_found");
+  REQUIRE(World::Ok(w.Run(w.admin, R"({"command":"tenant.create","tenant_id":"gamma","time_zone":"Asia/Tokyo"})")));
+  Json list = w.Run(w.admin, R"({"command":"tenant.list"})");
+  bool seen = false;
+  for (const Json& t : list["data"]["tenants"]) {
+    if (t["tenant_id"] == "gamma") seen = t["time_zone"] == "Asia/Tokyo";
+    if (t["tenant_id"] == "beta") CHECK(t["time_zone"] == "UTC");
+  }
+  CHECK(seen);
+  // Only the platform admin changes tenants; a bad zone changes nothing.
+  CHECK(World::Code(w.Run(w.beta, R"({"command":"tenant.update","tenant_id":"beta","time_zone":"UTC"})")) ==
+        "forbidden");
+  CHECK(World::Code(w.Run(w.admin, R"({"command":"tenant.update","tenant_id":"beta","time_zone":"Europe/Nope"})")) ==
+        "invalid_argument");
+  Effects fx;
+  Json u = w.Run(w.admin, R"({"command":"tenant.update","tenant_id":"beta","time_zone":"Europe/Berlin",
+                              "max_connections":50})",
+                 &fx);
+  REQUIRE(World::Ok(u));
+  CHECK(u["data"]["time_zone"] == "Europe/Berlin");
+  REQUIRE(fx.quotas.size() == 1);
+  CHECK(fx.quotas[0].max_connections == 50);
+  // The tenant's own audit chain says what changed.
+  Json a = w.Run(w.beta, R"({"command":"audit.query","from_ms":0})");
+  bool audited = false;
+  for (const Json& e : a["data"]["entries"]) {
+    if (e["action"] == "tenant.update") {
+      audited = e.dump().find("Europe/Berlin") != std::string::npos;
+    }
+  }
+  CHECK(audited);
+  // A job window without a zone is in the tenant's.
+  w.Setup(w.beta);
+  Json j = w.Run(w.beta, R"({"command":"job.create","document":{"command":"reboot"},"group_id":"g1",
+                             "rollout":{"window":{"start":"01:00","end":"05:00"}}})");
+  REQUIRE_MESSAGE(World::Ok(j), j.dump());
+  Json g = w.Run(w.beta, Json{{"command", "job.get"}, {"job_id", j["data"]["job_id"]}});
+  CHECK(g["data"]["options"]["rollout"]["window"]["time_zone"] == "Europe/Berlin");
+  CHECK(World::Code(w.Run(w.beta, R"({"command":"job.create","document":{"command":"reboot"},"group_id":"g1",
+                             "rollout":{"window":{"start":"01:00","end":"1:00"}}})")) == "invalid_argument");
+}
+}  // namespace
+}  // namespace fmq::admin

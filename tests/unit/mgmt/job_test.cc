@@ -2,12 +2,13 @@
 // parsing, rollout pacing and ramps on a fake clock, and the engine itself
 // over an in-memory store — dispatch to online devices only, reports,
 // timeouts, retries, abort thresholds, cancel, recovery from each persisted
-// state, and bad device reports.
+// state, bad device reports, and maintenance windows in a time zone.
 #include <doctest/doctest.h>
 
 #include <map>
 #include <set>
 
+#include "absl/time/civil_time.h"
 #include "common/clock.h"
 #include "mgmt/jobs/job_engine.h"
 #include "mgmt/jobs/job_state.h"
@@ -786,6 +787,103 @@ TEST_CASE("jobs: wave and rollback options are checked") {
   storage::WriteBatch b;
   fb::JobT rec;
   CHECK(absl::IsInvalidArgument(w.engine->Create(w.t, j, &b, &rec)));
+}
+
+TEST_CASE("jobs: a maintenance window holds new executions outside it; started ones run to their end") {
+  // The fake wall clock starts at 2023-11-14 22:30 UTC.
+  Rig w(4);
+  JobEngine::NewJob j;
+  j.target.device_ids = w.Ids(4);
+  auto spec = jobs::ParseSpec(Json::parse(R"({"window":{"start":"23:00","end":"01:00"},"max_in_flight":2})"),
+                              Json::parse(R"({"step_s":10800})"), Json(), Json(), "UTC");
+  REQUIRE(spec.ok());
+  j.spec = *spec;
+  w.Create(j);
+  w.Pump();
+  w.Pump();
+  CHECK(w.TakeNotifies().empty());
+  Json g = w.Get();
+  CHECK(g["status"] == "IN_PROGRESS");
+  CHECK(g["window"]["open"] == false);
+  CHECK(g["window"]["opens_at_ms"] == FakeClock::kWallOffset + 1'000'000 + 30 * 60'000);
+  CHECK(g["window"]["time_zone"] == "UTC");
+  // It survives a restart (stored with the job's options).
+  w.Restart();
+  w.Pump();
+  CHECK(w.TakeNotifies().empty());
+  w.clock.Advance(30 * 60'000);  // 23:00: open
+  w.Pump();
+  auto n = w.TakeNotifies();
+  REQUIRE(n.size() == 2);  // max_in_flight
+  CHECK(w.Get()["window"]["open"] == true);
+  w.clock.Advance(2 * 3600'000);  // 01:00: closed again, two in flight
+  w.Pump();
+  for (auto& [dev, at] : n) w.Report(dev, at.first, ExecState::Succeeded);
+  w.Pump();
+  w.Pump();
+  CHECK(w.Count("SUCCEEDED") == 2);  // the started ones ended after the window
+  CHECK(w.TakeNotifies().empty());   // the rest waits for the next night
+  CHECK(w.Get()["window"]["opens_at_ms"] == FakeClock::kWallOffset + 1'000'000 + (30 + 24 * 60) * 60'000);
+  w.clock.Advance(22 * 3600'000);  // 23:00 the next day
+  w.Pump();
+  CHECK(w.TakeNotifies().size() == 2);
+}
+
+TEST_CASE("jobs: maintenance window options are checked") {
+  for (const char* bad :
+       {R"({"window":{"start":"25:00","end":"01:00"}})", R"({"window":{"start":"9:00","end":"17:00"}})",
+        R"({"window":{"start":"09:00","end":"09:00"}})", R"({"window":{"start":"09:00"}})",
+        R"({"window":{"start":"09:00","end":"17:00","time_zone":"Mars/Olympus"}})",
+        R"({"window":{"start":"09:00","end":"17:00","time_zone":"../../etc/passwd"}})",
+        R"({"window":{"start":"09:00","end":"17:00","time_zone":5}})", R"({"window":"09:00-17:00"})",
+        R"({"window":{"start":"09:00","end":"17:00","days":[1]}})"}) {
+    CHECK_MESSAGE(!jobs::ParseSpec(Json::parse(bad), Json(), Json(), Json()).ok(), bad);
+  }
+  // The tenant's zone when none is named, and the stored form parses back.
+  auto s = jobs::ParseSpec(Json::parse(R"({"window":{"start":"22:00","end":"04:00"}})"), Json(), Json(), Json(),
+                           "Europe/Berlin");
+  REQUIRE(s.ok());
+  CHECK(s->window.zone_name() == "Europe/Berlin");
+  auto back = jobs::SpecFromJson(s->ToJson());
+  REQUIRE(back.ok());
+  CHECK(back->ToJson() == s->ToJson());
+}
+
+TEST_CASE("jobs: a daily window follows its time zone across midnight and daylight saving time") {
+  auto at = [](int y, int mo, int d, int h, int mi) {
+    return absl::ToUnixMillis(absl::FromCivil(absl::CivilMinute(y, mo, d, h, mi), absl::UTCTimeZone()));
+  };
+  DailyWindow w;
+  REQUIRE(DailyWindow::Parse("09:00", "17:00", "Europe/Berlin", &w).ok());
+  // Winter (CET, UTC+1) and summer (CEST, UTC+2).
+  CHECK(!w.Open(at(2026, 1, 15, 7, 30)));
+  CHECK(w.NextOpen(at(2026, 1, 15, 7, 30)) == at(2026, 1, 15, 8, 0));
+  CHECK(w.Open(at(2026, 1, 15, 15, 59)));
+  CHECK(!w.Open(at(2026, 1, 15, 16, 0)));
+  CHECK(w.NextOpen(at(2026, 1, 15, 16, 0)) == at(2026, 1, 16, 8, 0));
+  CHECK(w.NextOpen(at(2026, 7, 15, 6, 30)) == at(2026, 7, 15, 7, 0));
+  CHECK(w.Open(at(2026, 7, 15, 14, 59)));
+  CHECK(!w.Open(at(2026, 7, 15, 15, 0)));
+  // Across midnight.
+  DailyWindow night;
+  REQUIRE(DailyWindow::Parse("22:00", "04:00", "UTC", &night).ok());
+  CHECK(night.Open(at(2026, 1, 15, 23, 0)));
+  CHECK(night.Open(at(2026, 1, 16, 3, 59)));
+  CHECK(!night.Open(at(2026, 1, 16, 4, 0)));
+  CHECK(night.NextOpen(at(2026, 1, 16, 4, 0)) == at(2026, 1, 16, 22, 0));
+  CHECK(night.NextOpen(at(2026, 1, 16, 23, 0)) == at(2026, 1, 16, 23, 0));
+  // A start skipped by the spring jump (Berlin, 2026-03-29 02:00 → 03:00)
+  // opens at the jump.
+  DailyWindow gap;
+  REQUIRE(DailyWindow::Parse("02:30", "05:00", "Europe/Berlin", &gap).ok());
+  CHECK(gap.NextOpen(at(2026, 3, 28, 23, 0)) == at(2026, 3, 29, 1, 0));
+  CHECK(gap.Open(at(2026, 3, 29, 1, 0)));  // 03:00 CEST
+  CHECK(gap.start() == "02:30");
+  CHECK(gap.end() == "05:00");
+  absl::TimeZone tz;
+  CHECK(LoadZone("America/New_York", &tz).ok());
+  CHECK(!LoadZone("", &tz).ok());
+  CHECK(!LoadZone("/etc/localtime", &tz).ok());
 }
 }  // namespace
 }  // namespace fmq::jobs
