@@ -157,7 +157,8 @@ def main():
                   "block": a.block, "tenant_mib_s": a.tenant_mib_s, "device_mib_s": a.device_mib_s, "setup": phases}
 
         def watch(job_id):
-            w = subprocess.run(admin + ["--json", "job.watch", "job_id=" + job_id], capture_output=True, text=True)
+            w = subprocess.run(admin + ["--json", "job.watch", "job_id=" + job_id, "until_paused=true"],
+                               capture_output=True, text=True)
             return json.loads(w.stdout.strip().splitlines()[-1])
 
         if a.scenario == "delivery":
@@ -213,6 +214,14 @@ def main():
                     r["ms_from_last_wave1_end_to_pause"] = g["time_ms"] - max(ends)
                     run("job.cancel", "job_id=" + name)
                 if name == "rollback":
+                    # Created once the executions in flight at the abort settled.
+                    t1 = time.time()
+                    while subprocess.run(admin + ["job.get", "job_id=" + name + "-rollback"],
+                                         capture_output=True).returncode != 0:
+                        if time.time() - t1 > 600:
+                            raise RuntimeError("no rollback job after 600 s")
+                        time.sleep(0.5)
+                    r["s_abort_to_rollback_job"] = round(time.time() - t1, 1)
                     rb = watch(name + "-rollback")
                     r["rollback_job"] = {"status": rb["status"], "succeeded": rb["counts"]["SUCCEEDED"]}
                 runs[name] = r

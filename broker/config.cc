@@ -179,9 +179,14 @@ const std::vector<OptionDef>& Options() {
       {"limits.topic_alias_maximum", "64", "Topic aliases a v5 client may use towards the broker.",
        Uint(&B::topic_alias_maximum, "limits.topic_alias_maximum", 0, 65535)},
       {"limits.max_keepalive", "65535",
-       "Server keep alive, seconds: v5 clients asking for more (or 0) are told this value; 3.1.1 clients are refused. "
-       "65535 = no limit.",
+       "Largest keep alive accepted, seconds: v5 clients asking for more (or 0) are told this value; 3.1.1 clients "
+       "are refused. 65535 = no limit.",
        Uint(&B::max_keepalive, "limits.max_keepalive", 1, 65535)},
+      {"limits.server_keepalive", "18",
+       "Server keep alive told to v5 clients asking for more (or 0), seconds; 0 = off. 18 shows a silent v5 device "
+       "offline in 1.5 x 18 = 27 s. 3.1.1 devices must ask for 18 or less themselves. Per tenant: tenant.update "
+       "server_keepalive.",
+       Uint(&B::server_keepalive, "limits.server_keepalive", 0, 65535)},
       {"limits.connect_timeout_ms", "10000", "Time from TCP accept to a complete CONNECT.",
        Uint(&B::connect_timeout_ms, "limits.connect_timeout_ms", 100, 600000)},
       {"limits.max_session_expiry", "4294967295",

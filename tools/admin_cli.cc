@@ -75,7 +75,8 @@ void Usage(FILE* out) {
                "name=@FILE reads the value from FILE (e.g. csr=@device.csr).\n\ncommands:\n");
   for (const CommandSpec& c : fmq::admin::Commands()) std::fprintf(out, "  %-22s %s\n", c.name, c.summary);
   std::fprintf(out, "  %-22s %s\n", "job.watch",
-               "Follow a job live (job_id=X): a progress bar until it ends (exit 0 if COMPLETED, 3 otherwise)");
+               "Follow a job live (job_id=X [until_paused=true]): a progress bar until it ends (or pauses); exit 0 if "
+               "COMPLETED, 3 otherwise");
 }
 
 void CommandHelp(const CommandSpec& c) {
@@ -175,12 +176,17 @@ class Client {
     if (ack->reason != mqtt::ReasonCode::kSuccess) {
       Die(2, "broker refused the connection: " + std::string(mqtt::ReasonName(ack->reason)));
     }
+    // A long wait (job.watch) pings at half the keep alive the broker set.
+    if (ack->props.Has(mqtt::PropertyId::kServerKeepAlive) && ack->props.server_keep_alive > 0) {
+      ping_every_ms_ = int64_t{ack->props.server_keep_alive} * 500;
+    }
   }
 
   void Send(const mqtt::Packet& p) {
     std::string bytes;
     mqtt::Encode(p, mqtt::Version::kV5, &bytes);
     tls_->Write(bytes);
+    last_sent_ms_ = NowMs();
     Pump(false);
   }
 
@@ -206,9 +212,18 @@ class Client {
     }
     if (!wait) return;
     pollfd pfd{fd_, POLLIN, 0};
-    const int left_ms = static_cast<int>(deadline_ms_ - NowMs());
-    if (left_ms <= 0 || poll(&pfd, 1, left_ms) <= 0)
-      Die(2, "no reply within " + std::to_string(opts_.timeout_s) + " s");
+    while (true) {
+      const int64_t now = NowMs();
+      const int64_t left_ms = deadline_ms_ - now, ping_in = last_sent_ms_ + ping_every_ms_ - now;
+      if (left_ms <= 0) Die(2, "no reply within " + std::to_string(opts_.timeout_s) + " s");
+      if (ping_in <= 0) {
+        Send(mqtt::Pingreq{});
+        continue;
+      }
+      const int r = poll(&pfd, 1, static_cast<int>(std::min(left_ms, ping_in)));
+      if (r > 0) break;
+      if (r < 0 && errno != EINTR) Die(2, std::string("poll: ") + std::strerror(errno));
+    }
     char buf[64 * 1024];
     ssize_t n = read(fd_, buf, sizeof buf);
     if (n <= 0) {
@@ -223,6 +238,7 @@ class Client {
       mqtt::Packet p;
       mqtt::Error d = mqtt::Decode(first, body, mqtt::Version::kV5, &p);
       if (!d.ok()) Die(2, std::string("bad packet from the broker: ") + d.rule);
+      if (std::holds_alternative<mqtt::Pingresp>(p)) return true;
       // Publish keeps views into `body`: copy its topic and payload.
       if (auto* pub = std::get_if<mqtt::Publish>(&p)) {
         topics_.emplace_back(pub->topic);
@@ -243,6 +259,7 @@ class Client {
         .count();
   }
   int64_t deadline_ms_ = NowMs() + 10'000;
+  int64_t ping_every_ms_ = 30'000, last_sent_ms_ = NowMs();
 
  private:
   const Options& opts_;
@@ -290,8 +307,9 @@ void PrintProgress(const Json& e, bool tty) {
 Json Request(Client& cl, const std::string& client_id, const std::string& body);
 
 // job.watch: the job's retained progress events ($SYS/fleetmq/events/v1/
-// jobs/<id>, doc/jobs.md) until it ends.
-int Watch(Client& cl, const std::string& client_id, const std::string& job_id, bool json) {
+// jobs/<id>, doc/jobs.md) until it ends (or pauses: until_paused, for
+// scripts waiting on a wave's gate).
+int Watch(Client& cl, const std::string& client_id, const std::string& job_id, bool json, bool until_paused) {
   // The job must exist (and be this tenant's): job.get first.
   Json reply =
       Request(cl, client_id, Json{{"commands", Json::array({{{"command", "job.get"}, {"job_id", job_id}}})}}.dump());
@@ -301,7 +319,9 @@ int Watch(Client& cl, const std::string& client_id, const std::string& job_id, b
     std::fprintf(stderr, "error %s: %s\n", err.value("code", "?").c_str(), err.value("message", "").c_str());
     return 1;
   }
-  auto ended = [](const std::string& st) { return st == "COMPLETED" || st == "CANCELED" || st == "ABORTED"; };
+  auto ended = [&](const std::string& st) {
+    return st == "COMPLETED" || st == "CANCELED" || st == "ABORTED" || (until_paused && st == "PAUSED");
+  };
   const bool tty = !json && isatty(1) != 0;
   Json last = r["data"];
   if (json)
@@ -605,11 +625,14 @@ int main(int argc, char** argv) {
   }
   if (!rest.empty() && rest[0] == "job.watch") {
     std::string job_id;
+    bool until_paused = false;
     for (size_t i = 1; i < rest.size(); ++i) {
       if (rest[i].rfind("job_id=", 0) == 0)
         job_id = rest[i].substr(7);
+      else if (rest[i] == "until_paused=true")
+        until_paused = true;
       else
-        Die(2, "job.watch takes job_id=X only");
+        Die(2, "job.watch takes job_id=X [until_paused=true] only");
     }
     if (job_id.empty()) Die(2, "job.watch needs job_id=X");
     DefaultCredentials(o, false);
@@ -617,7 +640,7 @@ int main(int argc, char** argv) {
     Client cl(o);
     cl.deadline_ms_ = Client::NowMs() + o.timeout_s * 1000LL;
     cl.Connect(client_id);
-    return Watch(cl, client_id, job_id, o.json);
+    return Watch(cl, client_id, job_id, o.json, until_paused);
   }
   if (!rest.empty() && rest[0] == "firmware.upload") return Upload(o, rest);
   const CommandSpec* spec = rest.empty() ? nullptr : fmq::admin::FindCommand(rest[0]);

@@ -410,6 +410,7 @@ class Agent {
   bool stop_ = false;
   bool freed_ = false;
   int connecting_ = 0, connected_ = 0, tls_errors_ = 0;
+  int64_t ping_every_ms_ = 30'000;
   int64_t start_ms_ = 0, last_ping_ms_ = 0, last_notify_ms_ = 0, last_line_ms_ = 0, all_connected_ms_ = 0;
   uint64_t notifications_ = 0, duplicates_ = 0, reports_ = 0, accepted_ = 0, rejected_ = 0, errors_ = 0, cancels_ = 0,
            connects_ = 0, disconnects_ = 0, succeeded_ = 0, failed_ = 0, rejected_jobs_ = 0, silent_ = 0, drops_ = 0,
@@ -467,6 +468,10 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
       if (ca->reason != mqtt::ReasonCode::kSuccess) {
         ++refused_;
         return false;
+      }
+      // The broker's keep alive (v5 Server Keep Alive) sets how often we ping.
+      if (ca->props.Has(mqtt::PropertyId::kServerKeepAlive) && ca->props.server_keep_alive > 0) {
+        ping_every_ms_ = std::min<int64_t>(ping_every_ms_, int64_t{ca->props.server_keep_alive} * 500);
       }
       d.connected = true;
       d.ever = true;
@@ -877,7 +882,7 @@ void Agent::Tick() {
   }
   Pump();
   if (connected_ == o_.count && all_connected_ms_ == 0) all_connected_ms_ = now;
-  if (now - last_ping_ms_ >= 30'000) {  // keep alive 60 s
+  if (now - last_ping_ms_ >= ping_every_ms_) {  // half the keep alive (60 s asked)
     last_ping_ms_ = now;
     for (Device& d : devices_) {
       if (d.connected) Write(d, mqtt::Pingreq{});

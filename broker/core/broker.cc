@@ -421,6 +421,14 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
     }
     c.tenant_state_ = ts;  // counted from here: Close uncounts
   }
+  if (v5) {
+    const uint16_t cap =
+        ts != nullptr && ts->quota.server_keepalive != 0 ? ts->quota.server_keepalive : opts_.server_keepalive;
+    if (cap != 0 && (keep_alive == 0 || keep_alive > cap)) {
+      keep_alive = cap;  // [MQTT-3.2.2-21] the client must use it
+      server_keep_alive = true;
+    }
+  }
   // Takeover [MQTT-3.1.4-3]: the existing connection is closed first.
   if (Session* old = sessions_.Find(c.tenant(), c.client_id_); old != nullptr && old->conn) {
     stats_.takeovers++;

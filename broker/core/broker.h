@@ -133,6 +133,9 @@ class Broker {
   struct TenantQuota {
     uint32_t max_connections = 0;
     uint32_t max_publish_rate = 0;  // messages per second
+    // Server keep alive for the tenant's v5 clients, seconds (0: the node's
+    // limits.server_keepalive).
+    uint16_t server_keepalive = 0;
   };
   void SetTenantQuota(const std::string& tenant, TenantQuota q);
   uint32_t TenantConnections(std::string_view tenant) const;

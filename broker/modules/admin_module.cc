@@ -242,14 +242,15 @@ void AdminModule::Apply(admin::Effects& fx) {
   }
   if (broker_ == nullptr) return;
   for (const auto& q : fx.quotas) {
-    // 0/0 in the tenant record: the broker-wide default applies.
-    if (q.max_connections != 0 || q.max_publish_rate != 0) {
-      const Broker::TenantQuota quota{q.max_connections, q.max_publish_rate};
-      if (cluster_ == nullptr) {
-        broker_->SetTenantQuota(q.tenant, quota);
-      } else {
-        cluster_->PostAll([tenant = q.tenant, quota](Broker& b) { b.SetTenantQuota(tenant, quota); });
-      }
+    // 0 in the tenant record: the broker-wide default applies.
+    const BrokerOptions& o = broker_->options();
+    const Broker::TenantQuota quota{q.max_connections != 0 ? q.max_connections : o.quota_max_connections,
+                                    q.max_publish_rate != 0 ? q.max_publish_rate : o.quota_max_publish_rate,
+                                    q.server_keepalive};
+    if (cluster_ == nullptr) {
+      broker_->SetTenantQuota(q.tenant, quota);
+    } else {
+      cluster_->PostAll([tenant = q.tenant, quota](Broker& b) { b.SetTenantQuota(tenant, quota); });
     }
   }
   // Every connection using a revoked certificate, connected or still before

@@ -205,6 +205,8 @@ Status RetireDevice(Service::Ctx& ctx, const fb::DeviceT& d) {
 
 // ---- tenants (platform admin) ----
 
+constexpr const char* kKeepaliveRange = "server_keepalive must be between 0 (the node's) and 65535 seconds";
+
 Status TenantCreate(Service::Ctx& ctx) {
   const std::string id = ctx.Str("tenant_id");
   if (Status s = CheckTenantId(id); !s.ok()) return s;
@@ -217,6 +219,8 @@ Status TenantCreate(Service::Ctx& ctx) {
   if (maxc < 0 || maxc > UINT32_MAX || rate < 0 || rate > UINT32_MAX) {
     return absl::InvalidArgumentError("quotas must be between 0 (unlimited) and 4294967295");
   }
+  const int64_t ka = ctx.Int("server_keepalive");
+  if (ka < 0 || ka > 65535) return absl::InvalidArgumentError(kKeepaliveRange);
   const std::string zone = ctx.Str("time_zone", "UTC");
   absl::TimeZone tz;
   if (Status s = jobs::LoadZone(zone, &tz); !s.ok()) return s;
@@ -228,6 +232,7 @@ Status TenantCreate(Service::Ctx& ctx) {
   rec.max_connections = static_cast<uint32_t>(maxc);
   rec.max_publish_rate = static_cast<uint32_t>(rate);
   rec.time_zone = zone;
+  rec.server_keepalive = static_cast<uint16_t>(ka);
   ctx.reg().PutTenant(t, rec, &ctx.batch);
   // The tenant's own chain starts with its creation.
   fb::AuditEntryT e;
@@ -237,7 +242,7 @@ Status TenantCreate(Service::Ctx& ctx) {
   e.result = "ok";
   if (Status s = ctx.reg().AppendAudit(t, std::move(e), &ctx.batch); !s.ok()) return s;
   ctx.fx.trusted_cas.push_back(ca_pem);
-  ctx.fx.quotas.push_back({id, rec.max_connections, rec.max_publish_rate});
+  ctx.fx.quotas.push_back({id, rec.max_connections, rec.max_publish_rate, rec.server_keepalive});
   ctx.crl_tenants.push_back(id);
   ctx.data = Json{{"tenant_id", id}, {"name", rec.name}, {"time_zone", zone}, {"ca_pem", ca_pem}};
   return absl::OkStatus();
@@ -249,7 +254,8 @@ Json TenantJson(const fb::TenantT& t) {
               {"created_at_ms", t.created_at_ms},
               {"max_connections", t.max_connections},
               {"max_publish_rate", t.max_publish_rate},
-              {"time_zone", t.time_zone.empty() ? "UTC" : t.time_zone}};
+              {"time_zone", t.time_zone.empty() ? "UTC" : t.time_zone},
+              {"server_keepalive", t.server_keepalive}};
 }
 
 // Name, quotas and time zone of an existing tenant; an entry in the
@@ -267,6 +273,12 @@ Status TenantUpdate(Service::Ctx& ctx) {
     if (ctx.Has(q) && (ctx.Int(q) < 0 || ctx.Int(q) > UINT32_MAX)) {
       return absl::InvalidArgumentError("quotas must be between 0 (unlimited) and 4294967295");
     }
+  }
+  if (ctx.Has("server_keepalive")) {
+    if (ctx.Int("server_keepalive") < 0 || ctx.Int("server_keepalive") > 65535) {
+      return absl::InvalidArgumentError(kKeepaliveRange);
+    }
+    rec.server_keepalive = static_cast<uint16_t>(ctx.Int("server_keepalive"));
   }
   if (ctx.Has("time_zone")) {
     absl::TimeZone tz;
@@ -292,7 +304,7 @@ Status TenantUpdate(Service::Ctx& ctx) {
   e.result = "ok";
   if (Status s = ctx.reg().AppendAudit(t, std::move(e), &ctx.batch); !s.ok()) return s;
   ctx.audit_change = change;
-  ctx.fx.quotas.push_back({id, rec.max_connections, rec.max_publish_rate});
+  ctx.fx.quotas.push_back({id, rec.max_connections, rec.max_publish_rate, rec.server_keepalive});
   return absl::OkStatus();
 }
 
@@ -774,17 +786,19 @@ const std::vector<CommandSpec>& Commands() {
         {"name", S, false, "display name"},
         {"max_connections", I, false, "connection quota (0 = unlimited)"},
         {"max_publish_rate", I, false, "PUBLISH per second quota (0 = unlimited)"},
-        {"time_zone", S, false, "IANA time zone of maintenance windows (default UTC)"}},
+        {"time_zone", S, false, "IANA time zone of maintenance windows (default UTC)"},
+        {"server_keepalive", I, false, "keep alive told to its v5 clients, s (0 = limits.server_keepalive)"}},
        TenantCreate},
       {"tenant.update",
        Role::kAdmin,
        true,
-       "Change a tenant's name, quotas or time zone",
+       "Change a tenant's name, quotas, keep alive or time zone",
        {{"tenant_id", S, true, "the tenant"},
         {"name", S, false, "display name"},
         {"max_connections", I, false, "connection quota (0 = unlimited)"},
         {"max_publish_rate", I, false, "PUBLISH per second quota (0 = unlimited)"},
-        {"time_zone", S, false, "IANA time zone, e.g. Europe/Berlin"}},
+        {"time_zone", S, false, "IANA time zone, e.g. Europe/Berlin"},
+        {"server_keepalive", I, false, "keep alive told to its v5 clients, s (0 = limits.server_keepalive)"}},
        TenantUpdate},
       {"tenant.list", Role::kAdmin, false, "List tenants", {kCursor, kLimit}, TenantList},
       {"model.create",

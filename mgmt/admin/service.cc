@@ -203,7 +203,7 @@ absl::Status Service::Init(Effects* fx) {
     } else if (!g.ok()) {
       return g;
     }
-    fx->quotas.push_back({name, rec.max_connections, rec.max_publish_rate});
+    fx->quotas.push_back({name, rec.max_connections, rec.max_publish_rate, rec.server_keepalive});
     if (absl::Status s = LoadOrRegenerateCrl(name, fx); !s.ok()) {
       FMQ_LOG_ERROR("CRL of tenant '%s' not written: %s", name.c_str(), std::string(s.message()).c_str());
     }

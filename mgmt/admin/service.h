@@ -61,6 +61,7 @@ struct Effects {
   struct Quota {
     std::string tenant;
     uint32_t max_connections = 0, max_publish_rate = 0;
+    uint16_t server_keepalive = 0;
   };
   struct Publish {
     std::string tenant;  // published under this tenant's mount

@@ -147,9 +147,10 @@ class Broker:
 
 
 class PahoClient:
-    """A paho client running its network loop in a thread, collecting messages."""
+    """A paho client running its network loop in a thread, collecting messages. Keep alive 15 s: under the
+    broker's default Server Keep Alive (18 s), which paho-mqtt 1.6 does not follow."""
 
-    def __init__(self, port, client_id="", v5=True, clean=True, keepalive=30, will=None,
+    def __init__(self, port, client_id="", v5=True, clean=True, keepalive=15, will=None,
                  session_expiry=None, connect_props=None, userdata=None):
         self.v5 = v5
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311

@@ -58,7 +58,7 @@ class AdminBase(TlsBase):
         self.admin("model.create", "model_id=m1", "manufacturer=ACME", cert=cert)
         self.admin("group.create", "group_id=g1", "firmware_target_version=1.2.0", cert=cert)
 
-    def connect(self, crt, key, client_id, v5=True, keepalive=30):
+    def connect(self, crt, key, client_id, v5=True, keepalive=15):
         c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
         c.tls_set(ca_certs=os.path.join(self.pki, "root.crt"), certfile=crt, keyfile=key)
         state = {"rc": None, "disconnected": None, "msgs": []}
@@ -798,6 +798,39 @@ class Connectivity(AdminBase):
         dev = self.admin("device.get", "device_id=dev-1")
         self.assertEqual(dev["online"], False)
         self.assertEqual(dev["last_disconnect_reason"], "keepalive_timeout")
+        watcher.loop_stop()
+
+
+class DefaultOfflineBound(AdminBase):
+    def test_silent_devices_shown_offline_within_30_s_by_default(self):
+        """No keep alive flags: a v5 device asking for 60 s is told 18 (Server
+        Keep Alive) and shown offline 27 s after it went silent; a 3.1.1
+        device must ask for 18 itself (doc/configuration.md) and gets the
+        same bound. Both well inside the seed's 30 s."""
+        self.setup_fleet()
+        c5, k5, _ = self.register("dev-5")
+        c3, k3, _ = self.register("dev-3")
+        watcher, ws = self.connect(*self.op_cert(), "watcher", keepalive=15)  # paho 1.6 ignores Server Keep Alive
+        subacked = []
+        watcher.on_subscribe = lambda cl, u, mid, codes, p=None: subacked.append(1)
+        watcher.subscribe("$SYS/fleetmq/events/v1/connectivity/+", qos=1)
+        self.assertTrue(wait_for(lambda: subacked))
+        v5, st5 = self.connect(c5, k5, "dev-5", keepalive=60)
+        v3, st3 = self.connect(c3, k3, "dev-3", v5=False, keepalive=18)
+        self.assertEqual((st5["rc"], st3["rc"]), (0, 0))
+        silent_from = time.time()
+        v5.loop_stop()  # both go silent (no PINGREQ)
+        v3.loop_stop()
+
+        def offline():
+            return {e["device_id"]: e for e in (json.loads(m[1]) for m in ws["msgs"])
+                    if e["event"] == "disconnected"}
+        self.assertTrue(wait_for(lambda: len(offline()) == 2, timeout=35, step=0.1), ws["msgs"])
+        for dev, e in offline().items():
+            after = e["time_ms"] / 1000.0 - silent_from
+            self.assertEqual(e["reason"], "keepalive_timeout", e)
+            self.assertLess(after, 30.0, (dev, after))
+            self.assertGreaterEqual(after, 27.0 - 0.2, (dev, after))
         watcher.loop_stop()
 
 

@@ -729,6 +729,7 @@ TEST_CASE("queue bound: messages over max_queued_messages are dropped, counted p
 TEST_CASE("server keep alive caps v5 clients and refuses 3.1.1 clients above it") {
   BrokerOptions o;
   o.max_keepalive = 30;
+  o.server_keepalive = 0;  // max_keepalive alone
   Fixture f(o);
   auto c = f.NewClient(V5);
   auto ack = c->Connect("c", true, 60);
@@ -1168,4 +1169,33 @@ TEST_CASE("a group membership change reaches live and offline sessions; a resume
 }
 
 }  // namespace
+TEST_CASE("the default server keep alive shows a silent v5 device offline within 30 s; tenants set their own") {
+  Fixture f;  // defaults: server_keepalive 18, max_keepalive 65535
+  auto c = f.NewClient(V5);
+  auto ack = c->Connect("c", true, 60);
+  CHECK(ack.props.server_keep_alive == 18);
+  auto zero = f.NewClient(V5);
+  CHECK(zero->Connect("zero", true, 0).props.server_keep_alive == 18);
+  auto low = f.NewClient(V5);
+  CHECK(!low->Connect("low", true, 10).props.Has(PropertyId::kServerKeepAlive));  // under the cap: its own
+  auto old = f.NewClient(V3);
+  CHECK(old->Connect("old", true, 60).reason == ReasonCode::kSuccess);  // 3.1.1 cannot be told: 1.5 x 60
+  f.Advance(26'500);
+  CHECK(!c->transport.closed);
+  f.Advance(1'000);  // 27.5 s: past 1.5 x 18 (and the tick)
+  CHECK(c->transport.closed);
+  CHECK(zero->transport.closed);
+  CHECK(!old->transport.closed);
+  // A tenant's own value replaces the node's, for its clients only.
+  f.broker.SetTenantQuota("slow", {0, 0, 120});
+  f.broker.SetTenantQuota("fast", {0, 0, 4});
+  auto s = TenantClient(f, "slow", "s1");
+  CHECK(s->Connect("s1", true, 300).props.server_keep_alive == 120);
+  auto q = TenantClient(f, "fast", "q1");
+  CHECK(q->Connect("q1", true, 60).props.server_keep_alive == 4);
+  f.Advance(6'500);
+  CHECK(q->transport.closed);
+  CHECK(!s->transport.closed);
+}
+
 }  // namespace fmq
