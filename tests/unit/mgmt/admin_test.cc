@@ -669,12 +669,19 @@ TEST_CASE("admin: a tenant's time zone is checked, updated, audited, and the zon
   CHECK(u["data"]["time_zone"] == "Europe/Berlin");
   REQUIRE(fx.quotas.size() == 1);
   CHECK(fx.quotas[0].max_connections == 50);
+  CHECK(World::Code(w.Run(w.admin, R"({"command":"tenant.update","tenant_id":"beta","server_keepalive":70000})")) ==
+        "invalid_argument");
+  Effects ka;
+  REQUIRE(World::Ok(w.Run(w.admin, R"({"command":"tenant.update","tenant_id":"beta","server_keepalive":9})", &ka)));
+  REQUIRE(ka.quotas.size() == 1);
+  CHECK(ka.quotas[0].server_keepalive == 9);
+  CHECK(ka.quotas[0].max_connections == 50);  // the rest kept
   // The tenant's own audit chain says what changed.
   Json a = w.Run(w.beta, R"({"command":"audit.query","from_ms":0})");
   bool audited = false;
   for (const Json& e : a["data"]["entries"]) {
     if (e["action"] == "tenant.update") {
-      audited = e.dump().find("Europe/Berlin") != std::string::npos;
+      audited = audited || e.dump().find("Europe/Berlin") != std::string::npos;
     }
   }
   CHECK(audited);
