@@ -332,6 +332,13 @@ const std::vector<OptionDef>& Options() {
        "In-band firmware bytes per second one device may download (0 = no budget).",
        UintSetter("ota.device_bytes_per_s", 0, uint64_t{1} << 40,
                   [](Config& c, uint64_t n) { c.management.ota_device_bytes_per_s = n; })},
+      {"health.min_report_interval_ms", "1000",
+       "A device's health reports closer together than this are refused (health/report/rejected, rate_limited).",
+       UintSetter("health.min_report_interval_ms", 0, 86'400'000,
+                  [](Config& c, uint64_t n) { c.management.health_min_interval_ms = static_cast<int64_t>(n); })},
+      {"health.max_metrics", "32", "Free-form metrics one health report may carry (names of at most 32 bytes).",
+       UintSetter("health.max_metrics", 0, 256,
+                  [](Config& c, uint64_t n) { c.management.health_max_metrics = static_cast<uint32_t>(n); })},
       {"ota.download_timeout_s", "3600",
        "Default seconds a campaign's device has from its first downloading report to installing (ota.create "
        "timeouts.download_s overrides).",

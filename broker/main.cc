@@ -134,6 +134,8 @@ int main(int argc, char** argv) {
   aopts.ota.download_timeout_ms = cfg.management.ota_download_timeout_ms;
   aopts.ota.install_timeout_ms = cfg.management.ota_install_timeout_ms;
   aopts.ota.reboot_timeout_ms = cfg.management.ota_reboot_timeout_ms;
+  aopts.health.min_interval_ms = cfg.management.health_min_interval_ms;
+  aopts.health.max_metrics = cfg.management.health_max_metrics;
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.

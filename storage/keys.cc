@@ -108,6 +108,13 @@ std::string FirmwareChunk(const TenantId& t, std::string_view sha256, uint64_t i
 }
 std::string FirmwareChunkPrefix(const TenantId& t, std::string_view sha256) { return Base(t).Str(sha256).Take(); }
 std::string DeviceFirmware(const TenantId& t, std::string_view device_id) { return Base(t).Str(device_id).Take(); }
+std::string HealthLatest(const TenantId& t, std::string_view device_id) { return Base(t, "l").Str(device_id).Take(); }
+std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t slot) {
+  return Base(t, "h").Str(device_id).U64(slot).Take();
+}
+std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id) {
+  return Base(t, "h").Str(device_id).Take();
+}
 std::string Cert(const TenantId& t, std::string_view serial) { return Base(t).Str(serial).Take(); }
 std::string Job(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
 std::string JobDevice(const TenantId& t, std::string_view job, std::string_view dev) {

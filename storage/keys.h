@@ -96,6 +96,11 @@ std::string FirmwareUploadPrefix(const TenantId& t);
 std::string FirmwareChunk(const TenantId& t, std::string_view sha256, uint64_t index);
 std::string FirmwareChunkPrefix(const TenantId& t, std::string_view sha256);
 std::string DeviceFirmware(const TenantId& t, std::string_view device_id);
+// Health (Family::kHealth; doc/health.md): the latest report, and one slot
+// per minute of the day (minute % history_minutes) of the device's history.
+std::string HealthLatest(const TenantId& t, std::string_view device_id);
+std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t slot);
+std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id);
 std::string Cert(const TenantId& t, std::string_view serial);
 std::string Job(const TenantId& t, std::string_view job_id);
 std::string JobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id);

@@ -40,6 +40,7 @@ enum class Family : uint8_t {
   kFirmware,        // firmware artifacts (metadata, signed manifest) and uploads in progress
   kFirmwareChunks,  // artifact bytes in 64 KiB chunks by content hash (RocksDB blob files)
   kDeviceFirmware,  // per device: the version it reports, the one before, the campaign that changed it
+  kHealth,          // per device: the latest health report and a per-minute ring of the last 24 hours
   kCount,
 };
 std::string_view FamilyName(Family f);

@@ -25,7 +25,8 @@ std::string_view FamilyName(Family f) {
                                                 "config_blobs",
                                                 "firmware",
                                                 "firmware_chunks",
-                                                "device_firmware"};
+                                                "device_firmware",
+                                                "health"};
   return kNames[static_cast<size_t>(f)];
 }
 

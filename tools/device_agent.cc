@@ -17,7 +17,8 @@
 //       [--config-reject-pct 0] [--config-drift-pct 0] [--firmware 1.0.0]
 //       [--block 32768] [--ota-window 4] [--ota-corrupt-pct 0]
 //       [--ota-fail-pct 0] [--ota-rollback-pct 0] [--ota-never-pct 0]
-//       [--ota-drop-pct 0]
+//       [--ota-drop-pct 0] [--health-s 0] [--health-error-pct 0]
+//       [--health-silent-pct 0]
 //
 // Knobs (deterministic per device, job and attempt with --seed): --fail-pct
 // of attempts report FAILED; --reject-pct of executions report REJECTED;
@@ -43,6 +44,13 @@
 // device's own rollback), --ota-never-pct never come back, --ota-drop-pct
 // drop the connection once halfway through the download. The knobs spare
 // offers that return a device to its previous version (rollback jobs).
+// Health (doc/device-api.md "Health"): with --health-s N each device reports
+// plausible values (uptime since its first connect, CPU, memory, storage,
+// battery, temperature, an error counter and two free-form metrics, each a
+// random walk) every N seconds on health/report, the first at a random
+// point of the first interval (no fleet-wide burst); --health-error-pct of
+// reports carry an error burst (+20 errors), --health-silent-pct of devices
+// never report.
 // Prints one status line a second on stderr and a JSON summary on exit
 // (SIGINT/SIGTERM, --duration, or --idle-exit seconds without a notification
 // once every device connected). Loopback only.
@@ -86,6 +94,7 @@ struct Options {
   std::string firmware = "1.0.0";
   int block = 32768, ota_window = 4;
   double ota_corrupt_pct = 0, ota_fail_pct = 0, ota_rollback_pct = 0, ota_never_pct = 0, ota_drop_pct = 0;
+  double health_s = 0, health_error_pct = 0, health_silent_pct = 0;
   int slow_ms = 0;
   bool progress = true;  // report IN_PROGRESS before the final status
   double duration = 0, idle_exit = 0;
@@ -141,6 +150,12 @@ struct Device {
     uint64_t reported = 0;
     std::unique_ptr<mbedtls_sha256_context> hash;
   } ota;
+  struct Health {
+    double cpu = 20, mem = 40, storage = 30, battery = 100, temp = 35, queue = 0;
+    uint64_t errors = 0, reports = 0;
+    int64_t boot_ms = 0;
+    bool scheduled = false;
+  } health;
 };
 
 struct Retry {
@@ -382,6 +397,8 @@ class Agent {
   void Reboot(Device& d);
   void RequestBlocks(Device& d);
   void OtaReport(Device& d, const char* phase, const std::string& reason);
+  void ScheduleHealth(Device& d);
+  void HealthReport(Device& d, int64_t now);
   void OtaLog(Device& d, const char* status, const std::string& reason);
   void ConfigReport(Device& d, uint64_t version, const char* status, const std::string& hash, const char* reason);
   mqtt::Version Version() const { return o_.version == 4 ? mqtt::Version::kV311 : mqtt::Version::kV5; }
@@ -403,6 +420,9 @@ class Agent {
   pki::Rng rng_;
   std::vector<Device> devices_;
   ConnectQueue to_connect_;
+  // Health reports due: (monotonic ms, device index), earliest first.
+  std::priority_queue<std::pair<int64_t, int>, std::vector<std::pair<int64_t, int>>, std::greater<>> health_due_;
+  uint64_t health_reports_ = 0, health_rejected_ = 0, health_silent_ = 0;
   std::priority_queue<Answer, std::vector<Answer>, std::greater<Answer>> answers_;
   std::priority_queue<Retry, std::vector<Retry>, std::greater<Retry>> retries_;
   char read_buf_[64 * 1024];
@@ -493,6 +513,7 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
       }
     } else if (std::get_if<mqtt::SubAck>(&p) != nullptr) {
       Publish(d, "jobs/get", "{}");  // what is pending for me (the contract's reconnect step)
+      ScheduleHealth(d);
       Json v{{"version", d.fw_version}};
       if (d.rolled_back) v["rolled_back"] = true;
       Publish(d, "ota/version", v.dump());                   // what I run (the firmware section's reconnect step)
@@ -524,6 +545,8 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
         OnNotify(d, pub->payload);
       } else if (topic == "config/desired") {
         OnDesired(d, pub->payload);
+      } else if (topic == "health/report/rejected") {
+        ++health_rejected_;
       } else if (topic == "config/report/accepted") {
         ++cfg_accepted_;
       } else if (topic == "config/report/rejected") {
@@ -549,6 +572,49 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
   });
   (void)ferr;
   if (!d.connected && !d.connecting && d.tcp != nullptr) Closed(d);
+}
+
+void Agent::ScheduleHealth(Device& d) {
+  const int64_t now = NowMs();
+  if (d.health.boot_ms == 0) {
+    d.health.boot_ms = now;
+    if (o_.health_s > 0 && Roll(o_.seed, d.id, "health-silent") < o_.health_silent_pct) ++health_silent_;
+  }
+  if (o_.health_s <= 0 || d.health.scheduled || Roll(o_.seed, d.id, "health-silent") < o_.health_silent_pct) return;
+  const auto every = static_cast<int64_t>(o_.health_s * 1000);
+  d.health.scheduled = true;
+  health_due_.push({now + std::rand() % std::max<int64_t>(every, 1), static_cast<int>(&d - devices_.data())});
+}
+
+void Agent::HealthReport(Device& d, int64_t now) {
+  Device::Health& h = d.health;
+  auto walk = [](double v, double step, double lo, double hi) {
+    v += step * (static_cast<double>(std::rand() % 2001) / 1000.0 - 1.0);
+    return std::min(hi, std::max(lo, v));
+  };
+  h.cpu = walk(h.cpu, 8, 1, 99);
+  h.mem = walk(h.mem, 2, 10, 95);
+  h.storage = std::min(99.0, h.storage + 0.01);
+  h.battery = std::max(0.0, h.battery - 0.05);
+  h.temp = walk(h.temp, 1, -20, 90);
+  h.queue = walk(h.queue, 3, 0, 1000);
+  if (Roll(o_.seed, d.id, "health-errors-" + std::to_string(h.reports)) < o_.health_error_pct) {
+    h.errors += 20;
+  } else if (std::rand() % 50 == 0) {
+    h.errors += 1;
+  }
+  ++h.reports;
+  auto r1 = [](double v) { return static_cast<double>(static_cast<int64_t>(v * 10)) / 10.0; };
+  Json j{{"uptime_s", (now - h.boot_ms) / 1000},
+         {"cpu_pct", r1(h.cpu)},
+         {"mem_pct", r1(h.mem)},
+         {"storage_pct", r1(h.storage)},
+         {"battery_pct", r1(h.battery)},
+         {"temperature_c", r1(h.temp)},
+         {"errors", h.errors},
+         {"metrics", {{"queue_depth", static_cast<int64_t>(h.queue)}, {"reports", h.reports}}}};
+  Publish(d, "health/report", j.dump());
+  ++health_reports_;
 }
 
 void Agent::OnNotify(Device& d, std::string_view payload) {
@@ -882,6 +948,16 @@ void Agent::Tick() {
   }
   Pump();
   if (connected_ == o_.count && all_connected_ms_ == 0) all_connected_ms_ = now;
+  while (!health_due_.empty() && health_due_.top().first <= now) {
+    const int idx = health_due_.top().second;
+    health_due_.pop();
+    Device& d = devices_[static_cast<size_t>(idx)];
+    d.health.scheduled = false;
+    if (!d.connected || d.dead) continue;  // again after its next subscription
+    HealthReport(d, now);
+    d.health.scheduled = true;
+    health_due_.push({now + static_cast<int64_t>(o_.health_s * 1000), idx});
+  }
   if (now - last_ping_ms_ >= ping_every_ms_) {  // half the keep alive (60 s asked)
     last_ping_ms_ = now;
     for (Device& d : devices_) {
@@ -953,6 +1029,7 @@ void Agent::Summary() {
                       {"resumed", ota_resumed_},
                       {"rolled_back", ota_rolled_back_},
                       {"never_back", ota_never_}}},
+         {"health", Json{{"reports", health_reports_}, {"rejected", health_rejected_}, {"silent", health_silent_}}},
          {"seconds", (NowMs() - start_ms_) / 1000.0}};
   std::printf("%s\n", s.dump().c_str());
 }
@@ -964,7 +1041,8 @@ void Usage() {
                "  [--version 5|4] [--window 64] [--duration S] [--idle-exit S] [--log FILE] [--seed N]\n"
                "  [--no-progress] [--config-reject-pct X] [--config-drift-pct X] [--firmware V]\n"
                "  [--block N] [--ota-window N] [--ota-corrupt-pct X] [--ota-fail-pct X] [--ota-rollback-pct X]\n"
-               "  [--ota-never-pct X] [--ota-drop-pct X]\n");
+               "  [--ota-never-pct X] [--ota-drop-pct X] [--health-s S] [--health-error-pct X]\n"
+               "  [--health-silent-pct X]\n");
 }
 
 }  // namespace
@@ -1038,6 +1116,12 @@ int main(int argc, char** argv) {
       o.ota_never_pct = std::atof(val().c_str());
     else if (a == "--ota-drop-pct")
       o.ota_drop_pct = std::atof(val().c_str());
+    else if (a == "--health-s")
+      o.health_s = std::atof(val().c_str());
+    else if (a == "--health-error-pct")
+      o.health_error_pct = std::atof(val().c_str());
+    else if (a == "--health-silent-pct")
+      o.health_silent_pct = std::atof(val().c_str());
     else {
       Usage();
       return 2;

@@ -48,6 +48,9 @@ struct AdminModuleOptions {
   int64_t ota_download_timeout_ms = 3'600'000;
   int64_t ota_install_timeout_ms = 600'000;
   int64_t ota_reboot_timeout_ms = 300'000;
+  // Health (mgmt/health/health_feature.h Options).
+  int64_t health_min_interval_ms = 1000;
+  uint32_t health_max_metrics = 32;
 };
 
 }  // namespace fmq

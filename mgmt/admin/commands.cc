@@ -931,6 +931,7 @@ const std::vector<CommandSpec>& Commands() {
     for (auto& c : JobCommands()) all.push_back(std::move(c));
     for (auto& c : ConfigCommands()) all.push_back(std::move(c));
     for (auto& c : OtaCommands()) all.push_back(std::move(c));
+    for (auto& c : HealthCommands()) all.push_back(std::move(c));
     return all;
   }();
   return kAll;

@@ -42,6 +42,7 @@ struct Service::Ctx {
   jobs::JobEngine& jobs() { return *svc.jobs_; }
   config::ConfigFeature& config() { return *svc.config_; }
   ota::OtaFeature& ota() { return *svc.ota_; }
+  health::HealthFeature& health() { return *svc.health_; }
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
   storage::Registry& reg() { return svc.registry_; }
   storage::KvStore& kv() { return *svc.kv_; }
@@ -98,6 +99,7 @@ const std::vector<CommandSpec>& Commands();
 std::vector<CommandSpec> JobCommands();
 std::vector<CommandSpec> ConfigCommands();
 std::vector<CommandSpec> OtaCommands();
+std::vector<CommandSpec> HealthCommands();
 // A group's or model's configuration document changes (config.set and the
 // group/model commands): a new version in the record `g`/`m` (the caller
 // stores it); when `stored`, its devices get it through a config job.

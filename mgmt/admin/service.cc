@@ -98,6 +98,8 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   };
   ota_ = std::make_unique<ota::OtaFeature>(kv_, &registry_, clock_, jobs_.get(), std::move(signer), opts_.ota);
   runtime_.Add(ota_.get());
+  health_ = std::make_unique<health::HealthFeature>(kv_, clock_, opts_.health);
+  runtime_.Add(health_.get());
 }
 
 Service::~Service() = default;

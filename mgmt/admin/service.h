@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/string_map.h"
 #include "mgmt/config/config_feature.h"
+#include "mgmt/health/health_feature.h"
 #include "mgmt/jobs/job_engine.h"
 #include "mgmt/ota/ota_feature.h"
 #include "mgmt/pki/pki.h"
@@ -101,6 +102,7 @@ struct ServiceOptions {
   jobs::EngineOptions jobs;
   config::Options config;
   ota::Options ota;
+  health::Options health;
 };
 
 // Live connectivity as last reported by the broker's hooks.
@@ -187,8 +189,9 @@ class Service {
   std::unique_ptr<jobs::JobEngine> jobs_;
   std::unique_ptr<config::ConfigFeature> config_;
   std::unique_ptr<ota::OtaFeature> ota_;
+  std::unique_ptr<health::HealthFeature> health_;
   StringMap<pki::Signer> signers_;  // tenant → firmware signer (loaded or made on first use)
-  mgmt::Runtime runtime_;           // jobs_, config_, ota_ (more features: health, ...)
+  mgmt::Runtime runtime_;           // jobs_, config_, ota_, health_
 };
 
 }  // namespace fmq::admin

@@ -1,0 +1,248 @@
+#include "mgmt/health/health_feature.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "common/log.h"
+#include "storage/keys.h"
+
+namespace fmq::health {
+namespace {
+
+using storage::Family;
+using storage::TenantId;
+
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+// The built-in values and their ranges (doc/device-api.md, "Health").
+struct Builtin {
+  const char* name;
+  double lo, hi;
+  bool integer;
+};
+constexpr Builtin kBuiltins[] = {
+    {"uptime_s", 0, 20.0 * 365 * 86400, true},
+    {"cpu_pct", 0, 100, false},
+    {"mem_pct", 0, 100, false},
+    {"storage_pct", 0, 100, false},
+    {"battery_pct", 0, 100, false},
+    {"temperature_c", -100, 200, false},
+    {"errors", 0, 1e15, true},
+    {"rssi_dbm", -200, 0, false},
+};
+constexpr double kMetricAbs = 1e15;
+
+bool MetricName(std::string_view n, size_t max) {
+  if (n.empty() || n.size() > max) return false;
+  for (char c : n) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) return false;
+  }
+  return true;
+}
+
+std::string Key(const TenantId& t, std::string_view device) { return storage::keys::HealthLatest(t, device); }
+
+}  // namespace
+
+std::string ValidateReport(const Json& body, const Options& o, Values* out) {
+  if (!body.is_object()) return "a health report is a JSON object";
+  Values v;
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    const std::string& k = it.key();
+    if (k == "client_token") continue;
+    if (k == "metrics") {
+      if (!it->is_object()) return "metrics must be an object {name: number}";
+      if (it->size() > o.max_metrics) {
+        return "metrics: " + std::to_string(it->size()) + " entries, at most " + std::to_string(o.max_metrics);
+      }
+      for (auto m = it->begin(); m != it->end(); ++m) {
+        if (!MetricName(m.key(), o.max_name)) {
+          return "metrics: name '" + m.key().substr(0, 40) + "' must be 1.." + std::to_string(o.max_name) +
+                 " of a-z 0-9 _ . -";
+        }
+        if (!m->is_number() || !std::isfinite(m->get<double>()) || std::fabs(m->get<double>()) > kMetricAbs) {
+          return "metrics." + m.key() + " must be a finite number of magnitude at most 1e15";
+        }
+        v["m." + m.key()] = m->get<double>();
+      }
+      continue;
+    }
+    const Builtin* b = nullptr;
+    for (const Builtin& x : kBuiltins) {
+      if (k == x.name) b = &x;
+    }
+    if (b == nullptr) return "unknown field '" + k.substr(0, 40) + "' (free-form values go under metrics)";
+    if (!it->is_number() || (b->integer && !it->is_number_integer() && !it->is_number_unsigned())) {
+      return k + (b->integer ? " must be an integer" : " must be a number");
+    }
+    const double d = it->get<double>();
+    if (!std::isfinite(d) || d < b->lo || d > b->hi) {
+      char why[96];
+      std::snprintf(why, sizeof why, " must be within %g..%g", b->lo, b->hi);
+      return k + why;
+    }
+    v[k] = d;
+  }
+  if (v.empty()) return "a health report needs at least one value";
+  if (out != nullptr) *out = std::move(v);
+  return "";
+}
+
+HealthFeature::HealthFeature(storage::KvStore* kv, const Clock* clock, const Options& o)
+    : kv_(kv), clock_(clock), opts_(o) {}
+
+std::string HealthFeature::Validate(std::string_view /*topic*/, const Json& body) const {
+  return ValidateReport(body, opts_);
+}
+
+void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
+  Values v;
+  if (!ValidateReport(m.body, opts_, &v).empty()) return;  // checked on the worker
+  const int64_t now = clock_->WallMs();
+  std::string id = m.tenant;
+  id.push_back('\0');
+  id += m.device_id;
+  auto [last, fresh] = last_ms_.try_emplace(id, now);
+  if (!fresh && now - last->second < opts_.min_interval_ms) {
+    stats_.rate_limited++;
+    Json err{{"code", "rate_limited"},
+             {"message", "health reports at most every " + std::to_string(opts_.min_interval_ms) + " ms"}};
+    Json body{{"error", err}};
+    if (!m.client_token.empty()) body["client_token"] = m.client_token;
+    replies_.push_back({m.tenant, m.device_id, "health/report/rejected", Dump(body), 0});
+    return;
+  }
+  last->second = now;
+  stats_.accepted++;
+  const TenantId t = TenantId::FromAuthenticated(m.tenant);
+  Json values = Json::object();
+  for (const auto& [k, d] : v) values[k] = d;
+  std::string latest = Dump(Json{{"time_ms", now}, {"values", values}});
+  // The minute's slot: folded into what this minute holds, replaced when the
+  // slot holds an older day's minute.
+  const int64_t minute = now / 60'000;
+  const uint64_t slot = static_cast<uint64_t>(minute) % opts_.history_minutes;
+  const std::string key = storage::keys::HealthMinute(t, m.device_id, slot);
+  Json bucket;
+  if (auto p = pending_.find(key); p != pending_.end()) {
+    bucket = std::move(p->second);
+  } else {
+    bucket = Bucket(t, m.device_id, slot);
+  }
+  if (!bucket.is_object() || bucket.value("minute", int64_t{-1}) != minute) {
+    bucket = Json{{"minute", minute}, {"metrics", Json::object()}};
+  }
+  Json& ms = bucket["metrics"];
+  for (const auto& [k, d] : v) {
+    auto it = ms.find(k);
+    if (it == ms.end() || !it->is_array() || it->size() != 5) {
+      ms[k] = Json::array({d, d, d, d, 1});  // min, max, sum, last, n
+      continue;
+    }
+    Json& a = *it;
+    a[0] = std::min(a[0].get<double>(), d);
+    a[1] = std::max(a[1].get<double>(), d);
+    a[2] = a[2].get<double>() + d;
+    a[3] = d;
+    a[4] = a[4].get<uint64_t>() + 1;
+  }
+  std::string bytes = Dump(bucket);
+  stats_.bytes_written += latest.size() + bytes.size() + 2 * key.size();
+  batch_.Put(Family::kHealth, Key(t, m.device_id), std::move(latest));
+  batch_.Put(Family::kHealth, key, std::move(bytes));
+  pending_[key] = std::move(bucket);
+}
+
+Json HealthFeature::Bucket(const TenantId& t, std::string_view device, uint64_t slot) const {
+  auto got = kv_->Get(Family::kHealth, storage::keys::HealthMinute(t, device, slot));
+  if (!got.ok()) return Json();
+  Json b = Json::parse(*got, nullptr, false);
+  return b.is_discarded() ? Json() : b;  // damaged: replaced, never trusted
+}
+
+void HealthFeature::OnDisconnected(const std::string& tenant, const std::string& device_id) {
+  std::string id = tenant;
+  id.push_back('\0');
+  id += device_id;
+  last_ms_.erase(id);
+}
+
+void HealthFeature::OnDeviceRetired(const TenantId& t, const std::string& device_id) {
+  batch_.Delete(Family::kHealth, Key(t, device_id));
+  std::vector<std::string> slots;
+  (void)kv_->ScanPrefix(Family::kHealth, storage::keys::HealthMinutePrefix(t, device_id),
+                        [&](std::string_view k, std::string_view) {
+                          slots.emplace_back(k);
+                          return true;
+                        });
+  for (std::string& k : slots) batch_.Delete(Family::kHealth, std::move(k));
+}
+
+absl::Status HealthFeature::Commit(mgmt::Output* out) {
+  absl::Status s = absl::OkStatus();
+  if (!batch_.empty()) {
+    // Telemetry: not synced (a crash loses at most the last moments of it).
+    s = kv_->Write(batch_, false);
+    batch_.Clear();
+    if (!s.ok()) {
+      stats_.commits_failed++;
+      FMQ_LOG_ERROR("health reports not written (%s)", std::string(s.message()).c_str());
+    }
+  }
+  pending_.clear();
+  for (auto& r : replies_) out->sends.push_back(std::move(r));
+  replies_.clear();
+  return s;
+}
+
+void HealthFeature::Counters(const std::function<void(const char*, uint64_t)>& pub) const {
+  pub("health/reports", stats_.accepted);
+  pub("health/rate_limited", stats_.rate_limited);
+  pub("health/commits_failed", stats_.commits_failed);
+  pub("health/bytes_written", stats_.bytes_written);
+}
+
+absl::StatusOr<Json> HealthFeature::Latest(const TenantId& t, std::string_view device) const {
+  auto got = kv_->Get(Family::kHealth, Key(t, device));
+  if (!got.ok()) return got.status();
+  Json j = Json::parse(*got, nullptr, false);
+  if (!j.is_object()) return absl::DataLossError("stored health report of '" + std::string(device) + "' is damaged");
+  return j;
+}
+
+absl::StatusOr<Json> HealthFeature::History(const TenantId& t, std::string_view device, int64_t from_ms, int64_t to_ms,
+                                            const std::vector<std::string>& metrics) const {
+  const int64_t now_min = clock_->WallMs() / 60'000;
+  const int64_t oldest = now_min - static_cast<int64_t>(opts_.history_minutes) + 1;
+  const int64_t first = std::max(oldest, from_ms / 60'000), last = std::min(now_min, to_ms / 60'000);
+  // One pass over the device's slots (at most history_minutes), then in
+  // time order.
+  std::map<int64_t, Json> found;
+  absl::Status s = kv_->ScanPrefix(Family::kHealth, storage::keys::HealthMinutePrefix(t, device),
+                                   [&](std::string_view, std::string_view v) {
+                                     Json b = Json::parse(v, nullptr, false);
+                                     if (!b.is_object() || !b.contains("minute") || !b["minute"].is_number_integer())
+                                       return true;
+                                     const int64_t m = b["minute"].get<int64_t>();
+                                     if (m >= first && m <= last) found.emplace(m, std::move(b));
+                                     return true;
+                                   });
+  if (!s.ok()) return s;
+  Json out = Json::array();
+  for (auto& [minute, b] : found) {
+    if (!b["metrics"].is_object()) continue;
+    Json ms = Json::object();
+    for (auto it = b["metrics"].begin(); it != b["metrics"].end(); ++it) {
+      if (!metrics.empty() && std::find(metrics.begin(), metrics.end(), it.key()) == metrics.end()) continue;
+      const Json& a = *it;
+      if (!a.is_array() || a.size() != 5 || !a[4].is_number() || a[4].get<double>() <= 0) continue;
+      ms[it.key()] = Json{
+          {"min", a[0]}, {"max", a[1]}, {"mean", a[2].get<double>() / a[4].get<double>()}, {"last", a[3]}, {"n", a[4]}};
+    }
+    out.push_back(Json{{"minute_ms", minute * 60'000}, {"metrics", std::move(ms)}});
+  }
+  return out;
+}
+
+}  // namespace fmq::health

@@ -1,0 +1,79 @@
+// Device health reported by the device (doc/device-api.md, "Health"): each
+// report on `health/report` is checked on the worker (schema, names, ranges,
+// a bounded number of metrics), then kept on the management thread as the
+// device's latest values and folded into a per-minute history of the last
+// 24 hours (min, max, mean, last per metric), in RocksDB under tenant-first
+// keys. The history is a ring of one slot per minute of the day, so a
+// device's storage is bounded (at most `history_minutes` slots) without any
+// deletion pass. Nothing is kept in memory per device but the time of its
+// last report (while it is connected), which bounds the report rate.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/clock.h"
+#include "common/string_map.h"
+#include "mgmt/runtime/feature.h"
+#include "storage/kv_store.h"
+
+namespace fmq::health {
+
+using Json = nlohmann::json;
+
+struct Options {
+  size_t max_metrics = 32;             // free-form metrics per report
+  size_t max_name = 32;                // bytes of a metric name
+  int64_t min_interval_ms = 1000;      // reports closer together are refused (rate_limited)
+  uint32_t history_minutes = 24 * 60;  // per-minute slots kept per device
+};
+
+// The values of a valid report, flattened: built-ins by their name
+// ("cpu_pct"), free-form metrics as "m.<name>".
+using Values = std::map<std::string, double>;
+// "" when `body` is a valid health/report, else what is wrong. Pure.
+std::string ValidateReport(const Json& body, const Options& o, Values* out = nullptr);
+
+class HealthFeature : public mgmt::Feature {
+ public:
+  HealthFeature(storage::KvStore* kv, const Clock* clock, const Options& o = {});
+
+  std::string_view name() const override { return "health"; }
+  std::vector<std::string> DeviceTopics() const override { return {"health/report"}; }
+  std::string Validate(std::string_view topic, const Json& body) const override;
+  void OnDeviceMessage(const mgmt::DeviceMessage& m) override;
+  void OnDisconnected(const std::string& tenant, const std::string& device_id) override;
+  void OnDeviceRetired(const storage::TenantId& t, const std::string& device_id) override;
+  absl::Status Commit(mgmt::Output* out) override;
+  void Counters(const std::function<void(const char*, uint64_t)>& pub) const override;
+
+  // health.get: {"time_ms", "values"} of the last report, or NotFound.
+  absl::StatusOr<Json> Latest(const storage::TenantId& t, std::string_view device) const;
+  // health.history: the minutes in [from_ms, to_ms] (at most the last
+  // history_minutes), oldest first: [{"minute_ms", "metrics": {name:
+  // {"min","max","mean","last","n"}}}], only `metrics` when not empty.
+  absl::StatusOr<Json> History(const storage::TenantId& t, std::string_view device, int64_t from_ms, int64_t to_ms,
+                               const std::vector<std::string>& metrics) const;
+
+ private:
+  Json Bucket(const storage::TenantId& t, std::string_view device, uint64_t slot) const;
+
+  storage::KvStore* kv_;
+  const Clock* clock_;
+  Options opts_;
+  storage::WriteBatch batch_;
+  // Written this turn, not yet in the store: the same minute's next report
+  // folds into these (key → bucket).
+  StringMap<Json> pending_;
+  StringMap<int64_t> last_ms_;  // tenant\0device → wall ms of its last accepted report (connected devices)
+  std::vector<mgmt::DeviceSend> replies_;
+  struct Stats {
+    uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0;
+  } stats_;
+};
+
+}  // namespace fmq::health

@@ -1,0 +1,104 @@
+"""Device health against the real broker with real devices (doc/health.md):
+fleetmq-device agents report on health/report, operators read the latest
+values with the broker's own view of connectivity (health.get) and the
+per-minute history (health.history); bad reports from a raw MQTT 5 device
+get PUBACK 0x99 and an `errors` message, reports too close together a
+health/report/rejected reply, and none of them changes what is stored."""
+import json
+import time
+import unittest
+
+from harness import wait_for, sys_at_least
+from test_jobs import JobsBase, RawDevice
+
+
+class HealthTest(JobsBase):
+    def test_reports_latest_and_history_from_real_devices(self):
+        n = 6
+        self.fleet("h", n)
+        agent = self.agent("h", n, "--health-s", "1", "--health-silent-pct", "35", "--seed", "5")
+        self.connected(n)
+
+        def reporting():
+            out = {}
+            for i in range(n):
+                g = self.admin("health.get", "device_id=h%d" % i)
+                if g["report"] is not None:
+                    out[g["device_id"]] = g
+            return out
+        self.assertTrue(wait_for(lambda: len(reporting()) >= 2, timeout=20, step=0.5))
+        time.sleep(3)
+        got = reporting()
+        silent = [("h%d" % i) for i in range(n) if "h%d" % i not in got]
+        self.assertTrue(silent, "the silent knob left every device reporting")
+        for dev, g in got.items():
+            self.assertTrue(g["online"], g)
+            self.assertIn("connected_since_ms", g)
+            v = g["report"]["values"]
+            for k in ("uptime_s", "cpu_pct", "mem_pct", "storage_pct", "battery_pct", "temperature_c", "errors",
+                      "m.queue_depth", "m.reports"):
+                self.assertIn(k, v, g)
+            self.assertTrue(0 <= v["cpu_pct"] <= 100, v)
+            self.assertLess(abs(g["report"]["time_ms"] / 1000.0 - time.time()), 5, g)
+        for dev in silent:
+            g = self.admin("health.get", "device_id=" + dev)
+            self.assertIsNone(g["report"], g)
+            self.assertTrue(g["online"], g)
+        dev = sorted(got)[0]
+        h = self.admin("health.history", "device_id=" + dev)
+        self.assertEqual(h["resolution_s"], 60)
+        self.assertGreaterEqual(len(h["minutes"]), 1, h)
+        n_reports = sum(m["metrics"]["cpu_pct"]["n"] for m in h["minutes"])
+        self.assertGreaterEqual(n_reports, 3, h)
+        last = h["minutes"][-1]["metrics"]["cpu_pct"]
+        self.assertLessEqual(last["min"], last["mean"])
+        self.assertLessEqual(last["mean"], last["max"])
+        only = self.admin("health.history", "device_id=" + dev, "metrics=m.queue_depth")
+        self.assertEqual(set(only["minutes"][-1]["metrics"]), {"m.queue_depth"})
+        # The broker's own view survives the device going away.
+        s = self.stop_agent(agent)
+        self.assertGreater(s["health"]["reports"], 6, s)
+        self.assertEqual(s["health"]["rejected"], 0, s)
+        self.assertTrue(wait_for(lambda: not self.admin("health.get", "device_id=" + dev)["online"], timeout=10))
+        g = self.admin("health.get", "device_id=" + dev)
+        self.assertIn("last_disconnect_reason", g)
+        self.assertIsNotNone(g["report"])
+        # Unknown devices, bad arguments.
+        r = self.admin("health.get", "device_id=nope", ok=False)
+        self.assertIn("not_found", r.stdout + r.stderr)
+        r = self.admin("health.history", "device_id=" + dev, "from_ms=10", "to_ms=5", ok=False)
+        self.assertIn("invalid_argument", r.stdout + r.stderr)
+
+    def test_bad_reports_are_refused_and_change_nothing(self):
+        certs = self.fleet("b", 2)
+        d = RawDevice(self, certs, "b0")
+        self.assertEqual(d.subscribe("$fleetmq/v1/devices/b0/#"), 0x01)
+        self.assertEqual(d.publish("health/report", '{"cpu_pct":42,"client_token":"ok1"}'), 0)
+        self.assertTrue(wait_for(lambda: self.admin("health.get", "device_id=b0")["report"] is not None))
+        many = json.dumps({"metrics": {"m%d" % i: i for i in range(40)}})
+        for body, why in (("not json", "JSON"), ("[1]", "object"), ('{"cpu_pct":"high"}', "number"),
+                          ('{"cpu_pct":250}', "0..100"), ('{"uptime_s":-5}', "within"),
+                          ('{"voltage":3.3}', "unknown field"), ('{"metrics":{"Bad Name":1}}', "name"),
+                          (many, "at most 32"), ("{}", "at least one")):
+            self.assertEqual(d.publish("health/report", body), 0x99, body)
+            err = d.wait("errors")
+            self.assertEqual(err["code"], "bad_request", (body, err))
+            self.assertIn(why, err["message"], (body, err))
+        # Another device's channel: not authorized, nothing stored for it.
+        self.assertEqual(d.publish(None, '{"cpu_pct":1}', topic="$fleetmq/v1/devices/b1/health/report"), 0x87)
+        self.assertIsNone(self.admin("health.get", "device_id=b1")["report"])
+        # Too close to the last one: acknowledged, answered rejected, not kept.
+        time.sleep(1.1)
+        self.assertEqual(d.publish("health/report", '{"cpu_pct":43}'), 0)
+        self.assertEqual(d.publish("health/report", '{"cpu_pct":99,"client_token":"fast"}'), 0)
+        rej = d.wait("health/report/rejected")
+        self.assertEqual(rej["error"]["code"], "rate_limited", rej)
+        self.assertEqual(rej["client_token"], "fast")
+        time.sleep(0.5)
+        self.assertEqual(self.admin("health.get", "device_id=b0")["report"]["values"]["cpu_pct"], 43)
+        self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/management/health/rate_limited", 1,
+                                             timeout=20), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
