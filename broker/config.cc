@@ -332,6 +332,17 @@ const std::vector<OptionDef>& Options() {
        "In-band firmware bytes per second one device may download (0 = no budget).",
        UintSetter("ota.device_bytes_per_s", 0, uint64_t{1} << 40,
                   [](Config& c, uint64_t n) { c.management.ota_device_bytes_per_s = n; })},
+      {"certs.expiry_notice_days", "30",
+       "Days before a certificate's expiry its notice goes out (audit entry cert.expiring, event "
+       "$SYS/fleetmq/events/v1/certs/expiring).",
+       UintSetter("certs.expiry_notice_days", 1, 3650,
+                  [](Config& c, uint64_t n) { c.management.cert_notice_ms = static_cast<int64_t>(n) * 86'400'000; })},
+      {"certs.device_validity_days", "730",
+       "Validity of device certificates issued from CSRs (device.register, "
+       "device.provision), days.",
+       UintSetter(
+           "certs.device_validity_days", 1, 3650,
+           [](Config& c, uint64_t n) { c.management.device_validity_ms = static_cast<int64_t>(n) * 86'400'000; })},
       {"health.min_report_interval_ms", "1000",
        "A device's health reports closer together than this are refused (health/report/rejected, rate_limited).",
        UintSetter("health.min_report_interval_ms", 0, 86'400'000,

@@ -136,6 +136,8 @@ int main(int argc, char** argv) {
   aopts.ota.reboot_timeout_ms = cfg.management.ota_reboot_timeout_ms;
   aopts.health.min_interval_ms = cfg.management.health_min_interval_ms;
   aopts.health.max_metrics = cfg.management.health_max_metrics;
+  aopts.certs.notice_ms = cfg.management.cert_notice_ms;
+  aopts.device_validity_ms = cfg.management.device_validity_ms;
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.

@@ -141,6 +141,12 @@ std::string DeviceIndexEntry(const TenantId& t, DeviceIndex ix, std::string_view
 std::string CertByDevice(const TenantId& t, std::string_view dev, std::string_view serial) {
   return Base(t, "cert.dev").Str(dev).Str(serial).Take();
 }
+std::string CertExpiry(const TenantId& t, int64_t expires_ms, std::string_view serial) {
+  return Base(t, "cert.exp").I64(expires_ms).Str(serial).Take();
+}
+std::string CertExpiryFrom(const TenantId& t, int64_t expires_ms) { return Base(t, "cert.exp").I64(expires_ms).Take(); }
+std::string CertExpiryPrefix(const TenantId& t) { return Base(t, "cert.exp").Take(); }
+std::string CertNoticeCursor(const TenantId& t) { return Base(t, "cert.notice").Take(); }
 std::string CertByDevicePrefix(const TenantId& t, std::string_view dev) { return Base(t, "cert.dev").Str(dev).Take(); }
 std::string AuditByDevice(const TenantId& t, std::string_view dev, uint64_t seq) {
   return Base(t, "audit.dev").Str(dev).U64(seq).Take();

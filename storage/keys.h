@@ -102,6 +102,13 @@ std::string HealthLatest(const TenantId& t, std::string_view device_id);
 std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t slot);
 std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id);
 std::string Cert(const TenantId& t, std::string_view serial);
+// Family::kIndex: the tenant's certificates not revoked, by expiry (unix ms)
+// then serial (doc/certificate-profile.md, "Expiry").
+std::string CertExpiry(const TenantId& t, int64_t expires_ms, std::string_view serial);
+std::string CertExpiryFrom(const TenantId& t, int64_t expires_ms);  // the first entry at or after
+std::string CertExpiryPrefix(const TenantId& t);
+// Family::kMeta: expiry notices sent up to this expiry (ms).
+std::string CertNoticeCursor(const TenantId& t);
 std::string Job(const TenantId& t, std::string_view job_id);
 std::string JobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id);
 std::string JobDevicePrefix(const TenantId& t, std::string_view job_id);

@@ -268,6 +268,14 @@ absl::StatusOr<std::string> Registry::GetConfigBlob(const TenantId& t, std::stri
 void Registry::PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b) {
   b->Put(Family::kCerts, keys::Cert(t, rec.serial), EncodeRecord<fb::Certificate>(rec));
   if (!rec.device_id.empty()) b->Put(Family::kIndex, keys::CertByDevice(t, rec.device_id, rec.serial), "");
+  // The expiry index holds what can still be used: a revoked certificate leaves it.
+  if (rec.expires_at_ms > 0) {
+    if (rec.revoked_at_ms == 0) {
+      b->Put(Family::kIndex, keys::CertExpiry(t, rec.expires_at_ms, rec.serial), rec.device_id);
+    } else {
+      b->Delete(Family::kIndex, keys::CertExpiry(t, rec.expires_at_ms, rec.serial));
+    }
+  }
 }
 
 absl::Status Registry::RevokeCert(const TenantId& t, std::string_view serial, int64_t now_ms, WriteBatch* b) {

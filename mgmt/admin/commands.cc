@@ -164,8 +164,8 @@ Status BadTransition(const fb::DeviceT& d, std::string_view action) {
 Status IssueCert(Service::Ctx& ctx, const fb::DeviceT& d, const std::string& csr, pki::Certificate* out) {
   auto ca = ctx.TenantCa(ctx.actor.tenant);
   if (!ca.ok()) return ca.status();
-  auto cert =
-      (*ca)->IssueFromCsr(ctx.rng(), csr, pki::Subject{ctx.actor.tenant, d.device_id, pki::Role::kDevice}, ctx.now_ms);
+  auto cert = (*ca)->IssueFromCsr(ctx.rng(), csr, pki::Subject{ctx.actor.tenant, d.device_id, pki::Role::kDevice},
+                                  ctx.now_ms, ctx.opts().device_validity_ms);
   if (!cert.ok()) return absl::InvalidArgumentError("csr: " + std::string(cert.status().message()));
   fb::CertificateT rec;
   rec.serial = cert->serial;
@@ -174,6 +174,8 @@ Status IssueCert(Service::Ctx& ctx, const fb::DeviceT& d, const std::string& csr
   rec.expires_at_ms = cert->not_after_ms;
   rec.der.assign(cert->der.begin(), cert->der.end());
   ctx.reg().PutCert(ctx.tenant(), rec, &ctx.batch);
+  ctx.on_commit.push_back([f = &ctx.certs(), tenant = ctx.actor.tenant, serial = rec.serial, dev = d.device_id,
+                           exp = rec.expires_at_ms] { f->OnIssued(tenant, serial, dev, exp); });
   *out = std::move(*cert);
   return absl::OkStatus();
 }
@@ -932,6 +934,7 @@ const std::vector<CommandSpec>& Commands() {
     for (auto& c : ConfigCommands()) all.push_back(std::move(c));
     for (auto& c : OtaCommands()) all.push_back(std::move(c));
     for (auto& c : HealthCommands()) all.push_back(std::move(c));
+    for (auto& c : CertCommands()) all.push_back(std::move(c));
     return all;
   }();
   return kAll;

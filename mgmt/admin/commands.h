@@ -43,6 +43,7 @@ struct Service::Ctx {
   config::ConfigFeature& config() { return *svc.config_; }
   ota::OtaFeature& ota() { return *svc.ota_; }
   health::HealthFeature& health() { return *svc.health_; }
+  certs::ExpiryFeature& certs() { return *svc.certs_; }
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
   storage::Registry& reg() { return svc.registry_; }
   storage::KvStore& kv() { return *svc.kv_; }
@@ -100,6 +101,7 @@ std::vector<CommandSpec> JobCommands();
 std::vector<CommandSpec> ConfigCommands();
 std::vector<CommandSpec> OtaCommands();
 std::vector<CommandSpec> HealthCommands();
+std::vector<CommandSpec> CertCommands();
 // A group's or model's configuration document changes (config.set and the
 // group/model commands): a new version in the record `g`/`m` (the caller
 // stores it); when `stored`, its devices get it through a config job.

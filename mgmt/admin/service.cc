@@ -100,6 +100,8 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   runtime_.Add(ota_.get());
   health_ = std::make_unique<health::HealthFeature>(kv_, clock_, opts_.health);
   runtime_.Add(health_.get());
+  certs_ = std::make_unique<certs::ExpiryFeature>(kv_, &registry_, clock_, opts_.certs);
+  runtime_.Add(certs_.get());
 }
 
 Service::~Service() = default;

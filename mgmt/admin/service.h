@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "common/clock.h"
 #include "common/string_map.h"
+#include "mgmt/certs/expiry.h"
 #include "mgmt/config/config_feature.h"
 #include "mgmt/health/health_feature.h"
 #include "mgmt/jobs/job_engine.h"
@@ -103,6 +104,8 @@ struct ServiceOptions {
   config::Options config;
   ota::Options ota;
   health::Options health;
+  certs::Options certs;
+  int64_t device_validity_ms = pki::kDeviceValidity;  // certificates issued from device CSRs
 };
 
 // Live connectivity as last reported by the broker's hooks.
@@ -190,6 +193,7 @@ class Service {
   std::unique_ptr<config::ConfigFeature> config_;
   std::unique_ptr<ota::OtaFeature> ota_;
   std::unique_ptr<health::HealthFeature> health_;
+  std::unique_ptr<certs::ExpiryFeature> certs_;
   StringMap<pki::Signer> signers_;  // tenant → firmware signer (loaded or made on first use)
   mgmt::Runtime runtime_;           // jobs_, config_, ota_, health_
 };

@@ -834,5 +834,62 @@ class DefaultOfflineBound(AdminBase):
         watcher.loop_stop()
 
 
+class CertExpiry(AdminBase):
+    flags = ("--certs.device_validity_days=10",)
+
+    def test_expiring_certificates_noticed_listed_and_counted(self):
+        """Device certificates issued for 10 days (inside the 30-day notice
+        window): each gets one notice at once — an audit entry of its device
+        and an event on the tenant's certs/expiring topic — and is listed by
+        cert.expiring and the histogram; a revoked one leaves both. The
+        certificate itself says 10 days (openssl)."""
+        self.setup_fleet()
+        watcher, ws = self.connect(*self.op_cert(), "watcher")
+        subacked = []
+        watcher.on_subscribe = lambda cl, u, mid, codes, p=None: subacked.append(1)
+        watcher.subscribe("$SYS/fleetmq/events/v1/certs/expiring", qos=1)
+        self.assertTrue(wait_for(lambda: subacked))
+        crt, _, d1 = self.register("exp-1")
+        _, _, d2 = self.register("exp-2")
+        days = (d1["expires_at_ms"] / 1000.0 - time.time()) / 86400
+        self.assertAlmostEqual(days, 10, delta=0.1)
+        r = run_cli(["openssl", "x509", "-in", crt, "-noout", "-enddate"])
+        self.assertIn("notAfter", r.stdout)
+        self.assertTrue(wait_for(lambda: len(ws["msgs"]) >= 2, timeout=10), ws["msgs"])
+        events = sorted((json.loads(m[1]) for m in ws["msgs"]), key=lambda e: e["device_id"])
+        self.assertEqual([e["device_id"] for e in events], ["exp-1", "exp-2"])
+        self.assertEqual(events[0]["serial"], d1["certificate_serial"])
+        self.assertEqual(events[0]["days_left"], 9)
+        self.assertFalse(events[0]["expired"])
+        hist = self.admin("audit.query", "device_id=exp-1")["entries"]
+        self.assertEqual([e["action"] for e in hist].count("cert.expiring"), 1, hist)
+        lst = self.admin("cert.expiring")
+        self.assertEqual(sorted(c["serial"] for c in lst["certificates"]),
+                         sorted([d1["certificate_serial"], d2["certificate_serial"]]))
+        self.assertEqual(self.admin("cert.expiring", "days=5")["certificates"], [])
+        h = self.admin("cert.expiry_histogram", "weeks=3")
+        self.assertEqual(h["weeks"], [0, 2, 0], h)
+        page = self.admin("cert.expiring", "limit=1")
+        self.assertEqual(len(page["certificates"]), 1)
+        rest = self.admin("cert.expiring", "limit=1", "cursor=" + page["next_cursor"])
+        self.assertEqual(len(rest["certificates"]), 1)
+        self.assertNotEqual(rest["certificates"][0]["serial"], page["certificates"][0]["serial"])
+        bad = self.admin("cert.expiring", "cursor=zz", ok=False)
+        self.assertIn("invalid_argument", bad.stdout + bad.stderr)
+        self.admin("cert.revoke", "serial=" + d2["certificate_serial"])
+        self.assertEqual([c["device_id"] for c in self.admin("cert.expiring")["certificates"]], ["exp-1"])
+        self.assertEqual(self.admin("cert.expiry_histogram", "weeks=3")["weeks"], [0, 1, 0])
+        # A restart (kill -9) sends nothing twice.
+        watcher.loop_stop()
+        self.broker.kill9_and_restart()
+        watcher, ws = self.connect(*self.op_cert(), "watcher2")
+        watcher.subscribe("$SYS/fleetmq/events/v1/certs/expiring", qos=1)
+        time.sleep(2)
+        self.assertEqual(ws["msgs"], [])
+        hist = self.admin("audit.query", "device_id=exp-1")["entries"]
+        self.assertEqual([e["action"] for e in hist].count("cert.expiring"), 1, hist)
+        watcher.loop_stop()
+
+
 if __name__ == "__main__":
     unittest.main()
