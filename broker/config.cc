@@ -344,7 +344,8 @@ const std::vector<OptionDef>& Options() {
            "certs.device_validity_days", 1, 3650,
            [](Config& c, uint64_t n) { c.management.device_validity_ms = static_cast<int64_t>(n) * 86'400'000; })},
       {"health.min_report_interval_ms", "1000",
-       "A device's health reports closer together than this are refused (health/report/rejected, rate_limited).",
+       "A device may send one health report per this many ms on average (bursts of 2); more are refused "
+       "(health/report/rejected, rate_limited).",
        UintSetter("health.min_report_interval_ms", 0, 86'400'000,
                   [](Config& c, uint64_t n) { c.management.health_min_interval_ms = static_cast<int64_t>(n); })},
       {"health.max_metrics", "32", "Free-form metrics one health report may carry (names of at most 32 bytes).",

@@ -103,8 +103,18 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   std::string id = m.tenant;
   id.push_back('\0');
   id += m.device_id;
-  auto [last, fresh] = last_ms_.try_emplace(id, now);
-  if (!fresh && now - last->second < opts_.min_interval_ms) {
+  // A token bucket per connected device: one report per min_interval on
+  // average, a burst of two (a device reporting exactly at the bound is
+  // never refused for its timer's jitter).
+  Budget& b = budget_.try_emplace(id, Budget{now, 2.0}).first->second;
+  if (opts_.min_interval_ms > 0) {
+    b.tokens =
+        std::min(2.0, b.tokens + static_cast<double>(now - b.at_ms) / static_cast<double>(opts_.min_interval_ms));
+  } else {
+    b.tokens = 2.0;
+  }
+  b.at_ms = now;
+  if (b.tokens < 1.0) {
     stats_.rate_limited++;
     Json err{{"code", "rate_limited"},
              {"message", "health reports at most every " + std::to_string(opts_.min_interval_ms) + " ms"}};
@@ -113,7 +123,7 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
     replies_.push_back({m.tenant, m.device_id, "health/report/rejected", Dump(body), 0});
     return;
   }
-  last->second = now;
+  b.tokens -= 1.0;
   stats_.accepted++;
   const TenantId t = TenantId::FromAuthenticated(m.tenant);
   Json values = Json::object();
@@ -124,7 +134,7 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   const int64_t minute = now / 60'000;
   const uint64_t slot = static_cast<uint64_t>(minute) % opts_.history_minutes;
   const std::string key = storage::keys::HealthMinute(t, m.device_id, slot);
-  Json bucket;
+  Json bucket;  // the minute's aggregate
   if (auto p = pending_.find(key); p != pending_.end()) {
     bucket = std::move(p->second);
   } else {
@@ -165,7 +175,7 @@ void HealthFeature::OnDisconnected(const std::string& tenant, const std::string&
   std::string id = tenant;
   id.push_back('\0');
   id += device_id;
-  last_ms_.erase(id);
+  budget_.erase(id);
 }
 
 void HealthFeature::OnDeviceRetired(const TenantId& t, const std::string& device_id) {

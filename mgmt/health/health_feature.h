@@ -5,8 +5,9 @@
 // 24 hours (min, max, mean, last per metric), in RocksDB under tenant-first
 // keys. The history is a ring of one slot per minute of the day, so a
 // device's storage is bounded (at most `history_minutes` slots) without any
-// deletion pass. Nothing is kept in memory per device but the time of its
-// last report (while it is connected), which bounds the report rate.
+// deletion pass. Nothing is kept in memory per device but its report
+// budget while it is connected (one report per min_interval on average,
+// bursts of two).
 #pragma once
 
 #include <cstdint>
@@ -28,7 +29,7 @@ using Json = nlohmann::json;
 struct Options {
   size_t max_metrics = 32;             // free-form metrics per report
   size_t max_name = 32;                // bytes of a metric name
-  int64_t min_interval_ms = 1000;      // reports closer together are refused (rate_limited)
+  int64_t min_interval_ms = 1000;      // one report per this on average (a burst of 2); more: rate_limited
   uint32_t history_minutes = 24 * 60;  // per-minute slots kept per device
 };
 
@@ -69,7 +70,11 @@ class HealthFeature : public mgmt::Feature {
   // Written this turn, not yet in the store: the same minute's next report
   // folds into these (key → bucket).
   StringMap<Json> pending_;
-  StringMap<int64_t> last_ms_;  // tenant\0device → wall ms of its last accepted report (connected devices)
+  struct Budget {
+    int64_t at_ms;  // last report seen
+    double tokens;  // reports it may send now (at most 2)
+  };
+  StringMap<Budget> budget_;  // tenant\0device → its report budget (connected devices)
   std::vector<mgmt::DeviceSend> replies_;
   struct Stats {
     uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0;
