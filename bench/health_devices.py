@@ -15,8 +15,6 @@ only; everything is stopped at the end."""
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -120,14 +118,7 @@ def main():
         print(json.dumps(result))
         return 0
     finally:
-        for p in (agent, broker):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        local_broker.stop(d, agent, broker)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ data dir (plain and mutual-TLS listeners on free ports), started and waited
 for, and its CPU time."""
 import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 
@@ -29,3 +31,15 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop(d, *procs):
+    """SIGTERM each process still running (SIGKILL after 30 s), then removes DIR."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    shutil.rmtree(d, ignore_errors=True)

@@ -26,8 +26,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -263,14 +261,7 @@ def main():
     finally:
         if probe is not None:
             probe.stop = True
-        for p in (agent, broker):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        local_broker.stop(d, agent, broker)
 
 
 if __name__ == "__main__":

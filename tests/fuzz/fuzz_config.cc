@@ -15,26 +15,9 @@
 #include "mgmt/jobs/job_engine.h"
 #include "storage/kv_store.h"
 #include "storage/registry.h"
-
-namespace {
+#include "tests/fuzz/fuzz_util.h"
 
 using fmq::config::Json;
-
-// Deeper than any limit allows is refused before parsing (as the admin
-// executor does), so the parser's depth stays bounded.
-bool Shallow(std::string_view s) {
-  int depth = 0;
-  for (char c : s) {
-    if (c == '{' || c == '[') {
-      if (++depth > 64) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
-
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static fmq::FakeClock clock;
@@ -45,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view in(reinterpret_cast<const char*>(data), size);
   const size_t cut = in.find('\0');
   std::string_view ta = in.substr(0, cut), tb = cut == std::string_view::npos ? std::string_view() : in.substr(cut + 1);
-  if (!Shallow(ta) || !Shallow(tb)) return 0;
+  if (!fmq::fuzz::Shallow(ta) || !fmq::fuzz::Shallow(tb)) return 0;
   Json a = Json::parse(ta, nullptr, false), b = Json::parse(tb, nullptr, false);
   if (!a.is_discarded() && a.is_object()) {
     (void)feature.Validate("config/report", a);

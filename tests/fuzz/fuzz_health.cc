@@ -10,28 +10,13 @@
 #include "common/clock.h"
 #include "mgmt/health/health_feature.h"
 #include "storage/kv_store.h"
-
-namespace {
+#include "tests/fuzz/fuzz_util.h"
 
 using fmq::health::Json;
 
-bool Shallow(std::string_view s) {
-  int depth = 0;
-  for (char c : s) {
-    if (c == '{' || c == '[') {
-      if (++depth > 64) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
-  if (!Shallow(text)) return 0;
+  if (!fmq::fuzz::Shallow(text)) return 0;
   Json body = Json::parse(text, nullptr, false);
   if (body.is_discarded()) return 0;
   fmq::health::Options o;
