@@ -36,6 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   BrokerOptions opts;
   opts.max_packet_size = 1 << 16;
   opts.sys_interval_s = 1;
+  opts.server_keepalive = 0;  // the bystander asks for no keep alive and sends nothing: it must stay
   Broker broker(opts, &clock, nullptr);
 
   NullTransport t1, t2;
