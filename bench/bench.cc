@@ -430,6 +430,17 @@ class Bench {
   static void OnTimer(uv_timer_t* t) {
     auto* b = static_cast<Bench*>(t->data);
     const double elapsed = static_cast<double>(NowNs() - b->start_ns_) / 1e9;
+    // Keep alive: a PINGREQ every 9 s from every connected client, under the
+    // broker's default Server Keep Alive of 18 s (idle subscribers and held
+    // connections send nothing else).
+    if (NowNs() - b->last_ping_ns_ >= 9'000'000'000) {
+      b->last_ping_ns_ = NowNs();
+      for (auto& c : b->clients_) {
+        if (!c->ready) continue;
+        mqtt::Encode(mqtt::Pingreq{}, c->version, &c->out);
+        b->Flush(c.get());
+      }
+    }
     if (b->conn()) {
       if (b->connected_ns_ == 0) {
         std::fprintf(stderr, "\r%.1fs connected %d/%d   ", elapsed, b->ready_, b->o_.subs);
@@ -525,6 +536,7 @@ class Bench {
   uv_loop_t loop_;
   uv_timer_t timer_;
   std::vector<std::unique_ptr<Client>> clients_;
+  uint64_t last_ping_ns_ = NowNs();
   std::vector<Client*> pubs_;
   int ready_ = 0;
   int next_sub_ = 0;     // push: next device to connect

@@ -50,15 +50,17 @@ double Secs(Steady::time_point a, Steady::time_point b) { return std::chrono::du
 
 int main(int argc, char** argv) {
   long n = 1'000'000;
-  int keepalive = 60;
+  int keepalive = 60, server_keepalive = -1;  // -1: the broker's default
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--connections" && i + 1 < argc)
       n = std::atol(argv[++i]);
     else if (a == "--keepalive" && i + 1 < argc)
       keepalive = std::atoi(argv[++i]);
+    else if (a == "--server-keepalive" && i + 1 < argc)
+      server_keepalive = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: fleetmq-scale-sim [--connections N] [--keepalive S]\n");
+      std::fprintf(stderr, "usage: fleetmq-scale-sim [--connections N] [--keepalive S] [--server-keepalive S]\n");
       return 2;
     }
   }
@@ -66,6 +68,12 @@ int main(int argc, char** argv) {
   FakeClock clock;
   BrokerOptions opts;
   opts.sys_interval_s = 0;
+  if (server_keepalive >= 0) opts.server_keepalive = static_cast<uint16_t>(server_keepalive);
+  // The devices ask for --keepalive and use what the broker grants (v5
+  // Server Keep Alive), as the contract asks: pings and the offline check
+  // follow the granted value.
+  const int asked = keepalive;
+  if (opts.server_keepalive != 0 && keepalive > opts.server_keepalive) keepalive = opts.server_keepalive;
   Broker broker(opts, &clock, nullptr);
   NullTransport transport;
   std::vector<std::unique_ptr<Connection>> conns;
@@ -81,7 +89,7 @@ int main(int argc, char** argv) {
     mqtt::Connect ck;
     ck.version = mqtt::Version::kV5;
     ck.client_id = "dev-" + std::to_string(i);
-    ck.keep_alive = static_cast<uint16_t>(keepalive);
+    ck.keep_alive = static_cast<uint16_t>(asked);
     mqtt::Encode(ck, mqtt::Version::kV5, &bytes);
     mqtt::Subscribe s;
     s.packet_id = 1;
