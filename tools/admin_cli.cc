@@ -30,6 +30,7 @@
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 #include "broker/tls/tls.h"
+#include "common/hex.h"
 #include "common/mgmt_topics.h"
 #include "mgmt/admin/commands.h"
 #include "mgmt/pki/pki.h"
@@ -502,12 +503,7 @@ int Upload(Options& o, const std::vector<std::string>& rest) {
   if (image.empty()) Die(2, "the image is empty");
   unsigned char digest[32];
   mbedtls_sha256_ret(reinterpret_cast<const unsigned char*>(image.data()), image.size(), digest, 0);
-  std::string sha;
-  for (unsigned char c : digest) {
-    char h[3];
-    std::snprintf(h, sizeof h, "%02x", c);
-    sha += h;
-  }
+  const std::string sha = fmq::HexOf(digest, sizeof digest);
   DefaultCredentials(o, false);
   const std::string client_id = "fleetmq-admin-" + std::to_string(getpid());
   Client cl(o);

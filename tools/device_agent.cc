@@ -76,6 +76,7 @@
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 #include "broker/tls/tls.h"
+#include "common/hex.h"
 #include "mgmt/config/document.h"
 #include "mgmt/pki/pki.h"
 
@@ -869,12 +870,7 @@ void Agent::OnBlock(Device& d, uint64_t offset, std::string_view bytes) {
   }
   unsigned char digest[32];
   mbedtls_sha256_finish_ret(o.hash.get(), digest);
-  std::string hex;
-  for (unsigned char c : digest) {
-    char h[3];
-    std::snprintf(h, sizeof h, "%02x", c);
-    hex += h;
-  }
+  const std::string hex = HexOf(digest, sizeof digest);
   if (hex != o.sha256) {
     ++ota_failed_;
     OtaReport(d, "failed", "hash_mismatch");

@@ -1,6 +1,7 @@
 // Certificate expiry commands (doc/certificate-profile.md, "Expiry"): what
 // expires soon, and the tenant's expiry histogram, from the expiry index
 // (mgmt/certs/expiry.h). Issuing and revoking stay in commands.cc.
+#include "common/hex.h"
 #include "mgmt/admin/commands.h"
 
 namespace fmq::admin {
@@ -13,15 +14,10 @@ Status CertExpiring(Service::Ctx& ctx) {
   if (Status s = CheckLimit(ctx); !s.ok()) return s;
   const int64_t days = ctx.Int("days", 30);
   if (days < 1 || days > 3650) return absl::InvalidArgumentError("days must be within 1..3650");
+  // The cursor is a key position, carried as hex (it survives any transport).
   const std::string hex_cursor = ctx.Str("cursor");
   std::string cursor;
-  if (hex_cursor.size() % 2 != 0 || hex_cursor.size() > 1024) return absl::InvalidArgumentError("bad cursor");
-  for (size_t i = 0; i < hex_cursor.size(); i += 2) {
-    auto nib = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
-    const int hi = nib(hex_cursor[i]), lo = nib(hex_cursor[i + 1]);
-    if (hi < 0 || lo < 0) return absl::InvalidArgumentError("bad cursor");
-    cursor.push_back(static_cast<char>(hi * 16 + lo));
-  }
+  if (hex_cursor.size() > 1024 || !FromHex(hex_cursor, &cursor)) return absl::InvalidArgumentError("bad cursor");
   std::vector<certs::ExpiryFeature::Entry> page;
   std::string next;
   if (Status s =
@@ -36,14 +32,7 @@ Status CertExpiring(Service::Ctx& ctx) {
                          {"expires_at_ms", e.expires_at_ms},
                          {"days_left", (e.expires_at_ms - ctx.now_ms) / kDay}});
   }
-  // The cursor is a key position: hex, so it survives any transport.
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  for (unsigned char c : next) {
-    hex.push_back(kHex[c >> 4]);
-    hex.push_back(kHex[c & 15]);
-  }
-  ctx.data = Json{{"certificates", std::move(items)}, {"next_cursor", hex}};
+  ctx.data = Json{{"certificates", std::move(items)}, {"next_cursor", HexOf(next)}};
   return absl::OkStatus();
 }
 

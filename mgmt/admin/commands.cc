@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "absl/status/statusor.h"
+#include "common/hex.h"
 #include "mgmt/jobs/window.h"
 
 namespace fmq::admin {
@@ -80,16 +81,6 @@ Json ParsedOrString(const std::string& text) {
   return j.is_discarded() ? Json(text) : j;
 }
 
-std::string Hex(const std::string& bytes) {
-  static const char* d = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out.push_back(d[c >> 4]);
-    out.push_back(d[c & 15]);
-  }
-  return out;
-}
-
 Json DeviceJson(const Service::Ctx& ctx, const fb::DeviceT& d) {
   Json j{{"device_id", d.device_id},
          {"serial_number", d.serial_number},
@@ -140,7 +131,7 @@ Json AuditJson(const fb::AuditEntryT& e) {
               {"device_id", e.device_id},
               {"details", ParsedOrString(e.details_json)},
               {"result", e.result},
-              {"hash", Hex(std::string(e.hash.begin(), e.hash.end()))}};
+              {"hash", HexOf(std::string(e.hash.begin(), e.hash.end()))}};
 }
 
 Status NotFound(const char* what, std::string_view id) {
@@ -468,7 +459,7 @@ Status DeviceRegister(Service::Ctx& ctx) {
   if (id.empty()) {
     unsigned char rnd[8];
     pki::Rng::Fill(&ctx.rng(), rnd, sizeof rnd);
-    id = "d-" + Hex(std::string(reinterpret_cast<char*>(rnd), sizeof rnd));
+    id = "d-" + HexOf(rnd, sizeof rnd);
   }
   if (Status s = CheckId("device_id", id); !s.ok()) return s;
   ctx.device_id = id;

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "common/hex.h"
+
 namespace fmq::config {
 namespace {
 
@@ -69,13 +71,7 @@ std::string Canonical(const Json& doc) { return doc.dump(-1, ' ', false, Json::e
 std::string HashText(const std::string& canonical) {
   unsigned char out[32];
   mbedtls_sha256_ret(reinterpret_cast<const unsigned char*>(canonical.data()), canonical.size(), out, 0);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex(64, '0');
-  for (int i = 0; i < 32; ++i) {
-    hex[2 * i] = kHex[out[i] >> 4];
-    hex[2 * i + 1] = kHex[out[i] & 15];
-  }
-  return hex;
+  return HexOf(out, sizeof out);
 }
 
 std::string Hash(const Json& doc) { return HashText(Canonical(doc)); }

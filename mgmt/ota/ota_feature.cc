@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/hex.h"
 #include "common/log.h"
 #include "storage/records.h"
 
@@ -19,16 +20,6 @@ namespace keys = storage::keys;
 namespace {
 
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
-
-std::string HexOf(const unsigned char* p, size_t n) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    out += kHex[p[i] >> 4];
-    out += kHex[p[i] & 15];
-  }
-  return out;
-}
 
 bool IsSha256Hex(const std::string& s) {
   return s.size() == 64 &&

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "common/hex.h"
+
 namespace fmq::pki {
 namespace {
 
@@ -94,12 +96,7 @@ absl::StatusOr<std::string> SubjectAltName(const Subject& who, const std::vector
 }
 
 std::string Hex(const unsigned char* p, size_t n) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    out += kHex[p[i] >> 4];
-    out += kHex[p[i] & 15];
-  }
+  const std::string out = HexOf(p, n);
   size_t nz = out.find_first_not_of('0');
   return nz == std::string::npos ? "0" : out.substr(nz);
 }

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "common/clock.h"
+#include "common/hex.h"
 #include "mgmt/jobs/job_engine.h"
 #include "mgmt/ota/ota_feature.h"
 #include "mgmt/pki/pki.h"
@@ -31,12 +32,7 @@ std::string Bytes(size_t n) {
 std::string Sha(const std::string& s) {
   unsigned char d[32];
   mbedtls_sha256_ret(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d, 0);
-  std::string hex;
-  for (unsigned char c : d) {
-    char h[3];
-    std::snprintf(h, sizeof h, "%02x", c);
-    hex += h;
-  }
+  const std::string hex = HexOf(d, sizeof d);
   return hex;
 }
 
