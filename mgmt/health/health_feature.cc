@@ -41,7 +41,21 @@ bool MetricName(std::string_view n, size_t max) {
   return true;
 }
 
-std::string Key(const TenantId& t, std::string_view device) { return storage::keys::HealthLatest(t, device); }
+// A minute slot as OnDeviceMessage writes it: {"minute": M, "metrics": {name:
+// [min, max, sum, last, n]}}. Stored bytes that parse but do not have this
+// shape are damaged: replaced on the next report, skipped when read.
+bool ValidSlot(const Json& b) {
+  if (!b.is_object()) return false;
+  auto m = b.find("minute"), ms = b.find("metrics");
+  return m != b.end() && m->is_number_integer() && ms != b.end() && ms->is_object();
+}
+bool ValidAggregate(const Json& a) {
+  if (!a.is_array() || a.size() != 5) return false;
+  for (const Json& x : a) {
+    if (!x.is_number()) return false;
+  }
+  return a[4].get<double>() >= 1;
+}
 
 }  // namespace
 
@@ -140,13 +154,13 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   } else {
     bucket = Bucket(t, m.device_id, slot);
   }
-  if (!bucket.is_object() || bucket.value("minute", int64_t{-1}) != minute) {
+  if (!ValidSlot(bucket) || bucket["minute"].get<int64_t>() != minute) {
     bucket = Json{{"minute", minute}, {"metrics", Json::object()}};
   }
   Json& ms = bucket["metrics"];
   for (const auto& [k, d] : v) {
     auto it = ms.find(k);
-    if (it == ms.end() || !it->is_array() || it->size() != 5) {
+    if (it == ms.end() || !ValidAggregate(*it)) {
       ms[k] = Json::array({d, d, d, d, 1});  // min, max, sum, last, n
       continue;
     }
@@ -159,7 +173,7 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   }
   std::string bytes = Dump(bucket);
   stats_.bytes_written += latest.size() + bytes.size() + 2 * key.size();
-  batch_.Put(Family::kHealth, Key(t, m.device_id), std::move(latest));
+  batch_.Put(Family::kHealth, storage::keys::HealthLatest(t, m.device_id), std::move(latest));
   batch_.Put(Family::kHealth, key, std::move(bytes));
   pending_[key] = std::move(bucket);
 }
@@ -179,7 +193,7 @@ void HealthFeature::OnDisconnected(const std::string& tenant, const std::string&
 }
 
 void HealthFeature::OnDeviceRetired(const TenantId& t, const std::string& device_id) {
-  batch_.Delete(Family::kHealth, Key(t, device_id));
+  batch_.Delete(Family::kHealth, storage::keys::HealthLatest(t, device_id));
   std::vector<std::string> slots;
   (void)kv_->ScanPrefix(Family::kHealth, storage::keys::HealthMinutePrefix(t, device_id),
                         [&](std::string_view k, std::string_view) {
@@ -214,7 +228,7 @@ void HealthFeature::Counters(const std::function<void(const char*, uint64_t)>& p
 }
 
 absl::StatusOr<Json> HealthFeature::Latest(const TenantId& t, std::string_view device) const {
-  auto got = kv_->Get(Family::kHealth, Key(t, device));
+  auto got = kv_->Get(Family::kHealth, storage::keys::HealthLatest(t, device));
   if (!got.ok()) return got.status();
   Json j = Json::parse(*got, nullptr, false);
   if (!j.is_object()) return absl::DataLossError("stored health report of '" + std::string(device) + "' is damaged");
@@ -232,8 +246,7 @@ absl::StatusOr<Json> HealthFeature::History(const TenantId& t, std::string_view 
   absl::Status s = kv_->ScanPrefix(Family::kHealth, storage::keys::HealthMinutePrefix(t, device),
                                    [&](std::string_view, std::string_view v) {
                                      Json b = Json::parse(v, nullptr, false);
-                                     if (!b.is_object() || !b.contains("minute") || !b["minute"].is_number_integer())
-                                       return true;
+                                     if (!ValidSlot(b)) return true;
                                      const int64_t m = b["minute"].get<int64_t>();
                                      if (m >= first && m <= last) found.emplace(m, std::move(b));
                                      return true;
@@ -241,12 +254,11 @@ absl::StatusOr<Json> HealthFeature::History(const TenantId& t, std::string_view 
   if (!s.ok()) return s;
   Json out = Json::array();
   for (auto& [minute, b] : found) {
-    if (!b["metrics"].is_object()) continue;
     Json ms = Json::object();
     for (auto it = b["metrics"].begin(); it != b["metrics"].end(); ++it) {
       if (!metrics.empty() && std::find(metrics.begin(), metrics.end(), it.key()) == metrics.end()) continue;
       const Json& a = *it;
-      if (!a.is_array() || a.size() != 5 || !a[4].is_number() || a[4].get<double>() <= 0) continue;
+      if (!ValidAggregate(a)) continue;
       ms[it.key()] = Json{
           {"min", a[0]}, {"max", a[1]}, {"mean", a[2].get<double>() / a[4].get<double>()}, {"last", a[3]}, {"n", a[4]}};
     }

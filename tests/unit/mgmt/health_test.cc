@@ -173,13 +173,25 @@ TEST_CASE("health: damaged bytes on disk are reported or skipped, never trusted;
   storage::WriteBatch b;
   b.Put(storage::Family::kHealth, storage::keys::HealthLatest(w.t, "d1"), "{not json");
   b.Put(storage::Family::kHealth, storage::keys::HealthMinute(w.t, "d1", 5), "\x01\x02");
+  // JSON of the wrong shape in this minute's slot and in another one.
+  const int64_t minute = w.clock.WallMs() / 60'000;
+  const std::string here = storage::keys::HealthMinute(w.t, "d1", static_cast<uint64_t>(minute) % 1440);
+  b.Put(storage::Family::kHealth, here,
+        Json{{"minute", minute}, {"metrics", {{"cpu_pct", {"a", 1, 2, 3, 4}}, {"x", {1, 2}}}}}.dump());
+  b.Put(storage::Family::kHealth, storage::keys::HealthMinute(w.t, "d1", 7), R"({"minute":"x","metrics":[]})");
   REQUIRE(w.kv.Write(b, false).ok());
   CHECK(absl::IsDataLoss(w.f.Latest(w.t, "d1").status()));
-  CHECK(w.History().size() == 1);
+  Json h = w.History();
+  REQUIRE(h.size() == 1);
+  CHECK(h[0]["metrics"].empty());  // this minute's aggregates are damaged: not shown
   w.clock.Advance(2000);
-  w.Report(R"({"cpu_pct":12})");  // overwrites the damaged latest
+  w.Report(R"({"cpu_pct":12})");  // overwrites the damaged latest, starts the damaged aggregate afresh
   w.Commit();
   CHECK((*w.f.Latest(w.t, "d1"))["values"]["cpu_pct"] == 12);
+  h = w.History();
+  REQUIRE(h.size() == 1);
+  CHECK(h[0]["metrics"]["cpu_pct"]["n"] == 1);
+  CHECK(h[0]["metrics"]["cpu_pct"]["min"] == 12);
   w.f.OnDeviceRetired(w.t, "d1");
   w.Commit();
   CHECK(absl::IsNotFound(w.f.Latest(w.t, "d1").status()));
