@@ -198,7 +198,28 @@ Status RetireDevice(Service::Ctx& ctx, const fb::DeviceT& d) {
 
 // ---- tenants (platform admin) ----
 
-constexpr const char* kKeepaliveRange = "server_keepalive must be between 0 (the node's) and 65535 seconds";
+// The settable fields of a tenant given in the command (tenant.create,
+// tenant.update), checked, onto `rec`; nothing changes on an error.
+Status ApplyTenantArgs(Service::Ctx& ctx, fb::TenantT* rec) {
+  for (const char* q : {"max_connections", "max_publish_rate"}) {
+    if (ctx.Has(q) && (ctx.Int(q) < 0 || ctx.Int(q) > UINT32_MAX)) {
+      return absl::InvalidArgumentError("quotas must be between 0 (unlimited) and 4294967295");
+    }
+  }
+  if (ctx.Has("server_keepalive") && (ctx.Int("server_keepalive") < 0 || ctx.Int("server_keepalive") > 65535)) {
+    return absl::InvalidArgumentError("server_keepalive must be between 0 (the node's) and 65535 seconds");
+  }
+  absl::TimeZone tz;
+  if (ctx.Has("time_zone")) {
+    if (Status s = jobs::LoadZone(ctx.Str("time_zone"), &tz); !s.ok()) return s;
+    rec->time_zone = ctx.Str("time_zone");
+  }
+  if (ctx.Has("name")) rec->name = ctx.Str("name");
+  if (ctx.Has("max_connections")) rec->max_connections = static_cast<uint32_t>(ctx.Int("max_connections"));
+  if (ctx.Has("max_publish_rate")) rec->max_publish_rate = static_cast<uint32_t>(ctx.Int("max_publish_rate"));
+  if (ctx.Has("server_keepalive")) rec->server_keepalive = static_cast<uint16_t>(ctx.Int("server_keepalive"));
+  return absl::OkStatus();
+}
 
 Status TenantCreate(Service::Ctx& ctx) {
   const std::string id = ctx.Str("tenant_id");
@@ -208,24 +229,15 @@ Status TenantCreate(Service::Ctx& ctx) {
   Status g = ctx.reg().GetTenant(t, &rec);
   if (g.ok()) return absl::AlreadyExistsError("tenant '" + id + "' already exists");
   if (!absl::IsNotFound(g)) return g;
-  const int64_t maxc = ctx.Int("max_connections"), rate = ctx.Int("max_publish_rate");
-  if (maxc < 0 || maxc > UINT32_MAX || rate < 0 || rate > UINT32_MAX) {
-    return absl::InvalidArgumentError("quotas must be between 0 (unlimited) and 4294967295");
-  }
-  const int64_t ka = ctx.Int("server_keepalive");
-  if (ka < 0 || ka > 65535) return absl::InvalidArgumentError(kKeepaliveRange);
-  const std::string zone = ctx.Str("time_zone", "UTC");
-  absl::TimeZone tz;
-  if (Status s = jobs::LoadZone(zone, &tz); !s.ok()) return s;
+  rec = fb::TenantT();
+  rec.tenant_id = id;
+  rec.name = id;
+  rec.time_zone = "UTC";
+  rec.created_at_ms = ctx.now_ms;
+  // Checked before the tenant's PKI is made.
+  if (Status s = ApplyTenantArgs(ctx, &rec); !s.ok()) return s;
   std::string ca_pem;
   if (Status s = ctx.CreateTenantPki(id, &ca_pem); !s.ok()) return s;
-  rec.tenant_id = id;
-  rec.name = ctx.Str("name", id);
-  rec.created_at_ms = ctx.now_ms;
-  rec.max_connections = static_cast<uint32_t>(maxc);
-  rec.max_publish_rate = static_cast<uint32_t>(rate);
-  rec.time_zone = zone;
-  rec.server_keepalive = static_cast<uint16_t>(ka);
   ctx.reg().PutTenant(t, rec, &ctx.batch);
   // The tenant's own chain starts with its creation.
   fb::AuditEntryT e;
@@ -237,7 +249,7 @@ Status TenantCreate(Service::Ctx& ctx) {
   ctx.fx.trusted_cas.push_back(ca_pem);
   ctx.fx.quotas.push_back({id, rec.max_connections, rec.max_publish_rate, rec.server_keepalive});
   ctx.crl_tenants.push_back(id);
-  ctx.data = Json{{"tenant_id", id}, {"name", rec.name}, {"time_zone", zone}, {"ca_pem", ca_pem}};
+  ctx.data = Json{{"tenant_id", id}, {"name", rec.name}, {"time_zone", rec.time_zone}, {"ca_pem", ca_pem}};
   return absl::OkStatus();
 }
 
@@ -262,25 +274,7 @@ Status TenantUpdate(Service::Ctx& ctx) {
     return absl::IsNotFound(g) ? absl::NotFoundError("no tenant '" + id + "'") : g;
   }
   const Json before = TenantJson(rec);
-  for (const char* q : {"max_connections", "max_publish_rate"}) {
-    if (ctx.Has(q) && (ctx.Int(q) < 0 || ctx.Int(q) > UINT32_MAX)) {
-      return absl::InvalidArgumentError("quotas must be between 0 (unlimited) and 4294967295");
-    }
-  }
-  if (ctx.Has("server_keepalive")) {
-    if (ctx.Int("server_keepalive") < 0 || ctx.Int("server_keepalive") > 65535) {
-      return absl::InvalidArgumentError(kKeepaliveRange);
-    }
-    rec.server_keepalive = static_cast<uint16_t>(ctx.Int("server_keepalive"));
-  }
-  if (ctx.Has("time_zone")) {
-    absl::TimeZone tz;
-    if (Status s = jobs::LoadZone(ctx.Str("time_zone"), &tz); !s.ok()) return s;
-    rec.time_zone = ctx.Str("time_zone");
-  }
-  if (ctx.Has("name")) rec.name = ctx.Str("name");
-  if (ctx.Has("max_connections")) rec.max_connections = static_cast<uint32_t>(ctx.Int("max_connections"));
-  if (ctx.Has("max_publish_rate")) rec.max_publish_rate = static_cast<uint32_t>(ctx.Int("max_publish_rate"));
+  if (Status s = ApplyTenantArgs(ctx, &rec); !s.ok()) return s;
   const Json after = TenantJson(rec);
   Json change = Json::object();
   for (auto it = after.begin(); it != after.end(); ++it) {

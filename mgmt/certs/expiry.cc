@@ -108,7 +108,7 @@ void ExpiryFeature::Notice(const std::string& tenant, const std::string& serial,
   stats_.notices++;
 }
 
-bool ExpiryFeature::Notify(const std::string& tenant, int64_t now) {
+void ExpiryFeature::Notify(const std::string& tenant, int64_t now) {
   const TenantId t = TenantId::FromAuthenticated(tenant);
   const int64_t cursor = Cursor(t), until = now + opts_.notice_ms;
   int64_t reached = cursor;
@@ -144,7 +144,7 @@ bool ExpiryFeature::Notify(const std::string& tenant, int64_t now) {
     FMQ_LOG_ERROR("certificate expiry index of tenant '%s' not read: %s", tenant.c_str(),
                   std::string(s.message()).c_str());
     Due(tenant, now + 60'000);
-    return true;
+    return;
   }
   for (Hit& h : hits) {
     reached = std::max(reached, h.expires);
@@ -156,7 +156,6 @@ bool ExpiryFeature::Notify(const std::string& tenant, int64_t now) {
   } else if (next != INT64_MAX) {
     Due(tenant, std::max(next, now + 1));
   }
-  return done;
 }
 
 int64_t ExpiryFeature::Pump() {

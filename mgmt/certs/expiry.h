@@ -61,9 +61,9 @@ class ExpiryFeature : public mgmt::Feature {
   void Due(const std::string& tenant, int64_t at);
   void Notice(const std::string& tenant, const std::string& serial, const std::string& device, int64_t expires,
               int64_t now);
-  // Notices for the tenant's certificates expiring up to now + notice; false
-  // when the turn's budget ran out first.
-  bool Notify(const std::string& tenant, int64_t now);
+  // Notices for the tenant's certificates expiring up to now + notice (what
+  // the turn's budget leaves is due again at once).
+  void Notify(const std::string& tenant, int64_t now);
   int64_t Cursor(const storage::TenantId& t);
 
   storage::KvStore* kv_;

@@ -284,12 +284,12 @@ absl::StatusOr<Spec> ParseSpec(const Json& rollout, const Json& timeouts, const 
     const Reader wr(w, "rollout.window");
     if (!w.is_object()) return Bad("rollout.window must be an object {start, end, time_zone}");
     if (absl::Status st = wr.Check({"start", "end", "time_zone"}); !st.ok()) return st;
-    auto str = [&](const char* k, std::string_view def) -> std::string {
-      return w.contains(k) && w[k].is_string() ? w[k].get<std::string>() : std::string(def);
-    };
     for (const char* k : {"start", "end", "time_zone"}) {
       if (w.contains(k) && !w[k].is_string()) return Bad("rollout.window." + std::string(k) + " must be a string");
     }
+    auto str = [&](const char* k, std::string_view def) {
+      return w.contains(k) ? w[k].get<std::string>() : std::string(def);
+    };
     if (absl::Status st = DailyWindow::Parse(str("start", ""), str("end", ""), str("time_zone", zone), &s.window);
         !st.ok()) {
       return st;
