@@ -60,16 +60,7 @@ def main():
             r = subprocess.run(admin + ["--json"] + list(args), check=True, capture_output=True, text=True)
             return json.loads(r.stdout)["data"]
         run("model.create", "model_id=m", "manufacturer=bench")
-        t0 = time.time()
-        subprocess.run([b + "/tools/fleetmq-pki", "devices", "--dir", d + "/data", "--tenant", "default", "--prefix",
-                        "d", "--count", str(a.devices), "--out", d + "/certs"], check=True)
-        phases["certificates_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        for i in range(0, a.devices, 100):
-            cmds = [{"command": "device.register", "device_id": "d%d" % k, "serial_number": "s%d" % k,
-                     "model_id": "m"} for k in range(i, min(a.devices, i + 100))]
-            subprocess.run(admin + ["--raw", json.dumps({"commands": cmds})], check=True, capture_output=True)
-        phases["register_s"] = round(time.time() - t0, 1)
+        local_broker.register_fleet(b, d, admin, a.devices, phases)
         t0 = time.time()
         agent = subprocess.Popen([b + "/tools/fleetmq-device", "--port", str(tls), "--ca", d + "/data/pki/root.crt",
                                   "--certs", d + "/certs", "--prefix", "d", "--count", str(a.devices), "--window",

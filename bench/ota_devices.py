@@ -115,16 +115,7 @@ def main():
                                text=True)
             return json.loads(r.stdout)["data"] if json_out else r.stdout
         run("model.create", "model_id=m", "manufacturer=bench")
-        t0 = time.time()
-        subprocess.run([b + "/tools/fleetmq-pki", "devices", "--dir", d + "/data", "--tenant", "default", "--prefix",
-                        "d", "--count", str(a.devices), "--out", d + "/certs"], check=True)
-        phases["certificates_s"] = round(time.time() - t0, 1)
-        t0 = time.time()
-        for i in range(0, a.devices, 100):
-            cmds = [{"command": "device.register", "device_id": "d%d" % k, "serial_number": "s%d" % k,
-                     "model_id": "m"} for k in range(i, min(a.devices, i + 100))]
-            subprocess.run(admin + ["--raw", json.dumps({"commands": cmds})], check=True, capture_output=True)
-        phases["register_s"] = round(time.time() - t0, 1)
+        local_broker.register_fleet(b, d, admin, a.devices, phases)
         size = a.image_kb * 1024
         for version, data in (("1.0.0", image(4096)), ("2.0.0", image(size))):
             path = os.path.join(d, version + ".bin")

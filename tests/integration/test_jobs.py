@@ -6,6 +6,7 @@ isolation; bad device messages and bad operator input."""
 import json
 import re  # noqa: F401
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -41,6 +42,7 @@ class JobsBase(unittest.TestCase):
                 a.kill()
                 a.wait()
         self.broker.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)  # device certificates, images, agent logs
 
     def admin(self, *args, ok=True, timeout=30):
         cmd = [ADMIN, "--data_dir", self.broker.data_dir, "--port", str(self.broker.tls_port), "--json"]
