@@ -41,7 +41,10 @@ struct JobEngine::Active {
   std::deque<Candidate> ready;                          // next to start (reconnected, retry due, recovered)
   std::deque<Candidate> scanned;                        // read from the store by the cursor
   absl::flat_hash_set<std::string> removed;             // retired devices still in ready/scanned
-  std::string cursor;                                   // last execution read by the dispatch cursor
+  // Enrolment jobs: devices taken again after an earlier execution ended →
+  // the attempts before (retries and backoff count from there).
+  absl::flat_hash_map<std::string, uint32_t> base;
+  std::string cursor;  // last execution read by the dispatch cursor
   bool cursor_end = false;
   bool throttled = false;    // candidates left, held back by the rate
   bool held = false;         // candidates left, held back for the next wave
@@ -78,6 +81,7 @@ Json TargetJson(const JobEngine::Target& t) {
   Json j = Json::object();
   if (!t.has_query) {
     j["device_ids"] = t.device_ids.size();
+    if (t.continuous) j["continuous"] = true;  // enrolled one by one (Enroll)
     return j;
   }
   if (!t.filter.group_id.empty()) j["group_id"] = t.filter.group_id;
@@ -92,7 +96,11 @@ Json TargetJson(const JobEngine::Target& t) {
 JobEngine::Target TargetFromJson(const std::string& text) {
   JobEngine::Target t;
   Json j = Json::parse(text, nullptr, false);
-  if (!j.is_object() || j.contains("device_ids")) return t;
+  if (!j.is_object()) return t;
+  if (j.contains("device_ids")) {
+    t.continuous = j.value("continuous", false);
+    return t;
+  }
   t.has_query = true;
   auto str = [&](const char* k) { return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : ""; };
   t.filter.group_id = str("group_id");
@@ -116,6 +124,8 @@ std::string_view JobTypeName(fb::JobType t) {
       return "config";
     case fb::JobType::Command:
       return "command";
+    case fb::JobType::Renew:
+      return "renew";
   }
   return "?";
 }
@@ -307,6 +317,7 @@ absl::Status JobEngine::Load(const TenantId& t, fb::JobT rec) {
 }
 
 void JobEngine::LoadExecution(Active& j, fb::JobDeviceT&& e, int64_t now) {
+  if (e.first_attempt > 0 && !IsTerminal(e.state)) j.base[e.device_id] = e.first_attempt;
   auto follow = [&](ExecState st, int64_t timeout_ms) {
     j.Count(st)++;
     Inflight f{st, e.attempts, now + timeout_ms, 0, std::move(e.trail)};
@@ -349,7 +360,7 @@ absl::Status JobEngine::Create(const TenantId& t, const NewJob& nj, storage::Wri
   } else if (!absl::IsNotFound(g)) {
     return g;
   }
-  if (nj.target.continuous && !nj.target.has_query) {
+  if (nj.target.continuous && !nj.target.has_query && !nj.target.device_ids.empty()) {
     return absl::InvalidArgumentError("continuous needs a query target (group_id, model_id, ...), not device_ids");
   }
   if (nj.spec.abort_rolls_back) {
@@ -497,6 +508,10 @@ void JobEngine::Record(Active& j, const std::string& device, ExecState from, Exe
   u.rec.device_id = device;
   u.rec.state = to;
   u.rec.attempts = attempt;
+  if (auto b = j.base.find(device); b != j.base.end()) {
+    u.rec.first_attempt = b->second;
+    if (IsTerminal(to)) j.base.erase(b);
+  }
   u.rec.updated_at_ms = now;
   u.rec.detail = std::string(detail);
   u.rec.not_before_ms = not_before;
@@ -610,6 +625,7 @@ bool JobEngine::NextCandidate(Active& j, int64_t now, Candidate* c) {
       for (fb::JobDeviceT& e : page.items) {
         j.cursor = e.device_id;
         if (e.state != ExecState::Pending) continue;
+        if (e.first_attempt > 0) j.base[e.device_id] = e.first_attempt;
         if (e.not_before_ms > now) {
           retries_.push(Due{e.not_before_ms, Ref{j.tenant, j.rec.job_id, e.device_id, e.attempts}});
           continue;
@@ -855,12 +871,14 @@ void JobEngine::Finish(Active& j, const std::string& device, ExecState to, std::
     h->OnEnded(TypeHandler::Exec{j.tenant, j.rec, device, f.attempt}, to);
   const bool retryable =
       (to == ExecState::Failed && j.spec.retry_failed) || (to == ExecState::TimedOut && j.spec.retry_timed_out);
-  if (may_retry && retryable && f.attempt < j.spec.max_attempts && !j.Ended()) {
+  auto b = j.base.find(device);
+  const uint32_t tries = f.attempt - (b == j.base.end() ? 0 : std::min(b->second, f.attempt));
+  if (may_retry && retryable && tries < j.spec.max_attempts && !j.Ended()) {
     // The attempt ended `to` and the execution waits for the next one: one
     // record and one audit entry, the trail showing both.
     const int64_t now = clock_->WallMs();
     f.trail += ",[\"" + std::string(ExecName(to)) + "\"," + std::to_string(now) + "]";
-    const int64_t at = now + BackoffMs(j.spec, f.attempt);
+    const int64_t at = now + BackoffMs(j.spec, tries);
     Record(j, device, f.state, ExecState::Pending, f.attempt, detail, &f.trail, at);
     retries_.push(Due{at, Ref{j.tenant, j.rec.job_id, device, f.attempt}});
     j.retries++;
@@ -1017,25 +1035,53 @@ void JobEngine::OnDeviceJoined(const TenantId& t, const fb::DeviceT& d) {
   if (tj == active_.end() || storage::IsRetired(d.status)) return;
   for (auto& [id, j] : tj->second) {
     const Target& q = j->target;
-    if (j->remove || j->Ended() || !q.continuous) continue;
+    if (j->remove || j->Ended() || !q.continuous || !q.has_query) continue;
     const bool match = (q.filter.group_id.empty() ||
                         std::find(d.group_ids.begin(), d.group_ids.end(), q.filter.group_id) != d.group_ids.end()) &&
                        (q.filter.model_id.empty() || q.filter.model_id == d.model_id) &&
                        (q.filter.firmware_version.empty() || q.filter.firmware_version == d.firmware_version) &&
                        (!q.filter.status || *q.filter.status == d.status);
-    fb::JobDeviceT e;
-    if (!match || Lookup(*j, d.device_id, &e)) continue;  // one execution per device and job
-    Unsynced& u = unsynced_[UnsyncedKey(*j, d.device_id)];
-    u.tenant = j->tenant;
-    u.job_id = j->rec.job_id;
-    u.rec.device_id = d.device_id;
-    u.rec.state = ExecState::Pending;
-    u.rec.updated_at_ms = clock_->WallMs();
-    j->Count(ExecState::Pending)++;
-    j->rec.total_count++;
-    SaveJob(*j);
-    j->ready.push_back(Candidate{d.device_id, 0, false, {}});
+    if (match) AddExecution(*j, d.device_id, false);
   }
+}
+
+bool JobEngine::AddExecution(Active& j, const std::string& device, bool rearm) {
+  fb::JobDeviceT e;
+  uint32_t attempts = 0;
+  if (Lookup(j, device, &e)) {
+    // One execution per device and job; an enrolment job takes a device
+    // again once its execution ended (a certificate renewed two years ago),
+    // numbering its attempts on, so the device's (job, attempt) stays new.
+    if (!rearm || !IsTerminal(e.state) || e.state == ExecState::Removed) return false;
+    j.Count(e.state)--;
+    j.rec.total_count--;
+    attempts = e.attempts;
+    j.base[device] = attempts;
+  }
+  Unsynced& u = unsynced_[UnsyncedKey(j, device)];
+  u.tenant = j.tenant;
+  u.job_id = j.rec.job_id;
+  u.rec = fb::JobDeviceT{};
+  u.rec.device_id = device;
+  u.rec.state = ExecState::Pending;
+  u.rec.attempts = attempts;
+  u.rec.first_attempt = attempts;
+  u.rec.updated_at_ms = clock_->WallMs();
+  u.lazy_since = 0;
+  j.Count(ExecState::Pending)++;
+  j.rec.total_count++;
+  SaveJob(j);
+  j.ready.push_back(Candidate{device, attempts, false, {}});
+  return true;
+}
+
+absl::StatusOr<bool> JobEngine::Enroll(const std::string& tenant, std::string_view job_id, const std::string& device) {
+  Active* j = Find(tenant, job_id);
+  if (j == nullptr || j->remove || j->Ended()) return absl::NotFoundError("job not running");
+  if (!j->target.continuous || j->target.has_query) {
+    return absl::FailedPreconditionError("job '" + std::string(job_id) + "' does not take enrolments");
+  }
+  return AddExecution(*j, device, true);
 }
 
 void JobEngine::OnDeviceRetired(const TenantId& t, const std::string& device_id) {

@@ -26,6 +26,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/clock.h"
 #include "common/string_map.h"
 #include "mgmt/jobs/job_state.h"
@@ -88,7 +89,7 @@ class TypeHandler {
   virtual bool engine_audits() const { return true; }
 };
 
-// "command", "config", "ota" as stored and shown.
+// "command", "config", "ota", "renew" as stored and shown.
 std::string_view JobTypeName(fb::JobType t);
 
 struct EngineOptions {
@@ -134,6 +135,8 @@ class JobEngine : public mgmt::Feature {
     int online = -1;  // -1 any, 0 offline only, 1 online only (at resolution)
     // A query job that never completes by itself: devices that come to match
     // it later (registered into the group, added to it) get an execution too.
+    // With no query and no device_ids: an enrolment job, whose devices are
+    // added one by one by a feature (Enroll; automatic certificate renewal).
     bool continuous = false;
   };
   struct NewJob {
@@ -162,6 +165,10 @@ class JobEngine : public mgmt::Feature {
   // Moves the deadline of an execution in flight (a handler's phase timeout,
   // e.g. download, install, reboot). False when it is not in flight.
   bool Extend(const std::string& tenant, std::string_view job_id, const std::string& device, int64_t deadline_ms);
+  // Adds an execution for `device` to an enrolment job (Target above) once
+  // its batch commits: true when added, false when the job has one in
+  // progress already (one that ended is started again, its attempts numbered on).
+  absl::StatusOr<bool> Enroll(const std::string& tenant, std::string_view job_id, const std::string& device);
   // The execution's current attempt, or 0 when it is not in flight.
   uint32_t AttemptOf(const std::string& tenant, std::string_view job_id, const std::string& device);
   // job.get: the record with live counts, rate and ETA.
@@ -239,6 +246,7 @@ class JobEngine : public mgmt::Feature {
   void FlushRecords(bool all);
   // An execution in flight reached a terminal state (or a retry).
   void Finish(Active& j, const std::string& device, ExecState to, std::string_view detail, bool may_retry);
+  bool AddExecution(Active& j, const std::string& device, bool rearm);
   void CheckAbort(Active& j);
   // Waves: how many executions may have started by the end of the current
   // wave, and the gate between waves once they all ended.
@@ -281,7 +289,7 @@ class JobEngine : public mgmt::Feature {
   Output pending_;
   std::vector<std::string> touched_tenants_;  // audit heads to forget if the commit fails
   Stats stats_;
-  TypeHandler* handlers_[3] = {nullptr, nullptr, nullptr};
+  TypeHandler* handlers_[4] = {nullptr, nullptr, nullptr, nullptr};
   TypeHandler* HandlerOf(const Active& j) const;
 };
 
