@@ -343,6 +343,19 @@ const std::vector<OptionDef>& Options() {
        UintSetter(
            "certs.device_validity_days", 1, 3650,
            [](Config& c, uint64_t n) { c.management.device_validity_ms = static_cast<int64_t>(n) * 86'400'000; })},
+      {"certs.auto_renew", "true",
+       "Renew a device's certificate over MQTT when its expiry notice is due (job auto-renew of the tenant; "
+       "offline devices when they next connect). Off by itself when certs.device_validity_days is not longer than "
+       "certs.expiry_notice_days.",
+       BoolSetter("certs.auto_renew", [](Config& c, bool v) { c.management.cert_auto_renew = v; })},
+      {"certs.renewal_grace_s", "3600",
+       "Seconds a renewed device's old certificate stays valid after the device first connected with the new one.",
+       UintSetter("certs.renewal_grace_s", 0, 30 * 86400,
+                  [](Config& c, uint64_t n) { c.management.cert_renewal_grace_ms = static_cast<int64_t>(n) * 1000; })},
+      {"certs.auto_renew_rate", "20",
+       "Automatic renewals started per second per tenant (each is one ECDSA signature on the management thread).",
+       UintSetter("certs.auto_renew_rate", 1, 10000,
+                  [](Config& c, uint64_t n) { c.management.cert_auto_renew_rate = static_cast<double>(n); })},
       {"health.min_report_interval_ms", "1000",
        "A device may send one health report per this many ms on average (bursts of 2); more are refused "
        "(health/report/rejected, rate_limited).",

@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
   aopts.health.max_metrics = cfg.management.health_max_metrics;
   aopts.certs.notice_ms = cfg.management.cert_notice_ms;
   aopts.device_validity_ms = cfg.management.device_validity_ms;
+  aopts.renewal.auto_renew = cfg.management.cert_auto_renew;
+  aopts.renewal.grace_ms = cfg.management.cert_renewal_grace_ms;
+  aopts.renewal.auto_rate_per_s = cfg.management.cert_auto_renew_rate;
   fmq::admin::Service admin_service(kv->get(), &clock, aopts);
   fmq::AdminModule admin_module(&admin_service, kv->get(), &clock, cfg.management);
   // Declared before the workers: their clients' TLS sessions use this context.

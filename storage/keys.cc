@@ -147,6 +147,14 @@ std::string CertExpiry(const TenantId& t, int64_t expires_ms, std::string_view s
 std::string CertExpiryFrom(const TenantId& t, int64_t expires_ms) { return Base(t, "cert.exp").I64(expires_ms).Take(); }
 std::string CertExpiryPrefix(const TenantId& t) { return Base(t, "cert.exp").Take(); }
 std::string CertNoticeCursor(const TenantId& t) { return Base(t, "cert.notice").Take(); }
+std::string CertRevokeDue(const TenantId& t, int64_t at_ms, std::string_view serial) {
+  return Base(t, "cert.rvk").I64(at_ms).Str(serial).Take();
+}
+std::string CertRevokeDuePrefix(const TenantId& t) { return Base(t, "cert.rvk").Take(); }
+std::string CertLog(const TenantId& t, int64_t at_ms, std::string_view serial, std::string_view event) {
+  return Base(t, "cert.log").I64(at_ms).Str(serial).Str(event).Take();
+}
+std::string CertLogPrefix(const TenantId& t) { return Base(t, "cert.log").Take(); }
 std::string CertByDevicePrefix(const TenantId& t, std::string_view dev) { return Base(t, "cert.dev").Str(dev).Take(); }
 std::string AuditByDevice(const TenantId& t, std::string_view dev, uint64_t seq) {
   return Base(t, "audit.dev").Str(dev).U64(seq).Take();

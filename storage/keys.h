@@ -109,6 +109,15 @@ std::string CertExpiryFrom(const TenantId& t, int64_t expires_ms);  // the first
 std::string CertExpiryPrefix(const TenantId& t);
 // Family::kMeta: expiry notices sent up to this expiry (ms).
 std::string CertNoticeCursor(const TenantId& t);
+// Family::kIndex: a renewed device's old certificate, revoked at `at_ms`
+// (its grace after the new one was used) → device id.
+std::string CertRevokeDue(const TenantId& t, int64_t at_ms, std::string_view serial);
+std::string CertRevokeDuePrefix(const TenantId& t);
+// Family::kIndex: the tenant's transparency log, every certificate issued
+// or revoked, by time (doc/certificate-profile.md "Transparency log") →
+// JSON {event, serial, device_id, sha256, expires_at_ms, by}.
+std::string CertLog(const TenantId& t, int64_t at_ms, std::string_view serial, std::string_view event);
+std::string CertLogPrefix(const TenantId& t);
 std::string Job(const TenantId& t, std::string_view job_id);
 std::string JobDevice(const TenantId& t, std::string_view job_id, std::string_view device_id);
 std::string JobDevicePrefix(const TenantId& t, std::string_view job_id);

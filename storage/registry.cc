@@ -6,6 +6,8 @@
 #include <charconv>
 #include <set>
 
+#include "common/hex.h"
+
 namespace fmq::storage {
 namespace {
 
@@ -265,7 +267,46 @@ absl::StatusOr<std::string> Registry::GetConfigBlob(const TenantId& t, std::stri
   return kv_->Get(Family::kConfigBlobs, keys::ConfigBlob(t, hash));
 }
 
+std::string Registry::CertSha256(const fb::CertificateT& c) {
+  if (c.der.empty()) return "";
+  unsigned char h[32];
+  mbedtls_sha256_ret(c.der.data(), c.der.size(), h, 0);
+  return HexOf(std::string_view(reinterpret_cast<const char*>(h), sizeof h));
+}
+
+void Registry::LogCert(const TenantId& t, std::string_view event, const fb::CertificateT& c, int64_t at_ms,
+                       WriteBatch* b) {
+  // Serials and device ids are certificate names (no quotes or escapes).
+  std::string v = "{\"event\":\"" + std::string(event) + "\",\"serial\":\"" + c.serial + "\",\"device_id\":\"" +
+                  c.device_id + "\",\"sha256\":\"" + CertSha256(c) +
+                  "\",\"expires_at_ms\":" + std::to_string(c.expires_at_ms) + ",\"at_ms\":" + std::to_string(at_ms) +
+                  "}";
+  b->Put(Family::kIndex, keys::CertLog(t, at_ms, c.serial, event), v);
+}
+
+absl::Status Registry::CertLogPage(const TenantId& t, std::string_view cursor, size_t limit,
+                                   std::vector<std::string>* out, std::string* next_cursor) {
+  const std::string prefix = keys::CertLogPrefix(t);
+  if (!cursor.empty() && cursor.substr(0, prefix.size()) != prefix) {
+    return absl::InvalidArgumentError("cursor is not one of this listing's");
+  }
+  const std::string start = cursor.empty() ? prefix : After(std::string(cursor));
+  out->clear();
+  next_cursor->clear();
+  return kv_->Scan(Family::kIndex, start, PrefixEnd(prefix), [&](std::string_view k, std::string_view v) {
+    if (out->size() == limit) return false;
+    out->emplace_back(v);
+    if (out->size() == limit) *next_cursor = std::string(k);
+    return true;
+  });
+}
+
 void Registry::PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b) {
+  StoreCert(t, rec, b);
+  LogCert(t, "issued", rec, rec.issued_at_ms, b);
+}
+
+void Registry::StoreCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b) {
   b->Put(Family::kCerts, keys::Cert(t, rec.serial), EncodeRecord<fb::Certificate>(rec));
   if (!rec.device_id.empty()) b->Put(Family::kIndex, keys::CertByDevice(t, rec.device_id, rec.serial), "");
   // The expiry index holds what can still be used: a revoked certificate leaves it.
@@ -286,8 +327,10 @@ absl::Status Registry::RevokeCert(const TenantId& t, std::string_view serial, in
   } else if (!s.ok()) {
     return s;
   }
-  if (c.revoked_at_ms == 0) c.revoked_at_ms = now_ms;
-  PutCert(t, c, b);
+  if (c.revoked_at_ms != 0) return absl::OkStatus();  // once
+  c.revoked_at_ms = now_ms;
+  StoreCert(t, c, b);
+  LogCert(t, "revoked", c, now_ms, b);
   return absl::OkStatus();
 }
 

@@ -88,11 +88,19 @@ class Registry {
   void PutConfigBlob(const TenantId& t, std::string_view hash, std::string_view canonical, WriteBatch* b);
   absl::StatusOr<std::string> GetConfigBlob(const TenantId& t, std::string_view hash);
 
+  // A newly issued certificate: its record, indexes and transparency log entry.
   void PutCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b);
+  // The transparency log (keys::CertLog): entries as JSON text, oldest
+  // first, from `cursor` (a key; empty: the start); `next_cursor` empty at the end.
+  absl::Status CertLogPage(const TenantId& t, std::string_view cursor, size_t limit, std::vector<std::string>* out,
+                           std::string* next_cursor);
+  // Lowercase hex SHA-256 of the certificate's DER ("" without DER).
+  static std::string CertSha256(const fb::CertificateT& c);
   absl::Status GetCert(const TenantId& t, std::string_view serial, fb::CertificateT* out);
   absl::Status CertsOfDevice(const TenantId& t, std::string_view device_id, std::vector<fb::CertificateT>* out);
   // Marks a serial revoked (creating a record for a serial issued outside
-  // the registry). Idempotent: the first revocation time is kept.
+  // the registry) and logs it (transparency log). Idempotent: the first
+  // revocation time is kept, and logged once.
   absl::Status RevokeCert(const TenantId& t, std::string_view serial, int64_t now_ms, WriteBatch* b);
   // Every revoked serial of every tenant (platform start-up: the TLS
   // context's revocation set), or of one tenant when `only` is set.
@@ -127,6 +135,8 @@ class Registry {
   static std::string AuditHash(const std::string& prev_hash, const fb::AuditEntryT& e);
 
  private:
+  void StoreCert(const TenantId& t, const fb::CertificateT& rec, WriteBatch* b);
+  void LogCert(const TenantId& t, std::string_view event, const fb::CertificateT& c, int64_t at_ms, WriteBatch* b);
   struct AuditHeadState {
     uint64_t seq = 0;
     std::string hash;

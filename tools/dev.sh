@@ -82,7 +82,8 @@ case "${1:-}" in
     ninja -C build-tsan broker/fleetmq tools/fleetmq-admin tools/fleetmq-pki tools/fleetmq-device
     TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp" \
       meson test -C build-tsan --no-rebuild --print-errorlogs integration-workers integration-tls \
-      integration-admin integration-jobs integration-config integration-ota integration-health || status=1
+      integration-admin integration-jobs integration-config integration-ota integration-health \
+      integration-renewal || status=1
     # Skips fail the run, except the disk-full test as a non-root user on a
     # machine without user namespaces (it needs to mount a tmpfs).
     [ "$(id -u)" -eq 0 ] || export FMQ_ALLOWED_SKIPS=integration-disk-full

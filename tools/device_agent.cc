@@ -18,7 +18,7 @@
 //       [--block 32768] [--ota-window 4] [--ota-corrupt-pct 0]
 //       [--ota-fail-pct 0] [--ota-rollback-pct 0] [--ota-never-pct 0]
 //       [--ota-drop-pct 0] [--health-s 0] [--health-error-pct 0]
-//       [--health-silent-pct 0]
+//       [--health-silent-pct 0] [--renew-fail-pct 0]
 //
 // Knobs (deterministic per device, job and attempt with --seed): --fail-pct
 // of attempts report FAILED; --reject-pct of executions report REJECTED;
@@ -51,11 +51,18 @@
 // point of the first interval (no fleet-wide burst); --health-error-pct of
 // reports carry an error burst (+20 errors), --health-silent-pct of devices
 // never report.
+// Certificate renewal (doc/device-api.md "Certificate renewal"): on
+// certs/renew it makes a new EC P-256 key, sends a CSR for its own subject
+// on certs/csr, checks the certificate it gets (its key, its chain to --ca),
+// stores it over DIR/<id>.crt and .key (atomically, as a device writes
+// flash), and reconnects with it. --renew-fail-pct of requests are answered
+// with an error instead (a device that cannot make a key).
 // Prints one status line a second on stderr and a JSON summary on exit
 // (SIGINT/SIGTERM, --duration, or --idle-exit seconds without a notification
 // once every device connected). Loopback only.
 #include <mbedtls/base64.h>
 #include <mbedtls/sha256.h>
+#include <mbedtls/x509_csr.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <uv.h>
@@ -79,6 +86,7 @@
 #include "common/hex.h"
 #include "mgmt/config/document.h"
 #include "mgmt/pki/pki.h"
+#include "mgmt/pki/pki_dir.h"
 
 namespace {
 
@@ -96,6 +104,7 @@ struct Options {
   int block = 32768, ota_window = 4;
   double ota_corrupt_pct = 0, ota_fail_pct = 0, ota_rollback_pct = 0, ota_never_pct = 0, ota_drop_pct = 0;
   double health_s = 0, health_error_pct = 0, health_silent_pct = 0;
+  double renew_fail_pct = 0;
   int slow_ms = 0;
   bool progress = true;  // report IN_PROGRESS before the final status
   double duration = 0, idle_exit = 0;
@@ -151,6 +160,14 @@ struct Device {
     uint64_t reported = 0;
     std::unique_ptr<mbedtls_sha256_context> hash;
   } ota;
+  // Renewal: the key made for the CSR in flight (PEM), and the renewal
+  // answered (job id and attempt: each once); `renewed`: a new certificate
+  // and key stored, used from the next connection.
+  struct Renewal {
+    std::string job_id, key_pem;
+    uint32_t attempt = 0;
+    bool renewed = false;
+  } renewal;
   struct Health {
     double cpu = 20, mem = 40, storage = 30, battery = 100, temp = 35, queue = 0;
     uint64_t errors = 0, reports = 0;
@@ -268,25 +285,44 @@ class Agent {
       d.agent = this;
       d.id = o_.prefix + std::to_string(o_.start + i);
       d.channel = "$fleetmq/v1/devices/" + d.id + "/";
-      const std::string cert = read(o_.certs + "/" + d.id + ".crt"), key = read(o_.certs + "/" + d.id + ".key");
-      if (cert.empty() || key.empty() ||
-          mbedtls_ssl_config_defaults(&d.conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
-                                      MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
-          mbedtls_x509_crt_parse(&d.chain, bytes(cert), cert.size() + 1) != 0 ||
-          mbedtls_pk_parse_key(&d.key, bytes(key), key.size() + 1, nullptr, 0) != 0) {
+      if (!SetCredentials(d)) {
         std::fprintf(stderr, "fleetmq-device: %s: needs %s/%s.crt and .key (PEM)\n", d.id.c_str(), o_.certs.c_str(),
                      d.id.c_str());
         return false;
       }
       d.fw_version = o_.firmware;
       if (auto id = pki::IdentityOf(d.chain); id.ok()) d.tenant = id->tenant;
-      mbedtls_ssl_conf_rng(&d.conf, pki::Rng::Fill, &rng_);
-      mbedtls_ssl_conf_authmode(&d.conf, MBEDTLS_SSL_VERIFY_REQUIRED);
-      mbedtls_ssl_conf_ca_chain(&d.conf, &trust_, nullptr);
-      if (mbedtls_ssl_conf_own_cert(&d.conf, &d.chain, &d.key) != 0) return false;
     }
     for (int i = 0; i < o_.count; ++i) to_connect_.push(i);
     return true;
+  }
+
+  // (Re)loads the device's certificate and key from DIR and sets up its TLS
+  // configuration with them (no session may be using the old one).
+  bool SetCredentials(Device& d) {
+    auto read = [](const std::string& p) {
+      std::ifstream f(p);
+      return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    };
+    auto bytes = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.c_str()); };
+    mbedtls_ssl_config_free(&d.conf);
+    mbedtls_x509_crt_free(&d.chain);
+    mbedtls_pk_free(&d.key);
+    mbedtls_ssl_config_init(&d.conf);
+    mbedtls_x509_crt_init(&d.chain);
+    mbedtls_pk_init(&d.key);
+    const std::string cert = read(o_.certs + "/" + d.id + ".crt"), key = read(o_.certs + "/" + d.id + ".key");
+    if (cert.empty() || key.empty() ||
+        mbedtls_ssl_config_defaults(&d.conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
+        mbedtls_x509_crt_parse(&d.chain, bytes(cert), cert.size() + 1) != 0 ||
+        mbedtls_pk_parse_key(&d.key, bytes(key), key.size() + 1, nullptr, 0) != 0) {
+      return false;
+    }
+    mbedtls_ssl_conf_rng(&d.conf, pki::Rng::Fill, &rng_);
+    mbedtls_ssl_conf_authmode(&d.conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+    mbedtls_ssl_conf_ca_chain(&d.conf, &trust_, nullptr);
+    return mbedtls_ssl_conf_own_cert(&d.conf, &d.chain, &d.key) == 0;
   }
 
   // Starts connections, at most --window in progress.
@@ -308,6 +344,14 @@ class Agent {
     uv_tcp_nodelay(d.tcp, 1);
     d.tcp->data = &d;
     d.framer = mqtt::Framer(1u << 20);
+    d.tls.reset();
+    if (d.renewal.renewed) {  // the new certificate from this connection on
+      d.renewal.renewed = false;
+      if (!SetCredentials(d)) {
+        std::fprintf(stderr, "fleetmq-device: %s: renewed certificate unreadable\n", d.id.c_str());
+        d.dead = true;
+      }
+    }
     d.tls = std::make_unique<tls::TlsSession>(&d.conf, "localhost");
     auto* req = new uv_connect_t;
     req->data = &d;
@@ -391,6 +435,8 @@ class Agent {
     reports_++;
   }
   void OnNotify(Device& d, std::string_view payload);
+  void OnRenew(Device& d, std::string_view payload);
+  void OnRenewed(Device& d, std::string_view payload);
   void OnDesired(Device& d, std::string_view payload);
   void OnOta(Device& d, std::string_view payload);
   void OnBlock(Device& d, uint64_t offset, std::string_view bytes);
@@ -424,6 +470,7 @@ class Agent {
   // Health reports due: (monotonic ms, device index), earliest first.
   std::priority_queue<std::pair<int64_t, int>, std::vector<std::pair<int64_t, int>>, std::greater<>> health_due_;
   uint64_t health_reports_ = 0, health_rejected_ = 0, health_silent_ = 0;
+  uint64_t renew_requests_ = 0, renewed_ = 0, renew_refused_ = 0;
   std::priority_queue<Answer, std::vector<Answer>, std::greater<Answer>> answers_;
   std::priority_queue<Retry, std::vector<Retry>, std::greater<Retry>> retries_;
   char read_buf_[64 * 1024];
@@ -542,6 +589,16 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
         if (j.is_object() && j.value("phase", "") == "installing") Reboot(d);
       } else if (topic == "ota/cancel") {
         d.ota = Device::Ota{};
+      } else if (topic == "certs/renew") {
+        OnRenew(d, pub->payload);
+      } else if (topic == "certs/csr/accepted") {
+        OnRenewed(d, pub->payload);
+      } else if (topic == "certs/csr/rejected") {
+        ++renew_refused_;
+        if (errors_++ < 5) {
+          std::fprintf(stderr, "fleetmq-device: %s: CSR refused: %.*s\n", d.id.c_str(),
+                       static_cast<int>(pub->payload.size()), pub->payload.data());
+        }
       } else if (topic == "jobs/notify") {
         OnNotify(d, pub->payload);
       } else if (topic == "config/desired") {
@@ -913,6 +970,91 @@ void Agent::Reboot(Device& d) {
   Closed(d);
 }
 
+void Agent::OnRenew(Device& d, std::string_view payload) {
+  Json j = Json::parse(payload, nullptr, false);
+  if (!j.is_object() || !j.contains("job_id") || !j["job_id"].is_string() || !j.contains("attempt") ||
+      !j["attempt"].is_number_unsigned()) {
+    return;
+  }
+  const std::string job = j["job_id"].get<std::string>();
+  const auto attempt = j["attempt"].get<uint32_t>();
+  Json reply{{"job_id", job}, {"attempt", attempt}};
+  if (d.renewal.job_id == job && d.renewal.attempt == attempt && !d.renewal.key_pem.empty()) {
+    ++duplicates_;  // asked again (a reconnect): the same CSR's key, a new CSR
+  } else if (Roll(o_.seed, d.id, job + "/" + std::to_string(attempt) + "/renew-fail") < o_.renew_fail_pct) {
+    reply["error"] = "key generation failed";
+    Publish(d, "certs/csr", reply.dump());
+    return;
+  } else {
+    auto key = pki::Key::Generate(rng_);
+    if (!key.ok()) return;
+    d.renewal = Device::Renewal{job, *key->ToPem(), attempt, false};
+  }
+  auto key = pki::Key::FromPem(d.renewal.key_pem);
+  if (!key.ok()) return;
+  mbedtls_x509write_csr req;
+  mbedtls_x509write_csr_init(&req);
+  mbedtls_x509write_csr_set_md_alg(&req, MBEDTLS_MD_SHA256);
+  mbedtls_x509write_csr_set_key(&req, key->pk());
+  const std::string subject = "CN=" + d.id + ",OU=device,O=" + d.tenant;
+  unsigned char buf[4096];
+  const bool ok = mbedtls_x509write_csr_set_subject_name(&req, subject.c_str()) == 0 &&
+                  mbedtls_x509write_csr_pem(&req, buf, sizeof buf, pki::Rng::Fill, &rng_) == 0;
+  mbedtls_x509write_csr_free(&req);
+  if (!ok) return;
+  reply["csr"] = std::string(reinterpret_cast<const char*>(buf));
+  ++renew_requests_;
+  Publish(d, "certs/csr", reply.dump());
+}
+
+void Agent::OnRenewed(Device& d, std::string_view payload) {
+  Json j = Json::parse(payload, nullptr, false);
+  if (!j.is_object() || j.value("job_id", "") != d.renewal.job_id || d.renewal.key_pem.empty() ||
+      !j.contains("certificate_pem") || !j["certificate_pem"].is_string()) {
+    return;
+  }
+  // Checked before it replaces anything: it chains to the root we trust,
+  // names this device, and belongs to the key we made.
+  const std::string pem = j["certificate_pem"].get<std::string>() + j.value("ca_chain_pem", "");
+  mbedtls_x509_crt crt;
+  mbedtls_x509_crt_init(&crt);
+  auto key = pki::Key::FromPem(d.renewal.key_pem);
+  uint32_t flags = 0;
+  bool ok = key.ok() &&
+            mbedtls_x509_crt_parse(&crt, reinterpret_cast<const unsigned char*>(pem.c_str()), pem.size() + 1) == 0 &&
+            mbedtls_x509_crt_verify(&crt, &trust_, nullptr, nullptr, &flags, nullptr, nullptr) == 0 &&
+            mbedtls_pk_check_pair(&crt.pk, key->pk()) == 0;
+  if (ok) {
+    auto id = pki::IdentityOf(crt);
+    ok = id.ok() && id->name == d.id && id->tenant == d.tenant;
+  }
+  mbedtls_x509_crt_free(&crt);
+  if (!ok) {
+    ++renew_refused_;
+    std::fprintf(stderr, "fleetmq-device: %s: the renewed certificate does not check out (flags %x)\n", d.id.c_str(),
+                 flags);
+    return;
+  }
+  const std::string base = o_.certs + "/" + d.id;
+  // The key first: a crash between the two leaves the old pair's certificate
+  // with a key it does not match, which a real device avoids with A/B slots;
+  // here both are written through rename.
+  if (!pki::WriteFileAtomic(base + ".key", d.renewal.key_pem, 0600).ok() ||
+      !pki::WriteFileAtomic(base + ".crt", pem, 0644).ok()) {
+    std::fprintf(stderr, "fleetmq-device: %s: cannot store the renewed certificate\n", d.id.c_str());
+    return;
+  }
+  ++renewed_;
+  if (log_ != nullptr) {
+    std::fprintf(
+        log_, "%s\n",
+        Json{{"device", d.id}, {"renewed", j.value("serial", "")}, {"job_id", d.renewal.job_id}}.dump().c_str());
+  }
+  d.renewal.key_pem.clear();
+  d.renewal.renewed = true;
+  Closed(d);  // and back with the new certificate
+}
+
 void Agent::Tick() {
   const int64_t now = NowMs();
   while (!retries_.empty() && retries_.top().at <= now) {
@@ -1026,6 +1168,7 @@ void Agent::Summary() {
                       {"rolled_back", ota_rolled_back_},
                       {"never_back", ota_never_}}},
          {"health", Json{{"reports", health_reports_}, {"rejected", health_rejected_}, {"silent", health_silent_}}},
+         {"renewal", Json{{"csrs", renew_requests_}, {"renewed", renewed_}, {"refused", renew_refused_}}},
          {"seconds", (NowMs() - start_ms_) / 1000.0}};
   std::printf("%s\n", s.dump().c_str());
 }
@@ -1038,7 +1181,7 @@ void Usage() {
                "  [--no-progress] [--config-reject-pct X] [--config-drift-pct X] [--firmware V]\n"
                "  [--block N] [--ota-window N] [--ota-corrupt-pct X] [--ota-fail-pct X] [--ota-rollback-pct X]\n"
                "  [--ota-never-pct X] [--ota-drop-pct X] [--health-s S] [--health-error-pct X]\n"
-               "  [--health-silent-pct X]\n");
+               "  [--health-silent-pct X] [--renew-fail-pct X]\n");
 }
 
 }  // namespace
@@ -1118,6 +1261,8 @@ int main(int argc, char** argv) {
       o.health_error_pct = std::atof(val().c_str());
     else if (a == "--health-silent-pct")
       o.health_silent_pct = std::atof(val().c_str());
+    else if (a == "--renew-fail-pct")
+      o.renew_fail_pct = std::atof(val().c_str());
     else {
       Usage();
       return 2;

@@ -411,7 +411,8 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
   // thread writes every event of a turn in one batch. Beyond the bound a
   // device's events are merged into its latest one (never dropped: the
   // device's online state stays right).
-  admin::ConnEvent ev2{tenant, info.identity->name, std::string(reason), std::string(info.peer), connected, now};
+  admin::ConnEvent ev2{tenant, info.identity->name,  std::string(reason), std::string(info.peer), connected,
+                       now,    info.identity->serial};
   {
     std::lock_guard<std::mutex> l(mu_);
     if (events_.size() < opts_.max_queued_events) {

@@ -54,6 +54,10 @@ struct AdminModuleOptions {
   // Certificates (mgmt/certs/expiry.h, ServiceOptions::device_validity_ms).
   int64_t cert_notice_ms = 30 * 86'400'000LL;
   int64_t device_validity_ms = 730 * 86'400'000LL;
+  // Renewal over MQTT (mgmt/certs/renewal.h RenewalOptions).
+  bool cert_auto_renew = true;
+  int64_t cert_renewal_grace_ms = 3'600'000;
+  double cert_auto_renew_rate = 20;
 };
 
 }  // namespace fmq

@@ -165,6 +165,7 @@ Status IssueCert(Service::Ctx& ctx, const fb::DeviceT& d, const std::string& csr
   rec.expires_at_ms = cert->not_after_ms;
   rec.der.assign(cert->der.begin(), cert->der.end());
   ctx.reg().PutCert(ctx.tenant(), rec, &ctx.batch);
+  ctx.NoteCert("issued", rec);
   ctx.on_commit.push_back([f = &ctx.certs(), tenant = ctx.actor.tenant, serial = rec.serial, dev = d.device_id,
                            exp = rec.expires_at_ms] { f->OnIssued(tenant, serial, dev, exp); });
   *out = std::move(*cert);
@@ -188,6 +189,7 @@ Status RetireDevice(Service::Ctx& ctx, const fb::DeviceT& d) {
   for (const auto& c : certs) {
     if (c.revoked_at_ms != 0) continue;
     if (Status s = ctx.reg().RevokeCert(ctx.tenant(), c.serial, ctx.now_ms, &ctx.batch); !s.ok()) return s;
+    ctx.NoteCert("revoked", c);
     ctx.fx.revoked.emplace_back(ctx.actor.tenant, c.serial);
   }
   ctx.crl_tenants.push_back(ctx.actor.tenant);
@@ -490,6 +492,9 @@ Status DeviceProvision(Service::Ctx& ctx) {
   }
   // Re-provisioning replaces the certificate: the old one is revoked.
   if (!d.cert_serial.empty()) {
+    fb::CertificateT old;
+    if (ctx.reg().GetCert(ctx.tenant(), d.cert_serial, &old).ok() && old.revoked_at_ms == 0)
+      ctx.NoteCert("revoked", old);
     if (Status s = ctx.reg().RevokeCert(ctx.tenant(), d.cert_serial, ctx.now_ms, &ctx.batch); !s.ok()) return s;
     ctx.fx.revoked.emplace_back(ctx.actor.tenant, d.cert_serial);  // closes what uses it
     ctx.crl_tenants.push_back(ctx.actor.tenant);
@@ -684,6 +689,7 @@ Status CertRevoke(Service::Ctx& ctx) {
     return absl::OkStatus();
   }
   if (Status s = ctx.reg().RevokeCert(ctx.tenant(), serial, ctx.now_ms, &ctx.batch); !s.ok()) return s;
+  ctx.NoteCert("revoked", c);
   ctx.fx.revoked.emplace_back(ctx.actor.tenant, serial);  // closes every connection using it
   ctx.crl_tenants.push_back(ctx.actor.tenant);
   ctx.data = Json{{"serial", serial}, {"device_id", c.device_id}, {"revoked_at_ms", ctx.now_ms}};

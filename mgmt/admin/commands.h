@@ -38,6 +38,12 @@ struct Service::Ctx {
   std::vector<std::string> crl_tenants;          // tenants whose CRL changed
   std::vector<std::function<void()>> on_commit;  // in-memory changes once the batch committed
   Json audit_change;                             // non-null: kept in the audit entry as "change" (a diff)
+  Json certificates;  // certificates issued or revoked: in the audit entry (the transparency log's chain)
+
+  // A certificate the command issued or revoked, for its audit entry.
+  void NoteCert(const char* event, const fb::CertificateT& c) {
+    certificates.push_back(Json{{"event", event}, {"serial", c.serial}, {"sha256", storage::Registry::CertSha256(c)}});
+  }
 
   jobs::JobEngine& jobs() { return *svc.jobs_; }
   config::ConfigFeature& config() { return *svc.config_; }
@@ -111,6 +117,13 @@ absl::Status ChangeGroupDocument(Service::Ctx& ctx, fb::DeviceGroupT* g, const J
 // artifact of that version starts (doc/ota.md); `out` names them.
 absl::Status GroupFirmwareTarget(Service::Ctx& ctx, const fb::DeviceGroupT& g, Json* out);
 absl::Status ChangeModelDocument(Service::Ctx& ctx, fb::DeviceModelT* m, const Json& next, bool stored, Json* out);
+
+// A job's target from the command's device_ids, or its query (group_id,
+// model_id, firmware_version, status, online), and continuous (job.create,
+// cert.renew).
+absl::Status ParseJobTarget(Service::Ctx& ctx, jobs::JobEngine::Target* t);
+// The arguments ParseJobTarget reads, between `before` and `after`.
+std::vector<ArgSpec> WithTargetArgs(std::vector<ArgSpec> before, const std::vector<ArgSpec>& after);
 
 // Shared by the handlers of every domain.
 inline constexpr size_t kDefaultPage = 100;

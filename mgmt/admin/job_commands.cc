@@ -25,6 +25,51 @@ std::string NewJobId(int64_t now_ms) {
 
 Json Arg(Service::Ctx& ctx, const char* name) { return ctx.Has(name) ? ctx.args[name] : Json(); }
 
+}  // namespace
+
+Status ParseJobTarget(Service::Ctx& ctx, JobEngine::Target* t) {
+  const bool query = ctx.Has("group_id") || ctx.Has("model_id") || ctx.Has("firmware_version") || ctx.Has("status") ||
+                     ctx.Has("online");
+  if (ctx.Has("device_ids") == query) {
+    return absl::InvalidArgumentError(
+        "a job needs one target: device_ids, or a query (group_id, model_id, firmware_version, status, online)");
+  }
+  if (ctx.Has("device_ids")) {
+    t->device_ids = ctx.List("device_ids");
+    if (t->device_ids.empty()) return absl::InvalidArgumentError("device_ids is empty");
+    if (t->device_ids.size() > kMaxDeviceIds) {
+      return absl::InvalidArgumentError("at most " + std::to_string(kMaxDeviceIds) +
+                                        " device_ids; target more devices with a group or a query");
+    }
+    for (const auto& id : t->device_ids) {
+      if (Status s = CheckId("each device id", id); !s.ok()) return s;
+    }
+  } else {
+    t->has_query = true;
+    t->filter.group_id = ctx.Str("group_id");
+    t->filter.model_id = ctx.Str("model_id");
+    t->filter.firmware_version = ctx.Str("firmware_version");
+    for (const char* k : {"group_id", "model_id"}) {
+      if (ctx.Has(k)) {
+        if (Status s = CheckId(k, ctx.Str(k)); !s.ok()) return s;
+      }
+    }
+    if (ctx.Has("status")) {
+      fb::DeviceStatus st;
+      if (!ParseDeviceStatus(ctx.Str("status"), &st)) {
+        return absl::InvalidArgumentError(
+            "status must be registered, provisioned, active, suspended, decommissioned or replaced");
+      }
+      t->filter.status = st;
+    }
+    if (ctx.Has("online")) t->online = ctx.Bool("online") ? 1 : 0;
+  }
+  t->continuous = ctx.Bool("continuous");
+  return absl::OkStatus();
+}
+
+namespace {
+
 Status JobCreate(Service::Ctx& ctx) {
   JobEngine::NewJob nj;
   nj.job_id = ctx.Has("job_id") ? ctx.Str("job_id") : NewJobId(ctx.now_ms);
@@ -42,43 +87,7 @@ Status JobCreate(Service::Ctx& ctx) {
   nj.created_by = ctx.actor.Label();
   nj.start_at_ms = ctx.Int("start_at_ms", 0);
   if (nj.start_at_ms < 0) return absl::InvalidArgumentError("start_at_ms must be a unix time in ms");
-  const bool query = ctx.Has("group_id") || ctx.Has("model_id") || ctx.Has("firmware_version") || ctx.Has("status") ||
-                     ctx.Has("online");
-  if (ctx.Has("device_ids") == query) {
-    return absl::InvalidArgumentError(
-        "a job needs one target: device_ids, or a query (group_id, model_id, firmware_version, status, online)");
-  }
-  if (ctx.Has("device_ids")) {
-    nj.target.device_ids = ctx.List("device_ids");
-    if (nj.target.device_ids.empty()) return absl::InvalidArgumentError("device_ids is empty");
-    if (nj.target.device_ids.size() > kMaxDeviceIds) {
-      return absl::InvalidArgumentError("at most " + std::to_string(kMaxDeviceIds) +
-                                        " device_ids; target more devices with a group or a query");
-    }
-    for (const auto& id : nj.target.device_ids) {
-      if (Status s = CheckId("each device id", id); !s.ok()) return s;
-    }
-  } else {
-    nj.target.has_query = true;
-    nj.target.filter.group_id = ctx.Str("group_id");
-    nj.target.filter.model_id = ctx.Str("model_id");
-    nj.target.filter.firmware_version = ctx.Str("firmware_version");
-    for (const char* k : {"group_id", "model_id"}) {
-      if (ctx.Has(k)) {
-        if (Status s = CheckId(k, ctx.Str(k)); !s.ok()) return s;
-      }
-    }
-    if (ctx.Has("status")) {
-      fb::DeviceStatus st;
-      if (!ParseDeviceStatus(ctx.Str("status"), &st)) {
-        return absl::InvalidArgumentError(
-            "status must be registered, provisioned, active, suspended, decommissioned or replaced");
-      }
-      nj.target.filter.status = st;
-    }
-    if (ctx.Has("online")) nj.target.online = ctx.Bool("online") ? 1 : 0;
-  }
-  nj.target.continuous = ctx.Bool("continuous");
+  if (Status s = ParseJobTarget(ctx, &nj.target); !s.ok()) return s;
   auto spec = jobs::ParseSpec(Arg(ctx, "rollout"), Arg(ctx, "timeouts"), Arg(ctx, "retry"), Arg(ctx, "abort"),
                               ctx.TenantZone());
   if (!spec.ok()) return spec.status();
@@ -200,32 +209,41 @@ const ArgSpec& kLimit = kLimitArg;
 
 }  // namespace
 
+std::vector<ArgSpec> WithTargetArgs(std::vector<ArgSpec> before, const std::vector<ArgSpec>& after) {
+  using namespace table;  // NOLINT(build/namespaces): the table's shorthands
+  const std::vector<ArgSpec> target = {
+      {"device_ids", L, false, "target: these registered devices (at most 10000)"},
+      {"group_id", S, false, "target query: members of this group"},
+      {"model_id", S, false, "target query: devices of this model"},
+      {"firmware_version", S, false, "target query: devices running this firmware"},
+      {"status", S, false, "target query: devices in this lifecycle status"},
+      {"online", B, false, "target query: only devices connected (true) or not (false) at resolution"},
+      {"continuous", B, false,
+       "with a query: devices that match it later (registered into the group, added to it) get the job too; "
+       "the job runs until canceled"},
+  };
+  before.insert(before.end(), target.begin(), target.end());
+  before.insert(before.end(), after.begin(), after.end());
+  return before;
+}
+
 std::vector<CommandSpec> JobCommands() {
   return {
-      {"job.create",
-       kOp,
-       true,
+      {"job.create", kOp, true,
        "Create a command job: a JSON document executed by every targeted device, rolled out at a rate, followed "
        "per device (doc/jobs.md)",
-       {{"document", O, true, "what the devices execute (at most 16 KiB), e.g. {\"command\":\"reboot\"}"},
-        {"job_id", S, false, "id to use (default: generated)"},
-        {"type", S, false, "command (the default and only type of this command)"},
-        {"device_ids", L, false, "target: these registered devices (at most 10000)"},
-        {"group_id", S, false, "target query: members of this group"},
-        {"model_id", S, false, "target query: devices of this model"},
-        {"firmware_version", S, false, "target query: devices running this firmware"},
-        {"status", S, false, "target query: devices in this lifecycle status"},
-        {"online", B, false, "target query: only devices connected (true) or not (false) at resolution"},
-        {"continuous", B, false,
-         "with a query: devices that match it later (registered into the group, added to it) get the job too; "
-         "the job runs until canceled"},
-        {"rollout", O, false,
-         "{rate_per_s, ramp_factor, ramp_every, max_rate, max_in_flight, waves, success_gate_pct, window: {start, "
-         "end, time_zone}}"},
-        {"timeouts", O, false, "{step_s, in_progress_s}"},
-        {"retry", O, false, "{max_attempts, backoff_ms, on: [FAILED, TIMED_OUT]}"},
-        {"abort", O, false, "{threshold_pct, min_executed, on: [FAILED, TIMED_OUT, REJECTED], action: abort|pause}"},
-        {"start_at_ms", I, false, "unix ms: scheduled start (default: now)"}},
+       WithTargetArgs(
+           {{"document", O, true, "what the devices execute (at most 16 KiB), e.g. {\"command\":\"reboot\"}"},
+            {"job_id", S, false, "id to use (default: generated)"},
+            {"type", S, false, "command (the default and only type of this command)"}},
+           {{"rollout", O, false,
+             "{rate_per_s, ramp_factor, ramp_every, max_rate, max_in_flight, waves, success_gate_pct, "
+             "window: {start, end, time_zone}}"},
+            {"timeouts", O, false, "{step_s, in_progress_s}"},
+            {"retry", O, false, "{max_attempts, backoff_ms, on: [FAILED, TIMED_OUT]}"},
+            {"abort", O, false,
+             "{threshold_pct, min_executed, on: [FAILED, TIMED_OUT, REJECTED], action: abort|pause}"},
+            {"start_at_ms", I, false, "unix ms: scheduled start (default: now)"}}),
        JobCreate},
       {"job.get", kOp, false, "A job with its counts per execution state, rate and ETA", {kJob}, JobGet},
       {"job.list",

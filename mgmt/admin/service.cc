@@ -102,6 +102,55 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   runtime_.Add(health_.get());
   certs_ = std::make_unique<certs::ExpiryFeature>(kv_, &registry_, clock_, opts_.certs);
   runtime_.Add(certs_.get());
+  certs::RenewalHost rh;
+  rh.issue = [this](const std::string& tenant, const std::string& device,
+                    std::string_view csr) -> absl::StatusOr<certs::Issued> {
+    auto ca = TenantCa(tenant);
+    if (!ca.ok()) return absl::InternalError(std::string(ca.status().message()));
+    auto cert = (*ca)->IssueFromCsr(rng_, csr, pki::Subject{tenant, device, pki::Role::kDevice}, clock_->WallMs(),
+                                    opts_.device_validity_ms);
+    if (!cert.ok()) return absl::InvalidArgumentError(std::string(cert.status().message()));
+    auto root = RootCa();
+    return certs::Issued{std::move(*cert), (*ca)->cert().pem + (root.ok() ? (*root)->cert().pem : std::string())};
+  };
+  rh.serial_of = [this](const std::string& tenant, const std::string& device) {
+    const Connectivity* c = ConnectivityOf(tenant, device);
+    return c != nullptr && c->online ? c->cert_serial : std::string();
+  };
+  rh.issued = [this](const std::string& tenant, const std::string& serial, const std::string& device, int64_t expires) {
+    certs_->OnIssued(tenant, serial, device, expires);
+  };
+  certs::RenewalOptions ro = opts_.renewal;
+  ro.notice_ms = opts_.certs.notice_ms;
+  if (ro.auto_renew && opts_.device_validity_ms <= opts_.certs.notice_ms) {
+    // Every renewed certificate would be due again at once.
+    FMQ_LOG_WARN(
+        "automatic certificate renewal is off: certs.device_validity_days is not longer than "
+        "certs.expiry_notice_days");
+    ro.auto_renew = false;
+  }
+  renewal_ = std::make_unique<certs::RenewalFeature>(kv_, &registry_, clock_, jobs_.get(), std::move(rh), ro);
+  runtime_.Add(renewal_.get());
+  certs_->SetNoticeListener([r = renewal_.get()](const std::string& tenant, const std::string& serial,
+                                                 const std::string& device,
+                                                 int64_t expires) { r->OnNotice(tenant, serial, device, expires); });
+}
+
+void Service::ApplyRevoked(Effects* fx) {
+  if (fx->features.revoked.empty()) return;
+  std::vector<std::string> tenants;
+  for (auto& r : fx->features.revoked) {
+    tenants.push_back(r.first);
+    fx->revoked.push_back(std::move(r));
+  }
+  fx->features.revoked.clear();
+  std::sort(tenants.begin(), tenants.end());
+  tenants.erase(std::unique(tenants.begin(), tenants.end()), tenants.end());
+  for (const auto& tn : tenants) {
+    if (absl::Status c = RegenerateCrl(tn, fx); !c.ok()) {
+      FMQ_LOG_ERROR("CRL of tenant '%s' not regenerated: %s", tn.c_str(), std::string(c.message()).c_str());
+    }
+  }
 }
 
 Service::~Service() = default;
@@ -303,11 +352,12 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
           ErrorJson("storage_error", std::string(f->name()) + " state not written: " + std::string(s.message())));
     }
   }
+  ApplyRevoked(fx);
   Json data = Json::object();
   Effects local;
   WriteBatch batch;
   const int64_t now = clock_->WallMs();
-  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}, {}, {}, Json()};
+  Ctx ctx{*this, actor, args, data, local, batch, now, {}, {}, {}, {}, Json(), Json()};
   absl::Status st = spec->handler(ctx);
   if (!spec->mutating) {
     if (!st.ok()) return finish(ErrorJson(ErrorCodeOf(st), std::string(st.message())));
@@ -319,6 +369,7 @@ Json Service::RunOne(const Actor& actor, const Json& cmd, Effects* fx) {
   Json details = args;
   if (details.contains("csr")) details["csr"] = "<" + std::to_string(args["csr"].get<std::string>().size()) + " bytes>";
   if (!ctx.audit_change.is_null()) details["change"] = ctx.audit_change;
+  if (st.ok() && !ctx.certificates.is_null()) details["certificates"] = ctx.certificates;
   fb::AuditEntryT e;
   e.time_ms = now;
   e.actor = actor.Label();
@@ -410,6 +461,7 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
     c.last_seen_ms = ev.wall_ms;
     if (ev.connected) {
       c.connected_since_ms = ev.wall_ms;
+      c.cert_serial = ev.serial;
       for (mgmt::Feature* f : runtime_.features()) f->OnConnected(ev.tenant, ev.device_id);
     } else {
       c.last_disconnect_reason = ev.reason;
@@ -494,6 +546,7 @@ int64_t Service::Pump(Effects* fx) {
       FMQ_LOG_ERROR("%s state not committed: %s", std::string(f->name()).c_str(), std::string(s.message()).c_str());
     }
   }
+  ApplyRevoked(fx);
   return next;
 }
 

@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/string_map.h"
 #include "mgmt/certs/expiry.h"
+#include "mgmt/certs/renewal.h"
 #include "mgmt/config/config_feature.h"
 #include "mgmt/health/health_feature.h"
 #include "mgmt/jobs/job_engine.h"
@@ -91,6 +92,7 @@ struct ConnEvent {
   std::string tenant, device_id, reason, peer;
   bool connected = false;
   int64_t wall_ms = 0;
+  std::string serial;  // the certificate the connection presented
 };
 
 struct ServiceOptions {
@@ -105,6 +107,7 @@ struct ServiceOptions {
   ota::Options ota;
   health::Options health;
   certs::Options certs;
+  certs::RenewalOptions renewal;
   int64_t device_validity_ms = pki::kDeviceValidity;  // certificates issued from device CSRs
 };
 
@@ -115,6 +118,7 @@ struct Connectivity {
   int64_t last_seen_ms = 0;        // wall: connect or disconnect time (the
                                    // loop refines it for online devices)
   std::string last_disconnect_reason;
+  std::string cert_serial;  // of the (last) connection
 };
 
 class Service {
@@ -178,6 +182,8 @@ class Service {
   absl::Status RegenerateCrl(const std::string& tenant, Effects* fx);
   absl::Status LoadOrRegenerateCrl(const std::string& tenant, Effects* fx);
   absl::Status CreateTenantPki(const std::string& tenant, std::string* ca_pem);
+  // What the features revoked (Output::revoked): closed everywhere, CRLs re-signed.
+  void ApplyRevoked(Effects* fx);
 
   storage::KvStore* kv_;
   const Clock* clock_;
@@ -194,8 +200,9 @@ class Service {
   std::unique_ptr<ota::OtaFeature> ota_;
   std::unique_ptr<health::HealthFeature> health_;
   std::unique_ptr<certs::ExpiryFeature> certs_;
+  std::unique_ptr<certs::RenewalFeature> renewal_;
   StringMap<pki::Signer> signers_;  // tenant → firmware signer (loaded or made on first use)
-  mgmt::Runtime runtime_;           // jobs_, config_, ota_, health_
+  mgmt::Runtime runtime_;           // jobs_, config_, ota_, health_, certs_, renewal_
 };
 
 }  // namespace fmq::admin

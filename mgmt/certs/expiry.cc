@@ -106,6 +106,7 @@ void ExpiryFeature::Notice(const std::string& tenant, const std::string& serial,
   if (reg_->AppendAudit(t, std::move(a), &batch_).ok()) audited_.push_back(tenant);
   pending_.events.push_back(mgmt::Event{tenant, std::string(topics::kCertEventsExpiring), Dump(ev), false});
   stats_.notices++;
+  if (listener_) listener_(tenant, serial, device, expires);
 }
 
 void ExpiryFeature::Notify(const std::string& tenant, int64_t now) {

@@ -42,6 +42,11 @@ class ExpiryFeature : public mgmt::Feature {
   absl::Status Commit(mgmt::Output* out) override;
   void Counters(const std::function<void(const char*, uint64_t)>& pub) const override;
 
+  // Told of every notice as it is made (automatic renewal), in Pump.
+  using NoticeFn = std::function<void(const std::string& tenant, const std::string& serial, const std::string& device,
+                                      int64_t expires_ms)>;
+  void SetNoticeListener(NoticeFn fn) { listener_ = std::move(fn); }
+
   // A certificate was issued (after its batch committed).
   void OnIssued(const std::string& tenant, const std::string& serial, const std::string& device_id, int64_t expires_ms);
 
@@ -81,6 +86,7 @@ class ExpiryFeature : public mgmt::Feature {
   std::vector<std::string> audited_;  // tenants with an audit entry in the batch
   mgmt::Output pending_;
   size_t budget_ = 0;
+  NoticeFn listener_;
   struct Stats {
     uint64_t notices = 0, commits_failed = 0, backfilled = 0;
   } stats_;

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -41,7 +42,10 @@ struct Event {
 struct Output {
   std::vector<DeviceSend> sends;
   std::vector<Event> events;
-  bool empty() const { return sends.empty() && events.empty(); }
+  // Certificates revoked (tenant, serial), committed: the host closes what
+  // uses them and re-signs the tenant's CRL.
+  std::vector<std::pair<std::string, std::string>> revoked;
+  bool empty() const { return sends.empty() && events.empty() && revoked.empty(); }
 };
 
 // An answer a feature gives on the worker that received the device's

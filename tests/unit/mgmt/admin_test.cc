@@ -357,7 +357,7 @@ TEST_CASE("admin: connectivity activates on first connect and is shown live") {
   World w;
   w.Setup(w.acme);
   REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));
-  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "", "127.0.0.1:1", true, w.clock.WallMs()}});
+  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "", "127.0.0.1:1", true, w.clock.WallMs(), ""}});
   Json d = w.Run(w.acme, R"({"command":"device.get","device_id":"dev-1"})")["data"];
   CHECK(d["status"] == "active");
   CHECK(d["online"] == true);
@@ -365,7 +365,7 @@ TEST_CASE("admin: connectivity activates on first connect and is shown live") {
   Json online = w.Run(w.acme, R"({"command":"device.list","online":true})")["data"]["devices"];
   CHECK(online.size() == 1);
   w.clock.Advance(5000);
-  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "keepalive_timeout", "127.0.0.1:1", false, w.clock.WallMs()}});
+  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "keepalive_timeout", "127.0.0.1:1", false, w.clock.WallMs(), ""}});
   d = w.Run(w.acme, R"({"command":"device.get","device_id":"dev-1"})")["data"];
   CHECK(d["online"] == false);
   CHECK(d["last_disconnect_reason"] == "keepalive_timeout");
