@@ -1,5 +1,8 @@
 #include "mgmt/certs/renewal.h"
 
+#include <mbedtls/pk.h>
+#include <mbedtls/x509_crt.h>
+
 #include <algorithm>
 
 #include "common/log.h"
@@ -32,6 +35,25 @@ RenewalFeature::RenewalFeature(storage::KvStore* kv, storage::Registry* reg, con
 }
 
 // ---- device messages ----
+
+bool RenewalFeature::SameKey(const TenantId& t, const std::string& old_serial, std::string_view new_der) const {
+  fb::CertificateT old;
+  if (!reg_->GetCert(t, old_serial, &old).ok() || old.der.empty()) return false;
+  auto pubkey = [](const unsigned char* der, size_t n, std::string* out) {
+    mbedtls_x509_crt crt;
+    mbedtls_x509_crt_init(&crt);
+    unsigned char buf[512];
+    int len = -1;
+    if (mbedtls_x509_crt_parse_der(&crt, der, n) == 0) len = mbedtls_pk_write_pubkey_der(&crt.pk, buf, sizeof buf);
+    mbedtls_x509_crt_free(&crt);
+    if (len <= 0) return false;
+    out->assign(reinterpret_cast<const char*>(buf + sizeof buf - len), static_cast<size_t>(len));  // written at the end
+    return true;
+  };
+  std::string a, b;
+  return pubkey(old.der.data(), old.der.size(), &a) &&
+         pubkey(reinterpret_cast<const unsigned char*>(new_der.data()), new_der.size(), &b) && a == b;
+}
 
 std::string RenewalFeature::Validate(std::string_view topic, const Json& j) const {
   if (topic != "certs/csr") return "unknown topic";
@@ -125,6 +147,13 @@ void RenewalFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
     return;
   }
   const pki::Certificate& c = issued->cert;
+  if (!l.old_serial.empty() && SameKey(TenantId::FromAuthenticated(m.tenant), l.old_serial, c.der)) {
+    // Not a new key: a renewal must not extend the life of the old one.
+    stats_.csr_invalid++;
+    Refuse(m, "key_reused", "the CSR's key is the key of the certificate being replaced: make a new one");
+    engine_->Advance(m.tenant, job, m.device_id, ExecState::Failed, Dump(Json{{"reason", "csr refused: key reused"}}));
+    return;
+  }
   fb::CertificateT rec;
   rec.serial = c.serial;
   rec.device_id = m.device_id;
@@ -364,7 +393,9 @@ bool RenewalFeature::EnrolNow(const Enrol& e) {
   const TenantId t = TenantId::FromAuthenticated(e.tenant);
   fb::JobT existing;
   if (reg_->GetJob(t, kAutoRenewJob, &existing).ok()) {
-    FMQ_LOG_WARN("tenant '%s': job '%s' exists but is not running (%s): automatic renewal of '%s' skipped",
+    if (warned_.contains(e.tenant)) return true;
+    warned_[e.tenant] = true;  // once per tenant and run: a wave would repeat it per device
+    FMQ_LOG_WARN("tenant '%s': job '%s' exists but is not running (%s): automatic renewals skipped (first: '%s')",
                  e.tenant.c_str(), kAutoRenewJob, std::string(jobs::JobName(existing.status)).c_str(),
                  e.device.c_str());
     return true;

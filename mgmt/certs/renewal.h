@@ -132,6 +132,8 @@ class RenewalFeature : public mgmt::Feature, public jobs::TypeHandler {
   void Used(const std::string& tenant, const std::string& device, Live& l);
   void Ask(const std::string& tenant, const std::string& device, Live& l);
   bool EnrolNow(const Enrol& e);
+  // Whether the certificate `new_der` has the public key of the stored `old_serial`.
+  bool SameKey(const storage::TenantId& t, const std::string& old_serial, std::string_view new_der) const;
 
   storage::KvStore* kv_;
   storage::Registry* reg_;
@@ -146,6 +148,7 @@ class RenewalFeature : public mgmt::Feature, public jobs::TypeHandler {
   std::vector<Enrol> enrol_;                               // automatic renewals to start
   std::vector<std::pair<std::string, fb::JobT>> created_;  // auto-renew jobs in batch_: activated at Commit
   StringMap<bool> creating_;                               // tenants whose auto-renew job is in created_
+  StringMap<bool> warned_;  // tenants whose auto-renew job was found ended (logged once per run)
   struct Notice {
     std::string tenant, serial, device;
     int64_t expires;

@@ -25,9 +25,10 @@ using jobs::ExecState;
 using storage::TenantId;
 constexpr int64_t kDay = 86'400'000;
 
-std::string Csr(pki::Rng& rng, const std::string& subject) {
-  auto key = pki::Key::Generate(rng);
-  REQUIRE(key.ok());
+std::string Csr(pki::Rng& rng, const std::string& subject, pki::Key* with = nullptr) {
+  auto made = pki::Key::Generate(rng);
+  REQUIRE(made.ok());
+  pki::Key* key = with != nullptr ? with : &*made;
   mbedtls_x509write_csr req;
   mbedtls_x509write_csr_init(&req);
   mbedtls_x509write_csr_set_md_alg(&req, MBEDTLS_MD_SHA256);
@@ -302,6 +303,44 @@ TEST_CASE("renewal: CSRs nobody asked for, of another attempt or another identit
              .empty());
   CHECK(!r.renewal->Validate("certs/csr", Json{{"job_id", "rn"}, {"attempt", 0u}, {"csr", "x"}}).empty());
   CHECK(r.renewal->Validate("certs/csr", Json{{"job_id", "rn"}, {"attempt", 1u}, {"error", "no entropy"}}).empty());
+}
+
+TEST_CASE("renewal: a CSR for the key of the certificate being replaced is refused") {
+  Rig r;
+  auto key = pki::Key::Generate(r.rng);
+  REQUIRE(key.ok());
+  auto cur =
+      r.ca->IssueFromCsr(r.rng, Csr(r.rng, "CN=d1", &*key), pki::Subject{"acme", "d1", pki::Role::kDevice}, r.now());
+  REQUIRE(cur.ok());
+  {
+    storage::WriteBatch b;
+    fb::DeviceT d;
+    d.device_id = "d1";
+    d.tenant_id = "acme";
+    d.status = fb::DeviceStatus::Active;
+    d.cert_serial = cur->serial;
+    REQUIRE(r.reg.PutDevice(r.t, d, &b).ok());
+    fb::CertificateT c;
+    c.serial = cur->serial;
+    c.device_id = "d1";
+    c.issued_at_ms = cur->not_before_ms;
+    c.expires_at_ms = cur->not_after_ms;
+    c.der.assign(cur->der.begin(), cur->der.end());
+    r.reg.PutCert(r.t, c, &b);
+    REQUIRE(r.reg.Commit(b).ok());
+  }
+  r.Start();
+  r.Connect("d1", cur->serial);
+  r.Job("rn", {"d1"});
+  r.Turn();
+  REQUIRE(r.Sent("certs/renew").size() == 1);
+  r.Answer("d1", "rn", 1, Csr(r.rng, "CN=d1", &*key));
+  CHECK(r.Sent("certs/csr/rejected").at(0)["error"]["code"] == "key_reused");
+  CHECK(r.Sent("certs/csr/accepted").empty());
+  CHECK(r.Exec("rn", "d1").state == ExecState::Failed);
+  std::vector<fb::CertificateT> certs;
+  REQUIRE(r.reg.CertsOfDevice(r.t, "d1", &certs).ok());
+  CHECK(certs.size() == 1);
 }
 
 TEST_CASE("renewal: automatic, from the notice window, offline devices when they connect, and again years later") {
