@@ -144,13 +144,31 @@ void Service::ApplyRevoked(Effects* fx) {
     fx->revoked.push_back(std::move(r));
   }
   fx->features.revoked.clear();
-  std::sort(tenants.begin(), tenants.end());
-  tenants.erase(std::unique(tenants.begin(), tenants.end()), tenants.end());
-  for (const auto& tn : tenants) {
+  for (auto& tn : tenants) crl_due_.insert(std::move(tn));
+}
+
+int64_t Service::SignDueCrls(Effects* fx) {
+  // The revocations themselves are live at once (fx->revoked); the CRL file
+  // follows within kCrlCoalesceMs, so a wave of renewals' revocations costs
+  // one signature (and one scan of the tenant's certificates) per tenant per
+  // interval, not one per management turn.
+  const int64_t now = clock_->WallMs();
+  int64_t next = INT64_MAX;
+  for (auto it = crl_due_.begin(); it != crl_due_.end();) {
+    const std::string tn = *it;
+    auto at = crl_signed_at_.find(tn);
+    const int64_t due = at == crl_signed_at_.end() ? now : at->second + kCrlCoalesceMs;
+    if (due > now) {
+      next = std::min(next, due);
+      ++it;
+      continue;
+    }
+    crl_due_.erase(it++);
     if (absl::Status c = RegenerateCrl(tn, fx); !c.ok()) {
       FMQ_LOG_ERROR("CRL of tenant '%s' not regenerated: %s", tn.c_str(), std::string(c.message()).c_str());
     }
   }
+  return next;
 }
 
 Service::~Service() = default;
@@ -547,7 +565,7 @@ int64_t Service::Pump(Effects* fx) {
     }
   }
   ApplyRevoked(fx);
-  return next;
+  return std::min(next, SignDueCrls(fx));
 }
 
 void Service::Tick(Effects* fx) {

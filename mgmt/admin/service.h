@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "common/clock.h"
 #include "common/string_map.h"
@@ -182,8 +183,12 @@ class Service {
   absl::Status RegenerateCrl(const std::string& tenant, Effects* fx);
   absl::Status LoadOrRegenerateCrl(const std::string& tenant, Effects* fx);
   absl::Status CreateTenantPki(const std::string& tenant, std::string* ca_pem);
-  // What the features revoked (Output::revoked): closed everywhere, CRLs re-signed.
+  // What the features revoked (Output::revoked): closed everywhere at once,
+  // their tenants' CRLs re-signed by SignDueCrls (at most one per tenant per
+  // kCrlCoalesceMs; returns when it must run again).
   void ApplyRevoked(Effects* fx);
+  int64_t SignDueCrls(Effects* fx);
+  static constexpr int64_t kCrlCoalesceMs = 2000;
 
   storage::KvStore* kv_;
   const Clock* clock_;
@@ -192,8 +197,9 @@ class Service {
   pki::Rng rng_;
   std::unique_ptr<pki::CertificateAuthority> root_;
   StringMap<std::unique_ptr<pki::CertificateAuthority>> cas_;
-  StringMap<int64_t> crl_signed_at_;         // tenant → wall ms
-  StringMap<StringMap<Connectivity>> conn_;  // tenant → device → state
+  StringMap<int64_t> crl_signed_at_;          // tenant → wall ms
+  absl::flat_hash_set<std::string> crl_due_;  // tenants whose CRL lacks a feature's revocation
+  StringMap<StringMap<Connectivity>> conn_;   // tenant → device → state
   int64_t last_tick_ms_ = 0;
   std::unique_ptr<jobs::JobEngine> jobs_;
   std::unique_ptr<config::ConfigFeature> config_;

@@ -107,6 +107,14 @@ class RenewalTest(RenewalBase):
             return certs_of[first[name]]["revoked_at_ms"] != 0
         self.assertTrue(wait_for(lambda: revoked("r0") and revoked("r1"), timeout=15, step=0.5))
         self.assertEqual(len(self.admin("cert.list", "device_id=r2")["certificates"]), 1)
+        # The tenant's CRL follows (re-signed at most every 2 s per tenant).
+        crl = os.path.join(self.pki, "tenants", "default", "crl.der")
+
+        def in_crl():
+            r = run_cli(["openssl", "crl", "-in", crl, "-inform", "DER", "-noout", "-text"])
+            listed = r.stdout.replace(":", "").lower()
+            return all(first[n].lstrip("0") in listed for n in ("r0", "r1"))
+        self.assertTrue(wait_for(in_crl, timeout=10, step=0.5))
         old, key = os.path.join(self.tmp, "old-r0.crt"), os.path.join(self.tmp, "old-r0.key")
         with open(old, "w") as f:
             f.write(old_pem["r0"])
