@@ -199,6 +199,16 @@ class Agent {
   }
 
   int Run() {
+    // Signals first: a SIGTERM while the certificates load (slow on a busy
+    // machine) must still end with the summary, not kill the process.
+    for (int sig : {SIGINT, SIGTERM}) {
+      auto* s = new uv_signal_t;
+      uv_signal_init(&loop_, s);
+      s->data = this;
+      uv_signal_start(
+          s, [](uv_signal_t* h, int) { static_cast<Agent*>(h->data)->stop_ = true; }, sig);
+      uv_unref(reinterpret_cast<uv_handle_t*>(s));
+    }
     if (!Load()) return 1;
     if (!o_.log.empty()) {
       log_ = std::fopen(o_.log.c_str(), "a");
@@ -211,14 +221,6 @@ class Agent {
     uv_timer_init(&loop_, &tick_);
     tick_.data = this;
     uv_timer_start(&tick_, OnTick, 10, 10);
-    for (int sig : {SIGINT, SIGTERM}) {
-      auto* s = new uv_signal_t;
-      uv_signal_init(&loop_, s);
-      s->data = this;
-      uv_signal_start(
-          s, [](uv_signal_t* h, int) { static_cast<Agent*>(h->data)->stop_ = true; }, sig);
-      uv_unref(reinterpret_cast<uv_handle_t*>(s));
-    }
     start_ms_ = last_notify_ms_ = NowMs();
     Pump();
     uv_run(&loop_, UV_RUN_DEFAULT);
