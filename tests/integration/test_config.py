@@ -118,7 +118,10 @@ class ConfigTest(JobsBase):
         got = self.admin("config.get", "device_id=o0")
         self.assertEqual(got["applied"]["document"], final)
         self.assertEqual(got["applied"]["version"], got["desired"]["version"])
-        # Reconnecting in sync: nothing is sent again.
+        # Reconnecting in sync: nothing is sent again. The first agent's
+        # device is gone first, so connected(1) below waits for the new one
+        # (a stale count let the test signal an agent still starting up).
+        self.assertTrue(wait_for(lambda: not self.admin("health.get", "device_id=o0")["online"], timeout=10))
         agent = self.agent("o", 1, "--window", "1", "--idle-exit", "2")
         self.connected(1)
         s = self.stop_agent(agent)
