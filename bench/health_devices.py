@@ -23,11 +23,6 @@ import time
 import local_broker
 
 
-def sys_value(port, topic):
-    r = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "-C", "1", "-W", "5"], capture_output=True,
-                       text=True)
-    return int(r.stdout.strip() or 0)
-
 
 def du(path):
     total = 0
@@ -66,16 +61,16 @@ def main():
                                   "--certs", d + "/certs", "--prefix", "d", "--count", str(a.devices), "--window",
                                   "256", "--health-s", str(a.every)],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        while sys_value(port, "$SYS/broker/clients/connected") < a.devices:
+        while local_broker.sys_value(port, "$SYS/broker/clients/connected") < a.devices:
             if agent.poll() is not None or time.time() - t0 > 1800:
                 print("devices did not connect", file=sys.stderr)
                 return 1
             time.sleep(1)
         phases["connect_s"] = round(time.time() - t0, 1)
         time.sleep(max(5.0, 2 * a.every))  # every device past its first (randomly placed) report
-        rep0 = sys_value(port, "$SYS/broker/management/health/reports")
-        bytes0 = sys_value(port, "$SYS/broker/management/health/bytes_written")
-        lim0 = sys_value(port, "$SYS/broker/management/health/rate_limited")
+        rep0 = local_broker.sys_value(port, "$SYS/broker/management/health/reports")
+        bytes0 = local_broker.sys_value(port, "$SYS/broker/management/health/bytes_written")
+        lim0 = local_broker.sys_value(port, "$SYS/broker/management/health/rate_limited")
         cpu0, disk0, t0 = local_broker.cpu_seconds(broker.pid), du(d + "/data"), time.time()
         gets, hist = [], []
         while time.time() - t0 < a.seconds:
@@ -89,8 +84,8 @@ def main():
             time.sleep(1)
         took = time.time() - t0
         time.sleep(1.5)  # the counters are published each second
-        reports = sys_value(port, "$SYS/broker/management/health/reports") - rep0
-        written = sys_value(port, "$SYS/broker/management/health/bytes_written") - bytes0
+        reports = local_broker.sys_value(port, "$SYS/broker/management/health/reports") - rep0
+        written = local_broker.sys_value(port, "$SYS/broker/management/health/bytes_written") - bytes0
         cpu = local_broker.cpu_seconds(broker.pid) - cpu0
         grown = du(d + "/data") - disk0
         gets.sort()
@@ -98,7 +93,7 @@ def main():
         per_report = written / reports if reports else 0
         result = {"devices": a.devices, "every_s": a.every, "workers": a.workers, "setup": phases,
                   "window_s": round(took, 1), "reports": reports, "reports_per_s": round(reports / took, 1),
-                  "rate_limited": sys_value(port, "$SYS/broker/management/health/rate_limited") - lim0,
+                  "rate_limited": local_broker.sys_value(port, "$SYS/broker/management/health/rate_limited") - lim0,
                   "broker_cpu_s": round(cpu, 1),
                   "broker_cpu_us_per_report": round(cpu * 1e6 / reports, 1) if reports else None,
                   "bytes_written_per_report": round(per_report),

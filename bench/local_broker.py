@@ -28,6 +28,13 @@ def start(build, d, *flags):
     return p, port, tls
 
 
+def sys_value(port, topic):
+    """One $SYS counter of the broker on the plain port (0 when not published)."""
+    r = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "-C", "1", "-W", "5"], capture_output=True,
+                       text=True)
+    return int(r.stdout.strip() or 0)
+
+
 def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()

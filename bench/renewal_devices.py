@@ -27,11 +27,6 @@ import paho.mqtt.client as mqtt
 import local_broker
 
 
-def sys_value(port, topic):
-    r = subprocess.run(["mosquitto_sub", "-p", str(port), "-t", topic, "-C", "1", "-W", "5"], capture_output=True,
-                       text=True)
-    return int(r.stdout.strip() or 0)
-
 
 class Pinger:
     """Publishes QoS 1 to its own topic every 20 ms; keeps (time, rtt ms)."""
@@ -107,7 +102,7 @@ def main():
         agent = subprocess.Popen([b + "/tools/fleetmq-device", "--port", str(tls), "--ca", d + "/data/pki/root.crt",
                                   "--certs", d + "/certs", "--prefix", "d", "--count", str(a.devices), "--window",
                                   "256"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        while sys_value(port, "$SYS/broker/clients/connected") < a.devices:
+        while local_broker.sys_value(port, "$SYS/broker/clients/connected") < a.devices:
             if agent.poll() is not None or time.time() - t0 > 1800:
                 print("devices did not connect", file=sys.stderr)
                 return 1
