@@ -109,6 +109,7 @@ std::string FirmwareChunk(const TenantId& t, std::string_view sha256, uint64_t i
 std::string FirmwareChunkPrefix(const TenantId& t, std::string_view sha256) { return Base(t).Str(sha256).Take(); }
 std::string DeviceFirmware(const TenantId& t, std::string_view device_id) { return Base(t).Str(device_id).Take(); }
 std::string HealthLatest(const TenantId& t, std::string_view device_id) { return Base(t, "l").Str(device_id).Take(); }
+std::string HealthLatestPrefix(const TenantId& t) { return Base(t, "l").Take(); }
 std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t slot) {
   return Base(t, "h").Str(device_id).U64(slot).Take();
 }

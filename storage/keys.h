@@ -99,6 +99,7 @@ std::string DeviceFirmware(const TenantId& t, std::string_view device_id);
 // Health (Family::kHealth; doc/health.md): the latest report, and one slot
 // per minute of the day (minute % history_minutes) of the device's history.
 std::string HealthLatest(const TenantId& t, std::string_view device_id);
+std::string HealthLatestPrefix(const TenantId& t);  // every device's latest report
 std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t slot);
 std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id);
 std::string Cert(const TenantId& t, std::string_view serial);

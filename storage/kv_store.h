@@ -64,11 +64,23 @@ class WriteBatch {
   void Append(WriteBatch&& other) {
     bytes_ += other.bytes_;
     for (auto& op : other.ops_) ops_.push_back(std::move(op));
+    for (auto& h : other.committed_) committed_.push_back(std::move(h));
     other.Clear();
   }
   void Clear() {
     ops_.clear();
+    committed_.clear();
     bytes_ = 0;
+  }
+  // Runs `fn` once the batch is written (KvStore::Write succeeded); dropped
+  // with the batch when it is cleared unwritten. For in-memory state that
+  // mirrors stored records (e.g. the health roll-ups' device counts).
+  void OnCommitted(std::function<void()> fn) { committed_.push_back(std::move(fn)); }
+  // Called by KvStore::Write after a successful write: each hook runs once.
+  void RunCommitted() const {
+    std::vector<std::function<void()>> hooks;
+    hooks.swap(committed_);
+    for (auto& h : hooks) h();
   }
   const std::vector<Op>& ops() const { return ops_; }
   bool empty() const { return ops_.empty(); }
@@ -76,6 +88,7 @@ class WriteBatch {
 
  private:
   std::vector<Op> ops_;
+  mutable std::vector<std::function<void()>> committed_;
   size_t bytes_ = 0;
 };
 

@@ -59,7 +59,7 @@ MemKvStore::MemKvStore() : impl_(std::make_unique<Impl>()) {}
 MemKvStore::~MemKvStore() = default;
 
 absl::Status MemKvStore::Write(const WriteBatch& batch, bool) {
-  std::lock_guard<std::mutex> l(impl_->mu);
+  std::unique_lock<std::mutex> l(impl_->mu);
   if (!impl_->fail.ok()) return impl_->fail;
   for (const auto& op : batch.ops()) {
     auto& m = impl_->data[static_cast<size_t>(op.family)];
@@ -70,6 +70,8 @@ absl::Status MemKvStore::Write(const WriteBatch& batch, bool) {
     }
   }
   ++impl_->writes;
+  l.unlock();
+  batch.RunCommitted();
   return absl::OkStatus();
 }
 

@@ -133,6 +133,7 @@ absl::Status Registry::PutDevice(const TenantId& t, const fb::DeviceT& rec, Writ
   }
   for (const std::string& k : stale) b->Delete(Family::kIndex, k);
   b->Put(Family::kDevices, keys::Device(t, rec.device_id), EncodeRecord<fb::Device>(rec));
+  if (observer_ != nullptr) observer_->OnDevicePut(t, s.ok() ? &old : nullptr, rec, b);
   return absl::OkStatus();
 }
 

@@ -43,9 +43,19 @@ struct DeviceFilter {
   std::optional<fb::DeviceStatus> status;
 };
 
+// Told of every PutDevice with the batch it goes in (old: the stored
+// version, or null for a new device), e.g. to mirror counts in memory once
+// that batch commits (WriteBatch::OnCommitted).
+class DeviceObserver {
+ public:
+  virtual ~DeviceObserver() = default;
+  virtual void OnDevicePut(const TenantId& t, const fb::DeviceT* old, const fb::DeviceT& rec, WriteBatch* b) = 0;
+};
+
 class Registry {
  public:
   explicit Registry(KvStore* kv) : kv_(kv) {}
+  void SetObserver(DeviceObserver* o) { observer_ = o; }
 
   absl::Status Commit(const WriteBatch& b, bool sync = true) { return kv_->Write(b, sync); }
 
@@ -144,6 +154,7 @@ class Registry {
   absl::Status LoadAuditHead(const TenantId& t, AuditHeadState** out);
 
   KvStore* kv_;
+  DeviceObserver* observer_ = nullptr;
   absl::flat_hash_map<std::string, AuditHeadState> audit_heads_;
 };
 

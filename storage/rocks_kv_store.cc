@@ -86,8 +86,12 @@ class RocksKvStore final : public KvStore {
     rocksdb::WriteOptions wo;
     wo.sync = sync;
     rocksdb::Status s = db_->Write(wo, &wb);
-    if (!s.ok()) needs_resume_ = true;
-    return FromRocks(s, "write");
+    if (!s.ok()) {
+      needs_resume_ = true;
+      return FromRocks(s, "write");
+    }
+    batch.RunCommitted();
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::string> Get(Family f, std::string_view key) override {
