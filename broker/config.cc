@@ -364,6 +364,15 @@ const std::vector<OptionDef>& Options() {
       {"health.max_metrics", "32", "Free-form metrics one health report may carry (names of at most 32 bytes).",
        UintSetter("health.max_metrics", 0, 256,
                   [](Config& c, uint64_t n) { c.management.health_max_metrics = static_cast<uint32_t>(n); })},
+      {"health.rollup_max_scopes", "10000",
+       "Groups, models and firmware versions rolled up per tenant (health.summary); later ones are not "
+       "(health/rollup_scopes_refused).",
+       UintSetter("health.rollup_max_scopes", 0, 1'000'000,
+                  [](Config& c, uint64_t n) { c.management.health_rollup_max_scopes = static_cast<uint32_t>(n); })},
+      {"health.rollup_max_metrics", "64",
+       "Free-form metric names rolled up per tenant; later names are not (health/rollup_metrics_refused).",
+       UintSetter("health.rollup_max_metrics", 0, 4096,
+                  [](Config& c, uint64_t n) { c.management.health_rollup_max_metrics = static_cast<uint32_t>(n); })},
       {"ota.download_timeout_s", "3600",
        "Default seconds a campaign's device has from its first downloading report to installing (ota.create "
        "timeouts.download_s overrides).",

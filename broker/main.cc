@@ -136,6 +136,8 @@ int main(int argc, char** argv) {
   aopts.ota.reboot_timeout_ms = cfg.management.ota_reboot_timeout_ms;
   aopts.health.min_interval_ms = cfg.management.health_min_interval_ms;
   aopts.health.max_metrics = cfg.management.health_max_metrics;
+  aopts.health.rollup.max_scopes = cfg.management.health_rollup_max_scopes;
+  aopts.health.rollup.max_metrics = cfg.management.health_rollup_max_metrics;
   aopts.certs.notice_ms = cfg.management.cert_notice_ms;
   aopts.device_validity_ms = cfg.management.device_validity_ms;
   aopts.renewal.auto_renew = cfg.management.cert_auto_renew;

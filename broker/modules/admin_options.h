@@ -51,6 +51,8 @@ struct AdminModuleOptions {
   // Health (mgmt/health/health_feature.h Options).
   int64_t health_min_interval_ms = 1000;
   uint32_t health_max_metrics = 32;
+  uint32_t health_rollup_max_scopes = 10'000;
+  uint32_t health_rollup_max_metrics = 64;
   // Certificates (mgmt/certs/expiry.h, ServiceOptions::device_validity_ms).
   int64_t cert_notice_ms = 30 * 86'400'000LL;
   int64_t device_validity_ms = 730 * 86'400'000LL;

@@ -51,6 +51,34 @@ Status HealthHistory(Service::Ctx& ctx) {
   return absl::OkStatus();
 }
 
+Status HealthSummary(Service::Ctx& ctx) {
+  std::string scope = ctx.Str("scope");
+  if (scope.empty()) scope = "tenant";
+  const bool known = scope == "tenant" || scope.rfind("group:", 0) == 0 || scope.rfind("model:", 0) == 0 ||
+                     scope.rfind("firmware:", 0) == 0;
+  if (!known || (scope != "tenant" && scope.back() == ':')) {
+    return absl::InvalidArgumentError("scope: tenant, group:<id>, model:<id> or firmware:<version>");
+  }
+  const int64_t silent = ctx.Int("silent_over_s", 600);
+  if (silent < 0 || silent > 400LL * 86400) return absl::InvalidArgumentError("silent_over_s: 0..34560000");
+  std::vector<std::string> metrics = ctx.List("metrics");
+  if (metrics.size() > 64) return absl::InvalidArgumentError("metrics: at most 64 names");
+  const std::string tenant = ctx.tenant().str();
+  Json j = ctx.health().rollups().Summary(tenant, scope, ctx.now_ms, silent, metrics);
+  const std::string by = ctx.Str("by");
+  if (!by.empty()) {
+    if (by != "group" && by != "model" && by != "firmware") {
+      return absl::InvalidArgumentError("by: group, model or firmware");
+    }
+    const int64_t limit = ctx.Int("limit", 100);
+    if (limit < 1 || limit > 1000) return absl::InvalidArgumentError("limit: 1..1000");
+    j["by"] = ctx.health().rollups().Breakdown(tenant, by, static_cast<size_t>(limit));
+  }
+  j["as_of_ms"] = ctx.now_ms;
+  ctx.data = std::move(j);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::vector<CommandSpec> HealthCommands() {
@@ -72,6 +100,16 @@ std::vector<CommandSpec> HealthCommands() {
         {"to_ms", I, false, "unix ms (default: now)"},
         {"metrics", L, false, "only these values (e.g. cpu_pct,m.queue_depth)"}},
        HealthHistory},
+      {"health.summary",
+       kOp,
+       false,
+       "Fleet roll-up of a scope: devices, online, offline, silent, and per value its mean and percentiles",
+       {{"scope", S, false, "tenant (default), group:<id>, model:<id> or firmware:<version>"},
+        {"silent_over_s", I, false, "count reporting devices whose last report is older than this (default 600)"},
+        {"metrics", L, false, "only these values (e.g. battery_pct,errors_per_min)"},
+        {"by", S, false, "also list the scopes of a kind: group, model or firmware (most devices first)"},
+        {"limit", I, false, "rows of `by` (default 100, at most 1000)"}},
+       HealthSummary},
   };
 }
 

@@ -100,6 +100,7 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   runtime_.Add(ota_.get());
   health_ = std::make_unique<health::HealthFeature>(kv_, clock_, opts_.health);
   runtime_.Add(health_.get());
+  registry_.SetObserver(health_.get());  // the roll-ups follow the registry
   certs_ = std::make_unique<certs::ExpiryFeature>(kv_, &registry_, clock_, opts_.certs);
   runtime_.Add(certs_.get());
   certs::RenewalHost rh;
@@ -475,6 +476,7 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
   absl::Status err = absl::OkStatus();
   for (const ConnEvent& ev : events) {
     Connectivity& c = conn_[ev.tenant][ev.device_id];
+    const bool was_online = c.online;
     c.online = ev.connected;
     c.last_seen_ms = ev.wall_ms;
     if (ev.connected) {
@@ -498,6 +500,16 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
       } else if (!absl::IsNotFound(g)) {
         err = g;
       }
+    }
+    // The roll-ups' online counts mirror c.online, in the scopes the device
+    // had when it connected (so a move while connected cannot skew them).
+    if (was_online) {
+      health_->OnlineChanged(ev.tenant, c.scopes, -1);
+      c.scopes.clear();
+    }
+    if (ev.connected && it != devices.end()) {
+      c.scopes = health::ScopesOf(it->second.rec);
+      health_->OnlineChanged(ev.tenant, c.scopes, +1);
     }
     std::string action = ev.connected ? "device.connected" : "device.disconnected";
     Json details{{"peer", ev.peer}};

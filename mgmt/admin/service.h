@@ -119,7 +119,8 @@ struct Connectivity {
   int64_t last_seen_ms = 0;        // wall: connect or disconnect time (the
                                    // loop refines it for online devices)
   std::string last_disconnect_reason;
-  std::string cert_serial;  // of the (last) connection
+  std::string cert_serial;          // of the (last) connection
+  std::vector<std::string> scopes;  // online: the health roll-up scopes it is counted in
 };
 
 class Service {

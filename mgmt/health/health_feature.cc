@@ -57,6 +57,27 @@ bool ValidAggregate(const Json& a) {
   return a[4].get<double>() >= 1;
 }
 
+// A stored latest report: {"time_ms", "values": {name: number}, "scopes":
+// [...]} (no "scopes": written before roll-ups, never counted). False when
+// damaged (then it is replaced by the next report, and counts nowhere).
+bool ParseLatest(std::string_view bytes, Rollups::Report* r, int64_t* time_ms) {
+  Json j = Json::parse(bytes, nullptr, false);
+  if (!j.is_object()) return false;
+  auto t = j.find("time_ms"), v = j.find("values"), sc = j.find("scopes");
+  if (t == j.end() || !t->is_number_integer() || v == j.end() || !v->is_object()) return false;
+  *time_ms = t->get<int64_t>();
+  r->minute = *time_ms / 60'000;
+  for (auto it = v->begin(); it != v->end(); ++it) {
+    if (it->is_number()) r->values[it.key()] = it->get<double>();
+  }
+  if (sc != j.end() && sc->is_array()) {
+    for (const Json& x : *sc) {
+      if (x.is_string()) r->scopes.push_back(x.get<std::string>());
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 std::string ValidateReport(const Json& body, const Options& o, Values* out) {
@@ -104,7 +125,21 @@ std::string ValidateReport(const Json& body, const Options& o, Values* out) {
 }
 
 HealthFeature::HealthFeature(storage::KvStore* kv, const Clock* clock, const Options& o)
-    : kv_(kv), clock_(clock), opts_(o) {}
+    : kv_(kv), clock_(clock), opts_(o), reg_(kv), rollups_(o.rollup) {}
+
+std::string HealthFeature::LatestBytes(const Prev& p) {
+  Json values = Json::object();
+  for (const auto& [k, d] : p.r.values) values[k] = d;
+  return Dump(Json{{"time_ms", p.time_ms}, {"values", values}, {"scopes", p.r.scopes}});
+}
+
+HealthFeature::Prev HealthFeature::Previous(const TenantId& t, const std::string& id, std::string_view device) const {
+  if (auto p = pending_latest_.find(id); p != pending_latest_.end()) return p->second;
+  Prev out;
+  auto got = kv_->Get(Family::kHealth, storage::keys::HealthLatest(t, device));
+  if (got.ok() && !ParseLatest(*got, &out.r, &out.time_ms)) out = Prev{};
+  return out;
+}
 
 std::string HealthFeature::Validate(std::string_view /*topic*/, const Json& body) const {
   return ValidateReport(body, opts_);
@@ -140,9 +175,26 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   b.tokens -= 1.0;
   stats_.accepted++;
   const TenantId t = TenantId::FromAuthenticated(m.tenant);
-  Json values = Json::object();
-  for (const auto& [k, d] : v) values[k] = d;
-  std::string latest = Dump(Json{{"time_ms", now}, {"values", values}});
+  Prev prev = Previous(t, id, m.device_id);
+  // Derived: the error counter's rate since the previous report (not when
+  // the counter went back, e.g. after a reboot).
+  if (auto e = v.find("errors"); e != v.end() && prev.time_ms > 0 && now > prev.time_ms) {
+    if (auto pe = prev.r.values.find("errors"); pe != prev.r.values.end() && e->second >= pe->second) {
+      v["errors_per_min"] = (e->second - pe->second) * 60'000.0 / static_cast<double>(now - prev.time_ms);
+    }
+  }
+  // The roll-up scopes the report counts in: the device's record now.
+  Prev cur;
+  cur.time_ms = now;
+  cur.r.minute = now / 60'000;
+  cur.r.values = v;
+  if (fb::DeviceT d; reg_.GetDevice(t, m.device_id, &d).ok()) cur.r.scopes = ScopesOf(d);
+  std::string latest = LatestBytes(cur);
+  // The roll-ups follow what is stored: applied once this batch is written.
+  batch_.OnCommitted([this, tenant = m.tenant, before = std::move(prev.r), after = cur.r] {
+    rollups_.Reported(tenant, &before, &after);
+  });
+  pending_latest_[id] = std::move(cur);
   // The minute's slot: folded into what this minute holds, replaced when the
   // slot holds an older day's minute.
   const int64_t minute = now / 60'000;
@@ -193,6 +245,15 @@ void HealthFeature::OnDisconnected(const std::string& tenant, const std::string&
 }
 
 void HealthFeature::OnDeviceRetired(const TenantId& t, const std::string& device_id) {
+  std::string id = t.str();
+  id.push_back('\0');
+  id += device_id;
+  Prev prev = Previous(t, id, device_id);
+  if (!prev.r.scopes.empty()) {
+    batch_.OnCommitted(
+        [this, tenant = t.str(), before = std::move(prev.r)] { rollups_.Reported(tenant, &before, nullptr); });
+  }
+  pending_latest_[id] = Prev{};
   batch_.Delete(Family::kHealth, storage::keys::HealthLatest(t, device_id));
   std::vector<std::string> slots;
   (void)kv_->ScanPrefix(Family::kHealth, storage::keys::HealthMinutePrefix(t, device_id),
@@ -215,9 +276,67 @@ absl::Status HealthFeature::Commit(mgmt::Output* out) {
     }
   }
   pending_.clear();
+  pending_latest_.clear();
   for (auto& r : replies_) out->sends.push_back(std::move(r));
   replies_.clear();
   return s;
+}
+
+void HealthFeature::OnDevicePut(const TenantId& t, const fb::DeviceT* old, const fb::DeviceT& rec,
+                                storage::WriteBatch* b) {
+  std::vector<std::string> before = old != nullptr ? ScopesOf(*old) : std::vector<std::string>{};
+  std::vector<std::string> after = ScopesOf(rec);
+  if (before == after) return;
+  b->OnCommitted([this, tenant = t.str(), before, after] { rollups_.Members(tenant, before, after); });
+  // The device's latest report moves with it (retirement removes it:
+  // OnDeviceRetired), so a scope's values are its members' values.
+  if (after.empty()) return;
+  std::string id = t.str();
+  id.push_back('\0');
+  id += rec.device_id;
+  Prev prev = Previous(t, id, rec.device_id);
+  if (prev.time_ms == 0 || prev.r.scopes.empty() || prev.r.scopes == after) return;
+  Prev cur = prev;
+  cur.r.scopes = std::move(after);
+  batch_.Put(Family::kHealth, storage::keys::HealthLatest(t, rec.device_id), LatestBytes(cur));
+  batch_.OnCommitted([this, tenant = t.str(), before = std::move(prev.r), moved = cur.r] {
+    rollups_.Reported(tenant, &before, &moved);
+  });
+  pending_latest_[id] = std::move(cur);
+}
+
+absl::Status HealthFeature::Recover() {
+  // The roll-ups from the store: every device's scopes (its record), every
+  // latest report (the scopes it was counted in). Online counts start at
+  // zero: devices come back as they connect.
+  std::string tc;
+  do {
+    storage::Page<fb::TenantT> tenants;
+    if (absl::Status s = reg_.ListTenants(tc, 1000, &tenants); !s.ok()) return s;
+    for (const fb::TenantT& tr : tenants.items) {
+      const TenantId t = TenantId::FromAuthenticated(tr.tenant_id);
+      std::string dc;
+      do {
+        storage::Page<fb::DeviceT> page;
+        if (absl::Status s = reg_.ListDevices(t, {}, dc, 1000, &page); !s.ok()) return s;
+        for (const fb::DeviceT& d : page.items) rollups_.Members(tr.tenant_id, {}, ScopesOf(d));
+        dc = page.next_cursor;
+      } while (!dc.empty());
+      absl::Status s = kv_->ScanPrefix(Family::kHealth, storage::keys::HealthLatestPrefix(t),
+                                       [&](std::string_view, std::string_view v) {
+                                         Rollups::Report r;
+                                         int64_t time_ms = 0;
+                                         if (ParseLatest(v, &r, &time_ms) && !r.scopes.empty()) {
+                                           rollups_.Reported(tr.tenant_id, nullptr, &r);
+                                           stats_.recovered++;
+                                         }
+                                         return true;
+                                       });
+      if (!s.ok()) return s;
+    }
+    tc = tenants.next_cursor;
+  } while (!tc.empty());
+  return absl::OkStatus();
 }
 
 void HealthFeature::Counters(const std::function<void(const char*, uint64_t)>& pub) const {
@@ -225,6 +344,10 @@ void HealthFeature::Counters(const std::function<void(const char*, uint64_t)>& p
   pub("health/rate_limited", stats_.rate_limited);
   pub("health/commits_failed", stats_.commits_failed);
   pub("health/bytes_written", stats_.bytes_written);
+  const Rollups::Stats& r = rollups_.stats();
+  pub("health/rollup_scopes", r.scopes);
+  pub("health/rollup_scopes_refused", r.scopes_refused);
+  pub("health/rollup_metrics_refused", r.metrics_refused);
 }
 
 absl::StatusOr<Json> HealthFeature::Latest(const TenantId& t, std::string_view device) const {

@@ -19,8 +19,10 @@
 #include "absl/status/statusor.h"
 #include "common/clock.h"
 #include "common/string_map.h"
+#include "mgmt/health/rollup.h"
 #include "mgmt/runtime/feature.h"
 #include "storage/kv_store.h"
+#include "storage/registry.h"
 
 namespace fmq::health {
 
@@ -31,6 +33,7 @@ struct Options {
   size_t max_name = 32;                // bytes of a metric name
   int64_t min_interval_ms = 1000;      // one report per this on average (a burst of 2); more: rate_limited
   uint32_t history_minutes = 24 * 60;  // per-minute slots kept per device
+  RollupOptions rollup;
 };
 
 // The values of a valid report, flattened: built-ins by their name
@@ -39,7 +42,9 @@ using Values = std::map<std::string, double>;
 // "" when `body` is a valid health/report, else what is wrong. Pure.
 std::string ValidateReport(const Json& body, const Options& o, Values* out = nullptr);
 
-class HealthFeature : public mgmt::Feature {
+// Also the registry's device observer: the roll-ups follow devices that
+// are added, moved between groups, updated or retired.
+class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
  public:
   HealthFeature(storage::KvStore* kv, const Clock* clock, const Options& o = {});
 
@@ -49,6 +54,15 @@ class HealthFeature : public mgmt::Feature {
   void OnDeviceMessage(const mgmt::DeviceMessage& m) override;
   void OnDisconnected(const std::string& tenant, const std::string& device_id) override;
   void OnDeviceRetired(const storage::TenantId& t, const std::string& device_id) override;
+  absl::Status Recover() override;
+  void OnDevicePut(const storage::TenantId& t, const fb::DeviceT* old, const fb::DeviceT& rec,
+                   storage::WriteBatch* b) override;
+  // A device came online (+1) or went offline (-1), counted in `scopes`
+  // (ScopesOf its record when it connected).
+  void OnlineChanged(const std::string& tenant, const std::vector<std::string>& scopes, int delta) {
+    rollups_.Online(tenant, scopes, delta);
+  }
+  const Rollups& rollups() const { return rollups_; }
   absl::Status Commit(mgmt::Output* out) override;
   void Counters(const std::function<void(const char*, uint64_t)>& pub) const override;
 
@@ -62,6 +76,14 @@ class HealthFeature : public mgmt::Feature {
 
  private:
   Json Bucket(const storage::TenantId& t, std::string_view device, uint64_t slot) const;
+  // The device's latest report as counted in the roll-ups (this turn's, or
+  // the stored one); false when none is counted.
+  struct Prev {
+    Rollups::Report r;
+    int64_t time_ms = 0;
+  };
+  static std::string LatestBytes(const Prev& p);  // the stored form of a latest report
+  Prev Previous(const storage::TenantId& t, const std::string& id, std::string_view device) const;
 
   storage::KvStore* kv_;
   const Clock* clock_;
@@ -70,6 +92,9 @@ class HealthFeature : public mgmt::Feature {
   // Written this turn, not yet in the store: the same minute's next report
   // folds into these (key → bucket).
   StringMap<Json> pending_;
+  StringMap<Prev> pending_latest_;  // tenant\0device → its report written this turn
+  storage::Registry reg_;           // reads the device's record (its scopes)
+  Rollups rollups_;
   struct Budget {
     int64_t at_ms;  // last report seen
     double tokens;  // reports it may send now (at most 2)
@@ -77,7 +102,7 @@ class HealthFeature : public mgmt::Feature {
   StringMap<Budget> budget_;  // tenant\0device → its report budget (connected devices)
   std::vector<mgmt::DeviceSend> replies_;
   struct Stats {
-    uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0;
+    uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0, recovered = 0;
   } stats_;
 };
 

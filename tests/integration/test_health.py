@@ -69,6 +69,57 @@ class HealthTest(JobsBase):
         r = self.admin("health.history", "device_id=" + dev, "from_ms=10", "to_ms=5", ok=False)
         self.assertIn("invalid_argument", r.stdout + r.stderr)
 
+    def test_fleet_summary_follows_real_devices_and_survives_a_restart(self):
+        n = 8
+        self.fleet("r", n, groups=("g1",))
+        agent = self.agent("r", n, "--health-s", "1", "--health-silent-pct", "30", "--seed", "7")
+        self.connected(n)
+        summary = lambda *a: self.admin("health.summary", *a)
+        self.assertTrue(wait_for(lambda: summary("scope=group:g1")["reporting"] >= 2 and
+                                 summary("scope=group:g1")["online"] == n, timeout=20, step=0.5))
+        time.sleep(2)
+        s = summary("scope=group:g1", "by=model")
+        self.assertEqual(s["devices"], n, s)
+        self.assertEqual(s["online"], n, s)
+        self.assertEqual(s["offline"], 0, s)
+        self.assertLess(s["reporting"], n, "the silent knob left every device reporting: %s" % s)
+        self.assertEqual(s["never_reported"], n - s["reporting"], s)
+        self.assertEqual(s["silent"]["devices"], 0, s)
+        cpu = s["metrics"]["cpu_pct"]
+        self.assertEqual(cpu["devices"], s["reporting"], s)
+        self.assertTrue(cpu["min"] <= cpu["p50"] <= cpu["p90"] <= cpu["max"], cpu)
+        self.assertTrue(0 <= cpu["min"] and cpu["max"] <= 100, cpu)
+        self.assertEqual(s["by"], [{"scope": "model:m1", "devices": n, "online": n, "offline": 0}], s)
+        self.assertEqual(summary("metrics=battery_pct")["metrics"].keys(), {"battery_pct"})
+        self.assertEqual(summary("scope=firmware:none")["devices"], 0)  # unknown scope: zeros
+        # Offline when the devices leave; the reports stay counted.
+        reporting = s["reporting"]
+        self.stop_agent(agent)
+        self.assertTrue(wait_for(lambda: summary()["online"] == 0, timeout=15, step=0.5))
+        t = summary()
+        self.assertEqual(t["offline"], n, t)
+        self.assertGreaterEqual(t["reporting"], reporting, t)
+        self.assertEqual(summary("silent_over_s=0")["silent"]["devices"], 0)  # reported this minute
+        # The roll-up holds the devices' latest values: their count and the exact mean of their cpu_pct.
+        reported = [self.admin("health.get", "device_id=r%d" % i)["report"] for i in range(n)]
+        cpus = [r["values"]["cpu_pct"] for r in reported if r is not None]
+        t = summary("scope=group:g1")
+        self.assertEqual(t["reporting"], len(cpus), t)
+        self.assertAlmostEqual(t["metrics"]["cpu_pct"]["mean"], sum(cpus) / len(cpus), places=6)
+        self.assertLessEqual(abs(t["metrics"]["cpu_pct"]["max"] - max(cpus)), 0.022 * max(cpus) + 1e-9, (t, cpus))
+        # A restart rebuilds the same figures from the store.
+        before = summary("scope=group:g1")
+        self.broker.kill9_and_restart()
+        after = summary("scope=group:g1")
+        for k in ("devices", "online", "reporting", "never_reported"):
+            self.assertEqual(after[k], before[k], (before, after))
+        self.assertEqual(after["metrics"]["cpu_pct"]["devices"], before["metrics"]["cpu_pct"]["devices"])
+        self.assertAlmostEqual(after["metrics"]["cpu_pct"]["mean"], before["metrics"]["cpu_pct"]["mean"], places=6)
+        # Bad arguments.
+        for bad in ("scope=group:", "scope=os:linux", "by=color", "silent_over_s=-1", "limit=0"):
+            r = self.admin("health.summary", bad, *(["by=model"] if bad == "limit=0" else []), ok=False)
+            self.assertEqual(self.error_code(r), "invalid_argument", (bad, r.stdout, r.stderr))
+
     def test_bad_reports_are_refused_and_change_nothing(self):
         certs = self.fleet("b", 2)
         d = RawDevice(self, certs, "b0")
