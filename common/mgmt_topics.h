@@ -19,6 +19,7 @@ inline constexpr std::string_view kCrl = "$SYS/fleetmq/crl/v1";
 inline constexpr std::string_view kStatsPrefix = "$SYS/fleetmq/stats/v1/";
 inline constexpr std::string_view kJobEventsPrefix = "$SYS/fleetmq/events/v1/jobs/";  // + job id
 inline constexpr std::string_view kCertEventsExpiring = "$SYS/fleetmq/events/v1/certs/expiring";
+inline constexpr std::string_view kAlertEventsPrefix = "$SYS/fleetmq/events/v1/alerts/";  // + rule id
 
 // The device channel (doc/device-api.md): every device owns the topics under
 // kDevicePrefix + its device id + "/". It reads them (the broker publishes

@@ -116,6 +116,13 @@ std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t
 std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id) {
   return Base(t, "h").Str(device_id).Take();
 }
+std::string AlertRule(const TenantId& t, std::string_view rule_id) { return Base(t, "r").Str(rule_id).Take(); }
+std::string AlertRulePrefix(const TenantId& t) { return Base(t, "r").Take(); }
+std::string Alert(const TenantId& t, std::string_view rule_id, std::string_view device_id) {
+  return Base(t, "a").Str(rule_id).Str(device_id).Take();
+}
+std::string AlertPrefix(const TenantId& t) { return Base(t, "a").Take(); }
+std::string AlertPrefix(const TenantId& t, std::string_view rule_id) { return Base(t, "a").Str(rule_id).Take(); }
 std::string Cert(const TenantId& t, std::string_view serial) { return Base(t).Str(serial).Take(); }
 std::string Job(const TenantId& t, std::string_view id) { return Base(t).Str(id).Take(); }
 std::string JobDevice(const TenantId& t, std::string_view job, std::string_view dev) {

@@ -102,6 +102,13 @@ std::string HealthLatest(const TenantId& t, std::string_view device_id);
 std::string HealthLatestPrefix(const TenantId& t);  // every device's latest report
 std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t slot);
 std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id);
+// Alerts (Family::kHealth; doc/health.md, "Alerts"): the tenant's rules, and
+// per rule and device the alert it raised (raised or cleared, acknowledged).
+std::string AlertRule(const TenantId& t, std::string_view rule_id);
+std::string AlertRulePrefix(const TenantId& t);
+std::string Alert(const TenantId& t, std::string_view rule_id, std::string_view device_id);
+std::string AlertPrefix(const TenantId& t);                            // every alert of the tenant
+std::string AlertPrefix(const TenantId& t, std::string_view rule_id);  // one rule's
 std::string Cert(const TenantId& t, std::string_view serial);
 // Family::kIndex: the tenant's certificates not revoked, by expiry (unix ms)
 // then serial (doc/certificate-profile.md, "Expiry").

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -115,6 +116,13 @@ Json ParseValue(const fmq::admin::ArgSpec& a, std::string v) {
         if (!item.empty()) list.push_back(item);
       }
       return list;
+    }
+    case ArgType::kNumber: {
+      char* end = nullptr;
+      const double d = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0') Die(2, std::string(a.name) + ": '" + v + "' is not a number");
+      if (d == std::floor(d) && std::fabs(d) < 9e15) return static_cast<int64_t>(d);
+      return d;
     }
     case ArgType::kObject: {
       Json j = Json::parse(v, nullptr, false);

@@ -765,6 +765,8 @@ std::string_view ArgTypeName(ArgType t) {
       return "string list";
     case ArgType::kObject:
       return "object";
+    case ArgType::kNumber:
+      return "number";
   }
   return "?";
 }
@@ -954,6 +956,8 @@ std::string_view ErrorCodeOf(const absl::Status& s) {
       return "forbidden";
     case absl::StatusCode::kDataLoss:
       return "data_loss";
+    case absl::StatusCode::kOutOfRange:
+      return "limit_exceeded";
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kResourceExhausted:
       return "storage_error";

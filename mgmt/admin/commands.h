@@ -13,7 +13,7 @@
 
 namespace fmq::admin {
 
-enum class ArgType : uint8_t { kString, kInt, kBool, kStringList, kObject };
+enum class ArgType : uint8_t { kString, kInt, kBool, kStringList, kObject, kNumber };
 std::string_view ArgTypeName(ArgType t);
 
 struct ArgSpec {
@@ -49,6 +49,7 @@ struct Service::Ctx {
   config::ConfigFeature& config() { return *svc.config_; }
   ota::OtaFeature& ota() { return *svc.ota_; }
   health::HealthFeature& health() { return *svc.health_; }
+  health::AlertFeature& alerts() { return *svc.alerts_; }
   certs::ExpiryFeature& certs() { return *svc.certs_; }
   storage::TenantId tenant() const { return storage::TenantId::FromAuthenticated(actor.tenant); }
   storage::Registry& reg() { return svc.registry_; }
@@ -142,6 +143,7 @@ inline constexpr ArgType I = ArgType::kInt;
 inline constexpr ArgType B = ArgType::kBool;
 inline constexpr ArgType L = ArgType::kStringList;
 inline constexpr ArgType O = ArgType::kObject;
+inline constexpr ArgType N = ArgType::kNumber;
 inline constexpr Role kOp = Role::kOperator;
 }  // namespace table
 // Arguments every paginated command takes.

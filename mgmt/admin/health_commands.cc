@@ -79,6 +79,63 @@ Status HealthSummary(Service::Ctx& ctx) {
   return absl::OkStatus();
 }
 
+Status AlertRuleCreate(Service::Ctx& ctx) {
+  Json j = Json::object();
+  for (const char* k : {"rule_id", "metric", "op", "scope", "severity"}) {
+    if (ctx.Has(k)) j[k] = ctx.Str(k);
+  }
+  for (const char* k : {"threshold", "clear", "for_s"}) {
+    if (ctx.Has(k)) j[k] = ctx.args[k];
+  }
+  health::AlertRule r;
+  if (const std::string why = health::AlertRule::FromJson(j, &r); !why.empty()) {
+    return absl::InvalidArgumentError(why);
+  }
+  if (Status s = ctx.alerts().CreateRule(ctx.tenant(), r, &ctx.batch, &ctx.on_commit); !s.ok()) return s;
+  ctx.data = r.ToJson();
+  return absl::OkStatus();
+}
+
+Status AlertRuleList(Service::Ctx& ctx) {
+  Json items = Json::array();
+  for (const health::AlertRule& r : ctx.alerts().Rules(ctx.actor.tenant)) items.push_back(r.ToJson());
+  ctx.data = Json{{"rules", items}};
+  return absl::OkStatus();
+}
+
+Status AlertRuleDelete(Service::Ctx& ctx) {
+  const std::string id = ctx.Str("rule_id");
+  if (Status s = ctx.alerts().DeleteRule(ctx.tenant(), id, &ctx.batch, &ctx.on_commit); !s.ok()) return s;
+  ctx.data = Json{{"rule_id", id}, {"deleted", true}};
+  return absl::OkStatus();
+}
+
+Status AlertList(Service::Ctx& ctx) {
+  const std::string state = ctx.Str("state", "raised");
+  if (state != "raised" && state != "all") return absl::InvalidArgumentError("state: raised (default) or all");
+  Json items;
+  std::string next;
+  if (Status s = ctx.alerts().List(ctx.tenant(), state == "all", ctx.Str("rule_id"), ctx.Str("device_id"),
+                                   ctx.Str("cursor"), PageLimit(ctx, ctx.opts().max_page), &items, &next);
+      !s.ok()) {
+    return s;
+  }
+  ctx.data = Json{{"alerts", items}, {"next_cursor", next}};
+  return absl::OkStatus();
+}
+
+Status AlertAck(Service::Ctx& ctx) {
+  ctx.device_id = ctx.Str("device_id");
+  Json a;
+  if (Status s = ctx.alerts().Ack(ctx.tenant(), ctx.Str("rule_id"), ctx.device_id, ctx.actor.Label(), ctx.now_ms,
+                                  &ctx.batch, &a);
+      !s.ok()) {
+    return s;
+  }
+  ctx.data = std::move(a);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::vector<CommandSpec> HealthCommands() {
@@ -110,6 +167,42 @@ std::vector<CommandSpec> HealthCommands() {
         {"by", S, false, "also list the scopes of a kind: group, model or firmware (most devices first)"},
         {"limit", I, false, "rows of `by` (default 100, at most 1000)"}},
        HealthSummary},
+      {"alert.rule.create",
+       kOp,
+       true,
+       "An alert rule: a health value against a threshold (or offline) for a time, in a scope",
+       {{"rule_id", S, true, "1..64 of [A-Za-z0-9_.-]"},
+        {"metric", S, true, "a health value (battery_pct, errors_per_min, m.queue_depth, ...) or offline"},
+        {"op", S, false, "gt or lt (offline: gt)"},
+        {"threshold", N, false, "the value compared with (required but for offline)"},
+        {"clear", N, false, "hysteresis: gt clears below it, lt above it (default: the threshold)"},
+        {"for_s", I, false, "the condition must hold this long (offline: required, >= 1)"},
+        {"scope", S, false, "tenant (default), group:<id>, model:<id> or firmware:<version>"},
+        {"severity", S, false, "info, warning (default) or critical"}},
+       AlertRuleCreate},
+      {"alert.rule.list", kOp, false, "The tenant's alert rules", {}, AlertRuleList},
+      {"alert.rule.delete",
+       kOp,
+       true,
+       "Deletes a rule and its alerts",
+       {{"rule_id", S, true, "the rule"}},
+       AlertRuleDelete},
+      {"alert.list",
+       kOp,
+       false,
+       "Alerts raised (or all, cleared ones too), by rule and device",
+       {{"state", S, false, "raised (default) or all"},
+        {"rule_id", S, false, "only this rule's"},
+        {"device_id", S, false, "only this device's"},
+        kCursorArg,
+        kLimitArg},
+       AlertList},
+      {"alert.ack",
+       kOp,
+       true,
+       "Acknowledges a raised alert (it stays raised until its condition clears)",
+       {{"rule_id", S, true, "the rule"}, {"device_id", S, true, "the device"}},
+       AlertAck},
   };
 }
 

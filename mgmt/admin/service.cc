@@ -31,6 +31,8 @@ bool TypeOk(ArgType t, const Json& v) {
       return v.is_boolean();
     case ArgType::kObject:
       return v.is_object();
+    case ArgType::kNumber:
+      return v.is_number();
     case ArgType::kStringList:
       return v.is_array() && std::all_of(v.begin(), v.end(), [](const Json& e) { return e.is_string(); });
   }
@@ -101,6 +103,17 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   health_ = std::make_unique<health::HealthFeature>(kv_, clock_, opts_.health);
   runtime_.Add(health_.get());
   registry_.SetObserver(health_.get());  // the roll-ups follow the registry
+  alerts_ = std::make_unique<health::AlertFeature>(
+      kv_, &registry_, clock_,
+      [this](const std::string& tenant, const std::string& device) {
+        const Connectivity* c = ConnectivityOf(tenant, device);
+        return c != nullptr && c->online;
+      },
+      opts_.alerts);
+  runtime_.Add(alerts_.get());
+  health_->SetReportListener([a = alerts_.get()](const std::string& tenant, const std::string& device,
+                                                 const std::vector<std::string>& scopes, const health::Values& v,
+                                                 int64_t time_ms) { a->OnReport(tenant, device, scopes, v, time_ms); });
   certs_ = std::make_unique<certs::ExpiryFeature>(kv_, &registry_, clock_, opts_.certs);
   runtime_.Add(certs_.get());
   certs::RenewalHost rh;

@@ -23,6 +23,7 @@
 #include "mgmt/certs/expiry.h"
 #include "mgmt/certs/renewal.h"
 #include "mgmt/config/config_feature.h"
+#include "mgmt/health/alerts.h"
 #include "mgmt/health/health_feature.h"
 #include "mgmt/jobs/job_engine.h"
 #include "mgmt/ota/ota_feature.h"
@@ -107,6 +108,7 @@ struct ServiceOptions {
   config::Options config;
   ota::Options ota;
   health::Options health;
+  health::AlertOptions alerts;
   certs::Options certs;
   certs::RenewalOptions renewal;
   int64_t device_validity_ms = pki::kDeviceValidity;  // certificates issued from device CSRs
@@ -206,6 +208,7 @@ class Service {
   std::unique_ptr<config::ConfigFeature> config_;
   std::unique_ptr<ota::OtaFeature> ota_;
   std::unique_ptr<health::HealthFeature> health_;
+  std::unique_ptr<health::AlertFeature> alerts_;
   std::unique_ptr<certs::ExpiryFeature> certs_;
   std::unique_ptr<certs::RenewalFeature> renewal_;
   StringMap<pki::Signer> signers_;  // tenant → firmware signer (loaded or made on first use)

@@ -191,8 +191,9 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   if (fb::DeviceT d; reg_.GetDevice(t, m.device_id, &d).ok()) cur.r.scopes = ScopesOf(d);
   std::string latest = LatestBytes(cur);
   // The roll-ups follow what is stored: applied once this batch is written.
-  batch_.OnCommitted([this, tenant = m.tenant, before = std::move(prev.r), after = cur.r] {
+  batch_.OnCommitted([this, tenant = m.tenant, device = m.device_id, now, before = std::move(prev.r), after = cur.r] {
     rollups_.Reported(tenant, &before, &after);
+    if (report_listener_) report_listener_(tenant, device, after.scopes, after.values, now);
   });
   pending_latest_[id] = std::move(cur);
   // The minute's slot: folded into what this minute holds, replaced when the

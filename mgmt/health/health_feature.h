@@ -63,6 +63,11 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
     rollups_.Online(tenant, scopes, delta);
   }
   const Rollups& rollups() const { return rollups_; }
+  // Told of every report once it is stored (alert rules), with the scopes it
+  // counts in and its values (derived ones included).
+  using ReportFn = std::function<void(const std::string& tenant, const std::string& device,
+                                      const std::vector<std::string>& scopes, const Values& values, int64_t time_ms)>;
+  void SetReportListener(ReportFn fn) { report_listener_ = std::move(fn); }
   absl::Status Commit(mgmt::Output* out) override;
   void Counters(const std::function<void(const char*, uint64_t)>& pub) const override;
 
@@ -95,6 +100,7 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
   StringMap<Prev> pending_latest_;  // tenant\0device → its report written this turn
   storage::Registry reg_;           // reads the device's record (its scopes)
   Rollups rollups_;
+  ReportFn report_listener_;
   struct Budget {
     int64_t at_ms;  // last report seen
     double tokens;  // reports it may send now (at most 2)

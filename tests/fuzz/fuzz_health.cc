@@ -1,5 +1,6 @@
-// libFuzzer target: device health reports (mgmt/health). The input is the
-// body of a health/report as a device could send it. It must never crash;
+// libFuzzer target: device health reports and alert rules (mgmt/health).
+// The input is the body of a health/report as a device could send it, and
+// the same bytes as an alert rule. It must never crash;
 // a body the schema accepts is folded into the store on a fake clock (twice
 // in one minute, then a day later into the same slot), and the latest value
 // and the history read back must agree with what was accepted (plus the
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "common/clock.h"
+#include "mgmt/health/alerts.h"
 #include "mgmt/health/health_feature.h"
 #include "storage/kv_store.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -20,6 +22,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!fmq::fuzz::Shallow(text)) return 0;
   Json body = Json::parse(text, nullptr, false);
   if (body.is_discarded()) return 0;
+  // The same bytes as an alert rule (alert.rule.create's arguments, and the
+  // stored form): valid ones read back the same from their stored form.
+  fmq::health::AlertRule rule;
+  if (fmq::health::AlertRule::FromJson(body, &rule).empty()) {
+    fmq::health::AlertRule back;
+    if (!fmq::health::AlertRule::FromJson(rule.ToJson(), &back).empty() || back.ToJson() != rule.ToJson()) {
+      std::abort();
+    }
+  }
   fmq::health::Options o;
   fmq::health::Values v;
   if (!fmq::health::ValidateReport(body, o, &v).empty()) return 0;

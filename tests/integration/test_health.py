@@ -120,6 +120,96 @@ class HealthTest(JobsBase):
             r = self.admin("health.summary", bad, *(["by=model"] if bad == "limit=0" else []), ok=False)
             self.assertEqual(self.error_code(r), "invalid_argument", (bad, r.stdout, r.stderr))
 
+    def test_alerts_raised_and_cleared_by_real_devices(self):
+        """An error-rate rule raised by agents bursting errors and cleared
+        when a calm agent takes over; an offline rule raised when the devices
+        stop and cleared when they come back: events on the tenant's alerts
+        topic, alert.list, alert.ack, the devices' audit history, a restart,
+        and rules that cannot be evaluated refused."""
+        from harness import PahoTls
+        import os
+        n = 3
+        self.fleet("a", n, groups=("g1",))
+        watcher = PahoTls(self.broker.tls_port, os.path.join(self.pki, "root.crt"),
+                          os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key"), "watcher")
+        self.addCleanup(watcher.close)
+        self.assertEqual(watcher.rc, 0)
+        self.assertEqual(watcher.subscribe("$SYS/fleetmq/events/v1/alerts/#"), [1])
+        events = []
+
+        def drain():
+            while True:
+                try:
+                    m = watcher.get(timeout=0.05)
+                except Exception:
+                    return events
+                events.append((m.topic, json.loads(m.payload)))
+
+        def seen(kind, rule):
+            return sorted(e["device_id"] for t, e in drain() if e["event"] == kind and e["rule_id"] == rule and
+                          t == "$SYS/fleetmq/events/v1/alerts/" + rule)
+
+        rule = self.admin("alert.rule.create", "rule_id=err-burst", "metric=errors_per_min", "op=gt",
+                          "threshold=100", "clear=30", "for_s=2", "scope=group:g1", "severity=critical")
+        self.assertEqual(rule["clear"], 30)
+        self.admin("alert.rule.create", "rule_id=gone", "metric=offline", "for_s=3", "scope=group:g1")
+        self.assertEqual(sorted(r["rule_id"] for r in self.admin("alert.rule.list")["rules"]), ["err-burst", "gone"])
+        # Bursting agents: 20 errors a second, far above 100 a minute, for longer than 2 s.
+        agent = self.agent("a", n, "--health-s", "1", "--health-error-pct", "100")
+        self.connected(n)
+        self.assertTrue(wait_for(lambda: seen("raised", "err-burst") == ["a0", "a1", "a2"], timeout=30, step=0.3),
+                        events)
+        raised = self.admin("alert.list", "rule_id=err-burst")["alerts"]
+        self.assertEqual(len(raised), n, raised)
+        self.assertTrue(all(a["severity"] == "critical" and a["value"] > 100 for a in raised), raised)
+        acked = self.admin("alert.ack", "rule_id=err-burst", "device_id=a1")
+        self.assertTrue(acked["acked"], acked)
+        self.assertIn("operator", acked["acked_by"])
+        r = self.admin("alert.ack", "rule_id=err-burst", "device_id=a9", ok=False)
+        self.assertEqual(self.error_code(r), "not_found")
+        # The devices stop: offline for longer than 3 s.
+        self.stop_agent(agent)
+        self.assertTrue(wait_for(lambda: seen("raised", "gone") == ["a0", "a1", "a2"], timeout=30, step=0.3), events)
+        # A restart keeps what is raised, and arms the offline rule for every device.
+        self.broker.kill9_and_restart()
+        self.assertEqual(len(self.admin("alert.list", "rule_id=gone")["alerts"]), n)
+        self.assertTrue(self.admin("alert.list", "rule_id=err-burst", "device_id=a1")["alerts"][0]["acked"])
+        watcher.close()
+        watcher = PahoTls(self.broker.tls_port, os.path.join(self.pki, "root.crt"),
+                          os.path.join(self.pki, "operator.crt"), os.path.join(self.pki, "operator.key"), "watcher2")
+        self.addCleanup(watcher.close)
+        self.assertEqual(watcher.subscribe("$SYS/fleetmq/events/v1/alerts/#"), [1])
+        del events[:]
+        # A calm agent (its counter starts again at 0: no rate for its first report, then a low one).
+        self.agent("a", n, "--health-s", "1", "--health-error-pct", "0")
+        self.connected(n)
+        self.assertTrue(wait_for(lambda: seen("cleared", "gone") == ["a0", "a1", "a2"], timeout=30, step=0.3),
+                        events)
+        self.assertTrue(wait_for(lambda: seen("cleared", "err-burst") == ["a0", "a1", "a2"], timeout=30, step=0.3),
+                        events)
+        self.assertEqual(self.admin("alert.list")["alerts"], [])
+        every = self.admin("alert.list", "state=all", "device_id=a1")["alerts"]
+        self.assertEqual(sorted((a["rule_id"], a["state"]) for a in every),
+                         [("err-burst", "cleared"), ("gone", "cleared")])
+        hist = [e["action"] for e in self.admin("audit.query", "device_id=a1")["entries"]]
+        for action in ("alert.raised", "alert.cleared"):
+            self.assertEqual(hist.count(action), 2, hist)
+        self.assertTrue(self.admin("audit.verify")["valid"])
+        # Rules that cannot be evaluated.
+        for bad in (("rule_id=x", "metric=battery_pct", "op=eq", "threshold=1"),
+                    ("rule_id=x", "metric=battery_pct", "op=lt"),
+                    ("rule_id=x", "metric=battery_pct", "op=lt", "threshold=10", "clear=5"),
+                    ("rule_id=x", "metric=offline"),
+                    ("rule_id=x", "metric=cpu_pct", "op=gt", "threshold=9", "scope=os:linux"),
+                    ("rule_id=err-burst", "metric=cpu_pct", "op=gt", "threshold=9")):
+            r = self.admin("alert.rule.create", *bad, ok=False)
+            self.assertIn(self.error_code(r), ("invalid_argument", "already_exists"), (bad, r.stderr))
+        r = self.admin("alert.rule.create", "rule_id=x", "metric=cpu_pct", "op=gt", "threshold=ninety", ok=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(self.admin("alert.rule.delete", "rule_id=gone")["deleted"], True)
+        self.assertEqual(self.admin("alert.list", "state=all", "rule_id=gone")["alerts"], [])
+        self.assertEqual(self.error_code(self.admin("alert.rule.delete", "rule_id=gone", ok=False)), "not_found")
+
     def test_bad_reports_are_refused_and_change_nothing(self):
         certs = self.fleet("b", 2)
         d = RawDevice(self, certs, "b0")

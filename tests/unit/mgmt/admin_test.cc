@@ -261,6 +261,9 @@ TEST_CASE("admin: every command is refused to the wrong role, and tenants never 
         case ArgType::kObject:
           cmd[a.name] = Json::object();
           break;
+        case ArgType::kNumber:
+          cmd[a.name] = 1.5;
+          break;
       }
     }
     if (std::string(c.name) == "device.register") cmd["model_id"] = "m1";
