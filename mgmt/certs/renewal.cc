@@ -19,13 +19,6 @@ namespace keys = storage::keys;
 
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
-std::string Key(std::string_view tenant, std::string_view device) {
-  std::string k(tenant);
-  k.push_back('\0');
-  k.append(device);
-  return k;
-}
-
 }  // namespace
 
 RenewalFeature::RenewalFeature(storage::KvStore* kv, storage::Registry* reg, const Clock* clock,
@@ -118,7 +111,7 @@ void RenewalFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   // certs/csr, valid for the schema (Validate ran on the worker).
   const std::string job = m.body["job_id"].get<std::string>();
   const auto attempt = static_cast<uint32_t>(m.body["attempt"].get<uint64_t>());
-  auto it = live_.find(Key(m.tenant, m.device_id));
+  auto it = live_.find(mgmt::JoinKey(m.tenant, m.device_id));
   // Only an answer to the request in flight is looked at: anything else
   // costs no signature (a CSR flood is refused here, counted).
   if (it == live_.end() || it->second.job_id != job) {
@@ -216,7 +209,7 @@ void RenewalFeature::OnOutcome(uint64_t token, bool acked, std::string_view /*wh
 }
 
 void RenewalFeature::OnSubscribed(const std::string& tenant, const std::string& device) {
-  auto it = live_.find(Key(tenant, device));
+  auto it = live_.find(mgmt::JoinKey(tenant, device));
   if (it == live_.end()) return;
   Live& l = it->second;
   l.subscribed = true;
@@ -228,7 +221,7 @@ void RenewalFeature::OnSubscribed(const std::string& tenant, const std::string& 
 }
 
 void RenewalFeature::OnDisconnected(const std::string& tenant, const std::string& device) {
-  auto it = live_.find(Key(tenant, device));
+  auto it = live_.find(mgmt::JoinKey(tenant, device));
   if (it == live_.end()) return;
   it->second.subscribed = false;
   it->second.reasked = false;
@@ -237,7 +230,7 @@ void RenewalFeature::OnDisconnected(const std::string& tenant, const std::string
 }
 
 void RenewalFeature::OnConnected(const std::string& tenant, const std::string& device) {
-  auto it = live_.find(Key(tenant, device));
+  auto it = live_.find(mgmt::JoinKey(tenant, device));
   if (it == live_.end()) return;
   Live& l = it->second;
   const std::string serial = host_.serial_of(tenant, device);
@@ -265,7 +258,7 @@ void RenewalFeature::Used(const std::string& tenant, const std::string& device, 
   }
   stats_.renewed++;
   const std::string job = l.job_id;
-  live_.erase(Key(tenant, device));
+  live_.erase(mgmt::JoinKey(tenant, device));
   engine_->Advance(tenant, job, device, ExecState::Succeeded, Dump(detail));
 }
 
@@ -296,7 +289,7 @@ RenewalFeature::Started RenewalFeature::OnStart(const Exec& e) {
     st.detail = Dump(Json{{"reason", "device not registered or retired"}});
     return st;
   }
-  Live& l = live_[Key(e.tenant, e.device)];
+  Live& l = live_[mgmt::JoinKey(e.tenant, e.device)];
   if (!l.job_id.empty() && l.job_id != e.job.job_id && engine_->AttemptOf(e.tenant, l.job_id, e.device) != 0) {
     // Another renewal of this device is in flight: one at a time.
     st.kind = Started::kDone;
@@ -320,7 +313,7 @@ void RenewalFeature::Ask(const std::string& tenant, const std::string& device, L
   if (!l.old_serial.empty() && reg_->GetCert(t, l.old_serial, &cur).ok()) expires = cur.expires_at_ms;
   if (l.token != 0) tokens_.erase(l.token);
   l.token = TokenOf(next_token_++);
-  tokens_.emplace(l.token, Key(tenant, device));
+  tokens_.emplace(l.token, mgmt::JoinKey(tenant, device));
   Json body{{"job_id", l.job_id}, {"attempt", l.attempt}, {"serial", l.old_serial}, {"key", "EC P-256"}};
   if (expires != 0) body["expires_at_ms"] = expires;
   pending_.sends.push_back(mgmt::DeviceSend{tenant, device, "certs/renew", Dump(body), l.token});
@@ -328,7 +321,7 @@ void RenewalFeature::Ask(const std::string& tenant, const std::string& device, L
 }
 
 void RenewalFeature::OnEnded(const Exec& e, ExecState /*to*/) {
-  auto it = live_.find(Key(e.tenant, e.device));
+  auto it = live_.find(mgmt::JoinKey(e.tenant, e.device));
   if (it == live_.end() || it->second.job_id != e.job.job_id) return;
   Live& l = it->second;
   if (l.token != 0) tokens_.erase(l.token);
@@ -353,11 +346,11 @@ void RenewalFeature::OnResumed(const Exec& e) {
   }
   fb::DeviceT dev;
   if (reg_->GetDevice(t, e.device, &dev).ok()) l.old_serial = dev.cert_serial;
-  live_[Key(e.tenant, e.device)] = std::move(l);
+  live_[mgmt::JoinKey(e.tenant, e.device)] = std::move(l);
 }
 
 std::string RenewalFeature::TimeoutDetail(const Exec& e) {
-  auto it = live_.find(Key(e.tenant, e.device));
+  auto it = live_.find(mgmt::JoinKey(e.tenant, e.device));
   if (it == live_.end()) return "";
   return Dump(
       Json{{"reason", it->second.new_serial.empty()

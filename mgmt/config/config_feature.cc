@@ -56,13 +56,6 @@ ConfigFeature::ConfigFeature(storage::KvStore* kv, storage::Registry* reg, const
 
 ConfigFeature::~ConfigFeature() = default;
 
-std::string ConfigFeature::Key(std::string_view a, std::string_view b) {
-  std::string k(a);
-  k.push_back('\0');
-  k.append(b);
-  return k;
-}
-
 // ---- device messages ----
 
 std::string ConfigFeature::Validate(std::string_view topic, const Json& j) const {
@@ -425,7 +418,7 @@ void ConfigFeature::Send(const std::string& tenant, const std::string& device, L
   }
   if (!patched) p += ",\"document\":" + to.canonical + "}";
   // What the device will apply is kept by its hash, for the next diff.
-  std::string bk = Key(tenant, to.hash);
+  std::string bk = mgmt::JoinKey(tenant, to.hash);
   if (!stored_blobs_.contains(bk)) {
     if (stored_blobs_.size() >= opts_.cache_entries) stored_blobs_.clear();
     reg_->PutConfigBlob(t, to.hash, to.canonical, &batch_);
@@ -445,7 +438,7 @@ void ConfigFeature::Send(const std::string& tenant, const std::string& device, L
 }
 
 std::string ConfigFeature::DiffText(const Effective& from, const Effective& to) {
-  std::string k = Key(from.hash, to.hash);
+  std::string k = mgmt::JoinKey(from.hash, to.hash);
   if (auto it = diffs_.find(k); it != diffs_.end()) return it->second;
   if (diffs_.size() >= opts_.cache_entries) diffs_.clear();
   std::string d = Dump(MergeDiff(from.doc, to.doc));
@@ -454,7 +447,7 @@ std::string ConfigFeature::DiffText(const Effective& from, const Effective& to) 
 }
 
 absl::StatusOr<std::shared_ptr<const Effective>> ConfigFeature::Blob(const TenantId& t, const std::string& hash) {
-  std::string k = Key(t.str(), hash);
+  std::string k = mgmt::JoinKey(t.str(), hash);
   if (auto it = blobs_.find(k); it != blobs_.end()) return it->second;
   auto e = std::make_shared<Effective>();
   if (hash == EmptyHash()) {
@@ -474,7 +467,7 @@ absl::StatusOr<std::shared_ptr<const Effective>> ConfigFeature::Blob(const Tenan
 
 absl::StatusOr<std::shared_ptr<const ConfigFeature::Head>> ConfigFeature::HeadOf(const TenantId& t, ConfigKind kind,
                                                                                  const std::string& id) {
-  std::string k = Key(t.str(), std::string(1, static_cast<char>('0' + static_cast<int>(kind))) + id);
+  std::string k = mgmt::JoinKey(t.str(), std::string(1, static_cast<char>('0' + static_cast<int>(kind))) + id);
   if (auto it = heads_.find(k); it != heads_.end()) return it->second;
   auto hp = std::make_shared<Head>();
   Head& h = *hp;
@@ -604,7 +597,7 @@ absl::Status ConfigFeature::StateOf(const TenantId& t, const std::string& device
 // ---- the store ----
 
 bool ConfigFeature::Lookup(const std::string& tenant, const std::string& device, fb::DeviceConfigT* out) {
-  if (auto it = unsynced_.find(Key(tenant, device)); it != unsynced_.end()) {
+  if (auto it = unsynced_.find(mgmt::JoinKey(tenant, device)); it != unsynced_.end()) {
     *out = it->second.rec;
     return true;
   }
@@ -626,7 +619,7 @@ bool ConfigFeature::Lookup(const std::string& tenant, const std::string& device,
 
 void ConfigFeature::Put(const std::string& tenant, fb::DeviceConfigT rec) {
   if (Live* l = FindLive(tenant, rec.device_id); l != nullptr && l->state) *l->state = rec;
-  Unsynced& u = unsynced_[Key(tenant, rec.device_id)];
+  Unsynced& u = unsynced_[mgmt::JoinKey(tenant, rec.device_id)];
   u.tenant = tenant;
   u.rec = std::move(rec);
 }
@@ -706,7 +699,7 @@ absl::Status ConfigFeature::SetOverride(const TenantId& t, const std::string& de
   dc.override_rev = c.rev;
   dc.updated_at_ms = clock_->WallMs();
   reg_->PutDeviceConfig(t, dc, b);
-  unsynced_.erase(Key(t.str(), device));  // the command's batch carries the latest
+  unsynced_.erase(mgmt::JoinKey(t.str(), device));  // the command's batch carries the latest
   if (Live* l = FindLive(t.str(), device); l != nullptr && l->state) *l->state = dc;
   return absl::OkStatus();
 }
@@ -739,7 +732,7 @@ absl::Status ConfigFeature::CarryOver(const TenantId& t, const std::string& from
 }
 
 void ConfigFeature::Forget(const TenantId& t, ConfigKind kind, const std::string& target) {
-  heads_.erase(Key(t.str(), std::string(1, static_cast<char>('0' + static_cast<int>(kind))) + target));
+  heads_.erase(mgmt::JoinKey(t.str(), std::string(1, static_cast<char>('0' + static_cast<int>(kind))) + target));
 }
 
 // ---- the "config" job type ----

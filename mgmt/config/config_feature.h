@@ -191,7 +191,6 @@ class ConfigFeature : public mgmt::Feature, public jobs::TypeHandler {
                                                      const std::string& id);
   absl::StatusOr<std::shared_ptr<const Effective>> Merge(const std::string& key, const std::vector<const Json*>& docs);
   std::string DiffText(const Effective& from, const Effective& to);
-  static std::string Key(std::string_view a, std::string_view b);
 
   storage::KvStore* kv_;
   storage::Registry* reg_;

@@ -79,13 +79,6 @@ std::string ManifestText(const std::string& tenant, const fb::FirmwareT& f) {
   return Dump(m);  // keys sorted, no spaces: the signed bytes
 }
 
-std::string OtaFeature::Key(std::string_view a, std::string_view b) {
-  std::string k(a);
-  k.push_back('\0');
-  k.append(b);
-  return k;
-}
-
 OtaFeature::OtaFeature(storage::KvStore* kv, storage::Registry* reg, const Clock* clock, jobs::JobEngine* engine,
                        SignerFn signer, const Options& opts)
     : kv_(kv),
@@ -169,7 +162,7 @@ bool OtaFeature::Serve(const mgmt::DeviceMessage& m, std::vector<mgmt::WorkerRep
   Assignment a;
   {
     std::shared_lock<std::shared_mutex> l(assign_mu_);
-    auto it = assigned_.find(Key(m.tenant, m.device_id));
+    auto it = assigned_.find(mgmt::JoinKey(m.tenant, m.device_id));
     if (it != assigned_.end()) a = it->second;
   }
   if (a.sha256.empty() || a.sha256 != sha) {
@@ -186,7 +179,7 @@ bool OtaFeature::Serve(const mgmt::DeviceMessage& m, std::vector<mgmt::WorkerRep
   {
     std::lock_guard<std::mutex> l(bucket_mu_);
     const int64_t now = clock_->NowMs();
-    Bucket& dev = device_buckets_[Key(m.tenant, m.device_id)];
+    Bucket& dev = device_buckets_[mgmt::JoinKey(m.tenant, m.device_id)];
     if (!Take(dev, opts_.device_bytes_per_s, length, now, &retry)) {
       blocks_->busy.fetch_add(1, std::memory_order_relaxed);
       return refuse("busy", "over this device's download budget", retry);
@@ -242,7 +235,7 @@ void OtaFeature::OnReport(const mgmt::DeviceMessage& m) {
   const std::string phase = m.body["phase"].get<std::string>();
   Json base{{"job_id", job}, {"attempt", attempt}, {"phase", phase}};
   if (!m.client_token.empty()) base["client_token"] = m.client_token;
-  auto it = live_.find(Key(m.tenant, m.device_id));
+  auto it = live_.find(mgmt::JoinKey(m.tenant, m.device_id));
   if (it == live_.end() || it->second.job_id != job || it->second.attempt != attempt) {
     stats_.reports_refused++;
     Json body = base;
@@ -271,7 +264,7 @@ void OtaFeature::OnReport(const mgmt::DeviceMessage& m) {
     }
     if (first) {
       l.phase = "downloading";
-      auto doc = docs_.find(Key(m.tenant, job));
+      auto doc = docs_.find(mgmt::JoinKey(m.tenant, job));
       const int64_t ms = doc != docs_.end() ? doc->second->download_ms : opts_.download_timeout_ms;
       engine_->Extend(m.tenant, job, m.device_id, now + ms);
     }
@@ -280,7 +273,7 @@ void OtaFeature::OnReport(const mgmt::DeviceMessage& m) {
       l.phase = "installing";
       engine_->Advance(m.tenant, job, m.device_id, ExecState::InProgress,
                        Dump(Json{{"phase", "installing"}, {"to", l.target}}));
-      auto doc = docs_.find(Key(m.tenant, job));
+      auto doc = docs_.find(mgmt::JoinKey(m.tenant, job));
       const int64_t ms = doc != docs_.end() ? doc->second->install_ms : opts_.install_timeout_ms;
       engine_->Extend(m.tenant, job, m.device_id, now + ms);
       // Already gone (its disconnect was seen first): rebooting.
@@ -300,7 +293,7 @@ void OtaFeature::OnVersion(const mgmt::DeviceMessage& m) {
   stats_.versions++;
   const std::string version = m.body["version"].get<std::string>();
   const bool rolled_back = m.body.value("rolled_back", false);
-  auto it = live_.find(Key(m.tenant, m.device_id));
+  auto it = live_.find(mgmt::JoinKey(m.tenant, m.device_id));
   if (it != live_.end() && version != it->second.target && version != it->second.from && !rolled_back) {
     // Neither what it was offered nor what it ran: refused, nothing changes
     // (the execution runs on to its verdict or deadline).
@@ -339,25 +332,25 @@ void OtaFeature::OnVersion(const mgmt::DeviceMessage& m) {
 }
 
 void OtaFeature::Settle(const std::string& tenant, const std::string& device, ExecState to, const Json& detail) {
-  auto it = live_.find(Key(tenant, device));
+  auto it = live_.find(mgmt::JoinKey(tenant, device));
   if (it == live_.end()) return;
   const std::string job = it->second.job_id;
   // The engine calls OnEnded, which drops the live state and the assignment.
   if (!engine_->Advance(tenant, job, device, to, Dump(detail))) {
     Assign(tenant, device, nullptr);
-    live_.erase(Key(tenant, device));
+    live_.erase(mgmt::JoinKey(tenant, device));
   }
 }
 
 void OtaFeature::OnDisconnected(const std::string& tenant, const std::string& device) {
-  auto it = live_.find(Key(tenant, device));
+  auto it = live_.find(mgmt::JoinKey(tenant, device));
   if (it == live_.end() || it->second.phase != "installing") return;
   // The reboot of the contract: the verdict waits for the version report.
   Live& l = it->second;
   l.phase = "rebooting";
   engine_->Advance(tenant, l.job_id, device, ExecState::InProgress,
                    Dump(Json{{"phase", "rebooting"}, {"to", l.target}}));
-  auto doc = docs_.find(Key(tenant, l.job_id));
+  auto doc = docs_.find(mgmt::JoinKey(tenant, l.job_id));
   const int64_t ms = doc != docs_.end() ? doc->second->reboot_ms : opts_.reboot_timeout_ms;
   engine_->Extend(tenant, l.job_id, device, clock_->WallMs() + ms);
 }
@@ -365,7 +358,7 @@ void OtaFeature::OnDisconnected(const std::string& tenant, const std::string& de
 void OtaFeature::OnSubscribed(const std::string& tenant, const std::string& device) {
   // A device back during its download resumes it: the offer again (the
   // same job and attempt), and it carries on from the bytes it has.
-  auto it = live_.find(Key(tenant, device));
+  auto it = live_.find(mgmt::JoinKey(tenant, device));
   if (it == live_.end() || it->second.offer.empty()) return;
   if (it->second.phase == "offered" || it->second.phase == "downloading") Offer(tenant, device, it->second);
 }
@@ -390,13 +383,13 @@ void OtaFeature::OnOutcome(uint64_t token, bool acked, std::string_view why) {
 
 void OtaFeature::OnDeviceRetired(const TenantId& t, const std::string& device) {
   Assign(t.str(), device, nullptr);
-  live_.erase(Key(t.str(), device));  // the engine REMOVEs its executions
+  live_.erase(mgmt::JoinKey(t.str(), device));  // the engine REMOVEs its executions
 }
 
 // ---- the job type ----
 
 void OtaFeature::Assign(const std::string& tenant, const std::string& device, const Assignment* a) {
-  const std::string key = Key(tenant, device);
+  const std::string key = mgmt::JoinKey(tenant, device);
   {
     std::unique_lock<std::shared_mutex> l(assign_mu_);
     if (a != nullptr) {
@@ -414,7 +407,7 @@ void OtaFeature::Assign(const std::string& tenant, const std::string& device, co
 void OtaFeature::Offer(const std::string& tenant, const std::string& device, Live& l) {
   if (l.token != 0) tokens_.erase(l.token);
   l.token = TokenOf(next_token_++);
-  tokens_.emplace(l.token, Key(tenant, device));
+  tokens_.emplace(l.token, mgmt::JoinKey(tenant, device));
   stats_.offers++;
   pending_.sends.push_back(mgmt::DeviceSend{tenant, device, "ota/notify", l.offer, l.token});
 }
@@ -428,7 +421,7 @@ jobs::TypeHandler::Started OtaFeature::OnStart(const Exec& e) {
     s.detail = Dump(Json{{"reason", why}});
     return s;
   };
-  const std::string dkey = Key(e.tenant, e.job.job_id);
+  const std::string dkey = mgmt::JoinKey(e.tenant, e.job.job_id);
   auto d = docs_.find(dkey);
   if (d == docs_.end()) {
     Json j = Json::parse(e.job.document_json, nullptr, false);
@@ -477,7 +470,7 @@ jobs::TypeHandler::Started OtaFeature::OnStart(const Exec& e) {
   auto art = Get(t, model, target);
   if (!art.ok())
     return fail(ExecState::Failed, "no artifact " + model + " " + target + ": " + std::string(art.status().message()));
-  Live& l = live_[Key(e.tenant, e.device)];
+  Live& l = live_[mgmt::JoinKey(e.tenant, e.device)];
   l = Live{};
   l.job_id = e.job.job_id;
   l.attempt = e.attempt;
@@ -509,7 +502,7 @@ jobs::TypeHandler::Started OtaFeature::OnStart(const Exec& e) {
 }
 
 void OtaFeature::OnEnded(const Exec& e, ExecState to) {
-  const std::string key = Key(e.tenant, e.device);
+  const std::string key = mgmt::JoinKey(e.tenant, e.device);
   auto it = live_.find(key);
   if (it != live_.end() && it->second.job_id == e.job.job_id) {
     if (it->second.token != 0) tokens_.erase(it->second.token);
@@ -522,7 +515,7 @@ void OtaFeature::OnEnded(const Exec& e, ExecState to) {
 }
 
 std::string OtaFeature::TimeoutDetail(const Exec& e) {
-  auto it = live_.find(Key(e.tenant, e.device));
+  auto it = live_.find(mgmt::JoinKey(e.tenant, e.device));
   if (it == live_.end() || it->second.job_id != e.job.job_id) return "";
   const Live& l = it->second;
   static constexpr std::pair<std::string_view, std::string_view> kWhy[] = {
@@ -550,12 +543,12 @@ void OtaFeature::OnResumed(const Exec& e) {
     engine_->Advance(e.tenant, e.job.job_id, e.device, s.state, s.detail);
     return;
   }
-  auto it = live_.find(Key(e.tenant, e.device));
+  auto it = live_.find(mgmt::JoinKey(e.tenant, e.device));
   if (it != live_.end()) it->second.phase = "downloading";
 }
 
 void OtaFeature::OnJobEnded(const std::string& tenant, const fb::JobT& job, bool rollback) {
-  docs_.erase(Key(tenant, job.job_id));
+  docs_.erase(mgmt::JoinKey(tenant, job.job_id));
   if (rollback) rollbacks_.emplace_back(tenant, job.job_id);
 }
 
@@ -767,7 +760,7 @@ absl::StatusOr<OtaFeature::UploadState> OtaFeature::BeginUpload(const TenantId& 
   fb::FirmwareUploadT rec = u;
   rec.received = 0;
   b->Put(Family::kFirmware, key, storage::EncodeRecord<fb::FirmwareUpload>(rec));
-  hashing_.erase(Key(t.str(), u.sha256));
+  hashing_.erase(mgmt::JoinKey(t.str(), u.sha256));
   return UploadState{0, u.size, false};
 }
 
@@ -792,7 +785,7 @@ absl::StatusOr<OtaFeature::UploadState> OtaFeature::PutChunk(const TenantId& t, 
   if (absl::Status s = WriteChunk(t, sha256, u.received / opts_.chunk_bytes, data, b); !s.ok()) return s;
   // The running hash follows the chunks in order; without it (a restart
   // mid-upload) FinishUpload hashes the stored chunks instead.
-  const std::string hkey = Key(t.str(), sha256);
+  const std::string hkey = mgmt::JoinKey(t.str(), sha256);
   if (u.received == 0) hashing_[hkey] = std::make_unique<Hashing>();
   auto h = hashing_.find(hkey);
   if (h != hashing_.end() && h->second && h->second->at == u.received) {
@@ -833,7 +826,7 @@ absl::Status OtaFeature::AbortUpload(const TenantId& t, const std::string& sha25
       b.Delete(Family::kFirmwareChunks, keys::FirmwareChunk(t, sha256, i));
     }
   }
-  hashing_.erase(Key(t.str(), sha256));
+  hashing_.erase(mgmt::JoinKey(t.str(), sha256));
   return reg_->Commit(b, true);
 }
 
@@ -849,7 +842,7 @@ absl::StatusOr<fb::FirmwareT> OtaFeature::FinishUpload(const TenantId& t, const 
                                          std::to_string(u.size) + " bytes");
   }
   unsigned char digest[32];
-  auto h = hashing_.find(Key(t.str(), sha256));
+  auto h = hashing_.find(mgmt::JoinKey(t.str(), sha256));
   if (h != hashing_.end() && h->second && h->second->at == u.size) {
     mbedtls_sha256_finish_ret(&h->second->ctx, digest);
   } else {
@@ -861,7 +854,7 @@ absl::StatusOr<fb::FirmwareT> OtaFeature::FinishUpload(const TenantId& t, const 
     }
     mbedtls_sha256_finish_ret(&full.ctx, digest);
   }
-  hashing_.erase(Key(t.str(), sha256));
+  hashing_.erase(mgmt::JoinKey(t.str(), sha256));
   const std::string got = HexOf(digest, sizeof digest);
   if (got != sha256) {
     if (absl::Status s = AbortUpload(t, sha256); !s.ok()) {

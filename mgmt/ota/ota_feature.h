@@ -168,7 +168,6 @@ class OtaFeature : public mgmt::Feature, public jobs::TypeHandler {
   absl::StatusOr<std::string> ReadChunk(const storage::TenantId& t, const std::string& sha256, uint64_t index) const;
   // Takes `n` bytes from a bucket at `rate` (1 s of burst); false: over budget.
   static bool Take(Bucket& b, uint64_t rate, uint64_t n, int64_t now_ms, int64_t* retry_ms);
-  static std::string Key(std::string_view a, std::string_view b);
 
   storage::KvStore* kv_;
   storage::Registry* reg_;

@@ -27,6 +27,15 @@ namespace fmq::mgmt {
 
 using Json = nlohmann::json;
 
+// Two ids joined by a NUL (neither holds one): the key of the features'
+// in-memory maps, e.g. tenant\0device.
+inline std::string JoinKey(std::string_view a, std::string_view b) {
+  std::string k(a);
+  k.push_back('\0');
+  k.append(b);
+  return k;
+}
+
 // A message to a device's channel (`suffix` is the topic below
 // "$fleetmq/v1/devices/<id>/"). token != 0: the broker reports its outcome
 // (Feature::OnOutcome of the feature whose index is in the token's top byte).
