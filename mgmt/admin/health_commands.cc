@@ -54,9 +54,7 @@ Status HealthHistory(Service::Ctx& ctx) {
 Status HealthSummary(Service::Ctx& ctx) {
   std::string scope = ctx.Str("scope");
   if (scope.empty()) scope = "tenant";
-  const bool known = scope == "tenant" || scope.rfind("group:", 0) == 0 || scope.rfind("model:", 0) == 0 ||
-                     scope.rfind("firmware:", 0) == 0;
-  if (!known || (scope != "tenant" && scope.back() == ':')) {
+  if (!health::ValidScope(scope)) {
     return absl::InvalidArgumentError("scope: tenant, group:<id>, model:<id> or firmware:<version>");
   }
   const int64_t silent = ctx.Int("silent_over_s", 600);

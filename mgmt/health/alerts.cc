@@ -6,6 +6,7 @@
 #include "common/hex.h"
 #include "common/log.h"
 #include "common/mgmt_topics.h"
+#include "mgmt/health/health_feature.h"
 #include "mgmt/health/rollup.h"
 
 namespace fmq::health {
@@ -17,12 +18,6 @@ namespace keys = storage::keys;
 
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
-std::string KeyOf(const std::string& rule, const std::string& device) {
-  std::string k = rule;
-  k.push_back('\0');
-  k += device;
-  return k;
-}
 std::string RuleOfKey(const std::string& k) { return k.substr(0, k.find('\0')); }
 std::string DeviceOfKey(const std::string& k) { return k.substr(k.find('\0') + 1); }
 
@@ -57,13 +52,9 @@ std::string AlertRule::FromJson(const Json& j, AlertRule* out) {
     return true;
   };
   if (!str("rule_id", &r.rule_id) || !Id(r.rule_id)) return "rule_id: 1..64 of [A-Za-z0-9_.-]";
-  if (!str("metric", &r.metric) || r.metric.empty() || r.metric.size() > 40) {
-    return "metric: a health value (e.g. battery_pct, errors_per_min, m.queue_depth) or offline";
-  }
-  for (char c : r.metric) {
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
-      return "metric: lower-case letters, digits, _ . -";
-    }
+  if (!str("metric", &r.metric) || !ValidMetricName(r.metric, 40)) {
+    return "metric: a health value (e.g. battery_pct, errors_per_min, m.queue_depth) or offline: 1..40 of "
+           "lower-case letters, digits, _ . -";
   }
   if (!str("op", &r.op)) return "op: gt or lt";
   if (r.offline()) {
@@ -95,9 +86,7 @@ std::string AlertRule::FromJson(const Json& j, AlertRule* out) {
   if (r.offline() && for_s < 1) return "for_s: an offline rule needs for_s >= 1 (offline for longer than it)";
   r.for_ms = static_cast<int64_t>(for_s) * 1000;
   if (!str("scope", &r.scope)) return "scope: tenant, group:<id>, model:<id> or firmware:<version>";
-  const bool known = r.scope == "tenant" || r.scope.rfind("group:", 0) == 0 || r.scope.rfind("model:", 0) == 0 ||
-                     r.scope.rfind("firmware:", 0) == 0;
-  if (!known || r.scope.back() == ':' || r.scope.size() > 200) {
+  if (!ValidScope(r.scope) || r.scope.size() > 200) {
     return "scope: tenant, group:<id>, model:<id> or firmware:<version>";
   }
   if (!str("severity", &r.severity) || (r.severity != "info" && r.severity != "warning" && r.severity != "critical")) {
@@ -164,7 +153,7 @@ absl::Status AlertFeature::Recover() {
         r.value = a.value("value", 0.0);
         r.acked_ms = a.value("acked_ms", int64_t{0});
         r.acked_by = a.value("acked_by", "");
-        ten->raised[KeyOf(rule, a["device_id"].get<std::string>())] = std::move(r);
+        ten->raised[mgmt::JoinKey(rule, a["device_id"].get<std::string>())] = std::move(r);
         return true;
       });
       if (!s.ok()) return s;
@@ -201,7 +190,7 @@ absl::Status AlertFeature::ArmOffline(const std::string& tenant, const AlertRule
 void AlertFeature::Arm(const std::string& tenant, const AlertRule& r, const std::string& device, int64_t since,
                        double value) {
   Tenant& ten = tenants_[tenant];
-  const std::string key = KeyOf(r.rule_id, device);
+  const std::string key = mgmt::JoinKey(r.rule_id, device);
   if (ten.raised.contains(key)) return;
   auto [it, fresh] = ten.pending.try_emplace(key, since, value);
   if (!fresh) {
@@ -233,7 +222,7 @@ void AlertFeature::Announce(const std::string& tenant, const AlertRule& r, const
 void AlertFeature::Raise(const std::string& tenant, const AlertRule& r, const std::string& device, double value,
                          int64_t now) {
   Tenant& ten = tenants_[tenant];
-  const std::string key = KeyOf(r.rule_id, device);
+  const std::string key = mgmt::JoinKey(r.rule_id, device);
   ten.pending.erase(key);
   Raised a;
   a.raised_ms = now;
@@ -249,7 +238,7 @@ void AlertFeature::Raise(const std::string& tenant, const AlertRule& r, const st
 void AlertFeature::Clear(const std::string& tenant, const AlertRule& r, const std::string& device, double value,
                          int64_t now, const char* why) {
   Tenant& ten = tenants_[tenant];
-  auto it = ten.raised.find(KeyOf(r.rule_id, device));
+  auto it = ten.raised.find(mgmt::JoinKey(r.rule_id, device));
   if (it == ten.raised.end()) return;
   Json a = Record(r, device, it->second);
   ten.raised.erase(it);
@@ -274,7 +263,7 @@ void AlertFeature::OnReport(const std::string& tenant, const std::string& device
     auto v = values.find(r.metric);
     if (v == values.end()) continue;  // not reported: the state stays
     const double x = v->second;
-    const std::string key = KeyOf(id, device);
+    const std::string key = mgmt::JoinKey(id, device);
     const bool holds = r.op == "gt" ? x > r.threshold : x < r.threshold;
     if (ti->second.raised.contains(key)) {
       if (r.op == "gt" ? x < r.clear : x > r.clear) Clear(tenant, r, device, x, time_ms, "value");
@@ -298,7 +287,7 @@ void AlertFeature::OnConnected(const std::string& tenant, const std::string& dev
   const int64_t now = clock_->WallMs();
   for (const auto& [id, r] : ti->second.rules) {
     if (!r.offline()) continue;
-    const std::string key = KeyOf(id, device_id);
+    const std::string key = mgmt::JoinKey(id, device_id);
     ti->second.pending.erase(key);
     Clear(tenant, r, device_id, 0, now, "connected");
   }
@@ -324,7 +313,7 @@ void AlertFeature::OnDeviceRetired(const TenantId& t, const std::string& device_
   auto ti = tenants_.find(t.str());
   if (ti == tenants_.end()) return;
   for (const auto& [id, r] : ti->second.rules) {
-    const std::string key = KeyOf(id, device_id);
+    const std::string key = mgmt::JoinKey(id, device_id);
     ti->second.pending.erase(key);
     ti->second.raised.erase(key);
     batch_.Delete(Family::kHealth, keys::Alert(t, id, device_id));
@@ -491,7 +480,7 @@ absl::Status AlertFeature::Ack(const TenantId& t, const std::string& rule_id, co
                                const std::string& actor, int64_t now, storage::WriteBatch* b, Json* alert) {
   auto ti = tenants_.find(t.str());
   if (ti == tenants_.end()) return absl::NotFoundError("no raised alert of rule '" + rule_id + "' for that device");
-  auto it = ti->second.raised.find(KeyOf(rule_id, device_id));
+  auto it = ti->second.raised.find(mgmt::JoinKey(rule_id, device_id));
   if (it == ti->second.raised.end()) {
     return absl::NotFoundError("no raised alert of rule '" + rule_id + "' for device '" + device_id + "'");
   }

@@ -33,13 +33,17 @@ constexpr Builtin kBuiltins[] = {
 };
 constexpr double kMetricAbs = 1e15;
 
-bool MetricName(std::string_view n, size_t max) {
+}  // namespace
+
+bool ValidMetricName(std::string_view n, size_t max) {
   if (n.empty() || n.size() > max) return false;
   for (char c : n) {
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) return false;
   }
   return true;
 }
+
+namespace {
 
 // A minute slot as OnDeviceMessage writes it: {"minute": M, "metrics": {name:
 // [min, max, sum, last, n]}}. Stored bytes that parse but do not have this
@@ -92,7 +96,7 @@ std::string ValidateReport(const Json& body, const Options& o, Values* out) {
         return "metrics: " + std::to_string(it->size()) + " entries, at most " + std::to_string(o.max_metrics);
       }
       for (auto m = it->begin(); m != it->end(); ++m) {
-        if (!MetricName(m.key(), o.max_name)) {
+        if (!ValidMetricName(m.key(), o.max_name)) {
           return "metrics: name '" + m.key().substr(0, 40) + "' must be 1.." + std::to_string(o.max_name) +
                  " of a-z 0-9 _ . -";
         }
@@ -149,9 +153,7 @@ void HealthFeature::OnDeviceMessage(const mgmt::DeviceMessage& m) {
   Values v;
   if (!ValidateReport(m.body, opts_, &v).empty()) return;  // checked on the worker
   const int64_t now = clock_->WallMs();
-  std::string id = m.tenant;
-  id.push_back('\0');
-  id += m.device_id;
+  const std::string id = mgmt::JoinKey(m.tenant, m.device_id);
   // A token bucket per connected device: one report per min_interval on
   // average, a burst of two (a device reporting exactly at the bound is
   // never refused for its timer's jitter).
@@ -239,16 +241,12 @@ Json HealthFeature::Bucket(const TenantId& t, std::string_view device, uint64_t 
 }
 
 void HealthFeature::OnDisconnected(const std::string& tenant, const std::string& device_id) {
-  std::string id = tenant;
-  id.push_back('\0');
-  id += device_id;
+  const std::string id = mgmt::JoinKey(tenant, device_id);
   budget_.erase(id);
 }
 
 void HealthFeature::OnDeviceRetired(const TenantId& t, const std::string& device_id) {
-  std::string id = t.str();
-  id.push_back('\0');
-  id += device_id;
+  const std::string id = mgmt::JoinKey(t.str(), device_id);
   Prev prev = Previous(t, id, device_id);
   if (!prev.r.scopes.empty()) {
     batch_.OnCommitted(
@@ -292,9 +290,7 @@ void HealthFeature::OnDevicePut(const TenantId& t, const fb::DeviceT* old, const
   // The device's latest report moves with it (retirement removes it:
   // OnDeviceRetired), so a scope's values are its members' values.
   if (after.empty()) return;
-  std::string id = t.str();
-  id.push_back('\0');
-  id += rec.device_id;
+  const std::string id = mgmt::JoinKey(t.str(), rec.device_id);
   Prev prev = Previous(t, id, rec.device_id);
   if (prev.time_ms == 0 || prev.r.scopes.empty() || prev.r.scopes == after) return;
   Prev cur = prev;
@@ -329,7 +325,6 @@ absl::Status HealthFeature::Recover() {
                                          int64_t time_ms = 0;
                                          if (ParseLatest(v, &r, &time_ms) && !r.scopes.empty()) {
                                            rollups_.Reported(tr.tenant_id, nullptr, &r);
-                                           stats_.recovered++;
                                          }
                                          return true;
                                        });

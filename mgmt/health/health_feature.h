@@ -39,6 +39,8 @@ struct Options {
 // The values of a valid report, flattened: built-ins by their name
 // ("cpu_pct"), free-form metrics as "m.<name>".
 using Values = std::map<std::string, double>;
+// A metric name: 1..max of [a-z0-9_.-] (reports' free-form names, alert rules).
+bool ValidMetricName(std::string_view n, size_t max);
 // "" when `body` is a valid health/report, else what is wrong. Pure.
 std::string ValidateReport(const Json& body, const Options& o, Values* out = nullptr);
 
@@ -82,7 +84,7 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
  private:
   Json Bucket(const storage::TenantId& t, std::string_view device, uint64_t slot) const;
   // The device's latest report as counted in the roll-ups (this turn's, or
-  // the stored one); false when none is counted.
+  // the stored one); time_ms 0 and no scopes when none is counted.
   struct Prev {
     Rollups::Report r;
     int64_t time_ms = 0;
@@ -108,7 +110,7 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
   StringMap<Budget> budget_;  // tenant\0device → its report budget (connected devices)
   std::vector<mgmt::DeviceSend> replies_;
   struct Stats {
-    uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0, recovered = 0;
+    uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0;
   } stats_;
 };
 

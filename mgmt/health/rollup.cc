@@ -21,6 +21,14 @@ bool StartsWith(std::string_view s, std::string_view p) { return s.substr(0, p.s
 
 }  // namespace
 
+bool ValidScope(std::string_view s) {
+  if (s == "tenant") return true;
+  for (std::string_view kind : {"group:", "model:", "firmware:"}) {
+    if (StartsWith(s, kind)) return s.size() > kind.size();
+  }
+  return false;
+}
+
 std::vector<std::string> ScopesOf(const fb::DeviceT& d) {
   if (d.status == fb::DeviceStatus::Decommissioned || d.status == fb::DeviceStatus::Replaced) return {};
   std::vector<std::string> s{"tenant"};

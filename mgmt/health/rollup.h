@@ -28,6 +28,9 @@ using Json = nlohmann::json;
 // The scopes a device counts in: "tenant", "group:<id>" for each group,
 // "model:<id>" and "firmware:<version>" when set; none when retired.
 std::vector<std::string> ScopesOf(const fb::DeviceT& d);
+// A scope name as operators write it: "tenant", or "group:", "model:" or
+// "firmware:" followed by a non-empty id.
+bool ValidScope(std::string_view scope);
 
 // A histogram of values in logarithmic buckets, 32 per power of two (values
 // within 2.2 % of each other share one), with the sum of each bucket so a
