@@ -206,6 +206,9 @@ class HealthTest(JobsBase):
             self.assertIn(self.error_code(r), ("invalid_argument", "already_exists"), (bad, r.stderr))
         r = self.admin("alert.rule.create", "rule_id=x", "metric=cpu_pct", "op=gt", "threshold=ninety", ok=False)
         self.assertNotEqual(r.returncode, 0)
+        for bad in (("state=open",), ("cursor=zz",)):
+            r = self.admin("alert.list", *bad, ok=False)
+            self.assertEqual(self.error_code(r), "invalid_argument", (bad, r.stderr))
         self.assertEqual(self.admin("alert.rule.delete", "rule_id=gone")["deleted"], True)
         self.assertEqual(self.admin("alert.list", "state=all", "rule_id=gone")["alerts"], [])
         self.assertEqual(self.error_code(self.admin("alert.rule.delete", "rule_id=gone", ok=False)), "not_found")
