@@ -116,6 +116,7 @@ std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t
 std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id) {
   return Base(t, "h").Str(device_id).Take();
 }
+std::string HealthLink(const TenantId& t, std::string_view device_id) { return Base(t, "n").Str(device_id).Take(); }
 std::string AlertRule(const TenantId& t, std::string_view rule_id) { return Base(t, "r").Str(rule_id).Take(); }
 std::string AlertRulePrefix(const TenantId& t) { return Base(t, "r").Take(); }
 std::string Alert(const TenantId& t, std::string_view rule_id, std::string_view device_id) {

@@ -102,6 +102,8 @@ std::string HealthLatest(const TenantId& t, std::string_view device_id);
 std::string HealthLatestPrefix(const TenantId& t);  // every device's latest report
 std::string HealthMinute(const TenantId& t, std::string_view device_id, uint64_t slot);
 std::string HealthMinutePrefix(const TenantId& t, std::string_view device_id);
+// What the broker observed of the device's connection (mgmt/health/link.h).
+std::string HealthLink(const TenantId& t, std::string_view device_id);
 // Alerts (Family::kHealth; doc/health.md, "Alerts"): the tenant's rules, and
 // per rule and device the alert it raised (raised or cleared, acknowledged).
 std::string AlertRule(const TenantId& t, std::string_view rule_id);

@@ -137,8 +137,11 @@ void Broker::UncountConnection(TenantState& t, const std::string& tenant) {
 }
 
 ClientInfo Broker::InfoOf(const Connection& c) const {
-  return ClientInfo{c.id(),      c.client_id(), c.username(), c.peer(),
-                    c.version(), c.tenant(),    c.identity(), const_cast<Broker*>(this)};
+  return ClientInfo{c.id(),       c.client_id(),
+                    c.username(), c.peer(),
+                    c.version(),  c.tenant(),
+                    c.identity(), const_cast<Broker*>(this),
+                    nullptr,      {}};
 }
 
 const Session* Broker::FindSession(std::string_view tenant, std::string_view client_id) const {
@@ -246,14 +249,28 @@ void Broker::Accept(Connection* c) {
 }
 
 void Broker::CountIn(Connection& c, size_t bytes) {
-  (void)c;
   stats_.bytes_received += bytes;
+  c.link_.bytes_in += bytes;
+}
+
+void Broker::ReportLink(Connection& c, int64_t now) {
+  ClientInfo info = InfoOf(c);
+  info.counters = &c.link_;
+  hooks_->OnLinkCounters(info);
+  c.link_ = LinkCounters{};
+  c.link_from_ms_ = now;
 }
 
 void Broker::OnPacket(Connection& c, mqtt::Packet& p) {
   stats_.messages_received++;
-  c.last_rx_ms_ = NowMs();  // keep alive counts whole packets [MQTT-3.1.2-22]
   const PacketType t = mqtt::TypeOf(p);
+  c.link_.packets_in++;
+  if (t == PacketType::kPublish) c.link_.publish_in++;
+  const int64_t now = NowMs();
+  c.last_rx_ms_ = now;  // keep alive counts whole packets [MQTT-3.1.2-22]
+  if (c.state_ == Connection::State::kConnected && now - c.link_from_ms_ >= opts_.link_stats_interval_ms) {
+    ReportLink(c, now);
+  }
   if (c.state_ == Connection::State::kAwaitConnect) {
     if (t != PacketType::kConnect) {
       Close(c, DisconnectReason::kProtocolError, ReasonCode::kProtocolError,
@@ -510,6 +527,7 @@ void Broker::HandleConnect(Connection& c, mqtt::Connect& ck) {
   }
   FMQ_LOG_DEBUG("client '%s' connected from %s (v%d, clean=%d, keepalive=%u, present=%d)", c.client_id_.c_str(),
                 c.peer_.c_str(), static_cast<int>(ck.version), ck.clean_start, keep_alive, present);
+  c.link_from_ms_ = NowMs();
   hooks_->OnConnected(InfoOf(c));
   if (present) ResumeSession(*s, c);
 }
@@ -583,7 +601,10 @@ void Broker::Close(Connection& c, DisconnectReason why, ReasonCode rc, const cha
     s->conn = nullptr;
     c.session_ = nullptr;
     FMQ_LOG_DEBUG("client '%s' disconnected: %s", c.client_id_.c_str(), std::string(DisconnectReasonName(why)).c_str());
-    hooks_->OnDisconnected(InfoOf(c), why);
+    ClientInfo info = InfoOf(c);
+    info.counters = &c.link_;
+    if (why == DisconnectReason::kProtocolError) info.error = rule;
+    hooks_->OnDisconnected(info, why);
     SessionOffline(*s, why != DisconnectReason::kClean || c.will_on_close_);
   }
   if (c.transport_ != nullptr) c.transport_->Close();

@@ -171,6 +171,8 @@ class Broker {
   void OnDecodeError(Connection& c, const mqtt::Error& e);
   void OnTransportClosed(Connection& c);
   void CountIn(Connection& c, size_t bytes);
+  // Hands the connection's counters to the hooks and starts new ones.
+  void ReportLink(Connection& c, int64_t now);
   // Forgets a connection that is closed or leaves this worker.
   void Unregister(Connection& c);
 

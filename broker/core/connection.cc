@@ -62,6 +62,8 @@ void Connection::Write(const mqtt::Packet& p) {
   mqtt::Encode(p, version_, &out_);
   broker_->stats_.messages_sent++;
   broker_->stats_.bytes_sent += out_.size() - before;
+  link_.packets_out++;
+  link_.bytes_out += out_.size() - before;
   if (was_empty && transport_ != nullptr) transport_->RequestFlush();
 }
 

@@ -89,6 +89,10 @@ class Connection {
   void* tenant_state_ = nullptr;  // Broker::TenantState while connected (not anonymous)
   Session* session_ = nullptr;
   int64_t last_rx_ms_ = 0;
+  // Observed traffic since the hooks were last told (OnLinkCounters), and
+  // when that was (monotonic ms).
+  LinkCounters link_;
+  int64_t link_from_ms_ = 0;
   uint32_t client_max_packet_ = 0;  // 0 = no limit
   uint16_t keep_alive_s_ = 0;
   uint16_t send_quota_ = 65535;    // min(client Receive Maximum, max_inflight)

@@ -51,6 +51,26 @@ struct PeerIdentity {
   std::vector<std::string> groups;  // device groups (ACL %g), from ResolveIdentity
 };
 
+// What the broker observed on one connection (doc/health.md, "Observed by
+// the broker"): counted on its worker at O(1) per packet, handed to the
+// hooks as deltas (OnLinkCounters, then the rest at OnDisconnected).
+struct LinkCounters {
+  uint64_t bytes_in = 0, bytes_out = 0;
+  uint32_t packets_in = 0, packets_out = 0;  // every control packet
+  uint32_t publish_in = 0, publish_out = 0;  // PUBLISH packets
+  uint32_t denied = 0;                       // publishes and subscriptions the ACLs refused
+  LinkCounters& operator+=(const LinkCounters& o) {
+    bytes_in += o.bytes_in;
+    bytes_out += o.bytes_out;
+    packets_in += o.packets_in;
+    packets_out += o.packets_out;
+    publish_in += o.publish_in;
+    publish_out += o.publish_out;
+    denied += o.denied;
+    return *this;
+  }
+};
+
 struct ClientInfo {
   uint64_t connection_id = 0;
   std::string_view client_id;
@@ -62,6 +82,11 @@ struct ClientInfo {
   // The broker of the worker calling the hook (the one to publish through
   // from inside a hook: hooks run on that worker's thread).
   Broker* broker = nullptr;
+  // At OnDisconnected and OnLinkCounters: what the connection carried since
+  // it last reported (else null), and at OnDisconnected for a protocol
+  // error the rule it broke.
+  const LinkCounters* counters = nullptr;
+  std::string_view error;
 };
 
 class BrokerHooks {
@@ -78,6 +103,9 @@ class BrokerHooks {
   virtual void ResolveIdentity(PeerIdentity&) {}
   virtual void OnConnected(const ClientInfo&) {}
   virtual void OnDisconnected(const ClientInfo&, DisconnectReason) {}
+  // A connected client's counters since it last reported (info.counters),
+  // at most every BrokerOptions::link_stats_interval_ms, on its traffic.
+  virtual void OnLinkCounters(const ClientInfo&) {}
   // A device was granted a subscription in its own channel (after its
   // SUBACK was queued): the management plane may send to it now.
   virtual void OnChannelSubscribed(const ClientInfo&) {}

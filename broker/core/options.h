@@ -57,6 +57,10 @@ struct BrokerOptions {
   // beyond it QoS 0 messages to it are dropped and QoS 1/2 wait in the
   // session queue.
   uint64_t max_output_buffer = 8ull << 20;
+  // How often a connected client's counters (bytes, packets, denials) go
+  // to the hooks, at most; checked on its traffic (no per-tick scan), and
+  // what is left is reported when it disconnects.
+  uint32_t link_stats_interval_ms = 60'000;
   // $SYS/broker statistics interval, seconds (0 disables).
   uint32_t sys_interval_s = 10;
   // Prefix for server-assigned client identifiers.

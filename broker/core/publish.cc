@@ -226,6 +226,7 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
   }
   if (v5 && p.props.payload_format == 1 && !mqtt::IsValidUtf8(p.payload)) {
     stats_.publish_denied++;
+    c.link_.denied++;
     reply(ReasonCode::kPayloadFormatInvalid);  // [MQTT-3.3.2-4]
     return;
   }
@@ -252,12 +253,16 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
   }
   if (topics::Under(topic, topics::kDeviceRoot)) {
     const ReasonCode rc = hooks_->OnDevicePublish(InfoOf(c), *m);
-    if (rc != ReasonCode::kSuccess) stats_.publish_denied++;
+    if (rc != ReasonCode::kSuccess) {
+      stats_.publish_denied++;
+      c.link_.denied++;
+    }
     reply(rc);
     return;
   }
   if (!acl_->CanPublish(c.identity(), c.client_id_, c.username(), topic)) {
     stats_.publish_denied++;
+    c.link_.denied++;
     FMQ_LOG_DEBUG("client '%s' publish to '%.*s' denied by ACL", c.client_id_.c_str(), static_cast<int>(topic.size()),
                   topic.data());
     reply(ReasonCode::kNotAuthorized);  // 3.1.1: acknowledged and dropped
@@ -265,6 +270,7 @@ void Broker::HandlePublish(Connection& c, mqtt::Publish& p) {
   }
   if (topic[0] == '$') {
     stats_.publish_denied++;  // clients may not publish into $SYS and kin
+    c.link_.denied++;
     FMQ_LOG_DEBUG("client '%s' publish to '%s' denied: reserved '$' topic", c.client_id_.c_str(), m->topic.c_str());
     reply(ReasonCode::kNotAuthorized);
     return;
@@ -714,6 +720,9 @@ bool Broker::SendPublish(Connection& c, const Delivery& d, uint16_t packet_id, b
   stats_.messages_sent++;
   stats_.publish_sent++;
   stats_.bytes_sent += total;
+  c.link_.packets_out++;
+  c.link_.publish_out++;
+  c.link_.bytes_out += total;
   if (was_empty && c.transport_ != nullptr) c.transport_->RequestFlush();
   return true;
 }

@@ -77,6 +77,7 @@ void Broker::HandleSubscribe(Connection& c, const mqtt::Subscribe& sub) {
     const bool acl_ok = anon_sys || channel || acl_->CanSubscribe(c.identity(), c.client_id_, c.username(), raw_inner);
     if (!acl_ok || !InternalFilter(c, e.filter, &filter)) {
       stats_.publish_denied++;
+      c.link_.denied++;
       ack.codes.push_back(ReasonCode::kNotAuthorized);
       continue;
     }

@@ -411,22 +411,67 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
   // thread writes every event of a turn in one batch. Beyond the bound a
   // device's events are merged into its latest one (never dropped: the
   // device's online state stays right).
-  admin::ConnEvent ev2{tenant, info.identity->name,  std::string(reason), std::string(info.peer), connected,
-                       now,    info.identity->serial};
+  admin::ConnEvent ev2;
+  ev2.tenant = tenant;
+  ev2.device_id = info.identity->name;
+  ev2.reason = std::string(reason);
+  ev2.peer = std::string(info.peer);
+  ev2.connected = connected;
+  ev2.wall_ms = now;
+  ev2.serial = info.identity->serial;
+  if (info.counters != nullptr) ev2.counters = DeltaOf(*info.counters);
+  ev2.error = std::string(info.error);
+  Enqueue(std::move(ev2));
+}
+
+health::LinkDelta AdminModule::DeltaOf(const LinkCounters& c) {
+  health::LinkDelta d;
+  d.bytes_in = c.bytes_in;
+  d.bytes_out = c.bytes_out;
+  d.packets_in = c.packets_in;
+  d.packets_out = c.packets_out;
+  d.publish_in = c.publish_in;
+  d.publish_out = c.publish_out;
+  d.denied = c.denied;
+  return d;
+}
+
+void AdminModule::Enqueue(admin::ConnEvent ev) {
   {
     std::lock_guard<std::mutex> l(mu_);
     if (events_.size() < opts_.max_queued_events) {
-      events_.push_back(std::move(ev2));
+      events_.push_back(std::move(ev));
     } else {
       if (counters_.events_coalesced.fetch_add(1, std::memory_order_relaxed) % 10000 == 0) {
         FMQ_LOG_WARN("connectivity events coalesced per device: the management thread is %zu events behind",
                      events_.size());
       }
-      std::string key = BlockKey(tenant, ev2.device_id);
-      coalesced_.insert_or_assign(std::move(key), std::move(ev2));
+      // The device's latest state wins; counters are summed, never lost.
+      std::string key = BlockKey(ev.tenant, ev.device_id);
+      auto it = coalesced_.find(key);
+      if (it == coalesced_.end()) {
+        coalesced_.emplace(std::move(key), std::move(ev));
+      } else if (ev.counters_only) {
+        it->second.counters += ev.counters;
+        if (it->second.counters_only) it->second.wall_ms = ev.wall_ms;
+      } else {
+        ev.counters += it->second.counters;
+        it->second = std::move(ev);
+      }
     }
   }
   cv_.notify_one();
+}
+
+void AdminModule::OnLinkCounters(const ClientInfo& info) {
+  if (info.identity == nullptr || !info.identity->device || info.counters == nullptr) return;
+  admin::ConnEvent ev;
+  ev.tenant = info.identity->tenant;
+  ev.device_id = info.identity->name;
+  ev.wall_ms = clock_->WallMs();
+  ev.counters_only = true;
+  ev.counters = DeltaOf(*info.counters);
+  Enqueue(std::move(ev));
 }
 
 void AdminModule::OnConnected(const ClientInfo& info) { Event(info, true, ""); }

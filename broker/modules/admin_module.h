@@ -52,6 +52,7 @@ class AdminModule : public BrokerHooks {
   mqtt::ReasonCode Authenticate(const mqtt::Connect&, const ClientInfo& info) override;
   void OnConnected(const ClientInfo& info) override;
   void OnDisconnected(const ClientInfo& info, DisconnectReason why) override;
+  void OnLinkCounters(const ClientInfo& info) override;
   void OnChannelSubscribed(const ClientInfo& info) override;
   mqtt::ReasonCode OnControlPublish(const ClientInfo& info, const Message& m) override;
   // The device channel (doc/device-api.md): validated here, on the worker
@@ -116,6 +117,10 @@ class AdminModule : public BrokerHooks {
   void Post(Completion c);
   void Apply(admin::Effects& fx);
   void Event(const ClientInfo& info, bool connected, std::string_view reason);
+  // Queues a connectivity event for the management thread (bounded: beyond
+  // max_queued_events a device's events are merged into one).
+  void Enqueue(admin::ConnEvent ev);
+  static health::LinkDelta DeltaOf(const LinkCounters& c);
   // Worker thread: an error reply on the device's errors topic.
   void DeviceError(const ClientInfo& info, std::string_view topic, std::string_view code, const std::string& msg,
                    const std::string& client_token, bool rejected = true);

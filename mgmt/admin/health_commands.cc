@@ -26,6 +26,10 @@ Status HealthGet(Service::Ctx& ctx) {
     j["last_seen_ms"] = c->last_seen_ms;
     if (!c->last_disconnect_reason.empty()) j["last_disconnect_reason"] = c->last_disconnect_reason;
   }
+  // What the broker observed (counted up to the connection's last report).
+  auto link = ctx.health().Link(ctx.tenant(), id);
+  if (!link.ok()) return link.status();
+  j["link"] = link->ToJson(ctx.now_ms, j["online"].get<bool>());
   auto r = ctx.health().Latest(ctx.tenant(), id);
   if (r.ok()) {
     j["report"] = *r;
@@ -143,7 +147,8 @@ std::vector<CommandSpec> HealthCommands() {
       {"health.get",
        kOp,
        false,
-       "A device's connectivity (as the broker saw it) and its latest health report",
+       "A device's connectivity and traffic as the broker saw it (link: counters, disconnects by reason, last "
+       "error, uptime over 1 h, 24 h and 7 d) and its latest health report",
        {device},
        HealthGet},
       {"health.history",

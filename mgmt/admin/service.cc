@@ -488,6 +488,13 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
   std::vector<std::string> touched;
   absl::Status err = absl::OkStatus();
   for (const ConnEvent& ev : events) {
+    const TenantId t = TenantId::FromAuthenticated(ev.tenant);
+    if (ev.counters_only) {
+      if (ConnectivityOf(ev.tenant, ev.device_id) != nullptr) {
+        health_->OnLink(t, ev.device_id, {health::LinkEvent::Kind::kCounters, ev.wall_ms, ev.counters, "", ""});
+      }
+      continue;
+    }
     Connectivity& c = conn_[ev.tenant][ev.device_id];
     const bool was_online = c.online;
     c.online = ev.connected;
@@ -500,7 +507,6 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
       c.last_disconnect_reason = ev.reason;
       for (mgmt::Feature* f : runtime_.features()) f->OnDisconnected(ev.tenant, ev.device_id);
     }
-    const TenantId t = TenantId::FromAuthenticated(ev.tenant);
     std::string key = ev.tenant;
     key.push_back('\0');
     key += ev.device_id;
@@ -524,9 +530,15 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
       c.scopes = health::ScopesOf(it->second.rec);
       health_->OnlineChanged(ev.tenant, c.scopes, +1);
     }
+    if (it != devices.end()) {
+      using K = health::LinkEvent::Kind;
+      health_->OnLink(t, ev.device_id,
+                      {ev.connected ? K::kConnected : K::kDisconnected, ev.wall_ms, ev.counters, ev.reason, ev.error});
+    }
     std::string action = ev.connected ? "device.connected" : "device.disconnected";
     Json details{{"peer", ev.peer}};
     if (!ev.connected) details["reason"] = ev.reason;
+    if (!ev.error.empty()) details["error"] = ev.error;
     if (it != devices.end()) {
       fb::DeviceT& d = it->second.rec;
       if (d.first_seen_at_ms == 0) d.first_seen_at_ms = ev.wall_ms;

@@ -89,12 +89,16 @@ struct Effects {
   }
 };
 
-// A device connected or disconnected (from the broker's hooks).
+// A device connected or disconnected, or (counters_only) reported the
+// counters of its open connection (from the broker's hooks).
 struct ConnEvent {
   std::string tenant, device_id, reason, peer;
   bool connected = false;
   int64_t wall_ms = 0;
   std::string serial;  // the certificate the connection presented
+  bool counters_only = false;
+  health::LinkDelta counters;  // since the connection last reported
+  std::string error;           // a disconnect for a protocol error: the rule
 };
 
 struct ServiceOptions {

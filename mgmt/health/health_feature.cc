@@ -253,7 +253,9 @@ void HealthFeature::OnDeviceRetired(const TenantId& t, const std::string& device
         [this, tenant = t.str(), before = std::move(prev.r)] { rollups_.Reported(tenant, &before, nullptr); });
   }
   pending_latest_[id] = Prev{};
+  pending_link_.erase(id);
   batch_.Delete(Family::kHealth, storage::keys::HealthLatest(t, device_id));
+  batch_.Delete(Family::kHealth, storage::keys::HealthLink(t, device_id));
   std::vector<std::string> slots;
   (void)kv_->ScanPrefix(Family::kHealth, storage::keys::HealthMinutePrefix(t, device_id),
                         [&](std::string_view k, std::string_view) {
@@ -276,6 +278,7 @@ absl::Status HealthFeature::Commit(mgmt::Output* out) {
   }
   pending_.clear();
   pending_latest_.clear();
+  pending_link_.clear();
   for (auto& r : replies_) out->sends.push_back(std::move(r));
   replies_.clear();
   return s;
@@ -340,10 +343,45 @@ void HealthFeature::Counters(const std::function<void(const char*, uint64_t)>& p
   pub("health/rate_limited", stats_.rate_limited);
   pub("health/commits_failed", stats_.commits_failed);
   pub("health/bytes_written", stats_.bytes_written);
+  pub("health/link_events", stats_.link_events);
+  pub("health/link_records_damaged", link_damaged_);
   const Rollups::Stats& r = rollups_.stats();
   pub("health/rollup_scopes", r.scopes);
   pub("health/rollup_scopes_refused", r.scopes_refused);
   pub("health/rollup_metrics_refused", r.metrics_refused);
+}
+
+void HealthFeature::OnLink(const TenantId& t, const std::string& device_id, const LinkEvent& e) {
+  const std::string id = mgmt::JoinKey(t.str(), device_id);
+  auto it = pending_link_.find(id);
+  if (it == pending_link_.end()) {
+    auto got = Link(t, device_id);
+    if (!got.ok()) {
+      FMQ_LOG_ERROR("link record of '%s' not read: %s", device_id.c_str(), std::string(got.status().message()).c_str());
+      return;
+    }
+    it = pending_link_.emplace(id, std::move(*got)).first;
+  }
+  it->second.Apply(e);
+  stats_.link_events++;
+  std::string bytes = it->second.Encode();
+  stats_.bytes_written += bytes.size();
+  batch_.Put(Family::kHealth, storage::keys::HealthLink(t, device_id), std::move(bytes));
+}
+
+absl::StatusOr<LinkRecord> HealthFeature::Link(const TenantId& t, std::string_view device) const {
+  if (auto it = pending_link_.find(mgmt::JoinKey(t.str(), device)); it != pending_link_.end()) return it->second;
+  LinkRecord r;
+  auto got = kv_->Get(Family::kHealth, storage::keys::HealthLink(t, device));
+  if (absl::IsNotFound(got.status())) return r;
+  if (!got.ok()) return got.status();
+  if (!LinkRecord::Decode(*got, &r)) {
+    // Damaged bytes: started afresh (and replaced by the next event).
+    link_damaged_++;
+    FMQ_LOG_WARN("link record of '%.*s' is damaged: started afresh", static_cast<int>(device.size()), device.data());
+    return LinkRecord{};
+  }
+  return r;
 }
 
 absl::StatusOr<Json> HealthFeature::Latest(const TenantId& t, std::string_view device) const {

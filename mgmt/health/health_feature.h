@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "common/clock.h"
 #include "common/string_map.h"
+#include "mgmt/health/link.h"
 #include "mgmt/health/rollup.h"
 #include "mgmt/runtime/feature.h"
 #include "storage/kv_store.h"
@@ -65,6 +66,11 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
     rollups_.Online(tenant, scopes, delta);
   }
   const Rollups& rollups() const { return rollups_; }
+  // What the broker observed of a registered device's connection (its
+  // connect, counter reports and disconnect, in order).
+  void OnLink(const storage::TenantId& t, const std::string& device_id, const LinkEvent& e);
+  // The device's link record (a default one when it never connected).
+  absl::StatusOr<LinkRecord> Link(const storage::TenantId& t, std::string_view device) const;
   // Told of every report once it is stored (alert rules), with the scopes it
   // counts in and its values (derived ones included).
   using ReportFn = std::function<void(const std::string& tenant, const std::string& device,
@@ -99,8 +105,9 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
   // Written this turn, not yet in the store: the same minute's next report
   // folds into these (key → bucket).
   StringMap<Json> pending_;
-  StringMap<Prev> pending_latest_;  // tenant\0device → its report written this turn
-  storage::Registry reg_;           // reads the device's record (its scopes)
+  StringMap<Prev> pending_latest_;      // tenant\0device → its report written this turn
+  StringMap<LinkRecord> pending_link_;  // tenant\0device → its link record written this turn
+  storage::Registry reg_;               // reads the device's record (its scopes)
   Rollups rollups_;
   ReportFn report_listener_;
   struct Budget {
@@ -110,8 +117,9 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
   StringMap<Budget> budget_;  // tenant\0device → its report budget (connected devices)
   std::vector<mgmt::DeviceSend> replies_;
   struct Stats {
-    uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0;
+    uint64_t accepted = 0, rate_limited = 0, commits_failed = 0, bytes_written = 0, link_events = 0;
   } stats_;
+  mutable uint64_t link_damaged_ = 0;  // found by reads (health.get) too
 };
 
 }  // namespace fmq::health

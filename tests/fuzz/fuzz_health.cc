@@ -4,7 +4,8 @@
 // a body the schema accepts is folded into the store on a fake clock (twice
 // in one minute, then a day later into the same slot), and the latest value
 // and the history read back must agree with what was accepted (plus the
-// derived errors_per_min when the body has an errors counter).
+// derived errors_per_min when the body has an errors counter). The bytes
+// are also read as a stored link record (mgmt/health/link.h).
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -30,6 +31,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!fmq::health::AlertRule::FromJson(rule.ToJson(), &back).empty() || back.ToJson() != rule.ToJson()) {
       std::abort();
     }
+  }
+  // The same bytes as a stored link record (bytes on disk): refused, or
+  // read back the same, and events applied to it keep it valid.
+  fmq::health::LinkRecord link;
+  if (fmq::health::LinkRecord::Decode(text, &link)) {
+    fmq::health::LinkRecord back;
+    if (!fmq::health::LinkRecord::Decode(link.Encode(), &back) || back.Encode() != link.Encode()) std::abort();
+    const int64_t now = 1'800'000'000'000;
+    using K = fmq::health::LinkEvent::Kind;
+    for (K k : {K::kCounters, K::kDisconnected, K::kConnected, K::kCounters}) {
+      link.Apply(fmq::health::LinkEvent{k, now, {}, "protocol_error", "rule"});
+      for (int64_t w : {3'600'000LL, 86'400'000LL, 7 * 86'400'000LL}) {
+        const double u = link.Uptime(now + 1000, w, true);
+        if (u > 1 || (u < 0 && u != -1)) std::abort();
+      }
+    }
+    (void)link.ToJson(now, true).dump(-1, ' ', false, Json::error_handler_t::replace);
+    if (!fmq::health::LinkRecord::Decode(link.Encode(), &back)) std::abort();
   }
   fmq::health::Options o;
   fmq::health::Values v;

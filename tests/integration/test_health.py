@@ -5,10 +5,11 @@ per-minute history (health.history); bad reports from a raw MQTT 5 device
 get PUBACK 0x99 and an `errors` message, reports too close together a
 health/report/rejected reply, and none of them changes what is stored."""
 import json
+import os
 import time
 import unittest
 
-from harness import wait_for, sys_at_least
+from harness import run_cli, wait_for, sys_at_least
 from test_jobs import JobsBase, RawDevice
 
 
@@ -244,6 +245,61 @@ class HealthTest(JobsBase):
         self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/management/health/rate_limited", 1,
                                              timeout=20), 1)
 
+
+
+class LinkStatsTest(JobsBase):
+    """What the broker observes of a device's connection, with no help from
+    the device: counters reported every second here, the rest at close."""
+    flags = ("--health.link_stats_interval_ms=1000",)
+
+    def link(self, dev):
+        return self.admin("health.get", "device_id=" + dev)["link"]
+
+    def test_counters_disconnects_errors_and_uptime_from_real_connections(self):
+        certs = self.fleet("k", 2)
+        d = RawDevice(self, certs, "k0")
+        self.assertEqual(d.subscribe("$fleetmq/v1/devices/k0/#"), 0x01)
+        self.assertEqual(d.subscribe("$fleetmq/v1/devices/k1/#"), 0x87)  # denied: another device's channel
+        self.assertEqual(d.publish("health/report", '{"cpu_pct":5}'), 0)
+        self.assertEqual(d.publish(None, "{}", topic="$fleetmq/v1/devices/k1/jobs/update"), 0x87)
+        time.sleep(1.1)
+        self.assertEqual(d.publish(None, "x", topic="devices/k0/plain"), 0)  # traffic: the counters are due
+        # While it is connected: counted up to its last report, uptime to now.
+        self.assertTrue(wait_for(lambda: self.link("k0")["publish_in"] >= 3, timeout=10), self.link("k0"))
+        ln = self.link("k0")
+        self.assertEqual(ln["connects"], 1, ln)
+        self.assertEqual(ln["denied"], 2, ln)
+        self.assertGreater(ln["bytes_in"], 100, ln)
+        self.assertGreater(ln["bytes_out"], 10, ln)
+        self.assertGreaterEqual(ln["packets_out"], 5, ln)  # CONNACK, 2 SUBACK, 3 PUBACK
+        self.assertEqual(ln["uptime"]["1h"], 1.0, ln)
+        self.assertEqual(ln["disconnects"], {}, ln)
+        # A protocol error: the rule it broke is its last error.
+        d.s.sendall(b"\xf0\x00")
+        self.assertTrue(wait_for(lambda: not self.admin("health.get", "device_id=k0")["online"], timeout=10))
+        ln = self.link("k0")
+        self.assertEqual(ln["disconnects"], {"protocol_error": 1}, ln)
+        self.assertEqual(ln["protocol_errors"], 1, ln)
+        self.assertEqual(ln["last_error"]["reason"], "protocol_error", ln)
+        self.assertIn("MQTT", ln["last_error"]["detail"], ln)
+        self.assertEqual(ln["publish_in"], 3, ln)
+        # A real client's clean disconnect is counted, and is not an error.
+        op = ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),
+              "--cert", os.path.join(certs, "k1.crt"), "--key", os.path.join(certs, "k1.key"), "-V", "mqttv5"]
+        for i in range(2):
+            r = run_cli(["mosquitto_pub"] + op + ["-i", "k1", "-q", "1", "-t", "devices/k1/x", "-m", "m%d" % i])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: self.link("k1")["disconnects"].get("clean") == 2, timeout=10),
+                        self.link("k1"))
+        ln = self.link("k1")
+        self.assertEqual((ln["connects"], ln["publish_in"], ln["denied"]), (2, 2, 0), ln)
+        self.assertNotIn("last_error", ln)
+        self.assertGreater(ln["uptime"]["1h"], 0, ln)
+        self.assertLess(ln["uptime"]["1h"], 1, ln)  # offline between and after
+        # Kept across a restart.
+        self.broker.kill9_and_restart()
+        self.assertEqual(self.link("k1")["connects"], 2)
+        self.assertEqual(self.link("k0")["protocol_errors"], 1)
 
 if __name__ == "__main__":
     unittest.main()

@@ -825,6 +825,51 @@ TEST_CASE("hooks: authentication, connect/disconnect events with reasons, contro
   CHECK(hooks.events == std::vector<std::string>{"up:good", "down:good:connection_lost"});
 }
 
+struct LinkHooks : BrokerHooks {
+  void OnLinkCounters(const ClientInfo& c) override { reports.push_back(*c.counters); }
+  void OnDisconnected(const ClientInfo& c, DisconnectReason r) override {
+    last = *c.counters;
+    reason = r;
+    error = std::string(c.error);
+  }
+  std::vector<LinkCounters> reports;
+  LinkCounters last;
+  DisconnectReason reason = DisconnectReason::kClean;
+  std::string error;
+};
+
+TEST_CASE("hooks: a connection's counters are reported at most every link_stats_interval_ms, the rest at close") {
+  FakeClock clock;
+  LinkHooks hooks;
+  BrokerOptions o;
+  o.link_stats_interval_ms = 1000;
+  Broker b(o, &clock, &hooks);
+  Client c(b, V5, 1);
+  c.Connect("dev");
+  c.Send(Pub("t", "12345", 1, 1));
+  c.Send(Pub("$private", "x", 1, 2));  // denied: clients may not publish under '$'
+  (void)c.Recv();
+  CHECK(hooks.reports.empty());  // not due yet
+  clock.Advance(1000);
+  c.Send(Pub("t", "again", 0));
+  REQUIRE(hooks.reports.size() == 1);
+  const LinkCounters& r = hooks.reports[0];
+  CHECK(r.packets_in == 4);  // CONNECT, 3 PUBLISH: the one that made it due counts
+  CHECK(r.publish_in == 3);
+  CHECK(r.denied == 1);
+  CHECK(r.packets_out == 3);  // CONNACK, 2 PUBACK
+  CHECK(r.bytes_in > 20);
+  CHECK(r.bytes_out > 10);
+  c.Send(Pub("t", "more", 0));
+  c.SendRaw(std::string("\xf0\x00", 2));  // reserved packet type 15
+  CHECK(c.transport.closed);
+  CHECK(hooks.reason == DisconnectReason::kProtocolError);
+  CHECK(!hooks.error.empty());
+  CHECK(hooks.last.publish_in == 1);   // only what came after the report
+  CHECK(hooks.last.packets_out == 1);  // the DISCONNECT with its reason
+  CHECK(hooks.reports.size() == 1);
+}
+
 TEST_CASE("bad input: every conformance vector closes only its own connection, counted") {
   Fixture f;
   auto sub = f.NewClient(V5);

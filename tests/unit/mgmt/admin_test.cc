@@ -360,15 +360,36 @@ TEST_CASE("admin: connectivity activates on first connect and is shown live") {
   World w;
   w.Setup(w.acme);
   REQUIRE(World::Ok(w.Register(w.acme, "dev-1")));
-  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "", "127.0.0.1:1", true, w.clock.WallMs(), ""}});
+  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "", "127.0.0.1:1", true, w.clock.WallMs(), "", false, {}, ""}});
   Json d = w.Run(w.acme, R"({"command":"device.get","device_id":"dev-1"})")["data"];
   CHECK(d["status"] == "active");
   CHECK(d["online"] == true);
   CHECK(d["first_seen_at_ms"] == w.clock.WallMs());
   Json online = w.Run(w.acme, R"({"command":"device.list","online":true})")["data"]["devices"];
   CHECK(online.size() == 1);
-  w.clock.Advance(5000);
-  w.svc->OnConnectivity({ConnEvent{"acme", "dev-1", "keepalive_timeout", "127.0.0.1:1", false, w.clock.WallMs(), ""}});
+  w.clock.Advance(2000);
+  // The connection's counters, reported while it is open: no audit entry.
+  ConnEvent counters;
+  counters.tenant = "acme";
+  counters.device_id = "dev-1";
+  counters.wall_ms = w.clock.WallMs();
+  counters.counters_only = true;
+  counters.counters.publish_in = 7;
+  counters.counters.denied = 1;
+  w.svc->OnConnectivity({counters});
+  w.clock.Advance(3000);
+  ConnEvent gone{"acme", "dev-1", "keepalive_timeout", "127.0.0.1:1", false, w.clock.WallMs(), "", false, {}, ""};
+  gone.counters.publish_in = 1;
+  w.svc->OnConnectivity({gone});
+  Effects fx;
+  w.svc->Pump(&fx);  // the features commit
+  Json link = w.Run(w.acme, R"({"command":"health.get","device_id":"dev-1"})")["data"]["link"];
+  CHECK(link["connects"] == 1);
+  CHECK(link["publish_in"] == 8);
+  CHECK(link["denied"] == 1);
+  CHECK(link["disconnects"]["keepalive_timeout"] == 1);
+  CHECK(link["last_error"]["reason"] == "keepalive_timeout");
+  CHECK(link["uptime"]["1h"] == 1.0);  // connected all the 5 s it has been known
   d = w.Run(w.acme, R"({"command":"device.get","device_id":"dev-1"})")["data"];
   CHECK(d["online"] == false);
   CHECK(d["last_disconnect_reason"] == "keepalive_timeout");
