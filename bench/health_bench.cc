@@ -9,6 +9,10 @@
 //             with by=group (limit 100), each repeated: µs per call
 //   move      10,000 devices moved to another group (registry writes; the
 //             roll-ups follow, the latest reports are rewritten): moves/s
+//   link      what the broker observes: every device connects, reports its
+//             counters and disconnects (three passes, committed every
+//             10,000): events/s, bytes written per event, a device's link
+//             read as health.get shows it (µs)
 //   recover   a new HealthFeature over the same store (what a restart does):
 //             seconds, and whether it answers exactly as before
 //   alerts    an offline rule over every device, none connected: windows
@@ -50,6 +54,14 @@ double RssMb() {
     std::fclose(f);
   }
   return static_cast<double>(rss) * 4096.0 / 1e6;
+}
+
+uint64_t Counter(const health::HealthFeature& f, std::string_view name) {
+  uint64_t v = 0;
+  f.Counters([&](const char* n, uint64_t x) {
+    if (name == n) v = x;
+  });
+  return v;
 }
 
 fb::DeviceT Device(long i, long groups, long group_offset = 0) {
@@ -234,6 +246,46 @@ int main(int argc, char** argv) {
   }
   const double move_s = Secs(a, Steady::now());
   std::printf("{\"phase\":\"move\",\"devices\":10000,\"s\":%.3f,\"moves_per_s\":%.0f}\n", move_s, 10'000 / move_s);
+
+  // What the broker observes (health/link.h): every device connects, reports
+  // its counters a minute later and disconnects a minute after that, each
+  // pass over the fleet in its own turns (a record read from the store,
+  // changed and written per event, as in a broker).
+  {
+    const uint64_t written0 = Counter(*f, "health/bytes_written");
+    using K = health::LinkEvent::Kind;
+    health::LinkDelta d;
+    d.packets_in = d.packets_out = 30;
+    d.publish_in = d.publish_out = 10;
+    d.bytes_in = 4000;
+    d.bytes_out = 900;
+    a = Steady::now();
+    for (K k : {K::kConnected, K::kCounters, K::kDisconnected}) {
+      clock.Advance(60'000);
+      const int64_t at = clock.WallMs();
+      for (long i = 0; i < devices; ++i) {
+        f->OnLink(t, "dev-" + std::to_string(i), {k, at, d, k == K::kDisconnected ? "keepalive_timeout" : "", ""});
+        if ((i + 1) % 10'000 == 0 && !f->Commit(&out).ok()) return 1;
+      }
+      if (!f->Commit(&out).ok()) return 1;
+    }
+    const double link_s = Secs(a, Steady::now());
+    const uint64_t written = Counter(*f, "health/bytes_written") - written0;
+    const int64_t at = clock.WallMs();
+    long probe = 0;
+    const double get_us = PerCallUs(2000, [&] {
+      auto r = f->Link(t, "dev-" + std::to_string((probe++ * 7919) % devices));
+      if (r.ok()) (void)r->ToJson(at, false);
+    });
+    auto one = f->Link(t, "dev-1");
+    if (!one.ok() || one->connects() != 1 || one->totals().publish_in != 30) return 1;
+    std::printf(
+        "{\"phase\":\"link\",\"events\":%ld,\"s\":%.2f,\"events_per_s\":%.0f,\"bytes_per_event\":%.0f,"
+        "\"get_us\":%.1f,\"uptime_24h\":%.4f}\n",
+        3 * devices, link_s, 3.0 * static_cast<double>(devices) / link_s,
+        static_cast<double>(written) / (3.0 * static_cast<double>(devices)), get_us,
+        one->Uptime(at, 24 * 3'600'000LL, false));
+  }
 
   // A restart: rebuilt from the store.
   const Json before = f->rollups().Summary(tenant, "tenant", now, 600, {});

@@ -361,7 +361,7 @@ const std::vector<OptionDef>& Options() {
        "(health/report/rejected, rate_limited).",
        UintSetter("health.min_report_interval_ms", 0, 86'400'000,
                   [](Config& c, uint64_t n) { c.management.health_min_interval_ms = static_cast<int64_t>(n); })},
-      {"health.link_stats_interval_ms", "60000",
+      {"health.link_stats_interval_ms", "300000",
        "How often a connected device's broker-observed counters (bytes, packets, denials) and uptime are folded "
        "into its stored health, at most (on its traffic; the rest at disconnect).",
        Uint(&B::link_stats_interval_ms, "health.link_stats_interval_ms", 1000, 86'400'000)},

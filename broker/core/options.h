@@ -60,7 +60,7 @@ struct BrokerOptions {
   // How often a connected client's counters (bytes, packets, denials) go
   // to the hooks, at most; checked on its traffic (no per-tick scan), and
   // what is left is reported when it disconnects.
-  uint32_t link_stats_interval_ms = 60'000;
+  uint32_t link_stats_interval_ms = 300'000;
   // $SYS/broker statistics interval, seconds (0 disables).
   uint32_t sys_interval_s = 10;
   // Prefix for server-assigned client identifiers.

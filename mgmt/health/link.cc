@@ -42,6 +42,15 @@ bool Read(const Json& j, const char* k, T* out) {
   return true;
 }
 
+template <size_t N>
+Json Sparse(const std::array<uint32_t, N>& ms) {
+  Json a = Json::array();
+  for (size_t i = 0; i < N; ++i) {
+    if (ms[i] != 0) a.push_back(Json::array({i, ms[i]}));
+  }
+  return a;
+}
+
 }  // namespace
 
 LinkDelta& LinkDelta::operator+=(const LinkDelta& o) {
@@ -184,9 +193,9 @@ std::string LinkRecord::Encode() const {
          {"err_reason", last_error_reason_},
          {"err", last_error_},
          {"m_end", minutes_.end},
-         {"m", minutes_.ms},
+         {"m", Sparse(minutes_.ms)},
          {"h_end", hours_.end},
-         {"h", hours_.ms}};
+         {"h", Sparse(hours_.ms)}};
   LinkDelta t = totals_;
   Fields(t, [&](const char* k, uint64_t v) { j[k] = v; });
   Json disc = Json::object();
@@ -220,13 +229,15 @@ bool LinkRecord::Decode(std::string_view bytes, LinkRecord* out) {
     return true;
   };
   if (!str("err_reason", &r.last_error_reason_) || !str("err", &r.last_error_)) return false;
+  // A ring is stored sparse: [[index, ms], ...] for the slots not zero.
   auto ring = [&](const char* k, auto* arr, uint32_t max) {
     auto it = j.find(k);
-    if (it == j.end() || !it->is_array() || it->size() != arr->size()) return false;
-    for (size_t i = 0; i < arr->size(); ++i) {
-      const Json& x = (*it)[i];
-      if (!x.is_number_unsigned() || x.get<uint64_t>() > max) return false;
-      (*arr)[i] = x.get<uint32_t>();
+    if (it == j.end() || !it->is_array() || it->size() > arr->size()) return false;
+    for (const Json& x : *it) {
+      if (!x.is_array() || x.size() != 2 || !x[0].is_number_unsigned() || !x[1].is_number_unsigned()) return false;
+      const uint64_t i = x[0].get<uint64_t>(), v = x[1].get<uint64_t>();
+      if (i >= arr->size() || v > max) return false;
+      (*arr)[i] = static_cast<uint32_t>(v);
     }
     return true;
   };

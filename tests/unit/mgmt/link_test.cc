@@ -130,10 +130,14 @@ TEST_CASE("link: the stored form round-trips; damaged bytes are refused") {
   const char* bad[] = {"", "[]", "{}", "not json", R"({"v":2})"};
   for (const char* b : bad) CHECK_FALSE(LinkRecord::Decode(b, &back));
   Json j = Json::parse(enc);
-  j["m"][0] = 70'000;  // more than a minute in a minute
+  REQUIRE(!j["m"].empty());  // sparse: [[slot, ms], ...]
+  j["m"][0][1] = 70'000;     // more than a minute in a minute
   CHECK_FALSE(LinkRecord::Decode(j.dump(), &back));
   j = Json::parse(enc);
-  j["h"].erase(0);  // wrong ring size
+  j["h"].push_back(Json::array({168, 1}));  // no such slot
+  CHECK_FALSE(LinkRecord::Decode(j.dump(), &back));
+  j = Json::parse(enc);
+  j["h"].push_back(Json::array({1}));
   CHECK_FALSE(LinkRecord::Decode(j.dump(), &back));
   j = Json::parse(enc);
   j["bytes_in"] = -1;
