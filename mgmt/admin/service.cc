@@ -114,6 +114,11 @@ Service::Service(storage::KvStore* kv, const Clock* clock, ServiceOptions opts)
   health_->SetReportListener([a = alerts_.get()](const std::string& tenant, const std::string& device,
                                                  const std::vector<std::string>& scopes, const health::Values& v,
                                                  int64_t time_ms) { a->OnReport(tenant, device, scopes, v, time_ms); });
+  health_->SetScopesListener([a = alerts_.get()](const std::string& tenant, const std::string& device,
+                                                 const std::vector<std::string>& before,
+                                                 const std::vector<std::string>& after) {
+    a->OnScopesChanged(tenant, device, before, after);
+  });
   certs_ = std::make_unique<certs::ExpiryFeature>(kv_, &registry_, clock_, opts_.certs);
   runtime_.Add(certs_.get());
   certs::RenewalHost rh;

@@ -309,6 +309,30 @@ void AlertFeature::OnDisconnected(const std::string& tenant, const std::string& 
   }
 }
 
+void AlertFeature::OnScopesChanged(const std::string& tenant, const std::string& device,
+                                   const std::vector<std::string>& before, const std::vector<std::string>& after) {
+  if (after.empty()) return;  // retired: OnDeviceRetired
+  auto ti = tenants_.find(tenant);
+  if (ti == tenants_.end()) return;
+  const int64_t now = clock_->WallMs();
+  bool online = false, looked = false;
+  for (const auto& [id, r] : ti->second.rules) {
+    const bool was = InScope(before, r.scope), is = InScope(after, r.scope);
+    if (was == is) continue;
+    if (is) {
+      if (!r.offline()) continue;  // value rules start with its next report
+      if (!looked) {
+        online = online_ && online_(tenant, device);
+        looked = true;
+      }
+      if (!online) Arm(tenant, r, device, now, 0);
+      continue;
+    }
+    ti->second.pending.erase(mgmt::JoinKey(id, device));
+    Clear(tenant, r, device, 0, now, "out_of_scope");
+  }
+}
+
 void AlertFeature::OnDeviceRetired(const TenantId& t, const std::string& device_id) {
   auto ti = tenants_.find(t.str());
   if (ti == tenants_.end()) return;

@@ -70,6 +70,12 @@ class AlertFeature : public mgmt::Feature {
   absl::Status Commit(mgmt::Output* out) override;
   void Counters(const std::function<void(const char*, uint64_t)>& pub) const override;
 
+  // A device registered or moved between scopes, committed (HealthFeature's
+  // listener): offline rules arm it when it enters their scope while not
+  // connected; leaving a rule's scope ends its pending window and clears
+  // what the rule raised for it.
+  void OnScopesChanged(const std::string& tenant, const std::string& device, const std::vector<std::string>& before,
+                       const std::vector<std::string>& after);
   // A stored health report (HealthFeature's listener).
   void OnReport(const std::string& tenant, const std::string& device, const std::vector<std::string>& scopes,
                 const std::map<std::string, double>& values, int64_t time_ms);

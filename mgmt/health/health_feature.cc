@@ -289,7 +289,10 @@ void HealthFeature::OnDevicePut(const TenantId& t, const fb::DeviceT* old, const
   std::vector<std::string> before = old != nullptr ? ScopesOf(*old) : std::vector<std::string>{};
   std::vector<std::string> after = ScopesOf(rec);
   if (before == after) return;
-  b->OnCommitted([this, tenant = t.str(), before, after] { rollups_.Members(tenant, before, after); });
+  b->OnCommitted([this, tenant = t.str(), device = rec.device_id, before, after] {
+    rollups_.Members(tenant, before, after);
+    if (scopes_listener_) scopes_listener_(tenant, device, before, after);
+  });
   // The device's latest report moves with it (retirement removes it:
   // OnDeviceRetired), so a scope's values are its members' values.
   if (after.empty()) return;

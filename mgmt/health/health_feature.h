@@ -76,6 +76,11 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
   using ReportFn = std::function<void(const std::string& tenant, const std::string& device,
                                       const std::vector<std::string>& scopes, const Values& values, int64_t time_ms)>;
   void SetReportListener(ReportFn fn) { report_listener_ = std::move(fn); }
+  // Told once a registry change that moves a device between scopes (or
+  // adds it) is committed (alert rules arm or drop it).
+  using ScopesFn = std::function<void(const std::string& tenant, const std::string& device,
+                                      const std::vector<std::string>& before, const std::vector<std::string>& after)>;
+  void SetScopesListener(ScopesFn fn) { scopes_listener_ = std::move(fn); }
   absl::Status Commit(mgmt::Output* out) override;
   void Counters(const std::function<void(const char*, uint64_t)>& pub) const override;
 
@@ -110,6 +115,7 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
   storage::Registry reg_;               // reads the device's record (its scopes)
   Rollups rollups_;
   ReportFn report_listener_;
+  ScopesFn scopes_listener_;
   struct Budget {
     int64_t at_ms;  // last report seen
     double tokens;  // reports it may send now (at most 2)

@@ -356,6 +356,24 @@ TEST_CASE("admin: a failed commit leaves no change and the audit chain intact") 
   CHECK(World::Ok(w.Run(w.acme, R"({"command":"audit.verify"})")));
 }
 
+TEST_CASE("admin: an offline rule covers devices registered or moved into its scope after it was made") {
+  World w;
+  w.Setup(w.acme);
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"group.create","group_id":"g2"})")));
+  REQUIRE(World::Ok(w.Run(
+      w.acme, R"({"command":"alert.rule.create","rule_id":"off","metric":"offline","for_s":60,"scope":"group:g2"})")));
+  REQUIRE(World::Ok(w.Register(w.acme, "late", false)));  // in g1: not the rule's
+  REQUIRE(World::Ok(w.Run(w.acme, R"({"command":"device.set_groups","device_id":"late","group_ids":["g2"]})")));
+  w.clock.Advance(61'000);
+  Effects fx;
+  w.svc->Pump(&fx);
+  w.svc->Pump(&fx);  // the raise is committed
+  Json alerts = w.Run(w.acme, R"({"command":"alert.list"})")["data"]["alerts"];
+  REQUIRE(alerts.size() == 1);
+  CHECK(alerts[0]["device_id"] == "late");
+  CHECK(alerts[0]["rule_id"] == "off");
+}
+
 TEST_CASE("admin: connectivity activates on first connect and is shown live") {
   World w;
   w.Setup(w.acme);

@@ -278,6 +278,43 @@ TEST_CASE("alerts: offline rules follow disconnects, connects, start-up and reti
   CHECK(absl::IsNotFound(w.f->DeleteRule(w.t, "off", &b, &done)));
 }
 
+TEST_CASE(
+    "alerts: a device registered or moved into an offline rule's scope while offline is armed; moved out, cleared") {
+  Rig w;
+  for (const char* d : {"d1", "d2", "d3"}) w.Connect(d, true);
+  REQUIRE(w.Create({{"rule_id", "off"}, {"metric", "offline"}, {"for_s", 600}, {"scope", "group:g1"}}, w.t).ok());
+  REQUIRE(w.Create({{"rule_id", "bat"}, {"metric", "battery_pct"}, {"op", "lt"}, {"threshold", 10}}, w.t).ok());
+  const V g1{"tenant", "group:g1", "model:m1"}, g2{"tenant", "group:g2", "model:m1"};
+  // d3 (offline) moves from g2 into g1; d4 is registered offline in g1; d2
+  // (connected) moves too: only the offline ones are armed.
+  w.Connect("d3", false);
+  w.f->OnScopesChanged("acme", "d3", g2, g1);
+  w.f->OnScopesChanged("acme", "d4", {}, g1);
+  w.f->OnScopesChanged("acme", "d2", g2, g1);
+  w.clock.Advance(600'000);
+  w.f->Pump();
+  CHECK(w.Events() == V{"raised:off:d3", "raised:off:d4"});
+  // Moved out of the scope: the raised alert clears; a pending window ends.
+  w.Report("d1", 5);  // the value rule (tenant scope) raises at once (for_s 0)
+  CHECK(w.Events() == V{"raised:bat:d1"});
+  w.f->OnScopesChanged("acme", "d3", g1, g2);
+  CHECK(w.Events() == V{"cleared:off:d3"});
+  bool found = false;
+  for (const Json& a : w.Raised(true)) {
+    if (a["device_id"] == "d3" && a["rule_id"] == "off") {
+      CHECK(a["cleared_because"] == "out_of_scope");
+      found = true;
+    }
+  }
+  CHECK(found);
+  w.Connect("d1", false);
+  w.f->OnScopesChanged("acme", "d1", g1, g2);  // out of off's scope, still in bat's
+  w.clock.Advance(600'000);
+  w.f->Pump();
+  CHECK(w.Events().empty());
+  CHECK(w.Raised().size() == 2);  // d4 offline, d1 battery
+}
+
 TEST_CASE("alerts: ids are per tenant, the cap is per tenant, lists page") {
   Rig w;
   AlertOptions o;
