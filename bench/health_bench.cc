@@ -254,7 +254,7 @@ int main(int argc, char** argv) {
   {
     const uint64_t written0 = Counter(*f, "health/bytes_written");
     using K = health::LinkEvent::Kind;
-    health::LinkDelta d;
+    LinkCounters d;
     d.packets_in = d.packets_out = 30;
     d.publish_in = d.publish_out = 10;
     d.bytes_in = 4000;

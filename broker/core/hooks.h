@@ -13,6 +13,7 @@
 
 #include "broker/core/message.h"
 #include "broker/mqtt/packet.h"
+#include "common/link_counters.h"
 
 namespace fmq {
 
@@ -51,17 +52,6 @@ struct PeerIdentity {
   std::vector<std::string> groups;  // device groups (ACL %g), from ResolveIdentity
 };
 
-// What the broker observed on one connection (doc/health.md, "Observed by
-// the broker"): counted on its worker at O(1) per packet, handed to the
-// hooks as deltas (OnLinkCounters, then the rest at OnDisconnected).
-struct LinkCounters {
-  uint64_t bytes_in = 0, bytes_out = 0;
-  // 64 bits: a connection that only receives reports only when it closes.
-  uint64_t packets_in = 0, packets_out = 0;  // every control packet
-  uint64_t publish_in = 0, publish_out = 0;  // PUBLISH packets
-  uint64_t denied = 0;                       // publishes and subscriptions the ACLs refused
-};
-
 struct ClientInfo {
   uint64_t connection_id = 0;
   std::string_view client_id;
@@ -74,7 +64,7 @@ struct ClientInfo {
   // from inside a hook: hooks run on that worker's thread).
   Broker* broker = nullptr;
   // At OnDisconnected and OnLinkCounters: what the connection carried since
-  // it last reported (else null), and at OnDisconnected for a protocol
+  // it last reported (counted at O(1) per packet on its worker; else null), and at OnDisconnected for a protocol
   // error the rule it broke.
   const LinkCounters* counters = nullptr;
   std::string_view error;

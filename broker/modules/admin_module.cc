@@ -419,21 +419,9 @@ void AdminModule::Event(const ClientInfo& info, bool connected, std::string_view
   ev2.connected = connected;
   ev2.wall_ms = now;
   ev2.serial = info.identity->serial;
-  if (info.counters != nullptr) ev2.counters = DeltaOf(*info.counters);
+  if (info.counters != nullptr) ev2.counters = *info.counters;
   ev2.error = std::string(info.error);
   Enqueue(std::move(ev2));
-}
-
-health::LinkDelta AdminModule::DeltaOf(const LinkCounters& c) {
-  health::LinkDelta d;
-  d.bytes_in = c.bytes_in;
-  d.bytes_out = c.bytes_out;
-  d.packets_in = c.packets_in;
-  d.packets_out = c.packets_out;
-  d.publish_in = c.publish_in;
-  d.publish_out = c.publish_out;
-  d.denied = c.denied;
-  return d;
 }
 
 void AdminModule::Enqueue(admin::ConnEvent ev) {
@@ -470,7 +458,7 @@ void AdminModule::OnLinkCounters(const ClientInfo& info) {
   ev.device_id = info.identity->name;
   ev.wall_ms = clock_->WallMs();
   ev.counters_only = true;
-  ev.counters = DeltaOf(*info.counters);
+  ev.counters = *info.counters;
   Enqueue(std::move(ev));
 }
 

@@ -120,7 +120,6 @@ class AdminModule : public BrokerHooks {
   // Queues a connectivity event for the management thread (bounded: beyond
   // max_queued_events a device's events are merged into one).
   void Enqueue(admin::ConnEvent ev);
-  static health::LinkDelta DeltaOf(const LinkCounters& c);
   // Worker thread: an error reply on the device's errors topic.
   void DeviceError(const ClientInfo& info, std::string_view topic, std::string_view code, const std::string& msg,
                    const std::string& client_token, bool rejected = true);

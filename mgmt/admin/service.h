@@ -97,8 +97,8 @@ struct ConnEvent {
   int64_t wall_ms = 0;
   std::string serial;  // the certificate the connection presented
   bool counters_only = false;
-  health::LinkDelta counters;  // since the connection last reported
-  std::string error;           // a disconnect for a protocol error: the rule
+  LinkCounters counters;  // since the connection last reported
+  std::string error;      // a disconnect for a protocol error: the rule
 };
 
 struct ServiceOptions {

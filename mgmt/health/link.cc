@@ -21,7 +21,7 @@ bool IsError(std::string_view reason) {
 
 // The delta's fields by their stored and shown names.
 template <typename F>
-void Fields(LinkDelta& d, F f) {
+void Fields(LinkCounters& d, F f) {
   f("bytes_in", d.bytes_in);
   f("bytes_out", d.bytes_out);
   f("packets_in", d.packets_in);
@@ -52,17 +52,6 @@ Json Sparse(const std::array<uint32_t, N>& ms) {
 }
 
 }  // namespace
-
-LinkDelta& LinkDelta::operator+=(const LinkDelta& o) {
-  bytes_in += o.bytes_in;
-  bytes_out += o.bytes_out;
-  packets_in += o.packets_in;
-  packets_out += o.packets_out;
-  publish_in += o.publish_in;
-  publish_out += o.publish_out;
-  denied += o.denied;
-  return *this;
-}
 
 template <int N>
 void LinkRecord::Ring<N>::Add(int64_t slot, uint32_t v) {
@@ -164,7 +153,7 @@ Json LinkRecord::ToJson(int64_t now_ms, bool online) const {
   j["disconnects"] = std::move(disc);
   auto pe = disconnects_.find("protocol_error");
   j["protocol_errors"] = pe == disconnects_.end() ? 0 : pe->second;
-  LinkDelta t = totals_;
+  LinkCounters t = totals_;
   Fields(t, [&](const char* k, uint64_t v) { j[k] = v; });
   j["counted_to_ms"] = online && open_since_ms_ != 0 ? accounted_ms_ : last_disconnect_ms_;
   Json up = Json::object();
@@ -196,7 +185,7 @@ std::string LinkRecord::Encode() const {
          {"m", Sparse(minutes_.ms)},
          {"h_end", hours_.end},
          {"h", Sparse(hours_.ms)}};
-  LinkDelta t = totals_;
+  LinkCounters t = totals_;
   Fields(t, [&](const char* k, uint64_t v) { j[k] = v; });
   Json disc = Json::object();
   for (const auto& [why, n] : disconnects_) disc[why] = n;

@@ -15,21 +15,16 @@
 #include <string>
 #include <string_view>
 
+#include "common/link_counters.h"
 #include "nlohmann/json.hpp"
 
 namespace fmq::health {
-
-// Counter deltas of one connection since it last reported.
-struct LinkDelta {
-  uint64_t bytes_in = 0, bytes_out = 0, packets_in = 0, packets_out = 0, publish_in = 0, publish_out = 0, denied = 0;
-  LinkDelta& operator+=(const LinkDelta& o);
-};
 
 struct LinkEvent {
   enum class Kind : uint8_t { kConnected, kCounters, kDisconnected };
   Kind kind = Kind::kCounters;
   int64_t wall_ms = 0;
-  LinkDelta delta;
+  LinkCounters delta;  // since the connection last reported
   std::string reason;  // kDisconnected: DisconnectReasonName
   std::string error;   // kDisconnected for a protocol error: the rule broken
 };
@@ -54,7 +49,7 @@ class LinkRecord {
 
   bool open() const { return open_since_ms_ != 0; }
   uint64_t connects() const { return connects_; }
-  const LinkDelta& totals() const { return totals_; }
+  const LinkCounters& totals() const { return totals_; }
   const std::map<std::string, uint64_t>& disconnects() const { return disconnects_; }
 
  private:
@@ -77,7 +72,7 @@ class LinkRecord {
   int64_t accounted_ms_ = 0;   // connected time counted up to here
   int64_t last_disconnect_ms_ = 0;
   uint64_t connects_ = 0;
-  LinkDelta totals_;
+  LinkCounters totals_;
   std::map<std::string, uint64_t> disconnects_;  // by reason (a few names)
   int64_t last_error_ms_ = 0;
   std::string last_error_reason_, last_error_;

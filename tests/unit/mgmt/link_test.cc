@@ -23,13 +23,13 @@ using K = LinkEvent::Kind;
 constexpr int64_t kMin = 60'000, kHour = 3'600'000, kDay = 24 * kHour;
 constexpr int64_t kT0 = 1'800'000'000'000;  // a whole hour in unix ms
 
-LinkEvent Ev(K k, int64_t at, std::string reason = "", LinkDelta d = {}) {
+LinkEvent Ev(K k, int64_t at, std::string reason = "", LinkCounters d = {}) {
   return LinkEvent{k, at, d, std::move(reason), k == K::kDisconnected && reason == "protocol_error" ? "rule" : ""};
 }
 
 TEST_CASE("link: totals, disconnects by reason and the last error") {
   LinkRecord r;
-  LinkDelta d;
+  LinkCounters d;
   d.bytes_in = 100;
   d.packets_in = 3;
   d.publish_in = 1;
@@ -110,7 +110,7 @@ TEST_CASE("link: an interval a stopped broker left open ends at its last account
 
 TEST_CASE("link: the stored form round-trips; damaged bytes are refused") {
   LinkRecord r;
-  LinkDelta d;
+  LinkCounters d;
   d.bytes_out = 1ull << 40;
   r.Apply(Ev(K::kConnected, kT0));
   r.Apply(Ev(K::kCounters, kT0 + 90 * kMin, "", d));
@@ -153,7 +153,7 @@ TEST_CASE("link: the feature keeps it under the tenant, folds a turn, starts afr
   HealthFeature f(&kv, &clock);
   const storage::TenantId t = storage::TenantId::FromAuthenticated("acme");
   const storage::TenantId other = storage::TenantId::FromAuthenticated("umbrella");
-  LinkDelta d;
+  LinkCounters d;
   d.publish_in = 2;
   f.OnLink(t, "d1", Ev(K::kConnected, kT0));
   f.OnLink(t, "d1", Ev(K::kCounters, kT0 + kMin, "", d));  // same turn: folded into the pending record
