@@ -495,9 +495,7 @@ void Service::OnConnectivity(const std::vector<ConnEvent>& events) {
   for (const ConnEvent& ev : events) {
     const TenantId t = TenantId::FromAuthenticated(ev.tenant);
     if (ev.counters_only) {
-      if (ConnectivityOf(ev.tenant, ev.device_id) != nullptr) {
-        health_->OnLink(t, ev.device_id, {health::LinkEvent::Kind::kCounters, ev.wall_ms, ev.counters, "", ""});
-      }
+      health_->OnLink(t, ev.device_id, {health::LinkEvent::Kind::kCounters, ev.wall_ms, ev.counters, "", ""});
       continue;
     }
     Connectivity& c = conn_[ev.tenant][ev.device_id];

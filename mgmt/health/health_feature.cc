@@ -253,7 +253,7 @@ void HealthFeature::OnDeviceRetired(const TenantId& t, const std::string& device
         [this, tenant = t.str(), before = std::move(prev.r)] { rollups_.Reported(tenant, &before, nullptr); });
   }
   pending_latest_[id] = Prev{};
-  pending_link_.erase(id);
+  pending_link_[id] = LinkRecord{};  // read this turn instead of the stored one deleted here
   batch_.Delete(Family::kHealth, storage::keys::HealthLatest(t, device_id));
   batch_.Delete(Family::kHealth, storage::keys::HealthLink(t, device_id));
   std::vector<std::string> slots;
@@ -365,6 +365,10 @@ void HealthFeature::OnLink(const TenantId& t, const std::string& device_id, cons
     }
     it = pending_link_.emplace(id, std::move(*got)).first;
   }
+  // A record is started by a connect: counters or a disconnect of a device
+  // whose connect was not recorded (not registered, or retired since) are
+  // not kept.
+  if (e.kind != LinkEvent::Kind::kConnected && it->second.connects() == 0) return;
   it->second.Apply(e);
   stats_.link_events++;
   std::string bytes = it->second.Encode();

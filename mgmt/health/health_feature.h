@@ -67,7 +67,8 @@ class HealthFeature : public mgmt::Feature, public storage::DeviceObserver {
   }
   const Rollups& rollups() const { return rollups_; }
   // What the broker observed of a registered device's connection (its
-  // connect, counter reports and disconnect, in order).
+  // connect, counter reports and disconnect, in order); a record is started
+  // only by a connect.
   void OnLink(const storage::TenantId& t, const std::string& device_id, const LinkEvent& e);
   // The device's link record (a default one when it never connected).
   absl::StatusOr<LinkRecord> Link(const storage::TenantId& t, std::string_view device) const;

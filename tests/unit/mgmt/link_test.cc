@@ -3,7 +3,8 @@
 // from the minute and hour rings (intervals crossing slot edges, gaps
 // longer than a ring, the window before the device was first seen), an
 // interval a stopped broker left open, the stored form round-tripping and
-// damaged bytes refused; then the feature keeping it in the store.
+// damaged bytes refused; then the feature keeping it in the store (started
+// only by a connect, gone with a retired device).
 #include "mgmt/health/link.h"
 
 #include <doctest/doctest.h>
@@ -186,7 +187,21 @@ TEST_CASE("link: the feature keeps it under the tenant, folds a turn, starts afr
     if (std::string_view(n) == "health/link_records_damaged") damaged = v;
   });
   CHECK(damaged == 2);  // read twice before it was replaced
+  // Only a connect starts a record: counters of a device never seen connecting
+  // (not registered) are not kept.
+  f.OnLink(t, "ghost", Ev(K::kCounters, kT0, "", d));
+  f.OnLink(t, "ghost", Ev(K::kDisconnected, kT0, "clean"));
+  REQUIRE(f.Commit(&out).ok());
+  CHECK(absl::IsNotFound(kv.Get(storage::Family::kHealth, storage::keys::HealthLink(t, "ghost")).status()));
+  // Retired: the record goes, and the disconnect its retirement causes (in
+  // the same turn or a later one) does not write it back.
+  f.OnLink(t, "d1", Ev(K::kConnected, kT0 + 3 * kMin));
+  REQUIRE(f.Commit(&out).ok());
   f.OnDeviceRetired(t, "d1");
+  f.OnLink(t, "d1", Ev(K::kDisconnected, kT0 + 4 * kMin, "administrative"));
+  REQUIRE(f.Commit(&out).ok());
+  CHECK(absl::IsNotFound(kv.Get(storage::Family::kHealth, storage::keys::HealthLink(t, "d1")).status()));
+  f.OnLink(t, "d1", Ev(K::kDisconnected, kT0 + 5 * kMin, "administrative"));
   REQUIRE(f.Commit(&out).ok());
   CHECK(absl::IsNotFound(kv.Get(storage::Family::kHealth, storage::keys::HealthLink(t, "d1")).status()));
 }
