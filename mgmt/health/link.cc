@@ -142,20 +142,25 @@ double LinkRecord::Uptime(int64_t now_ms, int64_t window_ms, bool online) const 
 }
 
 Json LinkRecord::ToJson(int64_t now_ms, bool online) const {
+  if (!online && open_since_ms_ != 0) {
+    // Left open by a broker that stopped: shown as the device's next
+    // connect will record it.
+    LinkRecord closed = *this;
+    closed.CloseStale();
+    return closed.ToJson(now_ms, false);
+  }
   Json j = Json::object();
   j["connects"] = connects_;
   if (first_ms_ != 0) j["first_connected_ms"] = first_ms_;
   if (last_disconnect_ms_ != 0) j["last_disconnect_ms"] = last_disconnect_ms_;
   Json disc = Json::object();
   for (const auto& [why, n] : disconnects_) disc[why] = n;
-  const bool stale = !online && open_since_ms_ != 0;
-  if (stale) disc["unrecorded"] = disc.value("unrecorded", uint64_t{0}) + 1;
   j["disconnects"] = std::move(disc);
   auto pe = disconnects_.find("protocol_error");
   j["protocol_errors"] = pe == disconnects_.end() ? 0 : pe->second;
   LinkCounters t = totals_;
   Fields(t, [&](const char* k, uint64_t v) { j[k] = v; });
-  j["counted_to_ms"] = online && open_since_ms_ != 0 ? accounted_ms_ : last_disconnect_ms_;
+  j["counted_to_ms"] = open_since_ms_ != 0 ? accounted_ms_ : last_disconnect_ms_;
   Json up = Json::object();
   const std::pair<const char*, int64_t> windows[] = {{"1h", kHourMs}, {"24h", 24 * kHourMs}, {"7d", 7 * 24 * kHourMs}};
   for (const auto& [name, w] : windows) {

@@ -102,6 +102,8 @@ TEST_CASE("link: an interval a stopped broker left open ends at its last account
   // The broker stops; after its restart the device is offline, then back.
   Json offline = r.ToJson(kT0 + 60 * kMin, false);
   CHECK(offline["disconnects"]["unrecorded"] == 1);
+  CHECK(offline["counted_to_ms"] == kT0 + 10 * kMin);  // its last report
+  CHECK(offline["last_disconnect_ms"] == kT0 + 10 * kMin);
   CHECK(offline["uptime"]["1h"] == doctest::Approx(10.0 / 60).epsilon(0.001));
   r.Apply(Ev(K::kConnected, kT0 + 60 * kMin));
   CHECK(r.disconnects().at("unrecorded") == 1);
