@@ -283,6 +283,10 @@ class LinkStatsTest(JobsBase):
         self.assertEqual(ln["last_error"]["reason"], "protocol_error", ln)
         self.assertIn("MQTT", ln["last_error"]["detail"], ln)
         self.assertEqual(ln["publish_in"], 3, ln)
+        # The audit entry of that disconnect names the rule too.
+        gone = [e for e in self.admin("audit.query", "device_id=k0")["entries"] if e["action"] == "device.disconnected"]
+        self.assertEqual(gone[-1]["details"]["reason"], "protocol_error", gone)
+        self.assertEqual(gone[-1]["details"]["error"], ln["last_error"]["detail"], gone)
         # A real client's clean disconnect is counted, and is not an error.
         op = ["-h", "localhost", "-p", str(self.broker.tls_port), "--cafile", os.path.join(self.pki, "root.crt"),
               "--cert", os.path.join(certs, "k1.crt"), "--key", os.path.join(certs, "k1.key"), "-V", "mqttv5"]
