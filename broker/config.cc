@@ -130,6 +130,17 @@ const std::vector<OptionDef>& Options() {
          c.tls_server_name = v;
          return absl::OkStatus();
        }},
+      {"tls_ticket_lifetime_s", "86400",
+       "Seconds a TLS session ticket resumes a session without a full handshake, across broker restarts (keys in "
+       "data_dir/pki/ticket-keys, mode 0600); 0 issues no tickets. Revocation and the certificate's validity are "
+       "checked on every resumption.",
+       UintSetter("tls_ticket_lifetime_s", 0, 7 * 86400,
+                  [](Config& c, uint64_t n) { c.tls_tickets.lifetime_s = static_cast<int64_t>(n); })},
+      {"tls_ticket_rotation_s", "43200",
+       "Seconds one session-ticket key seals new tickets before a new key (written to disk first) takes over; older "
+       "keys keep opening their tickets until those expire.",
+       UintSetter("tls_ticket_rotation_s", 60, 30 * 86400,
+                  [](Config& c, uint64_t n) { c.tls_tickets.rotation_s = static_cast<int64_t>(n); })},
       {"tls_crl_dir", "",
        "Directory of externally supplied CRLs (*.crl, *.pem, *.der; DER or PEM), each signed by a tenant CA; empty = "
        "data_dir/crl. Reloaded when its files change (checked every 5 s) and on SIGHUP; new connections keep being "

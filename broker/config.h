@@ -13,6 +13,7 @@
 #include "broker/modules/admin_options.h"
 #include "broker/net/server.h"
 #include "broker/store/storage_writer.h"
+#include "broker/tls/ticket_keys.h"
 #include "common/log.h"
 #include "storage/kv_store.h"
 
@@ -29,6 +30,7 @@ struct Config {
   uint32_t workers = 0;  // 0: one per usable CPU
   std::string tls_server_name = "localhost";
   std::string tls_crl_dir;  // empty: DATA_DIR/crl
+  tls::TicketOptions tls_tickets;
   LogLevel log_level = LogLevel::kInfo;
   std::string config_file;  // empty = none
 };

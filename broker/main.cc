@@ -106,6 +106,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     tls = std::move(*ctx);
+    st = tls->UseTicketKeys(files->dir + "/ticket-keys", cfg.tls_tickets, &clock);
+    if (!st.ok()) FMQ_LOG_ERROR("tls: %s", std::string(st.message()).c_str());
     FMQ_LOG_INFO("PKI in %s (%zu tenant CA%s)", files->dir.c_str(), files->tenant_cas.size(),
                  files->tenant_cas.size() == 1 ? "" : "s");
   }
@@ -184,8 +186,10 @@ int main(int argc, char** argv) {
     };
     crls = std::make_unique<fmq::tls::CrlDir>(crl_dir, tls.get(), close_revoked);
     crls->Poll(true);
-    server.AddTickHook([c = crls.get(), n = 0]() mutable {
-      if (++n % 20 == 0) c->Poll();  // every 5 s
+    server.AddTickHook([c = crls.get(), keys = tls->ticket_keys(), n = 0]() mutable {
+      if (++n % 20 != 0) return;            // every 5 s:
+      c->Poll();                            // CRL files changed?
+      if (keys != nullptr) keys->Rotate();  // a session-ticket key due (or one to drop)?
     });
     server.SetReloadHook([c = crls.get()] { c->Poll(true); });
   }

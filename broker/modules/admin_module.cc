@@ -668,6 +668,25 @@ void AdminModule::SysCounters(const std::function<void(const char*, uint64_t)>& 
   pub("management/connects_blocked", v(counters_.blocked_connects));
   pub("management/connects_revoked", v(counters_.revoked_connects));
   pub("management/denied_unaudited", v(counters_.denied_unaudited));
+  if (tls_ != nullptr) {
+    const tls::TlsCounters& t = tls_->counters();
+    pub("tls/handshakes", v(t.handshakes));
+    pub("tls/resumed", v(t.resumed));
+    pub("tls/failed", v(t.failed));
+    pub("tls/revoked_refused", v(t.revoked_refused));
+    if (const tls::TicketKeys* k = tls_->ticket_keys(); k != nullptr) {
+      const tls::TicketCounters& c = k->counters();
+      pub("tls/tickets/keys", k->key_count());
+      pub("tls/tickets/sealed", v(c.sealed));
+      pub("tls/tickets/opened", v(c.opened));
+      pub("tls/tickets/refused_unknown_key", v(c.refused_unknown_key));
+      pub("tls/tickets/refused_forged", v(c.refused_forged));
+      pub("tls/tickets/refused_expired", v(c.refused_expired));
+      pub("tls/tickets/refused_unloadable", v(c.refused_unloadable));
+      pub("tls/tickets/rotations", v(c.rotations));
+      pub("tls/tickets/write_errors", v(c.write_errors));
+    }
+  }
   std::lock_guard<std::mutex> l(feature_counters_mu_);
   for (const auto& [name, n] : feature_counters_) pub(("management/" + name).c_str(), n);
 }

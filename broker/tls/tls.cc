@@ -74,6 +74,19 @@ absl::StatusOr<std::unique_ptr<TlsServerContext>> TlsServerContext::Create(std::
   return c;
 }
 
+absl::Status TlsServerContext::UseTicketKeys(std::string path, TicketOptions opts, const Clock* clock) {
+  if (opts.lifetime_s == 0) {
+    tickets_.reset();
+    mbedtls_ssl_conf_session_tickets_cb(&conf_, nullptr, nullptr, nullptr);
+    return absl::OkStatus();
+  }
+  tickets_ = std::make_unique<TicketKeys>(std::move(path), opts, clock, mbedtls_ctr_drbg_random, &drbg_);
+  absl::Status st = tickets_->Open();
+  if (tickets_->key_count() == 0) return st;  // no key at all: keep the in-memory ones
+  mbedtls_ssl_conf_session_tickets_cb(&conf_, TicketKeys::Seal, TicketKeys::Unseal, tickets_.get());
+  return st;
+}
+
 TlsServerContext::~TlsServerContext() {
   if (!ready_) return;
   mbedtls_ssl_ticket_free(&ticket_);
@@ -190,6 +203,13 @@ bool TlsSession::CheckPeer() {
     return false;
   }
   peer_serial_ = pki::SerialHex(*peer);
+  // A full handshake checked the validity period with the chain; a resumed
+  // one (its ticket may be a day old, and from before a restart) checks it
+  // here.
+  if (resumed_ && (mbedtls_x509_time_is_past(&peer->valid_to) || mbedtls_x509_time_is_future(&peer->valid_from))) {
+    Fail("certificate " + peer_serial_ + " is outside its validity period (resumed session)");
+    return false;
+  }
   // The tenant comes from the issuing CA and must agree with the subject.
   const mbedtls_x509_crt* issuer = server_->FindTrustedIssuer(peer->issuer_raw);
   auto issuer_id =

@@ -25,6 +25,8 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "broker/tls/ticket_keys.h"
+#include "common/clock.h"
 #include "mgmt/pki/pki.h"
 
 namespace fmq::tls {
@@ -77,6 +79,15 @@ class TlsServerContext {
     if (refusal_observer_) refusal_observer_(id, serial, why);
   }
 
+  // Session tickets sealed with keys kept in `path` (see TicketKeys), so
+  // they resume across restarts; replaces the in-memory keys Create sets
+  // up. `opts.lifetime_s == 0` issues no tickets at all. Before any
+  // handshake runs. An error (the file cannot be written) leaves tickets
+  // working until the next restart.
+  absl::Status UseTicketKeys(std::string path, TicketOptions opts, const Clock* clock);
+  // Null until UseTicketKeys (or when tickets are off).
+  TicketKeys* ticket_keys() { return tickets_.get(); }
+
   TlsCounters& counters() { return counters_; }
   mbedtls_ssl_config* config() { return &conf_; }
 
@@ -86,7 +97,8 @@ class TlsServerContext {
   mbedtls_entropy_context entropy_;
   mbedtls_ctr_drbg_context drbg_;
   mbedtls_ssl_config conf_;
-  mbedtls_ssl_ticket_context ticket_;
+  mbedtls_ssl_ticket_context ticket_;  // in-memory keys, until UseTicketKeys
+  std::unique_ptr<TicketKeys> tickets_;
   mbedtls_x509_crt own_chain_;
   mbedtls_x509_crt trust_;
   mbedtls_pk_context own_key_;

@@ -8,6 +8,8 @@ served."""
 import os
 import shutil
 import socket
+import ssl
+import stat
 import subprocess
 import tempfile
 import time
@@ -289,6 +291,90 @@ class SysIsolation(TlsBase):
         r = run_cli(["mosquitto_sub"] + self.tls_args(crt, key) + ["-i", "dev-s", "-t", "$SYS/fleetmq/stats/v1/#",
                                                                    "-W", "2", "-V", "mqttv5"])
         self.assertIn("subscription requests were denied", r.stderr + r.stdout)
+
+
+class TicketsAcrossRestart(TlsBase):
+    """Session tickets sealed with keys kept in the data dir: a device
+    holding one resumes after kill -9 without a full handshake; revocation
+    while the broker was down still refuses it; a damaged key file costs
+    only a full handshake."""
+
+    def client_ctx(self, crt, key):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(os.path.join(self.pki, "root.crt"))
+        ctx.load_cert_chain(crt, key)
+        return ctx
+
+    def mqtt(self, ctx, client_id, session=None):
+        """A TLS connection (resuming `session` if given) that sent CONNECT
+        and read CONNACK; (whether it resumed, its session, CONNACK code)."""
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.broker.tls_port), timeout=5),
+                            server_hostname="localhost", session=session)
+        try:
+            s.sendall(mqtt5_connect(client_id))
+            first, body = read_packet(s)
+            self.assertEqual(first, 0x20)
+            return s.session_reused, s.session, body[1]
+        finally:
+            s.close()
+
+    def s_client(self, crt, key, *sess):
+        r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % self.broker.tls_port,
+                            "-servername", "localhost", "-CAfile", os.path.join(self.pki, "root.crt"),
+                            "-cert", crt, "-key", key] + list(sess), stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=10)
+        return r.stdout.decode(errors="replace")
+
+    def test_resumption_survives_kill9_revocation_and_damaged_keys_are_handled(self):
+        crt, key = self.device("dev-t")
+        ctx = self.client_ctx(crt, key)
+        resumed, session, code = self.mqtt(ctx, "dev-t")
+        self.assertFalse(resumed)
+        self.assertEqual(code, 0)
+        self.assertTrue(session.has_ticket)
+        sess_file = os.path.join(self.tmp, "s_client.sess")
+        self.assertIn("New, TLSv1.2", self.s_client(crt, key, "-sess_out", sess_file))
+        keys = os.path.join(self.pki, "ticket-keys")
+        self.assertEqual(stat.S_IMODE(os.stat(keys).st_mode), 0o600)
+
+        self.broker.kill9_and_restart()
+        resumed, session2, code = self.mqtt(ctx, "dev-t", session)
+        self.assertTrue(resumed, "a ticket from before kill -9 resumes")
+        self.assertEqual(code, 0)
+        self.assertIn("Reused, TLSv1.2", self.s_client(crt, key, "-sess_in", sess_file))
+        self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/tls/tickets/opened", 2), 2)
+        self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/tls/resumed", 2), 2)
+
+        # Revoked while the broker is down: the ticket still opens, the
+        # session is refused.
+        serial = run_cli(["openssl", "x509", "-in", crt, "-noout", "-serial"]).stdout.strip().split("=")[1].lower()
+        self.broker.stop()
+        r = run_cli([PKI, "revoke", "--dir", self.broker.data_dir, "--serial", serial])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.broker.log.close()
+        self.broker.start()
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+            self.mqtt(ctx, "dev-t", session2)
+        self.assertTrue(wait_for(lambda: "is revoked" in self.broker.read_log()))
+
+        # A damaged key file: set aside, new keys, and a device with an old
+        # ticket just pays a full handshake.
+        crt2, key2 = self.device("dev-u")
+        ctx2 = self.client_ctx(crt2, key2)
+        _, session, _ = self.mqtt(ctx2, "dev-u")
+        self.broker.stop()
+        with open(keys, "w") as f:
+            f.write("fleetmq ticket keys v1\ngarbage\n")
+        self.broker.log.close()
+        self.broker.start()
+        self.assertIn("unreadable", self.broker.read_log())
+        self.assertTrue(os.path.exists(keys + ".damaged"))
+        resumed, session, code = self.mqtt(ctx2, "dev-u", session)
+        self.assertFalse(resumed)
+        self.assertEqual(code, 0)
+        resumed, _, code = self.mqtt(ctx2, "dev-u", session)  # the new ticket resumes
+        self.assertTrue(resumed)
+        self.assertEqual(code, 0)
 
 
 if __name__ == "__main__":

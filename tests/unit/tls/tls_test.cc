@@ -4,7 +4,9 @@
 #include "broker/tls/tls.h"
 
 #include <doctest/doctest.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <ctime>
 
 namespace fmq::tls {
@@ -25,10 +27,14 @@ struct World {
       : root(*CertificateAuthority::CreateRoot(rng, "root", Now())),
         acme(*root.CreateTenantCa(rng, "acme", Now())),
         other(*root.CreateTenantCa(rng, "other", Now())) {
-    Creds server = Issue(acme, {"acme", "localhost", Role::kServer});
+    server = Issue(acme, {"acme", "localhost", Role::kServer});
+    server_ctx = NewContext();
+  }
+  // Another server context from the same files: the broker after a restart.
+  std::unique_ptr<TlsServerContext> NewContext() {
     auto ctx = TlsServerContext::Create(server.chain, server.key, root.cert().pem + acme.cert().pem + other.cert().pem);
     REQUIRE_MESSAGE(ctx.ok(), ctx.status().message());
-    server_ctx = std::move(*ctx);
+    return std::move(*ctx);
   }
   Creds Issue(CertificateAuthority& ca, pki::Subject who, int64_t now = Now(),
               int64_t validity = pki::kDeviceValidity) {
@@ -40,6 +46,7 @@ struct World {
   }
   pki::Rng rng;
   CertificateAuthority root, acme, other;
+  Creds server;
   std::unique_ptr<TlsServerContext> server_ctx;
 };
 
@@ -136,6 +143,97 @@ TEST_CASE("mutual TLS handshake in memory, identity, data both ways, then resump
   CHECK(server4.state() == TlsSession::State::kFailed);
   CHECK(w.server_ctx->counters().revoked_refused == 2);
   mbedtls_ssl_session_free(&saved);
+}
+
+// A full handshake with `server_ctx`; the session the client may resume.
+void SessionFrom(TlsServerContext* server_ctx, ClientConf& cc, mbedtls_ssl_session* saved) {
+  TlsSession client(&cc.conf, "localhost");
+  TlsSession server(server_ctx);
+  Pump(client, server);
+  REQUIRE_MESSAGE(server.state() == TlsSession::State::kOpen, server.error());
+  CHECK_FALSE(server.resumed());
+  REQUIRE(client.SaveSession(saved).ok());
+}
+
+// Resumes `saved` against `server_ctx`; the server side's state.
+struct Resumed {
+  TlsSession::State state;
+  bool resumed;
+  std::string error;
+  std::string serial;
+};
+Resumed Resume(TlsServerContext* server_ctx, ClientConf& cc, const mbedtls_ssl_session* saved) {
+  TlsSession client(&cc.conf, "localhost");
+  REQUIRE(client.SetSession(saved).ok());
+  TlsSession server(server_ctx);
+  Pump(client, server);
+  return {server.state(), server.resumed(), server.error(), server.peer_serial()};
+}
+
+TEST_CASE("tickets sealed with keys on disk resume after a restart; an expired certificate does not resume") {
+  World w;
+  char tmpl[] = "/tmp/fmq-tls-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  SystemClock clock;  // certificate validity is checked on the real clock
+  REQUIRE(w.server_ctx->UseTicketKeys(dir + "/ticket-keys", {}, &clock).ok());
+  Creds dev = w.Issue(w.acme, {"acme", "dev-1", Role::kDevice});
+  ClientConf cc(w, &dev, w.root.cert().pem);
+  mbedtls_ssl_session saved;
+  mbedtls_ssl_session_init(&saved);
+  SessionFrom(w.server_ctx.get(), cc, &saved);
+  CHECK(w.server_ctx->ticket_keys()->counters().sealed == 1);
+
+  // The broker restarts: a new context over the same key file.
+  w.server_ctx.reset();
+  auto restarted = w.NewContext();
+  REQUIRE(restarted->UseTicketKeys(dir + "/ticket-keys", {}, &clock).ok());
+  Resumed r = Resume(restarted.get(), cc, &saved);
+  CHECK_MESSAGE(r.state == TlsSession::State::kOpen, r.error);
+  CHECK(r.resumed);
+  CHECK(restarted->counters().resumed == 1);
+  CHECK(restarted->ticket_keys()->counters().opened == 1);
+  // Revocation still applies to the resumed session.
+  restarted->Revoke("acme", r.serial);
+  r = Resume(restarted.get(), cc, &saved);
+  CHECK(r.state == TlsSession::State::kFailed);
+  CHECK(r.error.find("revoked") != std::string::npos);
+
+  // A broker with other keys cannot open the ticket: a full handshake.
+  auto stranger = w.NewContext();
+  REQUIRE(stranger->UseTicketKeys(dir + "/other-keys", {}, &clock).ok());
+  r = Resume(stranger.get(), cc, &saved);
+  CHECK_MESSAGE(r.state == TlsSession::State::kOpen, r.error);
+  CHECK_FALSE(r.resumed);
+  CHECK(stranger->ticket_keys()->counters().refused_unknown_key == 1);
+  mbedtls_ssl_session_free(&saved);
+
+  // Tickets off: nothing to resume with.
+  auto off = w.NewContext();
+  TicketOptions none;
+  none.lifetime_s = 0;
+  REQUIRE(off->UseTicketKeys(dir + "/unused", none, &clock).ok());
+  CHECK(off->ticket_keys() == nullptr);
+  mbedtls_ssl_session_init(&saved);
+  SessionFrom(off.get(), cc, &saved);
+  r = Resume(off.get(), cc, &saved);
+  CHECK(r.state == TlsSession::State::kOpen);
+  CHECK_FALSE(r.resumed);
+  mbedtls_ssl_session_free(&saved);
+
+  // A certificate that expires while its ticket is still good: a full
+  // handshake would refuse it, and so does the resumption.
+  const int64_t day = 86'400'000;
+  Creds brief = w.Issue(w.acme, {"acme", "dev-2", Role::kDevice}, Now() - day, day + 2000);
+  ClientConf bc(w, &brief, w.root.cert().pem);
+  mbedtls_ssl_session_init(&saved);
+  SessionFrom(restarted.get(), bc, &saved);
+  CHECK(Resume(restarted.get(), bc, &saved).resumed);
+  usleep(3'500'000);
+  r = Resume(restarted.get(), bc, &saved);
+  CHECK(r.state == TlsSession::State::kFailed);
+  CHECK(r.error.find("validity") != std::string::npos);
+  mbedtls_ssl_session_free(&saved);
+  std::system(("rm -rf " + dir).c_str());
 }
 
 void ExpectRefused(World& w, const Creds* creds, const std::string& trust, const char* why) {
