@@ -18,11 +18,19 @@
 //            loops: TCP connect, handshake, CONNECT, CONNACK, close. Full
 //            handshakes, or resumed ones (session ticket) with --resume.
 //            Client certificate from --cert/--key, trust from --ca.
+//   storm  : --conns mutual-TLS connections held (--window connecting at a
+//            time), "held N" printed, then dropped by a broker restart (the
+//            driver's kill -9, bench/reconnect_storm.py) and all brought
+//            back: resuming their tickets with --resume, full handshakes
+//            without; reports the seconds until the last is back.
+//            --duration bounds each phase.
 // fanin/fanout run closed loop (--window), or at a fixed total --rate
 // messages/s (the window then only caps what may be outstanding).
 // Payloads carry a send timestamp: end-to-end latency percentiles are
 // measured. Bounded by --duration; loopback only (the target host must be
 // 127.0.0.0/8). Prints a live line every second and a final JSON line.
+#include "bench/bench.h"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <uv.h>
@@ -31,105 +39,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
-#include "broker/tls/tls.h"
-#include "mgmt/pki/pki.h"
 
 namespace {
 
 using namespace fmq;
-
-struct Options {
-  std::string host = "127.0.0.1";
-  int port = 1883;
-  std::string scenario = "fanin";
-  int pubs = 4;
-  int subs = 1;
-  int qos = 0;
-  int size = 64;
-  int window = 100;
-  double duration = 10;
-  double warmup = 1;
-  int version = 5;
-  int broker_pid = 0;
-  bool persistent = false;    // subscribers hold durable sessions: every message is stored
-  double rate = 0;            // fanin/fanout: fixed total messages/s (0 = closed loop)
-  int conns = 1000;           // conn: connections to hold; tls: parallel loops
-  bool subscribe = false;     // conn: each connection subscribes to its own topic
-  bool resume = false;        // tls: resumed handshakes (session tickets)
-  std::string ca, cert, key;  // tls: trust and client credentials (PEM files)
-};
-
-// The q-quantile of sorted samples (0 when there are none).
-unsigned Percentile(const std::vector<uint32_t>& sorted, double q) {
-  if (sorted.empty()) return 0;
-  return sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * static_cast<double>(sorted.size())))];
-}
-
-// Resident set of a process, bytes (0 when unknown).
-int64_t RssBytes(int pid) {
-  if (pid <= 0) return 0;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
-  }
-  return 0;
-}
-
-// Binds `tcp` (created with uv_tcp_init_ex) to a loopback source address,
-// leaving the port to connect() (IP_BIND_ADDRESS_NO_PORT): ports are then
-// shared across destinations, so back-to-back runs are not slowed by the
-// previous run's TIME_WAIT sockets holding bound ports.
-void BindSource(uv_tcp_t* tcp, int i) {
-  uv_os_fd_t fd;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(tcp), &fd) == 0) {
-    const int one = 1;
-    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-  }
-  sockaddr_in src;
-  uv_ip4_addr(("127.0.0." + std::to_string(1 + i % 8)).c_str(), 0, &src);
-  uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&src), 0);
-}
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
-double BrokerCpuSeconds(int pid) {
-  if (pid <= 0) return 0;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  size_t rp = s.rfind(')');
-  if (rp == std::string::npos) return 0;
-  std::vector<std::string> fields;
-  size_t i = rp + 2;
-  while (i < s.size()) {
-    size_t j = s.find(' ', i);
-    fields.push_back(s.substr(i, j - i));
-    if (j == std::string::npos) break;
-    i = j + 1;
-  }
-  if (fields.size() < 13) return 0;
-  return (std::stod(fields[11]) + std::stod(fields[12])) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// Starts reading a connection (its handle's data is a T with a `bench`
-// owning one read buffer for the whole loop: reads never overlap).
-template <class T>
-void StartReading(uv_tcp_t* tcp, uv_read_cb on_read) {
-  uv_read_start(
-      reinterpret_cast<uv_stream_t*>(tcp),
-      [](uv_handle_t* h, size_t, uv_buf_t* b) { *b = static_cast<T*>(h->data)->bench->ReadBuffer(); }, on_read);
-}
+using namespace fmq::bench;
 
 class Bench;
 
@@ -558,242 +478,9 @@ class Bench {
   char read_buf_[256 * 1024] = {};
 };
 
-// tls: --conns loops, each connecting, handshaking, sending CONNECT and
-// closing at CONNACK, then starting over.
-class TlsBench {
- public:
-  explicit TlsBench(Options o) : o_(std::move(o)) { uv_loop_init(&loop_); }
-  uv_buf_t ReadBuffer() { return uv_buf_init(read_buf_, sizeof read_buf_); }
-
-  int Run() {
-    if (!LoadCredentials()) return 1;
-    mbedtls_ssl_session_init(&saved_);
-    uv_timer_init(&loop_, &timer_);
-    timer_.data = this;
-    uv_timer_start(&timer_, OnTimer, 100, 100);
-    start_ns_ = NowNs();
-    for (int i = 0; i < o_.conns; ++i) Start(new Conn(this, i));
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    Report();
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_loop_close(&loop_);
-    mbedtls_ssl_session_free(&saved_);
-    mbedtls_ssl_config_free(&conf_);
-    mbedtls_x509_crt_free(&trust_);
-    mbedtls_x509_crt_free(&chain_);
-    mbedtls_pk_free(&key_);
-    return failures_ == 0 ? 0 : 1;
-  }
-
- private:
-  struct Conn {
-    Conn(TlsBench* b, int i) : bench(b), index(i) {}
-    TlsBench* bench;
-    int index;
-    uv_tcp_t tcp;
-    uv_connect_t req;
-    std::unique_ptr<tls::TlsSession> tls;
-    mqtt::Framer framer{1u << 20};
-    int64_t t0 = 0;
-    bool done = false;
-  };
-
-  static std::string ReadAll(const std::string& path) {
-    std::ifstream f(path);
-    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  }
-
-  bool LoadCredentials() {
-    mbedtls_ssl_config_init(&conf_);
-    mbedtls_x509_crt_init(&trust_);
-    mbedtls_x509_crt_init(&chain_);
-    mbedtls_pk_init(&key_);
-    const std::string ca = ReadAll(o_.ca), cert = ReadAll(o_.cert), key = ReadAll(o_.key);
-    auto bytes = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.c_str()); };
-    if (ca.empty() || cert.empty() || key.empty() ||
-        mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
-                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
-        mbedtls_x509_crt_parse(&trust_, bytes(ca), ca.size() + 1) != 0 ||
-        mbedtls_x509_crt_parse(&chain_, bytes(cert), cert.size() + 1) != 0 ||
-        mbedtls_pk_parse_key(&key_, bytes(key), key.size() + 1, nullptr, 0) != 0) {
-      std::fprintf(stderr, "fleetmq-bench: tls needs readable PEM files --ca, --cert and --key\n");
-      return false;
-    }
-    mbedtls_ssl_conf_rng(&conf_, pki::Rng::Fill, &rng_);
-    mbedtls_ssl_conf_authmode(&conf_, MBEDTLS_SSL_VERIFY_REQUIRED);
-    mbedtls_ssl_conf_ca_chain(&conf_, &trust_, nullptr);
-    mbedtls_ssl_conf_session_tickets(&conf_, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
-    return mbedtls_ssl_conf_own_cert(&conf_, &chain_, &key_) == 0;
-  }
-
-  void Start(Conn* c) {
-    if (stopping_) {
-      delete c;
-      return;
-    }
-    uv_tcp_init_ex(&loop_, &c->tcp, AF_INET);
-    uv_tcp_nodelay(&c->tcp, 1);
-    BindSource(&c->tcp, next_src_++);
-    c->tcp.data = c;
-    c->req.data = c;
-    c->t0 = NowNs();
-    c->done = false;
-    c->framer = mqtt::Framer(1u << 20);
-    c->tls = std::make_unique<tls::TlsSession>(&conf_, "localhost");
-    if (o_.resume && have_saved_ && !c->tls->SetSession(&saved_).ok()) have_saved_ = false;
-    sockaddr_in addr;
-    uv_ip4_addr(o_.host.c_str(), o_.port, &addr);
-    uv_tcp_connect(&c->req, &c->tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
-  }
-
-  void Send(Conn* c) {
-    std::string bytes = c->tls->TakeCiphertext();
-    if (bytes.empty()) return;
-    struct Req {
-      uv_write_t w;
-      std::string data;
-    };
-    auto* r = new Req;
-    r->data.swap(bytes);
-    uv_buf_t b = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
-    r->w.data = r;
-    if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1,
-                 [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
-      delete r;
-    }
-  }
-
-  static void OnConnect(uv_connect_t* req, int status) {
-    auto* c = static_cast<Conn*>(req->data);
-    TlsBench* b = c->bench;
-    if (status != 0) {
-      std::fprintf(stderr, "fleetmq-bench: connect: %s\n", uv_strerror(status));
-      std::exit(1);
-    }
-    mqtt::Connect ck;
-    ck.version = mqtt::Version::kV5;
-    ck.client_id = "bench-tls-" + std::to_string(c->index);
-    ck.keep_alive = 60;
-    std::string plain;
-    mqtt::Encode(ck, ck.version, &plain);
-    c->tls->Write(plain);      // held until the handshake is done
-    c->tls->OnCiphertext("");  // the ClientHello
-    b->Send(c);
-    StartReading<Conn>(&c->tcp, OnRead);
-  }
-
-  static void OnRead(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
-    auto* c = static_cast<Conn*>(s->data);
-    TlsBench* b = c->bench;
-    if (n < 0) {
-      if (!c->done) b->Fail(c, std::string("connection closed before CONNACK: ") + uv_strerror(static_cast<int>(n)));
-      return;
-    }
-    c->tls->OnCiphertext(std::string_view(buf->base, static_cast<size_t>(n)));
-    if (c->tls->state() == tls::TlsSession::State::kFailed) {
-      b->Fail(c, "handshake: " + c->tls->error());
-      return;
-    }
-    b->Send(c);
-    std::string plain = c->tls->TakePlaintext();
-    bool connack = false;
-    c->framer.Feed(plain, [&](uint8_t first, std::string_view) {
-      if (static_cast<mqtt::PacketType>(first >> 4) == mqtt::PacketType::kConnack) connack = true;
-      return true;
-    });
-    if (!connack || c->done) return;
-    c->done = true;
-    const int64_t took = NowNs() - c->t0;
-    if (b->measuring_) {
-      ++b->count_;
-      b->latencies_.push_back(static_cast<uint32_t>(took / 1000));
-    }
-    if (b->o_.resume && !b->have_saved_ && c->tls->SaveSession(&b->saved_).ok()) b->have_saved_ = true;
-    uv_read_stop(s);
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
-      auto* cl = static_cast<Conn*>(h->data);
-      cl->tls.reset();
-      cl->bench->Start(cl);  // the next connection of this loop
-    });
-  }
-
-  void Fail(Conn* c, const std::string& why) {
-    if (failures_++ < 5) std::fprintf(stderr, "\nfleetmq-bench: tls connection %d: %s\n", c->index, why.c_str());
-    c->done = true;
-    uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
-      auto* cl = static_cast<Conn*>(h->data);
-      cl->tls.reset();
-      if (cl->bench->failures_ > 100) {
-        std::fprintf(stderr, "fleetmq-bench: too many failed TLS connections\n");
-        std::exit(1);
-      }
-      cl->bench->Start(cl);
-    });
-  }
-
-  static void OnTimer(uv_timer_t* t) {
-    auto* b = static_cast<TlsBench*>(t->data);
-    const double elapsed = static_cast<double>(NowNs() - b->start_ns_) / 1e9;
-    if (!b->measuring_ && elapsed >= b->o_.warmup) {
-      b->measuring_ = true;
-      b->measure_start_ns_ = NowNs();
-      b->cpu_start_ = BrokerCpuSeconds(b->o_.broker_pid);
-    }
-    if (!b->measuring_) return;
-    const double m = static_cast<double>(NowNs() - b->measure_start_ns_) / 1e9;
-    std::fprintf(stderr, "\r%.1fs handshakes %llu (%.0f/s)   ", m, static_cast<unsigned long long>(b->count_),
-                 m > 0 ? b->count_ / m : 0);
-    if (m >= b->o_.duration) {
-      b->measure_ns_ = NowNs() - b->measure_start_ns_;
-      b->cpu_end_ = BrokerCpuSeconds(b->o_.broker_pid);
-      b->stopping_ = true;
-      uv_stop(&b->loop_);
-    }
-  }
-
-  void Report() {
-    std::fprintf(stderr, "\n");
-    std::sort(latencies_.begin(), latencies_.end());
-    auto pct = [&](double q) { return Percentile(latencies_, q); };
-    const double secs = static_cast<double>(measure_ns_) / 1e9;
-    const double cpu = cpu_end_ - cpu_start_;
-    std::printf(
-        "{\"scenario\":\"tls\",\"resume\":%s,\"conns\":%d,\"seconds\":%.2f,\"handshakes\":%llu,"
-        "\"handshakes_per_s\":%.0f,\"p50_us\":%u,\"p99_us\":%u,\"failures\":%llu,"
-        "\"broker_cpu_s\":%.3f,\"broker_cpu_us_per_handshake\":%.1f}\n",
-        o_.resume ? "true" : "false", o_.conns, secs, static_cast<unsigned long long>(count_),
-        static_cast<double>(count_) / secs, pct(0.5), pct(0.99), static_cast<unsigned long long>(failures_), cpu,
-        count_ ? cpu * 1e6 / static_cast<double>(count_) : 0.0);
-  }
-
-  Options o_;
-  uv_loop_t loop_;
-  uv_timer_t timer_;
-  pki::Rng rng_;
-  mbedtls_ssl_config conf_;
-  mbedtls_x509_crt trust_, chain_;
-  mbedtls_pk_context key_;
-  mbedtls_ssl_session saved_;
-  bool have_saved_ = false;
-  bool measuring_ = false, stopping_ = false;
-  int next_src_ = 0;
-  uint64_t count_ = 0, failures_ = 0;
-  int64_t start_ns_ = 0, measure_start_ns_ = 0, measure_ns_ = 1;
-  double cpu_start_ = 0, cpu_end_ = 0;
-  std::vector<uint32_t> latencies_;
-  char read_buf_[64 * 1024] = {};
-};
-
 void Usage() {
   std::fprintf(stderr,
-               "usage: fleetmq-bench [--scenario fanin|fanout|push|conn|tls] [--host 127.0.0.1] [--port 1883]\n"
+               "usage: fleetmq-bench [--scenario fanin|fanout|push|conn|tls|storm] [--host 127.0.0.1] [--port 1883]\n"
                "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--rate MSG_PER_S]\n"
                "  [--duration S] [--warmup S] [--mqtt 4|5] [--broker-pid PID] [--persistent]\n"
                "  [--conns N] [--subscribe] [--resume] [--ca PEM] [--cert PEM] [--key PEM]\n");
@@ -868,14 +555,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (o.scenario != "fanin" && o.scenario != "fanout" && o.scenario != "push" && o.scenario != "conn" &&
-      o.scenario != "tls") {
+      o.scenario != "tls" && o.scenario != "storm") {
     std::fprintf(stderr, "fleetmq-bench: unknown scenario %s\n", o.scenario.c_str());
     return 2;
   }
-  if (o.scenario == "tls") {
-    TlsBench t(o);
-    return t.Run();
-  }
+  if (o.scenario == "tls") return RunTls(o);
+  if (o.scenario == "storm") return RunStorm(o);
   Bench b(o);
   return b.Run();
 }

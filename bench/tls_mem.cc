@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "broker/tls/tls.h"
+#include "broker/tls/tls_client.h"
 
 using namespace fmq;
 
@@ -27,23 +28,9 @@ int main(int argc, char** argv) {
   auto dcert = ca->IssueWithNewKey(rng, {"acme", "dev", pki::Role::kDevice}, now, pki::kDay, &dkey);
   auto ctx = tls::TlsServerContext::Create(scert->pem + ca->cert().pem, skey, root->cert().pem + ca->cert().pem);
   if (!ctx.ok()) return 1;
-  // Client config.
-  mbedtls_ssl_config conf;
-  mbedtls_x509_crt trust, chain;
-  mbedtls_pk_context key;
-  mbedtls_ssl_config_init(&conf);
-  mbedtls_x509_crt_init(&trust);
-  mbedtls_x509_crt_init(&chain);
-  mbedtls_pk_init(&key);
-  mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
-  mbedtls_ssl_conf_rng(&conf, pki::Rng::Fill, &rng);
-  mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_REQUIRED);
-  std::string rp = root->cert().pem, cp = dcert->pem + ca->cert().pem;
-  mbedtls_x509_crt_parse(&trust, reinterpret_cast<const unsigned char*>(rp.c_str()), rp.size() + 1);
-  mbedtls_x509_crt_parse(&chain, reinterpret_cast<const unsigned char*>(cp.c_str()), cp.size() + 1);
-  mbedtls_pk_parse_key(&key, reinterpret_cast<const unsigned char*>(dkey.c_str()), dkey.size() + 1, nullptr, 0);
-  mbedtls_ssl_conf_ca_chain(&conf, &trust, nullptr);
-  mbedtls_ssl_conf_own_cert(&conf, &chain, &key);
+  auto client_conf = tls::TlsClientConfig::Create(root->cert().pem, dcert->pem + ca->cert().pem, dkey, &rng);
+  if (!client_conf.ok()) return 1;
+  mbedtls_ssl_config& conf = *(*client_conf)->conf();
 
   std::vector<std::unique_ptr<tls::TlsSession>> servers;
   servers.reserve(static_cast<size_t>(n));
@@ -71,9 +58,5 @@ int main(int argc, char** argv) {
       "{\"sessions\":%d,\"heap_bytes_per_idle_tls_session\":%.0f,\"full_handshakes_per_s_both_sides_one_core\":%.0f}\n",
       n, static_cast<double>(heap1 - heap0) / n, n / secs);
   servers.clear();
-  mbedtls_ssl_config_free(&conf);
-  mbedtls_x509_crt_free(&trust);
-  mbedtls_x509_crt_free(&chain);
-  mbedtls_pk_free(&key);
   return 0;
 }

@@ -31,6 +31,7 @@
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 #include "broker/tls/tls.h"
+#include "broker/tls/tls_client.h"
 #include "common/hex.h"
 #include "common/mgmt_topics.h"
 #include "mgmt/admin/commands.h"
@@ -139,27 +140,13 @@ class Client {
   Client(const Options& o) : opts_(o), framer_(16 * 1024 * 1024) {}
   ~Client() {
     if (fd_ >= 0) close(fd_);
-    mbedtls_ssl_config_free(&conf_);
-    mbedtls_x509_crt_free(&trust_);
-    mbedtls_x509_crt_free(&chain_);
-    mbedtls_pk_free(&key_);
   }
 
   void Connect(const std::string& client_id) {
-    mbedtls_ssl_config_init(&conf_);
-    mbedtls_x509_crt_init(&trust_);
-    mbedtls_x509_crt_init(&chain_);
-    mbedtls_pk_init(&key_);
     if (!rng_.status().ok()) Die(2, "no entropy");
-    mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
-                                MBEDTLS_SSL_PRESET_DEFAULT);
-    mbedtls_ssl_conf_rng(&conf_, fmq::pki::Rng::Fill, &rng_);
-    mbedtls_ssl_conf_authmode(&conf_, MBEDTLS_SSL_VERIFY_REQUIRED);
-    if (mbedtls_x509_crt_parse_file(&trust_, opts_.cafile.c_str()) != 0) Die(2, "cannot read CA file " + opts_.cafile);
-    if (mbedtls_x509_crt_parse_file(&chain_, opts_.cert.c_str()) != 0) Die(2, "cannot read certificate " + opts_.cert);
-    if (mbedtls_pk_parse_keyfile(&key_, opts_.key.c_str(), nullptr) != 0) Die(2, "cannot read key " + opts_.key);
-    mbedtls_ssl_conf_ca_chain(&conf_, &trust_, nullptr);
-    mbedtls_ssl_conf_own_cert(&conf_, &chain_, &key_);
+    auto conf = fmq::tls::TlsClientConfig::FromFiles(opts_.cafile, opts_.cert, opts_.key, &rng_);
+    if (!conf.ok()) Die(2, std::string(conf.status().message()));
+    client_ = std::move(*conf);
 
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
@@ -173,7 +160,7 @@ class Client {
       Die(2, "cannot connect to " + opts_.host + ":" + std::to_string(opts_.port) + ": " + std::strerror(errno));
     }
     freeaddrinfo(res);
-    tls_ = std::make_unique<fmq::tls::TlsSession>(&conf_, opts_.server_name.c_str());
+    tls_ = std::make_unique<fmq::tls::TlsSession>(client_->conf(), opts_.server_name.c_str());
     tls_->OnCiphertext("");
     mqtt::Connect c;
     c.client_id = client_id;
@@ -273,9 +260,7 @@ class Client {
  private:
   const Options& opts_;
   fmq::pki::Rng rng_;
-  mbedtls_ssl_config conf_;
-  mbedtls_x509_crt trust_, chain_;
-  mbedtls_pk_context key_;
+  std::unique_ptr<fmq::tls::TlsClientConfig> client_;
   int fd_ = -1;
   std::unique_ptr<fmq::tls::TlsSession> tls_;
   mqtt::Framer framer_;

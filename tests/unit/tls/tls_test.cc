@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <ctime>
 
+#include "broker/tls/tls_client.h"
+
 namespace fmq::tls {
 namespace {
 
@@ -50,38 +52,16 @@ struct World {
   std::unique_ptr<TlsServerContext> server_ctx;
 };
 
-// A client-side mbedTLS config for one set of credentials.
+// A client-side mbedTLS config for one set of credentials (none: no
+// client certificate).
 struct ClientConf {
   ClientConf(World& w, const Creds* creds, const std::string& trust_pem) {
-    mbedtls_ssl_config_init(&conf);
-    mbedtls_x509_crt_init(&trust);
-    mbedtls_x509_crt_init(&chain);
-    mbedtls_pk_init(&key);
-    REQUIRE(mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
-                                        MBEDTLS_SSL_PRESET_DEFAULT) == 0);
-    mbedtls_ssl_conf_rng(&conf, pki::Rng::Fill, &w.rng);
-    mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_REQUIRED);
-    REQUIRE(mbedtls_x509_crt_parse(&trust, reinterpret_cast<const unsigned char*>(trust_pem.c_str()),
-                                   trust_pem.size() + 1) == 0);
-    mbedtls_ssl_conf_ca_chain(&conf, &trust, nullptr);
-    if (creds != nullptr) {
-      REQUIRE(mbedtls_x509_crt_parse(&chain, reinterpret_cast<const unsigned char*>(creds->chain.c_str()),
-                                     creds->chain.size() + 1) == 0);
-      REQUIRE(mbedtls_pk_parse_key(&key, reinterpret_cast<const unsigned char*>(creds->key.c_str()),
-                                   creds->key.size() + 1, nullptr, 0) == 0);
-      REQUIRE(mbedtls_ssl_conf_own_cert(&conf, &chain, &key) == 0);
-    }
-    mbedtls_ssl_conf_session_tickets(&conf, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+    auto c = TlsClientConfig::Create(trust_pem, creds ? creds->chain : "", creds ? creds->key : "", &w.rng);
+    REQUIRE_MESSAGE(c.ok(), c.status().message());
+    client = std::move(*c);
   }
-  ~ClientConf() {
-    mbedtls_ssl_config_free(&conf);
-    mbedtls_x509_crt_free(&trust);
-    mbedtls_x509_crt_free(&chain);
-    mbedtls_pk_free(&key);
-  }
-  mbedtls_ssl_config conf;
-  mbedtls_x509_crt trust, chain;
-  mbedtls_pk_context key;
+  mbedtls_ssl_config* conf() { return client->conf(); }
+  std::unique_ptr<TlsClientConfig> client;
 };
 
 // Moves bytes both ways until neither side has anything to say.
@@ -100,7 +80,7 @@ TEST_CASE("mutual TLS handshake in memory, identity, data both ways, then resump
   World w;
   Creds dev = w.Issue(w.acme, {"acme", "dev-1", Role::kDevice});
   ClientConf cc(w, &dev, w.root.cert().pem);
-  TlsSession client(&cc.conf, "localhost");
+  TlsSession client(cc.conf(), "localhost");
   TlsSession server(w.server_ctx.get());
   client.Write("CONNECT bytes");
   Pump(client, server);
@@ -118,7 +98,7 @@ TEST_CASE("mutual TLS handshake in memory, identity, data both ways, then resump
   mbedtls_ssl_session saved;
   mbedtls_ssl_session_init(&saved);
   REQUIRE(client.SaveSession(&saved).ok());
-  TlsSession client2(&cc.conf, "localhost");
+  TlsSession client2(cc.conf(), "localhost");
   REQUIRE(client2.SetSession(&saved).ok());
   TlsSession server2(w.server_ctx.get());
   Pump(client2, server2);
@@ -130,14 +110,14 @@ TEST_CASE("mutual TLS handshake in memory, identity, data both ways, then resump
   // Revoked while away: the resumed handshake, which skips the chain
   // verification, is refused too.
   w.server_ctx->Revoke("acme", server2.peer_serial());
-  TlsSession client3(&cc.conf, "localhost");
+  TlsSession client3(cc.conf(), "localhost");
   REQUIRE(client3.SetSession(&saved).ok());
   TlsSession server3(w.server_ctx.get());
   Pump(client3, server3);
   CHECK(server3.state() == TlsSession::State::kFailed);
   CHECK(server3.error().find("revoked") != std::string::npos);
   // And a full handshake with the same certificate.
-  TlsSession client4(&cc.conf, "localhost");
+  TlsSession client4(cc.conf(), "localhost");
   TlsSession server4(w.server_ctx.get());
   Pump(client4, server4);
   CHECK(server4.state() == TlsSession::State::kFailed);
@@ -147,7 +127,7 @@ TEST_CASE("mutual TLS handshake in memory, identity, data both ways, then resump
 
 // A full handshake with `server_ctx`; the session the client may resume.
 void SessionFrom(TlsServerContext* server_ctx, ClientConf& cc, mbedtls_ssl_session* saved) {
-  TlsSession client(&cc.conf, "localhost");
+  TlsSession client(cc.conf(), "localhost");
   TlsSession server(server_ctx);
   Pump(client, server);
   REQUIRE_MESSAGE(server.state() == TlsSession::State::kOpen, server.error());
@@ -163,7 +143,7 @@ struct Resumed {
   std::string serial;
 };
 Resumed Resume(TlsServerContext* server_ctx, ClientConf& cc, const mbedtls_ssl_session* saved) {
-  TlsSession client(&cc.conf, "localhost");
+  TlsSession client(cc.conf(), "localhost");
   REQUIRE(client.SetSession(saved).ok());
   TlsSession server(server_ctx);
   Pump(client, server);
@@ -239,7 +219,7 @@ TEST_CASE("tickets sealed with keys on disk resume after a restart; an expired c
 void ExpectRefused(World& w, const Creds* creds, const std::string& trust, const char* why) {
   CAPTURE(why);
   ClientConf cc(w, creds, trust);
-  TlsSession client(&cc.conf, "localhost");
+  TlsSession client(cc.conf(), "localhost");
   TlsSession server(w.server_ctx.get());
   Pump(client, server);
   CHECK(server.state() != TlsSession::State::kOpen);
@@ -277,11 +257,45 @@ TEST_CASE("garbage instead of a ClientHello fails that session only") {
   CHECK(server.state() == TlsSession::State::kFailed);
   Creds dev = w.Issue(w.acme, {"acme", "dev-1", Role::kDevice});
   ClientConf cc(w, &dev, w.root.cert().pem);
-  TlsSession client(&cc.conf, "localhost");
+  TlsSession client(cc.conf(), "localhost");
   TlsSession ok(w.server_ctx.get());
   Pump(client, ok);
   CHECK(ok.state() == TlsSession::State::kOpen);
 }
 
 }  // namespace
+}  // namespace fmq::tls
+
+namespace fmq::tls {
+
+TEST_CASE("TLS client configuration: bad trust, certificate, key and missing files are named") {
+  World w;
+  Creds dev = w.Issue(w.acme, {"acme", "dev-1", Role::kDevice});
+  const std::string root = w.root.cert().pem;
+  auto why = [](const absl::StatusOr<std::unique_ptr<TlsClientConfig>>& c) {
+    return c.ok() ? std::string("ok") : std::string(c.status().message());
+  };
+  CHECK(why(TlsClientConfig::Create("not a PEM", dev.chain, dev.key, &w.rng)).find("trusted CA") == 0);
+  CHECK(why(TlsClientConfig::Create(root, "garbage", dev.key, &w.rng)).find("client certificate") == 0);
+  CHECK(why(TlsClientConfig::Create(root, dev.chain, "garbage", &w.rng)).find("client key") == 0);
+  CHECK(why(TlsClientConfig::Create(root, "", "", &w.rng)) == "ok");  // no client certificate
+  CHECK(why(TlsClientConfig::FromFiles("/nonexistent/ca.pem", "/x", "/y", &w.rng)) ==
+        "cannot read CA file /nonexistent/ca.pem");
+  // One parsed trust chain shared by several clients: each completes a
+  // mutual handshake.
+  mbedtls_x509_crt trust;
+  mbedtls_x509_crt_init(&trust);
+  REQUIRE(mbedtls_x509_crt_parse(&trust, reinterpret_cast<const unsigned char*>(root.c_str()), root.size() + 1) == 0);
+  for (int i = 0; i < 2; ++i) {
+    auto c = TlsClientConfig::WithTrust(&trust, dev.chain, dev.key, &w.rng);
+    REQUIRE(c.ok());
+    CHECK(pki::IdentityOf((*c)->chain())->name == "dev-1");
+    TlsSession client((*c)->conf(), "localhost");
+    TlsSession server(w.server_ctx.get());
+    Pump(client, server);
+    CHECK_MESSAGE(server.state() == TlsSession::State::kOpen, server.error());
+  }
+  mbedtls_x509_crt_free(&trust);
+}
+
 }  // namespace fmq::tls
