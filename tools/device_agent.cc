@@ -8,7 +8,9 @@
 // the version it has, or the whole document), checks the result against the
 // broker's hash and reports APPLIED with it, or asks for the whole document
 // when its base does not match. It reconnects after any disconnect, keeping
-// its configuration (as a device keeps it in flash).
+// its configuration (as a device keeps it in flash) and offering the TLS
+// session ticket of its last connection, so a reconnect (after a broker
+// restart too) skips the full handshake.
 //
 //   fleetmq-device --port P --ca root.crt --certs DIR --count N [--prefix dev-]
 //       [--start 0] [--fail-pct 0] [--reject-pct 0] [--silent-pct 0]
@@ -83,6 +85,7 @@
 #include "broker/mqtt/codec.h"
 #include "broker/mqtt/framer.h"
 #include "broker/tls/tls.h"
+#include "broker/tls/tls_client.h"
 #include "common/hex.h"
 #include "mgmt/config/document.h"
 #include "mgmt/pki/pki.h"
@@ -128,9 +131,12 @@ class Agent;
 struct Device {
   Agent* agent = nullptr;
   std::string id, channel;
-  mbedtls_ssl_config conf;
-  mbedtls_x509_crt chain;
-  mbedtls_pk_context key;
+  std::unique_ptr<tls::TlsClientConfig> tls_conf;
+  // The broker's session ticket from the last connection, offered on the
+  // next one (doc/device-api.md "Reconnect behaviour"); dropped with the
+  // credentials it was made for, or when a handshake fails.
+  mbedtls_ssl_session ticket;
+  bool has_ticket = false;
   uv_tcp_t* tcp = nullptr;
   std::unique_ptr<tls::TlsSession> tls;
   mqtt::Framer framer{1u << 20};
@@ -256,9 +262,8 @@ class Agent {
     uv_loop_close(&loop_);
     for (Device& d : devices_) {
       d.tls.reset();
-      mbedtls_ssl_config_free(&d.conf);
-      mbedtls_x509_crt_free(&d.chain);
-      mbedtls_pk_free(&d.key);
+      d.tls_conf.reset();
+      mbedtls_ssl_session_free(&d.ticket);
     }
     mbedtls_x509_crt_free(&trust_);
   }
@@ -272,11 +277,7 @@ class Agent {
     };
     const std::string ca = read(o_.ca);
     devices_.resize(o_.count);
-    for (Device& d : devices_) {  // all initialised first: Free() releases them whatever fails below
-      mbedtls_ssl_config_init(&d.conf);
-      mbedtls_x509_crt_init(&d.chain);
-      mbedtls_pk_init(&d.key);
-    }
+    for (Device& d : devices_) mbedtls_ssl_session_init(&d.ticket);  // Free() releases them whatever fails below
     auto bytes = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.c_str()); };
     if (ca.empty() || mbedtls_x509_crt_parse(&trust_, bytes(ca), ca.size() + 1) != 0) {
       std::fprintf(stderr, "fleetmq-device: --ca must be a readable PEM CA certificate\n");
@@ -293,7 +294,7 @@ class Agent {
         return false;
       }
       d.fw_version = o_.firmware;
-      if (auto id = pki::IdentityOf(d.chain); id.ok()) d.tenant = id->tenant;
+      if (auto id = pki::IdentityOf(d.tls_conf->chain()); id.ok()) d.tenant = id->tenant;
     }
     for (int i = 0; i < o_.count; ++i) to_connect_.push(i);
     return true;
@@ -306,25 +307,20 @@ class Agent {
       std::ifstream f(p);
       return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     };
-    auto bytes = [](const std::string& s) { return reinterpret_cast<const unsigned char*>(s.c_str()); };
-    mbedtls_ssl_config_free(&d.conf);
-    mbedtls_x509_crt_free(&d.chain);
-    mbedtls_pk_free(&d.key);
-    mbedtls_ssl_config_init(&d.conf);
-    mbedtls_x509_crt_init(&d.chain);
-    mbedtls_pk_init(&d.key);
+    DropTicket(d);  // it carries the certificate it was made for
+    d.tls_conf.reset();
     const std::string cert = read(o_.certs + "/" + d.id + ".crt"), key = read(o_.certs + "/" + d.id + ".key");
-    if (cert.empty() || key.empty() ||
-        mbedtls_ssl_config_defaults(&d.conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
-                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
-        mbedtls_x509_crt_parse(&d.chain, bytes(cert), cert.size() + 1) != 0 ||
-        mbedtls_pk_parse_key(&d.key, bytes(key), key.size() + 1, nullptr, 0) != 0) {
-      return false;
-    }
-    mbedtls_ssl_conf_rng(&d.conf, pki::Rng::Fill, &rng_);
-    mbedtls_ssl_conf_authmode(&d.conf, MBEDTLS_SSL_VERIFY_REQUIRED);
-    mbedtls_ssl_conf_ca_chain(&d.conf, &trust_, nullptr);
-    return mbedtls_ssl_conf_own_cert(&d.conf, &d.chain, &d.key) == 0;
+    if (cert.empty() || key.empty()) return false;
+    auto conf = tls::TlsClientConfig::WithTrust(&trust_, cert, key, &rng_);
+    if (!conf.ok()) return false;
+    d.tls_conf = std::move(*conf);
+    return true;
+  }
+
+  static void DropTicket(Device& d) {
+    mbedtls_ssl_session_free(&d.ticket);
+    mbedtls_ssl_session_init(&d.ticket);
+    d.has_ticket = false;
   }
 
   // Starts connections, at most --window in progress.
@@ -339,6 +335,15 @@ class Agent {
   }
 
   void Connect(Device& d) {
+    d.tls.reset();
+    if (d.renewal.renewed) {  // the new certificate from this connection on
+      d.renewal.renewed = false;
+      if (!SetCredentials(d)) {
+        std::fprintf(stderr, "fleetmq-device: %s: renewed certificate unreadable\n", d.id.c_str());
+        d.dead = true;  // never connects again
+        return;
+      }
+    }
     d.connecting = true;
     ++connecting_;
     d.tcp = new uv_tcp_t;
@@ -346,15 +351,8 @@ class Agent {
     uv_tcp_nodelay(d.tcp, 1);
     d.tcp->data = &d;
     d.framer = mqtt::Framer(1u << 20);
-    d.tls.reset();
-    if (d.renewal.renewed) {  // the new certificate from this connection on
-      d.renewal.renewed = false;
-      if (!SetCredentials(d)) {
-        std::fprintf(stderr, "fleetmq-device: %s: renewed certificate unreadable\n", d.id.c_str());
-        d.dead = true;
-      }
-    }
-    d.tls = std::make_unique<tls::TlsSession>(&d.conf, "localhost");
+    d.tls = std::make_unique<tls::TlsSession>(d.tls_conf->conf(), "localhost");
+    if (d.has_ticket && !d.tls->SetSession(&d.ticket).ok()) DropTicket(d);
     auto* req = new uv_connect_t;
     req->data = &d;
     sockaddr_in addr;
@@ -399,6 +397,7 @@ class Agent {
     if (d->tls->state() == tls::TlsSession::State::kFailed) {
       if (a->tls_errors_++ < 5)
         std::fprintf(stderr, "fleetmq-device: %s: TLS: %s\n", d->id.c_str(), d->tls->error().c_str());
+      DropTicket(*d);  // the next attempt is a full handshake
       a->Closed(*d);
       return;
     }
@@ -545,6 +544,7 @@ void Agent::OnPlain(Device& d, std::string_view bytes) {
       }
       d.connected = true;
       d.ever = true;
+      d.has_ticket = d.tls->SaveSession(&d.ticket).ok();
       ++connected_;
       ++connects_;
       mqtt::Subscribe sub;

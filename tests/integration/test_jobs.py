@@ -252,6 +252,22 @@ class JobsTest(JobsBase):
             self.assertEqual(seen[dev][0], "SUCCEEDED", dev)
             self.assertEqual(e["attempt"], seen[dev][1], dev)
 
+    def test_agents_resume_their_tls_sessions_after_kill9(self):
+        # The reference agent keeps its session ticket (doc/device-api.md,
+        # "Reconnect behaviour"); the broker's ticket keys survive kill -9:
+        # the whole fleet comes back without a full handshake.
+        self.fleet("q", 12)
+        agent = self.agent("q", 12)
+        self.connected(12)
+        self.broker.kill9_and_restart()
+        self.connected(12, timeout=30)
+        resumed = sys_at_least(self.broker.port, "$SYS/broker/tls/resumed", 12)
+        self.assertGreaterEqual(resumed, 12)
+        full = sys_at_least(self.broker.port, "$SYS/broker/tls/handshakes", 12) - resumed
+        self.assertEqual(full, 0, "full handshakes after the restart")
+        self.assertGreaterEqual(sys_at_least(self.broker.port, "$SYS/broker/tls/tickets/opened", 12), 12)
+        self.assertEqual(self.stop_agent(agent)["connects"], 24)
+
     def test_v311_devices_and_live_progress_events(self):
         self.fleet("v", 5)
         op = os.path.join(self.pki, "operator")
