@@ -1,8 +1,13 @@
 #include "broker/tls/tls.h"
 
+#include <malloc.h>
 #include <mbedtls/error.h>
+#include <mbedtls/platform.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstring>
+#include <ctime>
 
 namespace fmq::tls {
 namespace {
@@ -17,6 +22,29 @@ const int kCiphersuites[] = {
 
 absl::Status MbedFail(std::string_view what, int rc) {
   return absl::InvalidArgumentError(std::string(what) + ": " + pki::MbedError(rc));
+}
+
+// A record this large touches pages of the record buffers past the first.
+constexpr size_t kBigRecord = 3072;
+// Kept when a record buffer is trimmed: the record counter, header and IV
+// sit in its first bytes; only what follows is record data.
+constexpr size_t kKeepHead = 64;
+// TlsSession::in_ keeps at most this much capacity once drained.
+constexpr size_t kKeepInput = 4096;
+
+int64_t CoarseMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// MADV_DONTNEED on the whole pages inside [p, p + len): they read as zeros
+// when next touched.
+void DiscardPages(unsigned char* p, size_t len) {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + len) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 std::string Key(std::string_view tenant, std::string_view serial) {
@@ -162,7 +190,9 @@ TlsSession::TlsSession(mbedtls_ssl_config* client_conf, const char* hostname) {
 TlsSession::~TlsSession() { mbedtls_ssl_free(&ssl_); }
 
 int TlsSession::Send(void* self, const unsigned char* buf, size_t len) {
-  static_cast<TlsSession*>(self)->out_.append(reinterpret_cast<const char*>(buf), len);
+  auto* s = static_cast<TlsSession*>(self);
+  if (len > kBigRecord) s->big_record_ = true;  // mbedTLS sends one record per call
+  s->out_.append(reinterpret_cast<const char*>(buf), len);
   return static_cast<int>(len);
 }
 
@@ -170,11 +200,16 @@ int TlsSession::Recv(void* self, unsigned char* buf, size_t len) {
   auto* s = static_cast<TlsSession*>(self);
   const size_t avail = s->in_.size() - s->in_pos_;
   if (avail == 0) return MBEDTLS_ERR_SSL_WANT_READ;
+  if (len > kBigRecord) s->big_record_ = true;  // mbedTLS asks for a record's body at once
   const size_t n = len < avail ? len : avail;
   std::memcpy(buf, s->in_.data() + s->in_pos_, n);
   s->in_pos_ += n;
   if (s->in_pos_ == s->in_.size()) {
-    s->in_.clear();
+    if (s->in_.capacity() > kKeepInput) {
+      std::string().swap(s->in_);  // a large read is not kept for good
+    } else {
+      s->in_.clear();
+    }
     s->in_pos_ = 0;
   }
   return static_cast<int>(n);
@@ -252,6 +287,7 @@ void TlsSession::Step() {
     if (server_ != nullptr) {
       resumed_ = !chain_verified_;
       if (!CheckPeer()) return;
+      ForgetPeerCertificate();
       server_->counters().handshakes++;
       if (resumed_) server_->counters().resumed++;
     }
@@ -269,7 +305,10 @@ void TlsSession::Step() {
       plain_in_.append(reinterpret_cast<char*>(buf), static_cast<size_t>(n));
       continue;
     }
-    if (n == MBEDTLS_ERR_SSL_WANT_READ || n == MBEDTLS_ERR_SSL_WANT_WRITE) return;
+    if (n == MBEDTLS_ERR_SSL_WANT_READ || n == MBEDTLS_ERR_SSL_WANT_WRITE) {
+      MaybeTrim();
+      return;
+    }
     if (n == 0 || n == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {
       state_ = State::kClosed;
       return;
@@ -298,6 +337,38 @@ void TlsSession::Write(std::string_view plain) {
       return;
     }
     plain.remove_prefix(static_cast<size_t>(n));
+  }
+  MaybeTrim();
+}
+
+void TlsSession::ForgetPeerCertificate() {
+  // Identity and serial are copied out, the ticket (which carries the
+  // certificate) has been sent, and there is no renegotiation: the parsed
+  // certificate, its key and the curve tables its verification built are
+  // dead weight for the life of the connection.
+  mbedtls_ssl_session* s = ssl_.session;
+  if (s == nullptr || s->peer_cert == nullptr) return;
+  mbedtls_x509_crt_free(s->peer_cert);
+  mbedtls_free(s->peer_cert);
+  s->peer_cert = nullptr;
+}
+
+void TlsSession::MaybeTrim() {
+  if (!big_record_ || state_ != State::kOpen) return;
+  // Nothing half-read, undelivered or unsent may be in the buffers.
+  if (ssl_.in_left != 0 || ssl_.out_left != 0 || mbedtls_ssl_check_pending(&ssl_) != 0) return;
+  const int64_t now = CoarseMs();
+  if (now - last_trim_ms_ < trim_every_ms_) return;
+  last_trim_ms_ = now;
+  ++trims_;
+  big_record_ = false;
+  // Up to the allocation's usable end: jemalloc rounds the ~16.7 KB
+  // buffers up to a 20 KiB size class, so their last partly used page is
+  // theirs alone too.
+  for (unsigned char* buf : {ssl_.in_buf, ssl_.out_buf}) {
+    if (buf == nullptr) continue;
+    const size_t usable = malloc_usable_size(buf);
+    if (usable > kKeepHead) DiscardPages(buf + kKeepHead, usable - kKeepHead);
   }
 }
 

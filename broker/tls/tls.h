@@ -141,6 +141,10 @@ class TlsSession {
 
   State state() const { return state_; }
   bool resumed() const { return resumed_; }
+  // Record-buffer trims so far (MaybeTrim); the interval between them (ms,
+  // default 1000; tests set 0).
+  uint64_t trims() const { return trims_; }
+  void set_trim_interval_ms(int64_t ms) { trim_every_ms_ = ms; }
   const std::string& error() const { return error_; }
   // After the handshake: the verified client identity (server side).
   const pki::Identity& identity() const { return identity_; }
@@ -156,6 +160,16 @@ class TlsSession {
   // how a resumed session is told apart.
   static int OnVerify(void* self, mbedtls_x509_crt* crt, int depth, uint32_t* flags);
   void Step();
+  // Gives the pages of mbedTLS's record buffers past the first back to the
+  // kernel once a large record has gone through and nothing is buffered:
+  // they hold no state then (the record counters live in the first bytes),
+  // and an idle connection otherwise keeps ~33 KB resident for good after
+  // one 16 KiB record. At most once per trim interval (a busy bulk stream
+  // does not pay a syscall per record); the next small record (a PINGREQ)
+  // trims what a burst left.
+  void MaybeTrim();
+  // After the handshake (server side): frees the peer's certificate.
+  void ForgetPeerCertificate();
   void Fail(std::string why);
   bool CheckPeer();
 
@@ -166,6 +180,10 @@ class TlsSession {
   bool chain_verified_ = false;
   std::string in_;  // ciphertext not yet consumed by mbedTLS
   size_t in_pos_ = 0;
+  bool big_record_ = false;  // a record larger than a page since the last trim
+  int64_t last_trim_ms_ = 0;
+  int64_t trim_every_ms_ = 1000;
+  uint64_t trims_ = 0;
   std::string out_;  // ciphertext for the socket
   std::string plain_in_;
   std::string pending_plain_out_;
