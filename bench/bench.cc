@@ -24,6 +24,10 @@
 //            back: resuming their tickets with --resume, full handshakes
 //            without; reports the seconds until the last is back.
 //            --duration bounds each phase.
+//   tlsmem : --conns mutual-TLS connections held; with --broker-pid, the
+//            broker's resident memory per connection idle, then after each
+//            connection sent itself one --size-byte message through the
+//            broker (a TLS record each way; 16 KiB fills mbedTLS's buffers).
 // fanin/fanout run closed loop (--window), or at a fixed total --rate
 // messages/s (the window then only caps what may be outstanding).
 // Payloads carry a send timestamp: end-to-end latency percentiles are
@@ -479,11 +483,12 @@ class Bench {
 };
 
 void Usage() {
-  std::fprintf(stderr,
-               "usage: fleetmq-bench [--scenario fanin|fanout|push|conn|tls|storm] [--host 127.0.0.1] [--port 1883]\n"
-               "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--rate MSG_PER_S]\n"
-               "  [--duration S] [--warmup S] [--mqtt 4|5] [--broker-pid PID] [--persistent]\n"
-               "  [--conns N] [--subscribe] [--resume] [--ca PEM] [--cert PEM] [--key PEM]\n");
+  std::fprintf(
+      stderr,
+      "usage: fleetmq-bench [--scenario fanin|fanout|push|conn|tls|storm|tlsmem] [--host 127.0.0.1] [--port 1883]\n"
+      "  [--pubs P] [--subs S] [--qos 0|1] [--size BYTES] [--window N] [--rate MSG_PER_S]\n"
+      "  [--duration S] [--warmup S] [--mqtt 4|5] [--broker-pid PID] [--persistent]\n"
+      "  [--conns N] [--subscribe] [--resume] [--ca PEM] [--cert PEM] [--key PEM]\n");
 }
 
 }  // namespace
@@ -555,12 +560,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (o.scenario != "fanin" && o.scenario != "fanout" && o.scenario != "push" && o.scenario != "conn" &&
-      o.scenario != "tls" && o.scenario != "storm") {
+      o.scenario != "tls" && o.scenario != "storm" && o.scenario != "tlsmem") {
     std::fprintf(stderr, "fleetmq-bench: unknown scenario %s\n", o.scenario.c_str());
     return 2;
   }
   if (o.scenario == "tls") return RunTls(o);
-  if (o.scenario == "storm") return RunStorm(o);
+  if (o.scenario == "storm" || o.scenario == "tlsmem") return RunStorm(o);
   Bench b(o);
   return b.Run();
 }

@@ -257,6 +257,7 @@ class StormBench {
     timer_.data = this;
     uv_timer_start(&timer_, OnTimer, 10, 10);
     phase_start_ns_ = NowNs();
+    rss0_ = RssBytes(o_.broker_pid);
     uv_run(&loop_, UV_RUN_DEFAULT);
     const int rc = Report();
     uv_walk(
@@ -272,7 +273,9 @@ class StormBench {
   }
 
  private:
-  enum class Phase { kHolding, kWaitingForDrop, kReconnecting, kDone };
+  // storm: kHolding, kWaitingForDrop, kReconnecting, kDone. tlsmem:
+  // kHolding, kSettleIdle, kTraffic, kSettleAfter, kDone.
+  enum class Phase { kHolding, kWaitingForDrop, kReconnecting, kDone, kSettleIdle, kTraffic, kSettleAfter };
   enum class State { kIdle, kConnecting, kUp };
   struct Conn {
     Conn(StormBench* b, int i) : bench(b), index(i) {}
@@ -284,7 +287,8 @@ class StormBench {
     std::unique_ptr<tls::TlsSession> tls;
     mqtt::Framer framer{1u << 20};
     int64_t retry_at_ns = 0;
-    bool back = false;  // reconnected after the drop
+    bool back = false;                       // reconnected after the drop
+    bool echo_sent = false, echoed = false;  // tlsmem
   };
 
   void Start(Conn* c) {
@@ -357,7 +361,18 @@ class StormBench {
       return;
     }
     b->Send(c);
-    if (c->state == State::kUp) return;
+    if (c->state == State::kUp) {
+      std::string plain = c->tls->TakePlaintext();
+      if (b->mem_ && c->echo_sent && !c->echoed) {
+        bool echo = false;
+        c->framer.Feed(plain, [&](uint8_t first, std::string_view) {
+          if (static_cast<mqtt::PacketType>(first >> 4) == mqtt::PacketType::kPublish) echo = true;
+          return true;
+        });
+        if (echo) b->Echoed(c);
+      }
+      return;
+    }
     bool connack = false;
     c->framer.Feed(c->tls->TakePlaintext(), [&](uint8_t first, std::string_view body) {
       if (static_cast<mqtt::PacketType>(first >> 4) == mqtt::PacketType::kConnack && body.size() >= 2 && body[1] == 0) {
@@ -378,8 +393,12 @@ class StormBench {
       }
       if (++up_ == o_.conns) {
         hold_s_ = static_cast<double>(NowNs() - phase_start_ns_) / 1e9;
-        phase_ = Phase::kWaitingForDrop;
         phase_start_ns_ = NowNs();
+        if (mem_) {
+          phase_ = Phase::kSettleIdle;
+          return;
+        }
+        phase_ = Phase::kWaitingForDrop;
         std::printf("held %d\n", up_);  // the driver's cue to restart the broker
         std::fflush(stdout);
       }
@@ -392,6 +411,36 @@ class StormBench {
         phase_ = Phase::kDone;
         uv_stop(&loop_);
       }
+    }
+  }
+
+  // tlsmem: each connection subscribes to its own topic and publishes
+  // --size bytes there (one record each way through the broker's TLS).
+  void SendEcho(Conn* c) {
+    c->echo_sent = true;
+    ++echo_in_flight_;
+    const std::string topic = "tlsmem/" + std::to_string(c->index);
+    mqtt::Subscribe sub;
+    sub.packet_id = 1;
+    sub.entries.push_back({topic, 0});
+    const std::string payload(static_cast<size_t>(o_.size), 'x');
+    mqtt::Publish pub;
+    pub.topic = topic;
+    pub.payload = payload;
+    std::string plain;
+    mqtt::Encode(sub, mqtt::Version::kV5, &plain);
+    mqtt::Encode(pub, mqtt::Version::kV5, &plain);
+    c->tls->Write(plain);
+    Send(c);
+  }
+
+  void Echoed(Conn* c) {
+    c->echoed = true;
+    --echo_in_flight_;
+    if (++echoed_ == o_.conns) {
+      traffic_s_ = static_cast<double>(NowNs() - phase_start_ns_) / 1e9;
+      phase_ = Phase::kSettleAfter;
+      phase_start_ns_ = NowNs();
     }
   }
 
@@ -446,6 +495,7 @@ class StormBench {
       b->queue_.pop_front();
       b->Start(c);
     }
+    b->MemoryPhases(now);
     if (now - b->last_ping_ns_ >= 9'000'000'000) {
       // The broker may impose its server keep alive (default 18 s) on
       // these idle clients: ping inside it.
@@ -458,9 +508,10 @@ class StormBench {
     }
     if (now - b->last_print_ns_ >= 1'000'000'000) {
       b->last_print_ns_ = now;
-      static const char* kNames[] = {"holding", "waiting for the broker to drop them", "reconnecting", "done"};
-      std::fprintf(stderr, "\r%s: up %d, back %d, retries %llu   ", kNames[static_cast<int>(b->phase_)], b->up_,
-                   b->back_, static_cast<unsigned long long>(b->retries_));
+      static const char* kNames[] = {
+          "holding", "waiting for the broker to drop them", "reconnecting", "done", "settling", "echoing", "settling"};
+      std::fprintf(stderr, "\r%s: up %d, back %d, echoed %d, retries %llu   ", kNames[static_cast<int>(b->phase_)],
+                   b->up_, b->back_, b->echoed_, static_cast<unsigned long long>(b->retries_));
     }
     if (static_cast<double>(now - b->phase_start_ns_) / 1e9 > b->o_.duration) {
       std::fprintf(stderr, "\nfleetmq-bench: storm: phase not done within --duration %.0f s\n", b->o_.duration);
@@ -468,8 +519,42 @@ class StormBench {
     }
   }
 
+  // tlsmem: the broker's resident memory once the connections have been
+  // idle --warmup seconds, then the echoes (at most --window in flight),
+  // then again --warmup seconds after the last (allocators return freed
+  // pages late: jemalloc's dirty-page decay is 10 s).
+  void MemoryPhases(int64_t now) {
+    const int64_t settled = now - phase_start_ns_, settle = static_cast<int64_t>(o_.warmup * 1e9);
+    if (phase_ == Phase::kSettleIdle && settled >= settle) {
+      rss_idle_ = RssBytes(o_.broker_pid);
+      phase_ = Phase::kTraffic;
+      phase_start_ns_ = now;
+    }
+    while (phase_ == Phase::kTraffic && echo_in_flight_ < o_.window && next_echo_ < o_.conns) {
+      SendEcho(conns_[static_cast<size_t>(next_echo_++)].get());
+    }
+    if (phase_ == Phase::kSettleAfter && settled >= settle) {
+      rss_after_ = RssBytes(o_.broker_pid);
+      phase_ = Phase::kDone;
+      uv_stop(&loop_);
+    }
+  }
+
   int Report() {
     std::fprintf(stderr, "\n");
+    if (mem_) {
+      const bool ok = phase_ == Phase::kDone;
+      const double n = o_.conns;
+      std::printf(
+          "{\"scenario\":\"tlsmem\",\"conns\":%d,\"done\":%s,\"record_bytes\":%d,\"hold_s\":%.2f,"
+          "\"traffic_s\":%.2f,\"broker_rss_before\":%lld,\"broker_rss_idle\":%lld,\"broker_rss_after_traffic\":%lld,"
+          "\"rss_per_conn_idle\":%.0f,\"rss_per_conn_after_traffic\":%.0f}\n",
+          o_.conns, ok ? "true" : "false", o_.size, hold_s_, traffic_s_, static_cast<long long>(rss0_),
+          static_cast<long long>(rss_idle_), static_cast<long long>(rss_after_),
+          static_cast<double>(rss_idle_ - rss0_) / n, static_cast<double>(rss_after_ - rss0_) / n);
+      std::fflush(stdout);
+      return ok ? 0 : 1;
+    }
     const bool done = phase_ == Phase::kDone;
     const double from_drop = done ? static_cast<double>(last_up_ns_ - first_drop_ns_) / 1e9 : 0;
     const double from_accept = done ? static_cast<double>(last_up_ns_ - first_accept_ns_) / 1e9 : 0;
@@ -499,6 +584,11 @@ class StormBench {
   int64_t phase_start_ns_ = 0, first_drop_ns_ = 0, first_accept_ns_ = 0, last_up_ns_ = 0, last_print_ns_ = 0,
           last_ping_ns_ = 0;
   double hold_s_ = 0;
+  // tlsmem
+  const bool mem_ = o_.scenario == "tlsmem";
+  int echo_in_flight_ = 0, echoed_ = 0, next_echo_ = 0;
+  int64_t rss0_ = 0, rss_idle_ = 0, rss_after_ = 0;
+  double traffic_s_ = 0;
   char read_buf_[64 * 1024] = {};
 };
 
