@@ -80,7 +80,7 @@ class Broker:
         if self.kind == "fleetmq":
             cmd = [os.path.join(self.args.build, "broker", "fleetmq"), "--data_dir=" + os.path.join(self.d, "data"),
                    "--listen=127.0.0.1:%d" % self.port, "--tls_listen=127.0.0.1:%d" % self.tls_port,
-                   "--log_level=warning"]
+                   "--log_level=warning"] + self.args.fleetmq_flag
         else:
             cmd = [MOSQUITTO, "-c", self.conf]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -164,6 +164,7 @@ def main():
     ap.add_argument("--duration", type=float, default=400, help="bound of each phase, seconds")
     ap.add_argument("--mosquitto", action="store_true", help="also Debian's mosquitto, side by side")
     ap.add_argument("--only-resume", action="store_true", help="skip the full-handshake runs")
+    ap.add_argument("--fleetmq-flag", action="append", default=[], help="an extra fleetmq option (repeatable)")
     args = ap.parse_args()
     raise_nofile()
     kinds = ["fleetmq"] + (["mosquitto"] if args.mosquitto else [])

@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--settle", type=float, default=12, help="seconds before each measurement")
     ap.add_argument("--mosquitto", action="store_true")
+    ap.add_argument("--fleetmq-flag", action="append", default=[], help="an extra fleetmq option (repeatable)")
     args = ap.parse_args()
     rs.raise_nofile()
     rows = [run(args, k) for k in ["fleetmq"] + (["mosquitto"] if args.mosquitto else [])]

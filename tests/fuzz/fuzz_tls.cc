@@ -27,6 +27,9 @@ struct World {
     std::ofstream(dir + "/keys") << fmq::tls::TicketKeys::Encode({k});
     keys = new fmq::tls::TicketKeys(dir + "/keys", {}, &clock, fmq::pki::Rng::Fill, &rng);
     if (!keys->Open().ok() || keys->key_count() != 1) std::abort();
+    // The file has been read: nothing of this run stays in /tmp.
+    unlink((dir + "/keys").c_str());
+    rmdir(dir.c_str());
   }
   std::string dir;
   fmq::FakeClock clock;
