@@ -96,15 +96,7 @@ class Bench {
     start_ns_ = NowNs();
     uv_run(&loop_, UV_RUN_DEFAULT);
     int rc = Report();
-    // Close every handle so the loop (and LeakSanitizer) ends clean.
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_loop_close(&loop_);
+    CloseLoop(&loop_);
     return rc;
   }
 

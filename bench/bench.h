@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fmq::bench {
@@ -103,6 +104,37 @@ void StartReading(uv_tcp_t* tcp, uv_read_cb on_read) {
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(tcp),
       [](uv_handle_t* h, size_t, uv_buf_t* b) { *b = static_cast<T*>(h->data)->bench->ReadBuffer(); }, on_read);
+}
+
+// Closes every handle of `loop` and the loop itself, so a scenario (and
+// LeakSanitizer) ends clean.
+inline void CloseLoop(uv_loop_t* loop) {
+  uv_walk(
+      loop,
+      [](uv_handle_t* h, void*) {
+        if (!uv_is_closing(h)) uv_close(h, nullptr);
+      },
+      nullptr);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
+}
+
+// Writes `bytes` to `tcp`, owning them until the write completes (a write
+// that cannot start is dropped: the read side reports the error).
+inline void WriteOwned(uv_tcp_t* tcp, std::string bytes) {
+  if (bytes.empty()) return;
+  struct Req {
+    uv_write_t w;
+    std::string data;
+  };
+  auto* r = new Req;
+  r->data = std::move(bytes);
+  uv_buf_t b = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
+  r->w.data = r;
+  if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(tcp), &b, 1,
+               [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
+    delete r;
+  }
 }
 
 // The TLS scenarios (tls_bench.cc): repeated handshakes, and the reconnect

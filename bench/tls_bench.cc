@@ -38,14 +38,7 @@ class TlsBench {
     for (int i = 0; i < o_.conns; ++i) Start(new Conn(this, i));
     uv_run(&loop_, UV_RUN_DEFAULT);
     Report();
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_loop_close(&loop_);
+    CloseLoop(&loop_);
     mbedtls_ssl_session_free(&saved_);
     return failures_ == 0 ? 0 : 1;
   }
@@ -93,22 +86,7 @@ class TlsBench {
     uv_tcp_connect(&c->req, &c->tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
   }
 
-  void Send(Conn* c) {
-    std::string bytes = c->tls->TakeCiphertext();
-    if (bytes.empty()) return;
-    struct Req {
-      uv_write_t w;
-      std::string data;
-    };
-    auto* r = new Req;
-    r->data.swap(bytes);
-    uv_buf_t b = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
-    r->w.data = r;
-    if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1,
-                 [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
-      delete r;
-    }
-  }
+  void Send(Conn* c) { WriteOwned(&c->tcp, c->tls->TakeCiphertext()); }
 
   static void OnConnect(uv_connect_t* req, int status) {
     auto* c = static_cast<Conn*>(req->data);
@@ -260,14 +238,7 @@ class StormBench {
     rss0_ = RssBytes(o_.broker_pid);
     uv_run(&loop_, UV_RUN_DEFAULT);
     const int rc = Report();
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          if (!uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    uv_loop_close(&loop_);
+    CloseLoop(&loop_);
     mbedtls_ssl_session_free(&saved_);
     return rc;
   }
@@ -310,22 +281,7 @@ class StormBench {
     uv_tcp_connect(&c->req, &c->tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
   }
 
-  void Send(Conn* c) {
-    std::string bytes = c->tls->TakeCiphertext();
-    if (bytes.empty()) return;
-    struct Req {
-      uv_write_t w;
-      std::string data;
-    };
-    auto* r = new Req;
-    r->data.swap(bytes);
-    uv_buf_t b = uv_buf_init(r->data.data(), static_cast<unsigned>(r->data.size()));
-    r->w.data = r;
-    if (uv_write(&r->w, reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1,
-                 [](uv_write_t* w, int) { delete static_cast<Req*>(w->data); }) != 0) {
-      delete r;
-    }
-  }
+  void Send(Conn* c) { WriteOwned(&c->tcp, c->tls->TakeCiphertext()); }
 
   static void OnConnect(uv_connect_t* req, int status) {
     auto* c = static_cast<Conn*>(req->data);
