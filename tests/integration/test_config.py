@@ -123,7 +123,10 @@ class ConfigTest(JobsBase):
         # (a stale count let the test signal an agent still starting up).
         self.assertTrue(wait_for(lambda: not self.admin("health.get", "device_id=o0")["online"], timeout=10))
         agent = self.agent("o", 1, "--window", "1", "--idle-exit", "2")
-        self.connected(1)
+        # The device itself, not $SYS clients/connected (which also counts
+        # the admin CLI's own connection: SIGTERM could then reach an agent
+        # still starting, before its handlers, and it would print nothing).
+        self.assertTrue(wait_for(lambda: self.admin("health.get", "device_id=o0")["online"], timeout=30))
         s = self.stop_agent(agent)
         self.assertEqual(s["config"]["desired"], 0, s)
 
