@@ -21,6 +21,30 @@
 namespace fmq::bench {
 namespace {
 
+// A new TCP connection from a loopback source (`source` spreads them) to
+// --host:--port; `tcp->data` and `req->data` are set by the caller.
+void ConnectTcp(uv_loop_t* loop, const Options& o, uv_tcp_t* tcp, uv_connect_t* req, int source, uv_connect_cb cb) {
+  uv_tcp_init_ex(loop, tcp, AF_INET);
+  uv_tcp_nodelay(tcp, 1);
+  BindSource(tcp, source);
+  sockaddr_in addr;
+  uv_ip4_addr(o.host.c_str(), o.port, &addr);
+  uv_tcp_connect(req, tcp, reinterpret_cast<sockaddr*>(&addr), cb);
+}
+
+// Queues an MQTT 5 CONNECT (sent once the handshake is done) and starts
+// the handshake with the ClientHello.
+void StartMqtt(tls::TlsSession* tls, const std::string& client_id) {
+  mqtt::Connect ck;
+  ck.version = mqtt::Version::kV5;
+  ck.client_id = client_id;
+  ck.keep_alive = 60;
+  std::string plain;
+  mqtt::Encode(ck, ck.version, &plain);
+  tls->Write(plain);
+  tls->OnCiphertext("");
+}
+
 // tls: --conns loops, each connecting, handshaking, sending CONNECT and
 // closing at CONNACK, then starting over.
 class TlsBench {
@@ -71,9 +95,6 @@ class TlsBench {
       delete c;
       return;
     }
-    uv_tcp_init_ex(&loop_, &c->tcp, AF_INET);
-    uv_tcp_nodelay(&c->tcp, 1);
-    BindSource(&c->tcp, next_src_++);
     c->tcp.data = c;
     c->req.data = c;
     c->t0 = NowNs();
@@ -81,9 +102,7 @@ class TlsBench {
     c->framer = mqtt::Framer(1u << 20);
     c->tls = std::make_unique<tls::TlsSession>(client_->conf(), "localhost");
     if (o_.resume && have_saved_ && !c->tls->SetSession(&saved_).ok()) have_saved_ = false;
-    sockaddr_in addr;
-    uv_ip4_addr(o_.host.c_str(), o_.port, &addr);
-    uv_tcp_connect(&c->req, &c->tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
+    ConnectTcp(&loop_, o_, &c->tcp, &c->req, next_src_++, OnConnect);
   }
 
   void Send(Conn* c) { WriteOwned(&c->tcp, c->tls->TakeCiphertext()); }
@@ -95,14 +114,7 @@ class TlsBench {
       std::fprintf(stderr, "fleetmq-bench: connect: %s\n", uv_strerror(status));
       std::exit(1);
     }
-    mqtt::Connect ck;
-    ck.version = mqtt::Version::kV5;
-    ck.client_id = "bench-tls-" + std::to_string(c->index);
-    ck.keep_alive = 60;
-    std::string plain;
-    mqtt::Encode(ck, ck.version, &plain);
-    c->tls->Write(plain);      // held until the handshake is done
-    c->tls->OnCiphertext("");  // the ClientHello
+    StartMqtt(c->tls.get(), "bench-tls-" + std::to_string(c->index));
     b->Send(c);
     StartReading<Conn>(&c->tcp, OnRead);
   }
@@ -265,9 +277,6 @@ class StormBench {
   void Start(Conn* c) {
     c->state = State::kConnecting;
     ++in_progress_;
-    uv_tcp_init_ex(&loop_, &c->tcp, AF_INET);
-    uv_tcp_nodelay(&c->tcp, 1);
-    BindSource(&c->tcp, c->index);
     c->tcp.data = c;
     c->req.data = c;
     c->framer = mqtt::Framer(1u << 20);
@@ -276,9 +285,7 @@ class StormBench {
     // after the drop, only with --resume.
     const bool offer = have_saved_ && (phase_ == Phase::kHolding || o_.resume);
     if (offer && !c->tls->SetSession(&saved_).ok()) have_saved_ = false;
-    sockaddr_in addr;
-    uv_ip4_addr(o_.host.c_str(), o_.port, &addr);
-    uv_tcp_connect(&c->req, &c->tcp, reinterpret_cast<sockaddr*>(&addr), OnConnect);
+    ConnectTcp(&loop_, o_, &c->tcp, &c->req, c->index, OnConnect);
   }
 
   void Send(Conn* c) { WriteOwned(&c->tcp, c->tls->TakeCiphertext()); }
@@ -287,18 +294,11 @@ class StormBench {
     auto* c = static_cast<Conn*>(req->data);
     StormBench* b = c->bench;
     if (status != 0) {  // the broker is not listening (yet)
-      b->Retry(c);
+      b->Dropped(c);
       return;
     }
     if (b->phase_ == Phase::kReconnecting && b->first_accept_ns_ == 0) b->first_accept_ns_ = NowNs();
-    mqtt::Connect ck;
-    ck.version = mqtt::Version::kV5;
-    ck.client_id = "storm-" + std::to_string(c->index);
-    ck.keep_alive = 60;  // pinged every 9 s (OnTimer)
-    std::string plain;
-    mqtt::Encode(ck, ck.version, &plain);
-    c->tls->Write(plain);
-    c->tls->OnCiphertext("");
+    StartMqtt(c->tls.get(), "storm-" + std::to_string(c->index));  // pinged every 9 s (OnTimer)
     b->Send(c);
     StartReading<Conn>(&c->tcp, OnRead);
   }
@@ -400,8 +400,8 @@ class StormBench {
     }
   }
 
-  // The connection closed (broker gone, handshake refused or failed):
-  // closed here, reconnected after 50 ms.
+  // The connection closed, or never opened (broker gone or not listening
+  // yet, handshake refused or failed): closed here, reconnected after 50 ms.
   void Dropped(Conn* c) {
     if (c->state == State::kUp) {
       --up_;
@@ -420,18 +420,6 @@ class StormBench {
     }
     c->state = State::kIdle;
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
-      auto* cl = static_cast<Conn*>(h->data);
-      cl->tls.reset();
-      cl->retry_at_ns = NowNs() + 50'000'000;
-      cl->bench->queue_.push_back(cl->index);
-    });
-  }
-
-  void Retry(Conn* c) {
-    --in_progress_;
-    ++retries_;
-    c->state = State::kIdle;
     uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
       auto* cl = static_cast<Conn*>(h->data);
       cl->tls.reset();
